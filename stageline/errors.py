@@ -1,0 +1,64 @@
+"""One root error with a family per layer; the HTTP layer maps them in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StagelineError(Exception):
+    """Root of every error stageline raises on purpose.
+
+    ``code`` is the stable machine-readable name used in the HTTP error envelope.
+    """
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        if not self.details:
+            return self.message
+        extra = ", ".join(f"{k}={v!r}" for k, v in self.details.items())
+        return f"{self.message} ({extra})"
+
+
+class InvalidArgument(StagelineError):
+    """The caller sent something stageline cannot accept; nothing was written."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class InvalidEvent(InvalidArgument):
+    """An event's type or data does not match its declared schema."""
+
+
+class NotFound(StagelineError):
+    code = "NOT_FOUND"
+
+
+class Conflict(StagelineError):
+    code = "CONFLICT"
+
+
+class ConcurrencyError(Conflict):
+    """An append's expected version did not match the stream's actual version."""
+
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream!r} is at version {actual}, expected {expected}",
+            stream=stream,
+            expected=expected,
+            actual=actual,
+        )
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+
+
+class Unavailable(StagelineError):
+    """A dependency (Redis, FalkorDB) is down, or a wait timed out."""
+
+    code = "UNAVAILABLE"

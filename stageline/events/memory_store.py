@@ -1,0 +1,159 @@
+"""An in-memory ``EventStore``: same contract as the Redis store, for tests and embedding."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from stageline.errors import ConcurrencyError
+from stageline.events import codec
+from stageline.events.envelope import ANY, NO_STREAM, NewEvent, RecordedEvent
+from stageline.events.store import AppendRequest, AppendResult, check_append
+
+
+class _Workspace:
+    def __init__(self) -> None:
+        self.log: list[RecordedEvent] = []
+        self.streams: dict[str, list[int]] = {}  # stream -> positions by version
+        self.ids: dict[tuple[str, bytes], int] = {}  # (stream, event id) -> version
+        self.changed = asyncio.Condition()
+
+
+class MemoryEventStore:
+    """Keeps every workspace's log in process memory; lost when the process ends."""
+
+    def __init__(self) -> None:
+        self._ws: dict[str, _Workspace] = {}
+
+    def _get(self, workspace: str) -> _Workspace:
+        ws = self._ws.get(workspace)
+        if ws is None:
+            ws = self._ws[workspace] = _Workspace()
+        return ws
+
+    async def append(
+        self,
+        workspace: str,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_version: int = ANY,
+    ) -> AppendResult:
+        request = AppendRequest(workspace, stream, events, expected_version)
+        check_append(request)
+        result = self._append(request)
+        ws = self._get(workspace)
+        async with ws.changed:
+            ws.changed.notify_all()
+        return result
+
+    def _append(self, request: AppendRequest) -> AppendResult:
+        ws = self._get(request.workspace)
+        stream, events = request.stream, request.events
+        positions = ws.streams.get(stream, [])
+        length = len(positions)
+        fresh = [e for e in events if (stream, e.event_id.bytes) not in ws.ids]
+        if fresh:
+            expected = request.expected_version
+            if (expected == NO_STREAM and length) or (expected >= 0 and expected != length - 1):
+                raise ConcurrencyError(stream, expected, length - 1)
+        now = datetime.now(UTC)
+        recorded_ms = int(now.timestamp() * 1000)
+        versions, out_positions = [], []
+        for event in events:
+            known = ws.ids.get((stream, event.event_id.bytes))
+            if known is not None:
+                versions.append(known)
+                out_positions.append(ws.streams[stream][known])
+                continue
+            version = len(positions)
+            position = len(ws.log) + 1
+            # round-trip through the codec so both stores hand back identical data
+            ws.log.append(
+                codec.decode(
+                    codec.encode(event),
+                    workspace=request.workspace,
+                    stream=stream,
+                    version=version,
+                    position=position,
+                    recorded_ms=recorded_ms,
+                )
+            )
+            positions.append(position)
+            ws.ids[(stream, event.event_id.bytes)] = version
+            versions.append(version)
+            out_positions.append(position)
+        ws.streams[stream] = positions
+        return AppendResult(
+            stream=stream,
+            version=len(positions) - 1,
+            versions=versions,
+            positions=out_positions,
+            deduplicated=not fresh,
+        )
+
+    async def append_batch(
+        self, requests: Sequence[AppendRequest]
+    ) -> list[AppendResult | Exception]:
+        out: list[AppendResult | Exception] = []
+        for request in requests:
+            try:
+                out.append(
+                    await self.append(
+                        request.workspace, request.stream, request.events, request.expected_version
+                    )
+                )
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    async def read_stream(
+        self,
+        workspace: str,
+        stream: str,
+        *,
+        from_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[RecordedEvent]:
+        ws = self._get(workspace)
+        positions = ws.streams.get(stream, [])
+        if backwards:
+            start = len(positions) - 1 if from_version is None else min(from_version, len(positions) - 1)
+            chosen = positions[start::-1] if start >= 0 else []
+        else:
+            chosen = positions[max(from_version or 0, 0) :]
+        if limit is not None:
+            chosen = chosen[:limit]
+        return [ws.log[p - 1] for p in chosen]
+
+    async def stream_version(self, workspace: str, stream: str) -> int:
+        return len(self._get(workspace).streams.get(stream, [])) - 1
+
+    async def read_log(
+        self, workspace: str, *, after: int = 0, limit: int = 1000
+    ) -> list[RecordedEvent]:
+        return self._get(workspace).log[max(after, 0) : max(after, 0) + limit]
+
+    async def tail(
+        self, workspace: str, *, after: int, limit: int = 1000, block_ms: int = 1000
+    ) -> list[RecordedEvent]:
+        ws = self._get(workspace)
+        if len(ws.log) <= after:
+            async with ws.changed:
+                try:
+                    await asyncio.wait_for(
+                        ws.changed.wait_for(lambda: len(ws.log) > after), block_ms / 1000
+                    )
+                except TimeoutError:
+                    return []
+        return await self.read_log(workspace, after=after, limit=limit)
+
+    async def head(self, workspace: str) -> int:
+        return len(self._get(workspace).log)
+
+    async def workspaces(self) -> list[str]:
+        return sorted(name for name, ws in self._ws.items() if ws.log)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,192 @@
+"""The Redis ``EventStore``: Lua-scripted atomic appends over Redis Streams."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from stageline.errors import ConcurrencyError, InvalidArgument
+from stageline.events import codec, keys
+from stageline.events.envelope import ANY, NewEvent, RecordedEvent
+from stageline.events.store import AppendRequest, AppendResult, check_append
+
+MAX_EVENTS_PER_APPEND = 1000
+_PAGE = 1000
+
+
+def _script(name: str) -> str:
+    return resources.files("stageline.events").joinpath(name).read_text()
+
+
+class RedisEventStore:
+    """Stores every workspace's log in Redis (or FalkorDB, which is Redis plus a module).
+
+    Per workspace: one Redis Stream holding the log (entry id ``0-<position>``)
+    and one small hash per stream mapping versions to positions and event ids
+    to versions. Appends and stream reads are Lua scripts, so each is atomic and
+    a single round trip.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self._append = client.register_script(_script("append.lua"))
+        self._read = client.register_script(_script("read_stream.lua"))
+        self._known_workspaces: set[str] = set()
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisEventStore:
+        return cls(aioredis.Redis.from_url(url, decode_responses=False))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # -- appends ----------------------------------------------------------------
+
+    @staticmethod
+    def _args(request: AppendRequest) -> tuple[list[str], list[Any]]:
+        check_append(request)
+        if len(request.events) > MAX_EVENTS_PER_APPEND:
+            raise InvalidArgument(
+                f"an append takes at most {MAX_EVENTS_PER_APPEND} events",
+                count=len(request.events),
+            )
+        args: list[Any] = [request.stream, request.expected_version]
+        for event in request.events:
+            args.append(event.event_id.bytes)
+            args.append(codec.encode(event))
+        return [keys.stream_key(request.workspace, request.stream), keys.log_key(request.workspace)], args
+
+    @staticmethod
+    def _result(request: AppendRequest, reply: list[int]) -> AppendResult:
+        if reply[0] == 0:
+            raise ConcurrencyError(request.stream, request.expected_version, int(reply[1]))
+        pairs = reply[3:]
+        return AppendResult(
+            stream=request.stream,
+            version=int(reply[1]),
+            versions=[int(v) for v in pairs[0::2]],
+            positions=[int(p) for p in pairs[1::2]],
+            deduplicated=reply[0] == 2,
+        )
+
+    async def _remember(self, workspaces: set[str]) -> None:
+        new = workspaces - self._known_workspaces
+        if new:
+            await self.client.sadd(keys.WORKSPACES, *new)
+            self._known_workspaces |= new
+
+    async def append(
+        self,
+        workspace: str,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_version: int = ANY,
+    ) -> AppendResult:
+        request = AppendRequest(workspace, stream, events, expected_version)
+        script_keys, args = self._args(request)
+        await self._remember({workspace})
+        reply = await self._append(keys=script_keys, args=args)
+        return self._result(request, reply)
+
+    async def append_batch(
+        self, requests: Sequence[AppendRequest]
+    ) -> list[AppendResult | Exception]:
+        out: list[AppendResult | Exception] = [None] * len(requests)  # type: ignore[list-item]
+        calls: list[int] = []
+        pipe = self.client.pipeline(transaction=False)
+        for i, request in enumerate(requests):
+            try:
+                script_keys, args = self._args(request)
+            except InvalidArgument as exc:
+                out[i] = exc
+                continue
+            self._append(keys=script_keys, args=args, client=pipe)
+            calls.append(i)
+        if calls:
+            await self._remember({requests[i].workspace for i in calls})
+            replies = await pipe.execute(raise_on_error=False)
+            for i, reply in zip(calls, replies, strict=True):
+                if isinstance(reply, Exception):
+                    out[i] = reply
+                    continue
+                try:
+                    out[i] = self._result(requests[i], reply)
+                except ConcurrencyError as exc:
+                    out[i] = exc
+        return out
+
+    # -- reads ------------------------------------------------------------------
+
+    @staticmethod
+    def _decode(workspace: str, entry: Any) -> RecordedEvent:
+        entry_id, fields = entry
+        if isinstance(fields, list):
+            fields = dict(zip(fields[0::2], fields[1::2], strict=True))
+        return codec.decode(
+            fields[b"e"],
+            workspace=workspace,
+            stream=fields[b"s"].decode(),
+            version=int(fields[b"v"]),
+            position=int(entry_id.rsplit(b"-", 1)[1]),
+            recorded_ms=int(fields[b"t"]),
+        )
+
+    async def read_stream(
+        self,
+        workspace: str,
+        stream: str,
+        *,
+        from_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[RecordedEvent]:
+        out: list[RecordedEvent] = []
+        first = from_version if from_version is not None else (2**62 if backwards else 0)
+        script_keys = [keys.stream_key(workspace, stream), keys.log_key(workspace)]
+        while limit is None or len(out) < limit:
+            count = _PAGE if limit is None else min(_PAGE, limit - len(out))
+            reply = await self._read(
+                keys=script_keys, args=[first, count, 1 if backwards else 0]
+            )
+            page = [self._decode(workspace, e) for e in reply[1:]]
+            out.extend(page)
+            if len(page) < count:
+                break
+            first = page[-1].version + (-1 if backwards else 1)
+        return out
+
+    async def stream_version(self, workspace: str, stream: str) -> int:
+        n = await self.client.hget(keys.stream_key(workspace, stream), "n")
+        return int(n or 0) - 1
+
+    async def read_log(
+        self, workspace: str, *, after: int = 0, limit: int = 1000
+    ) -> list[RecordedEvent]:
+        entries = await self.client.xrange(
+            keys.log_key(workspace), min=f"(0-{max(after, 0)}", max="+", count=limit
+        )
+        return [self._decode(workspace, e) for e in entries]
+
+    async def tail(
+        self, workspace: str, *, after: int, limit: int = 1000, block_ms: int = 1000
+    ) -> list[RecordedEvent]:
+        reply = await self.client.xread(
+            {keys.log_key(workspace): f"0-{max(after, 0)}"}, count=limit, block=block_ms
+        )
+        if not reply:
+            return []
+        return [self._decode(workspace, e) for e in reply[0][1]]
+
+    async def head(self, workspace: str) -> int:
+        try:
+            info = await self.client.xinfo_stream(keys.log_key(workspace))
+        except ResponseError:  # no such key
+            return 0
+        return int(info["last-generated-id"].rsplit(b"-", 1)[1])
+
+    async def workspaces(self) -> list[str]:
+        return sorted(m.decode() for m in await self.client.smembers(keys.WORKSPACES))

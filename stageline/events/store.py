@@ -1,0 +1,117 @@
+"""The ``EventStore`` contract every store adapter fulfils."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgspec
+
+from stageline.errors import InvalidArgument
+from stageline.events.envelope import ANY, NewEvent, RecordedEvent
+from stageline.events.keys import check_stream, check_workspace
+
+
+class AppendRequest(msgspec.Struct, frozen=True):
+    workspace: str
+    stream: str
+    events: Sequence[NewEvent]
+    expected_version: int = ANY
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    """Where an append's events landed.
+
+    ``versions`` and ``positions`` follow the order of the events given; an
+    event that had been appended before keeps its original place, and
+    ``deduplicated`` is true when every event had.
+    """
+
+    stream: str
+    version: int
+    versions: list[int]
+    positions: list[int]
+    deduplicated: bool
+
+    @property
+    def position(self) -> int:
+        """The highest log position of this append's events."""
+        return max(self.positions)
+
+
+class EventStore(Protocol):
+    """An append-only log of streams inside workspaces.
+
+    Versions are 0-based within a stream; positions are 1-based within the
+    workspace's global log (0 means "before the first event").
+    """
+
+    async def append(
+        self,
+        workspace: str,
+        stream: str,
+        events: Sequence[NewEvent],
+        expected_version: int = ANY,
+    ) -> AppendResult:
+        """Append atomically, or raise ``ConcurrencyError`` carrying the actual version."""
+        ...
+
+    async def append_batch(
+        self, requests: Sequence[AppendRequest]
+    ) -> list[AppendResult | Exception]:
+        """Many independent appends in one round trip; a failed one is returned, not raised."""
+        ...
+
+    async def read_stream(
+        self,
+        workspace: str,
+        stream: str,
+        *,
+        from_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[RecordedEvent]:
+        """A stream's events from ``from_version`` (default: start, or end when backwards)."""
+        ...
+
+    async def stream_version(self, workspace: str, stream: str) -> int:
+        """The stream's last version, -1 when it does not exist."""
+        ...
+
+    async def read_log(
+        self, workspace: str, *, after: int = 0, limit: int = 1000
+    ) -> list[RecordedEvent]:
+        """The workspace log's events with position > ``after``, oldest first."""
+        ...
+
+    async def tail(
+        self, workspace: str, *, after: int, limit: int = 1000, block_ms: int = 1000
+    ) -> list[RecordedEvent]:
+        """Like ``read_log``, but waits up to ``block_ms`` for events when none are there."""
+        ...
+
+    async def head(self, workspace: str) -> int:
+        """The position of the workspace's newest event, 0 when empty."""
+        ...
+
+    async def workspaces(self) -> list[str]:
+        """Every workspace that has at least one event."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def check_append(request: AppendRequest) -> None:
+    """Reject an append the log must never hold, before anything is written."""
+    check_workspace(request.workspace)
+    check_stream(request.stream)
+    if not request.events:
+        raise InvalidArgument("an append needs at least one event", stream=request.stream)
+    if request.expected_version < ANY:
+        raise InvalidArgument(
+            "expected_version must be >= 0, NO_STREAM (-1) or ANY (-2)",
+            expected_version=request.expected_version,
+        )
+    ids = [e.event_id for e in request.events]
+    if len(set(ids)) != len(ids):
+        raise InvalidArgument("event_id repeated within one append", stream=request.stream)

@@ -1,0 +1,55 @@
+"""One Settings object, read from ``STAGELINE_*`` environment variables at entry points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WORKSPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Settings(BaseSettings):
+    """Every knob of stageline, with a default that works on a laptop.
+
+    Read once at an entry point (CLI command, app factory) and passed down;
+    library code never reads the environment itself.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="STAGELINE_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None,
+        description="The store: event log and FalkorDB views. Unset: start the embedded server.",
+    )
+    broker_url: str | None = Field(
+        default=None, description="Redis for the stage channels. Defaults to the store's URL."
+    )
+    data_dir: Path = Field(
+        default=Path(".stageline"), description="Where the embedded server keeps its data."
+    )
+    appendfsync: Literal["always", "everysec", "no"] = Field(
+        default="everysec", description="AOF fsync policy of the embedded server."
+    )
+    workspace: str = Field(
+        default="default", pattern=WORKSPACE_PATTERN, description="Workspace of requests without X-Workspace."
+    )
+    batch_size: int = Field(default=200, ge=1, le=5000, description="Max commands per actor batch.")
+    claim_idle_ms: int = Field(
+        default=30_000, ge=100, description="Pending entries idle this long are claimed by another worker."
+    )
+    poll_ms: int = Field(default=100, ge=1, le=10_000, description="Block time of channel reads.")
+    projection_batch: int = Field(default=1000, ge=1, le=20_000, description="Events per projector write.")
+    read_wait_seconds: float = Field(
+        default=5.0, ge=0, le=60, description="Longest a read waits for min_position."
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+    max_text_chars: int = Field(default=100_000, ge=1, description="Largest memory item text.")
+    log_level: str = Field(default="INFO")
+    log_format: Literal["auto", "json", "console"] = Field(default="auto")
+
+    @property
+    def effective_broker_url(self) -> str | None:
+        return self.broker_url or self.redis_url
