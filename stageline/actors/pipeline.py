@@ -95,9 +95,7 @@ class PipelineCatalog:
             self._latest[pipeline.name] = pipeline
 
     def get(self, workspace: str, name: str, version: int | None = None) -> Pipeline:
-        found = (
-            self._latest.get(name) if version is None else self._builtin.get((name, version))
-        )
+        found = self._latest.get(name) if version is None else self._builtin.get((name, version))
         if found is None:
             raise NotFound(f"no pipeline {name!r}", pipeline=name, version=version)
         return found

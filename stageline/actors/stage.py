@@ -1,0 +1,75 @@
+"""What a stage actor is to the runtime: a named async function from item to result."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stageline.events.envelope import DomainEvent
+
+
+@dataclass(frozen=True, slots=True)
+class StageContext:
+    """What a stage may know about the run it works for."""
+
+    workspace: str
+    run_id: str
+    stage: str
+    attempt: int
+    params: Mapping[str, Any]
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StageResult:
+    """A stage's output: the keys it adds to the item, its domain events, metadata for the view."""
+
+    output: dict[str, Any] = field(default_factory=dict)
+    events: list[DomainEvent] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class StageError(Exception):
+    """Raised by a stage to fail its attempt; ``permanent`` errors are never retried."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+StageFn = Callable[[dict[str, Any], StageContext], StageResult | Awaitable[StageResult]]
+
+
+class ActorRegistry:
+    """Actor name -> stage function; the worker subscribes one channel per registered actor."""
+
+    def __init__(self) -> None:
+        self._actors: dict[str, StageFn] = {}
+
+    def register(self, name: str, fn: StageFn) -> None:
+        if name in self._actors:
+            raise ValueError(f"actor {name!r} is already registered")
+        self._actors[name] = fn
+
+    def actor(self, name: str) -> Callable[[StageFn], StageFn]:
+        """Decorator form of ``register``."""
+
+        def deco(fn: StageFn) -> StageFn:
+            self.register(name, fn)
+            return fn
+
+        return deco
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._actors
+
+    def names(self) -> set[str]:
+        return set(self._actors)
+
+    async def call(self, name: str, item: dict[str, Any], ctx: StageContext) -> StageResult:
+        result = self._actors[name](item, ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        return result  # type: ignore[return-value]

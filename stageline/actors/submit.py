@@ -1,0 +1,95 @@
+"""Submitting a run: one ``RunSubmitted`` append, then the first stage's command."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+
+from stageline.actors.channels import CommandBus
+from stageline.actors.commands import StageCommand
+from stageline.actors.events import RunSubmitted
+from stageline.actors.pipeline import PipelineCatalog
+from stageline.errors import ConcurrencyError, Conflict
+from stageline.events import keys
+from stageline.events.envelope import NO_STREAM, new_event
+from stageline.events.store import EventStore
+
+_NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4b7f-9a51-2c4e0d7b9e13")
+
+
+class SubmitResult(msgspec.Struct, frozen=True):
+    run_id: str
+    stream: str
+    position: int
+    deduplicated: bool
+
+
+class Submitter:
+    """Starts runs. With an idempotency key, the same key always means the same run."""
+
+    def __init__(self, store: EventStore, catalog: PipelineCatalog, bus: CommandBus) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.bus = bus
+
+    async def submit(
+        self,
+        workspace: str,
+        pipeline_name: str,
+        item: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> SubmitResult:
+        """Record ``RunSubmitted`` and hand the run to its first stage.
+
+        Raises ``NotFound`` for an unknown pipeline and ``Conflict`` when an
+        idempotency key is reused with a different request.
+        """
+        keys.check_workspace(workspace)
+        pipeline = self.catalog.get(workspace, pipeline_name)
+        if idempotency_key is not None:
+            run_id = str(uuid.uuid5(_NAMESPACE, f"{workspace}\0{idempotency_key}"))
+        else:
+            run_id = str(uuid.uuid4())
+        stream = keys.run_stream(run_id)
+        submitted = RunSubmitted(
+            pipeline=pipeline.name,
+            pipeline_version=pipeline.version,
+            stages=pipeline.stage_names,
+            input=item,
+        )
+        event = new_event(
+            submitted,
+            event_id=uuid.uuid5(_NAMESPACE, f"submit\0{run_id}"),
+            correlation_id=correlation_id or run_id,
+        )
+        try:
+            result = await self.store.append(workspace, stream, [event], NO_STREAM)
+        except ConcurrencyError as exc:
+            raise Conflict("run id already in use", run_id=run_id) from exc
+        if result.deduplicated:
+            first = (await self.store.read_stream(workspace, stream, limit=1))[0]
+            if first.data.get("input") != msgspec.to_builtins(item) or (
+                first.data.get("pipeline") != pipeline.name
+            ):
+                raise Conflict(
+                    "Idempotency-Key was already used for a different request", run_id=run_id
+                )
+            if await self.store.stream_version(workspace, stream) > 0:
+                return SubmitResult(run_id, stream, result.position, True)
+        command = StageCommand(
+            workspace=workspace,
+            run_id=run_id,
+            pipeline=pipeline.name,
+            pipeline_version=pipeline.version,
+            index=0,
+            version=result.version,
+            item=item,
+            correlation_id=event.correlation_id,
+            cause=str(event.event_id),
+        )
+        await self.bus.publish([(pipeline.stages[0].actor, command)])
+        return SubmitResult(run_id, stream, result.position, result.deduplicated)

@@ -1,0 +1,298 @@
+"""The ``stageline`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stageline.errors import StagelineError
+from stageline.logs import configure_logging
+from stageline.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+projections_app = typer.Typer(no_args_is_help=True, help="Projection status and rebuilds.")
+app.add_typer(projections_app, name="projections")
+console = Console()
+
+ApiUrl = Annotated[
+    str, typer.Option("--url", envvar="STAGELINE_API_URL", help="The API's base URL.")
+]
+Workspace = Annotated[
+    str | None, typer.Option("--workspace", "-w", help="Workspace (default: STAGELINE_WORKSPACE).")
+]
+DEFAULT_API = "http://127.0.0.1:8000"
+
+
+def _settings() -> Settings:
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic's message names the variable and the problem
+        console.print(f"[red]invalid STAGELINE_* setting:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except StagelineError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _require_url(settings: Settings, what: str) -> None:
+    if settings.redis_url is None:
+        console.print(
+            f"[red]{what} needs STAGELINE_REDIS_URL[/red]: point it at the server "
+            "`stageline up` printed, or at your Redis/FalkorDB"
+        )
+        raise typer.Exit(2)
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="Interface the API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port the API listens on.")] = 8000,
+) -> None:
+    """Run everything in one process: store (embedded unless STAGELINE_REDIS_URL), actors,
+    projector and API."""
+    from stageline.serve import serve
+
+    settings = _settings()
+
+    async def announce(api_url: str | None) -> None:
+        console.print(f"stageline is up: API [bold]{api_url}[/bold]  (docs: {api_url}/docs)")
+        console.print(f"store: [bold]{_store_url(settings)}[/bold]")
+        console.print("point workers at it: STAGELINE_REDIS_URL=<store> stageline worker")
+        console.print("try: stageline demo    stop: Ctrl-C")
+        await asyncio.Event().wait()
+
+    _run(serve(settings, api=(host, port), then=announce))
+
+
+def _store_url(settings: Settings) -> str:
+    return settings.redis_url or f"unix://{(settings.data_dir / 'redis.sock').resolve()}"
+
+
+@app.command()
+def worker() -> None:
+    """Run stage actors (any number of these share the consumer groups)."""
+    from stageline.serve import serve
+
+    settings = _settings()
+    _require_url(settings, "worker")
+    _run(serve(settings, worker=True, projector=False, embedded=False))
+
+
+@app.command()
+def projector() -> None:
+    """Run the projector that keeps the views up to date with the log."""
+    from stageline.serve import serve
+
+    settings = _settings()
+    _require_url(settings, "projector")
+    _run(serve(settings, worker=False, projector=True, embedded=False))
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run only the HTTP API."""
+    from stageline.serve import serve
+
+    settings = _settings()
+    _require_url(settings, "api")
+    _run(serve(settings, worker=False, projector=False, api=(host, port), embedded=False))
+
+
+@app.command()
+def demo(
+    url: ApiUrl = DEFAULT_API,
+    count: Annotated[
+        int | None, typer.Option(help="Runs to submit (default: every sample).")
+    ] = None,
+    workspace: Annotated[str, typer.Option("--workspace", "-w")] = "demo",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the runs.")] = 120.0,
+) -> None:
+    """Submit the shipped sample memory items and show how their runs went.
+
+    Uses the API at --url when one answers there; otherwise starts its own embedded stack.
+    """
+    from stageline.demo import run_demo
+    from stageline.serve import serve
+
+    settings = _settings()
+    if _api_answers(url):
+        _run(run_demo(url, workspace=workspace, count=count, timeout=timeout, console=console))
+        return
+    console.print(f"no API at {url}: starting an embedded stack for the demo")
+
+    async def then(api_url: str | None) -> None:
+        assert api_url is not None
+        await run_demo(api_url, workspace=workspace, count=count, timeout=timeout, console=console)
+
+    _run(serve(settings, api=("127.0.0.1", _free_port()), then=then))
+
+
+@app.command()
+def submit(
+    text: Annotated[str, typer.Argument(help="The memory item's text.")],
+    pipeline: Annotated[str, typer.Option(help="Pipeline name.")] = "memory-ingest",
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the run to end (0: don't).")
+    ] = 10.0,
+    url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = None,
+) -> None:
+    """Submit one run through the API and print it."""
+    params = {"wait": wait} if wait > 0 else {}
+    reply = _call(
+        "POST",
+        url,
+        "/v1/runs",
+        workspace,
+        json={"pipeline": pipeline, "input": {"text": text}},
+        params=params,
+    )
+    console.print_json(json.dumps(reply))
+
+
+@app.command()
+def runs(
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    limit: Annotated[int, typer.Option(help="How many.")] = 20,
+    url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = None,
+) -> None:
+    """List recent runs."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    reply = _call("GET", url, "/v1/runs", workspace, params=params)
+    table = Table()
+    for col in ("run_id", "pipeline", "status", "current_stage", "submitted_at"):
+        table.add_column(col)
+    for run in reply["runs"]:
+        table.add_row(
+            *(
+                str(run.get(c) or "")
+                for c in ("id", "pipeline", "status", "current_stage", "submitted_at")
+            )
+        )
+    console.print(table)
+
+
+@app.command()
+def tail(
+    after: Annotated[int, typer.Option(help="Start after this log position.")] = 0,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep waiting for new events.")
+    ] = False,
+    url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = None,
+) -> None:
+    """Print the workspace log as JSON lines, from a position on."""
+    import time
+
+    while True:
+        reply = _call("GET", url, "/v1/log", workspace, params={"after": after, "limit": 1000})
+        for event in reply["events"]:
+            sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+        after = reply["next_after"]
+        if not reply["events"]:
+            if not follow:
+                return
+            time.sleep(0.5)
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(workspace: Workspace = None) -> None:
+    """Drop the run-status view and replay it from position 0 of the log."""
+    settings = _settings()
+    ws = workspace or settings.workspace
+
+    async def go() -> None:
+        from stageline.stack import Stack
+
+        stack = await Stack.open(settings)
+        try:
+            result = await stack.projector().rebuild(ws)
+            console.print(
+                f"rebuilt {ws}: {result.events} events in {result.seconds:.2f}s ({result.rate:,.0f} events/s)"
+            )
+        finally:
+            await stack.close()
+
+    _run(go())
+
+
+@projections_app.command("status")
+def projections_status(workspace: Workspace = None) -> None:
+    """Show each workspace's projection checkpoint and lag."""
+    settings = _settings()
+
+    async def go() -> None:
+        from stageline.stack import Stack
+
+        stack = await Stack.open(settings)
+        try:
+            table = Table()
+            for col in ("workspace", "checkpoint", "head", "lag"):
+                table.add_column(col)
+            names = [workspace] if workspace else await stack.store.workspaces()
+            for ws in names:
+                checkpoint = await stack.views.checkpoint(ws)
+                head = await stack.store.head(ws)
+                table.add_row(ws, str(checkpoint), str(head), str(head - checkpoint))
+            console.print(table)
+        finally:
+            await stack.close()
+
+    _run(go())
+
+
+def _call(method: str, url: str, path: str, workspace: str | None, **kwargs: Any) -> Any:
+    headers = {"X-Workspace": workspace} if workspace else {}
+    try:
+        reply = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=70, **kwargs)
+    except httpx.HTTPError as exc:
+        console.print(
+            f"[red]cannot reach the API at {url}[/red] ({exc}); is `stageline up` running?"
+        )
+        raise typer.Exit(2) from exc
+    if reply.status_code >= 400:
+        console.print(f"[red]{reply.status_code}[/red] {reply.text}")
+        raise typer.Exit(1)
+    return reply.json()
+
+
+def _api_answers(url: str) -> bool:
+    try:
+        return httpx.get(url.rstrip("/") + "/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,103 @@
+"""``stageline demo``: push the shipped sample memory items through a running API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from importlib import resources
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+TERMINAL = {"completed", "failed", "compensated", "cancelled"}
+
+
+def samples() -> list[dict[str, Any]]:
+    text = resources.files("stageline.data").joinpath("samples.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+async def run_demo(
+    api_url: str,
+    *,
+    workspace: str,
+    count: int | None = None,
+    timeout: float = 120.0,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Submit the samples, show progress until every run ends, print and return the stats."""
+    console = console or Console()
+    items = samples()
+    n = count or len(items)
+    headers = {"X-Workspace": workspace}
+    limits = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=30) as client:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            submitted = progress.add_task("submitted", total=n)
+            finished = progress.add_task("finished ", total=n)
+
+            async def submit(i: int) -> str:
+                async with limits:
+                    body = {"pipeline": "memory-ingest", "input": items[i % len(items)]}
+                    r = await client.post("/v1/runs", json=body)
+                    r.raise_for_status()
+                    progress.advance(submitted)
+                    return str(r.json()["run_id"])
+
+            started = time.perf_counter()
+            run_ids = await asyncio.gather(*(submit(i) for i in range(n)))
+            statuses = await _wait_all(client, run_ids, progress, finished, timeout)
+            elapsed = time.perf_counter() - started
+        stats = (await client.get("/v1/runs/stats")).json()
+    _print(console, statuses, stats, elapsed, workspace)
+    return {"runs": len(run_ids), "statuses": statuses, "stats": stats, "seconds": elapsed}
+
+
+async def _wait_all(
+    client: httpx.AsyncClient, run_ids: list[str], progress: Progress, task: Any, timeout: float
+) -> dict[str, str]:
+    statuses: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while len(statuses) < len(run_ids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(run_ids) - len(statuses)} runs did not finish in {timeout}s")
+        open_ids = [r for r in run_ids if r not in statuses]
+        replies = await asyncio.gather(*(client.get(f"/v1/runs/{r}") for r in open_ids[:200]))
+        for run_id, reply in zip(open_ids, replies, strict=False):
+            if reply.status_code == 200 and reply.json()["status"] in TERMINAL:
+                statuses[run_id] = reply.json()["status"]
+                progress.advance(task)
+        await asyncio.sleep(0.1)
+    return statuses
+
+
+def _print(
+    console: Console, statuses: dict[str, str], stats: dict[str, Any], elapsed: float, ws: str
+) -> None:
+    by_status = Table(title=f"runs by status (workspace {ws}, this demo)")
+    by_status.add_column("status")
+    by_status.add_column("runs", justify="right")
+    for status in sorted(set(statuses.values())):
+        by_status.add_row(status, str(sum(1 for s in statuses.values() if s == status)))
+    console.print(by_status)
+    stages = Table(title="per-stage timings (all runs of the workspace)")
+    for col in ("stage", "completed", "p50 ms", "p95 ms"):
+        stages.add_column(col, justify="left" if col == "stage" else "right")
+    for name, row in (stats.get("stages") or {}).items():
+        stages.add_row(name, str(row.get("count")), _ms(row.get("p50_ms")), _ms(row.get("p95_ms")))
+    console.print(stages)
+    console.print(f"{len(statuses)} runs finished in {elapsed:.2f}s")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -1,0 +1,94 @@
+"""The composition root: builds store, views, actors and services from ``Settings``.
+
+Entry points (CLI commands, the API app) open one ``Stack`` and hand its parts
+down; nothing below this module reads settings or builds clients itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import structlog
+
+from stageline.actors.builtin import default_actors
+from stageline.actors.channels import CommandBus
+from stageline.actors.pipeline import PipelineCatalog
+from stageline.actors.stage import ActorRegistry
+from stageline.actors.submit import Submitter
+from stageline.actors.worker import Worker, WorkerConfig
+from stageline.embedded import EmbeddedServer
+from stageline.events.redis_store import RedisEventStore
+from stageline.projections.falkordb_views import FalkorDBViews
+from stageline.projections.projector import Projector
+from stageline.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Stack:
+    """Everything a stageline process talks to, opened once and closed once."""
+
+    settings: Settings
+    store_url: str
+    broker_url: str
+    store: RedisEventStore
+    views: FalkorDBViews
+    broker_client: aioredis.Redis
+    catalog: PipelineCatalog
+    actors: ActorRegistry
+    bus: CommandBus
+    submitter: Submitter
+    server: EmbeddedServer | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, *, embedded: bool = True) -> Stack:
+        """Connect to ``settings.redis_url``, or start the embedded server when it is unset."""
+        server = None
+        store_url = settings.redis_url
+        if store_url is None:
+            if not embedded:
+                raise ValueError("STAGELINE_REDIS_URL is not set")
+            server = EmbeddedServer(settings.data_dir, appendfsync=settings.appendfsync)
+            store_url = await asyncio.to_thread(server.start)
+            log.info("embedded.started", url=store_url, data_dir=str(server.data_dir))
+        broker_url = settings.broker_url or store_url
+        store = RedisEventStore.from_url(store_url)
+        broker_client = aioredis.Redis.from_url(broker_url, decode_responses=False)
+        catalog = PipelineCatalog()
+        bus = CommandBus(broker_client)
+        return cls(
+            settings=settings,
+            store_url=store_url,
+            broker_url=broker_url,
+            store=store,
+            views=FalkorDBViews.from_url(store_url),
+            broker_client=broker_client,
+            catalog=catalog,
+            actors=default_actors(),
+            bus=bus,
+            submitter=Submitter(store, catalog, bus),
+            server=server,
+        )
+
+    def worker(self, consumer: str | None = None) -> Worker:
+        s = self.settings
+        config = WorkerConfig(
+            batch_size=s.batch_size, claim_idle_ms=s.claim_idle_ms, poll_ms=s.poll_ms
+        )
+        if consumer is not None:
+            config = WorkerConfig(**{**config.__dict__, "consumer": consumer})
+        return Worker(self.store, self.broker_url, self.catalog, self.actors, config)
+
+    def projector(self) -> Projector:
+        return Projector(self.store, self.views, batch_size=self.settings.projection_batch)
+
+    async def close(self) -> None:
+        await self.views.close()
+        await self.store.close()
+        await self.broker_client.aclose()
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+            log.info("embedded.stopped", data_dir=str(self.server.data_dir))

@@ -1,0 +1,315 @@
+"""Stage actors on the real embedded server: delivery, duplicates, crashes and claiming."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from stageline.actors import commands
+from stageline.actors.builtin import default_actors
+from stageline.actors.channels import CommandBus
+from stageline.actors.commands import StageCommand
+from stageline.actors.events import StageStarted
+from stageline.actors.pipeline import MEMORY_INGEST, Pipeline, PipelineCatalog, StageSpec
+from stageline.actors.stage import ActorRegistry, StageContext, StageResult
+from stageline.actors.submit import Submitter
+from stageline.actors.worker import Worker, WorkerConfig
+from stageline.events import keys
+from stageline.events.envelope import new_event
+from stageline.events.redis_store import RedisEventStore
+
+SAMPLES = [
+    json.loads(line)
+    for line in resources.files("stageline.data").joinpath("samples.jsonl").read_text().splitlines()
+]
+
+SLOW = Pipeline(
+    name="slow",
+    stages=(
+        StageSpec(name="nap", actor="nap", timeout_seconds=0.5),
+        StageSpec(name="normalize", actor="normalize"),
+    ),
+)
+FAILING = Pipeline(name="failing", stages=(StageSpec(name="boom", actor="boom"),))
+
+
+def actors() -> ActorRegistry:
+    registry = default_actors()
+
+    async def nap(item: dict[str, Any], ctx: StageContext) -> StageResult:
+        await asyncio.sleep(float(item.get("nap", 0)))
+        return StageResult(output={"napped": True})
+
+    def boom(item: dict[str, Any], ctx: StageContext) -> StageResult:
+        raise ValueError("stage exploded")
+
+    registry.register("nap", nap)
+    registry.register("boom", boom)
+    return registry
+
+
+CATALOG = PipelineCatalog([MEMORY_INGEST, SLOW, FAILING])
+
+
+@pytest.fixture
+async def broker(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def submitter(redis_store: RedisEventStore, broker: aioredis.Redis) -> Submitter:
+    return Submitter(redis_store, CATALOG, CommandBus(broker))
+
+
+def make_worker(store: RedisEventStore, url: str, consumer: str, **config: Any) -> Worker:
+    cfg = WorkerConfig(
+        poll_ms=20, claim_idle_ms=config.pop("claim_idle_ms", 60_000), consumer=consumer, **config
+    )
+    return Worker(store, url, CATALOG, actors(), cfg)
+
+
+@pytest.fixture
+async def worker(redis_store: RedisEventStore, redis_url: str) -> AsyncIterator[Worker]:
+    w = make_worker(redis_store, redis_url, "w-main")
+    await w.start()
+    yield w
+    await w.stop()
+
+
+async def wait_terminal(
+    store: RedisEventStore, workspace: str, run_ids: list[str], within: float = 20
+) -> dict[str, str]:
+    """Each run's terminal event type; fails the test when one is not terminal in time."""
+    done: dict[str, str] = {}
+    async with asyncio.timeout(within):
+        while len(done) < len(run_ids):
+            for run_id in run_ids:
+                if run_id in done:
+                    continue
+                last = await store.read_stream(
+                    workspace, keys.run_stream(run_id), backwards=True, limit=1
+                )
+                if last and last[0].type in ("RunCompleted", "RunFailed"):
+                    done[run_id] = last[0].type
+            await asyncio.sleep(0.02)
+    return done
+
+
+async def transitions(
+    store: RedisEventStore, workspace: str, run_id: str
+) -> Counter[tuple[str, int, int]]:
+    events = await store.read_stream(workspace, keys.run_stream(run_id))
+    return Counter(
+        (e.type, e.data["index"], e.data.get("attempt", 1))
+        for e in events
+        if e.type.startswith("Stage")
+    )
+
+
+async def idle(client: aioredis.Redis, actor: str) -> None:
+    """Wait until the actor's group has delivered and acknowledged everything."""
+    async with asyncio.timeout(10):
+        while True:
+            groups = await client.xinfo_groups(keys.stage_channel(actor))
+            if all(g["pending"] == 0 and not g.get("lag") for g in groups):
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_samples_complete_with_one_transition_per_stage(
+    worker: Worker, submitter: Submitter, redis_store: RedisEventStore, workspace: str
+) -> None:
+    runs = [(await submitter.submit(workspace, "memory-ingest", item)).run_id for item in SAMPLES]
+    assert set((await wait_terminal(redis_store, workspace, runs)).values()) == {"RunCompleted"}
+    for run_id in runs:
+        counts = await transitions(redis_store, workspace, run_id)
+        for index in range(4):
+            assert counts[("StageStarted", index, 1)] == 1
+            assert counts[("StageCompleted", index, 1)] == 1
+        assert sum(counts.values()) == 8
+    events = await redis_store.read_stream(workspace, keys.run_stream(runs[0]))
+    types = [e.type for e in events]
+    assert {"MemoryNormalized", "MemoryClassified", "EntityMentioned", "MemorySummarized"} <= set(
+        types
+    )
+    # causation chains every transition to the one before it
+    by_id = {str(e.event_id): e for e in events}
+    completed = [e for e in events if e.type == "StageCompleted"]
+    assert all(by_id[e.causation_id].type == "StageStarted" for e in completed if e.causation_id)
+
+
+async def test_duplicate_commands_record_nothing_twice(
+    worker: Worker,
+    submitter: Submitter,
+    redis_store: RedisEventStore,
+    broker: aioredis.Redis,
+    workspace: str,
+) -> None:
+    result = await submitter.submit(workspace, "memory-ingest", SAMPLES[0])
+    first = StageCommand(
+        workspace=workspace,
+        run_id=result.run_id,
+        pipeline="memory-ingest",
+        pipeline_version=1,
+        index=0,
+        version=0,
+        item=SAMPLES[0],
+    )
+    bus = CommandBus(broker)
+    await bus.publish([("normalize", first)] * 3)  # racing duplicates while the run flows
+    await wait_terminal(redis_store, workspace, [result.run_id])
+    await bus.publish([("normalize", first), ("classify", first)])  # late duplicates
+    for actor in ("normalize", "classify", "extract", "summarize"):
+        await idle(broker, actor)
+    counts = await transitions(redis_store, workspace, result.run_id)
+    assert set(counts.values()) == {1}
+    assert len(counts) == 8
+
+
+async def test_redelivered_batch_after_a_crash_before_ack_is_harmless(
+    redis_store: RedisEventStore, redis_url: str, submitter: Submitter, workspace: str
+) -> None:
+    w = make_worker(redis_store, redis_url, "w-direct")  # not started: we call its runtime directly
+    try:
+        result = await submitter.submit(workspace, "memory-ingest", SAMPLES[1])
+        command = StageCommand(
+            workspace=workspace,
+            run_id=result.run_id,
+            pipeline="memory-ingest",
+            pipeline_version=1,
+            index=0,
+            version=0,
+            item=SAMPLES[1],
+        )
+        await w.runtime.handle("normalize", [command])
+        version = await redis_store.stream_version(workspace, keys.run_stream(result.run_id))
+        await w.runtime.handle("normalize", [command])  # the same entry, delivered again
+        assert (
+            await redis_store.stream_version(workspace, keys.run_stream(result.run_id)) == version
+        )
+    finally:
+        await w.client.aclose()
+
+
+async def test_attempt_left_unfinished_by_a_dead_worker_is_abandoned_then_retried(
+    redis_store: RedisEventStore, redis_url: str, submitter: Submitter, workspace: str
+) -> None:
+    result = await submitter.submit(workspace, "slow", {"text": "nap time"})
+    stream = keys.run_stream(result.run_id)
+    # a worker took the command, recorded its start and died before any result
+    started = new_event(StageStarted(stage="nap", index=0, attempt=1))
+    await redis_store.append(workspace, stream, [started], expected_version=0)
+    w = make_worker(redis_store, redis_url, "w-abandon", abandon_grace_seconds=0.2)
+    await w.start()
+    try:
+        assert await wait_terminal(redis_store, workspace, [result.run_id]) == {
+            result.run_id: "RunCompleted"
+        }
+    finally:
+        await w.stop()
+    counts = await transitions(redis_store, workspace, result.run_id)
+    assert counts[("StageFailed", 0, 1)] == 1  # the lost attempt, recorded as abandoned
+    assert counts[("StageStarted", 0, 2)] == 1
+    assert counts[("StageCompleted", 0, 2)] == 1
+    failed = [
+        e for e in await redis_store.read_stream(workspace, stream) if e.type == "StageFailed"
+    ]
+    assert failed[0].data["error_type"] == "AttemptAbandoned"
+
+
+async def test_pending_entries_of_a_dead_consumer_are_claimed_by_another_worker(
+    redis_store: RedisEventStore,
+    redis_url: str,
+    submitter: Submitter,
+    broker: aioredis.Redis,
+    workspace: str,
+) -> None:
+    await CommandBus(broker).ensure_groups(["normalize"])
+    runs = [
+        (await submitter.submit(workspace, "memory-ingest", item)).run_id for item in SAMPLES[:10]
+    ]
+    # a worker reads the entries and is killed before acknowledging them
+    taken = await broker.xreadgroup(
+        keys.stage_group("normalize"),
+        "dead-worker",
+        {keys.stage_channel("normalize"): ">"},
+        count=100,
+    )
+    assert len(taken[0][1]) >= 10
+    w = make_worker(redis_store, redis_url, "w-claimer", claim_idle_ms=200)
+    await w.start()
+    try:
+        done = await wait_terminal(redis_store, workspace, runs)
+        assert set(done.values()) == {"RunCompleted"}
+        await idle(broker, "normalize")
+    finally:
+        await w.stop()
+    pending = await broker.xpending(keys.stage_channel("normalize"), keys.stage_group("normalize"))
+    assert pending["pending"] == 0
+
+
+async def test_failing_stage_fails_the_run_with_its_error(
+    worker: Worker, submitter: Submitter, redis_store: RedisEventStore, workspace: str
+) -> None:
+    result = await submitter.submit(workspace, "failing", {"text": "x"})
+    assert await wait_terminal(redis_store, workspace, [result.run_id]) == {
+        result.run_id: "RunFailed"
+    }
+    events = await redis_store.read_stream(workspace, keys.run_stream(result.run_id))
+    failed = next(e for e in events if e.type == "StageFailed")
+    assert (failed.data["error_type"], failed.data["error"]) == ("ValueError", "stage exploded")
+
+
+async def test_unreadable_entry_goes_to_the_dead_letter_stream(
+    worker: Worker, broker: aioredis.Redis
+) -> None:
+    dlq = keys.dead_letters("classify")
+    before = await broker.xlen(dlq)
+    await broker.xadd(keys.stage_channel("classify"), {"__data__": b"\xc1 not msgpack"})
+    await idle(broker, "classify")
+    assert await broker.xlen(dlq) == before + 1
+    entry = (await broker.xrevrange(dlq, count=1))[0][1]
+    assert b"undecodable" in entry[b"error"]
+
+
+async def test_two_workers_share_the_groups_without_double_transitions(
+    redis_store: RedisEventStore, redis_url: str, submitter: Submitter, workspace: str
+) -> None:
+    workers = [make_worker(redis_store, redis_url, f"w-pair-{i}", batch_size=16) for i in range(2)]
+    for w in workers:
+        await w.start()
+    try:
+        runs = [
+            (await submitter.submit(workspace, "memory-ingest", SAMPLES[i % len(SAMPLES)])).run_id
+            for i in range(200)
+        ]
+        assert set((await wait_terminal(redis_store, workspace, runs, within=60)).values()) == {
+            "RunCompleted"
+        }
+    finally:
+        for w in workers:
+            await w.stop()
+    for run_id in runs[:50]:
+        assert set((await transitions(redis_store, workspace, run_id)).values()) == {1}
+
+
+def test_command_wire_format_round_trips() -> None:
+    command = StageCommand(
+        workspace="w",
+        run_id="r",
+        pipeline="p",
+        pipeline_version=2,
+        index=1,
+        version=5,
+        item={"a": [1]},
+    )
+    assert commands.decode(commands.encode(command)) == command
