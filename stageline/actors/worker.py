@@ -25,6 +25,7 @@ from stageline.actors.schedule import Scheduler
 from stageline.actors.stage import ActorRegistry
 from stageline.events import keys
 from stageline.events.store import EventStore
+from stageline.logs import get_logger
 
 log = structlog.get_logger(__name__)
 _DATA = DATA_FIELD.encode()
@@ -92,7 +93,9 @@ class Worker:
             self.scheduler,
             abandon_grace=self.config.abandon_grace_seconds,
         )
-        self.broker = RedisBroker(broker_url, log_level=logging.DEBUG)
+        self.broker = RedisBroker(
+            broker_url, logger=get_logger("stageline.broker"), log_level=logging.DEBUG
+        )
         self._stop = asyncio.Event()
         self._scheduler_task: asyncio.Task[None] | None = None
         for actor in sorted(actors.names()):
