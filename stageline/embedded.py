@@ -47,6 +47,8 @@ class EmbeddedServer:
 
     def start(self, timeout: float = 15.0) -> str:
         """Start the server and wait until it answers; returns its URL."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self.url  # already running: the orphan check below would kill it
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         self._stop_orphan()
@@ -84,6 +86,8 @@ class EmbeddedServer:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the server (it flushes the AOF), wait for it, remove socket and pid file."""
         proc, self._proc = self._proc, None
+        if proc is None and self._lock is None:
+            return  # never started: the socket and pid file may be another owner's
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -147,7 +151,7 @@ class EmbeddedServer:
             pid = int(self.pidfile.read_text().strip())
         except (FileNotFoundError, ValueError):
             return
-        if not _is_our_server(pid):
+        if not _is_our_server(pid, self.data_dir):
             self.pidfile.unlink(missing_ok=True)
             return
         os.kill(pid, signal.SIGTERM)
@@ -169,9 +173,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _is_our_server(pid: int) -> bool:
+def _is_our_server(pid: int, data_dir: Path) -> bool:
+    """Whether ``pid`` is a redis-server working in ``data_dir`` (not a reused pid)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return _alive(pid)
-    return b"redis-server" in cmdline
+    if b"redis-server" not in cmdline:
+        return False
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")  # redis-server chdirs to --dir
+    except OSError:  # gone, or another user's process
+        return False
+    return Path(cwd) == data_dir

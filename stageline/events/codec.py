@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from stageline.errors import InvalidEvent
 from stageline.events.envelope import NewEvent, RecordedEvent
 
 
@@ -26,18 +27,37 @@ _decoder = msgspec.msgpack.Decoder(_Stored)
 
 
 def encode(event: NewEvent) -> bytes:
-    """The bytes stored for an event (without stream, version, position: the store adds those)."""
-    return _encoder.encode(
-        (
-            event.event_id.bytes,
-            event.type,
-            event.schema_version,
-            event.occurred_at,
-            event.correlation_id,
-            event.causation_id,
-            event.data,
+    """The bytes stored for an event (without stream, version, position: the store adds those).
+
+    Raises ``InvalidEvent`` for an event no read could decode, before anything is written.
+    """
+    data = event.data
+    # reads decode ``data`` as dict[str, Any]: anything else would poison the log
+    if isinstance(data, msgspec.Struct):
+        fits = not data.__struct_config__.array_like
+    else:
+        fits = isinstance(data, dict) and all(isinstance(k, str) for k in data)
+    if not fits:
+        raise InvalidEvent(
+            "event data must be a mapping with string keys or a DomainEvent", type=event.type
         )
-    )
+    # a naive datetime would be stored as a string and read back naive, its zone lost
+    if event.occurred_at.tzinfo is None:
+        raise InvalidEvent("occurred_at must be timezone-aware", type=event.type)
+    try:
+        return _encoder.encode(
+            (
+                event.event_id.bytes,
+                event.type,
+                event.schema_version,
+                event.occurred_at,
+                event.correlation_id,
+                event.causation_id,
+                data,
+            )
+        )
+    except (TypeError, OverflowError) as exc:
+        raise InvalidEvent(f"event cannot be encoded: {exc}", type=event.type) from exc
 
 
 def decode(

@@ -13,13 +13,15 @@ from stageline.errors import InvalidArgument
 
 PREFIX = "stageline"
 WORKSPACES = f"{PREFIX}:workspaces"
+SCHEDULED = f"{PREFIX}:scheduled"
+"""Sorted set of delayed channel entries: member = channel NUL payload, score = due time."""
 
 _WORKSPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _STREAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@=+-]{0,199}$")
 
 
 def check_workspace(workspace: str) -> str:
-    if not _WORKSPACE.match(workspace):
+    if not _WORKSPACE.fullmatch(workspace):  # match() lets a trailing "\n" through
         raise InvalidArgument(
             "workspace must be 1-64 characters of letters, digits, '_', '.', '-'",
             workspace=workspace,
@@ -28,7 +30,7 @@ def check_workspace(workspace: str) -> str:
 
 
 def check_stream(stream: str) -> str:
-    if not _STREAM.match(stream):
+    if not _STREAM.fullmatch(stream):
         raise InvalidArgument(
             "stream name must be 1-200 characters of letters, digits and _.:@=+-",
             stream=stream,

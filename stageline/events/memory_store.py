@@ -50,6 +50,8 @@ class MemoryEventStore:
     def _append(self, request: AppendRequest) -> AppendResult:
         ws = self._get(request.workspace)
         stream, events = request.stream, request.events
+        # encode first, as the Redis store does: a bad event must leave the log as it was
+        blobs = {e.event_id: codec.encode(e) for e in events}
         positions = ws.streams.get(stream, [])
         length = len(positions)
         fresh = [e for e in events if (stream, e.event_id.bytes) not in ws.ids]
@@ -71,7 +73,7 @@ class MemoryEventStore:
             # round-trip through the codec so both stores hand back identical data
             ws.log.append(
                 codec.decode(
-                    codec.encode(event),
+                    blobs[event.event_id],
                     workspace=request.workspace,
                     stream=stream,
                     version=version,

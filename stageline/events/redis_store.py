@@ -12,9 +12,15 @@ from redis.exceptions import ResponseError
 from stageline.errors import ConcurrencyError, InvalidArgument
 from stageline.events import codec, keys
 from stageline.events.envelope import ANY, NewEvent, RecordedEvent
-from stageline.events.store import AppendRequest, AppendResult, check_append
+from stageline.events.store import (
+    MAX_EVENTS_PER_APPEND,
+    AppendRequest,
+    AppendResult,
+    check_append,
+)
 
-MAX_EVENTS_PER_APPEND = 1000
+__all__ = ["MAX_EVENTS_PER_APPEND", "RedisEventStore"]
+
 _PAGE = 1000
 
 
@@ -49,11 +55,6 @@ class RedisEventStore:
     @staticmethod
     def _args(request: AppendRequest) -> tuple[list[str], list[Any]]:
         check_append(request)
-        if len(request.events) > MAX_EVENTS_PER_APPEND:
-            raise InvalidArgument(
-                f"an append takes at most {MAX_EVENTS_PER_APPEND} events",
-                count=len(request.events),
-            )
         args: list[Any] = [request.stream, request.expected_version]
         for event in request.events:
             args.append(event.event_id.bytes)
@@ -104,7 +105,8 @@ class RedisEventStore:
             except InvalidArgument as exc:
                 out[i] = exc
                 continue
-            self._append(keys=script_keys, args=args, client=pipe)
+            # queues EVALSHA on the pipeline (the script is loaded on execute)
+            await self._append(keys=script_keys, args=args, client=pipe)
             calls.append(i)
         if calls:
             await self._remember({requests[i].workspace for i in calls})
@@ -145,7 +147,11 @@ class RedisEventStore:
         limit: int | None = None,
     ) -> list[RecordedEvent]:
         out: list[RecordedEvent] = []
-        first = from_version if from_version is not None else (2**62 if backwards else 0)
+        if from_version is None:
+            first = 2**62 if backwards else 0
+        else:
+            # forwards from a negative version is from the start, as in every store
+            first = from_version if backwards else max(from_version, 0)
         script_keys = [keys.stream_key(workspace, stream), keys.log_key(workspace)]
         while limit is None or len(out) < limit:
             count = _PAGE if limit is None else min(_PAGE, limit - len(out))
@@ -166,6 +172,8 @@ class RedisEventStore:
     async def read_log(
         self, workspace: str, *, after: int = 0, limit: int = 1000
     ) -> list[RecordedEvent]:
+        if limit <= 0:
+            return []
         entries = await self.client.xrange(
             keys.log_key(workspace), min=f"(0-{max(after, 0)}", max="+", count=limit
         )
@@ -174,6 +182,10 @@ class RedisEventStore:
     async def tail(
         self, workspace: str, *, after: int, limit: int = 1000, block_ms: int = 1000
     ) -> list[RecordedEvent]:
+        if limit <= 0:
+            return []
+        if block_ms <= 0:  # XREAD BLOCK 0 would wait forever
+            return await self.read_log(workspace, after=after, limit=limit)
         reply = await self.client.xread(
             {keys.log_key(workspace): f"0-{max(after, 0)}"}, count=limit, block=block_ms
         )
@@ -189,4 +201,11 @@ class RedisEventStore:
         return int(info["last-generated-id"].rsplit(b"-", 1)[1])
 
     async def workspaces(self) -> list[str]:
-        return sorted(m.decode() for m in await self.client.smembers(keys.WORKSPACES))
+        # the set is written before the append (so no workspace with events is ever
+        # missing), hence may name one whose every append failed: keep those with a log
+        names = sorted(m.decode() for m in await self.client.smembers(keys.WORKSPACES))
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(keys.log_key(name))
+        found = await pipe.execute() if names else []
+        return [name for name, n in zip(names, found, strict=True) if n]

@@ -11,6 +11,9 @@ from stageline.errors import InvalidArgument
 from stageline.events.envelope import ANY, NewEvent, RecordedEvent
 from stageline.events.keys import check_stream, check_workspace
 
+MAX_EVENTS_PER_APPEND = 1000
+"""Largest append any store takes (the Redis script unpacks 4 hash fields per event)."""
+
 
 class AppendRequest(msgspec.Struct, frozen=True):
     workspace: str
@@ -107,6 +110,10 @@ def check_append(request: AppendRequest) -> None:
     check_stream(request.stream)
     if not request.events:
         raise InvalidArgument("an append needs at least one event", stream=request.stream)
+    if len(request.events) > MAX_EVENTS_PER_APPEND:
+        raise InvalidArgument(
+            f"an append takes at most {MAX_EVENTS_PER_APPEND} events", count=len(request.events)
+        )
     if request.expected_version < ANY:
         raise InvalidArgument(
             "expected_version must be >= 0, NO_STREAM (-1) or ANY (-2)",
