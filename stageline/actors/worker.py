@@ -93,6 +93,9 @@ class Worker:
             self.scheduler,
             abandon_grace=self.config.abandon_grace_seconds,
         )
+        # FastStream logs every message at log_level and its task bookkeeping at INFO:
+        # keep its lines to warnings and errors
+        logging.getLogger("stageline.broker").setLevel(logging.WARNING)
         self.broker = RedisBroker(
             broker_url, logger=get_logger("stageline.broker"), log_level=logging.DEBUG
         )

@@ -1,0 +1,96 @@
+"""The FastAPI application: thin routes over the store and the views of one ``Stack``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from stageline import __version__
+from stageline.api import errors, health, log, runs, streams
+from stageline.api.middleware import BodyLimitMiddleware, CorrelationMiddleware
+from stageline.settings import Settings
+from stageline.stack import Stack
+
+__all__ = ["create_app"]
+
+DESCRIPTION = """\
+Submit pipeline runs, read their status from the run-status view, append and read
+events of the log.
+
+* `X-Workspace` selects the workspace (default: the server's); workspaces never see
+  each other's data.
+* `X-Correlation-ID` is taken from the request or generated, returned on every
+  response, and recorded on the events the request writes.
+* Every error answer is `{"error": {"code", "message", "details"}, "correlation_id"}`.
+* Writes answer with a log `position`; pass it as `min_position` to a read to see the write.
+"""
+
+
+def create_app(stack: Stack | None = None, settings: Settings | None = None) -> FastAPI:
+    """The API app over ``stack``.
+
+    Without a stack, the app's lifespan opens one from ``settings`` (default: the
+    ``STAGELINE_*`` environment) and closes it on shutdown. A given stack is used
+    as is and left open: whoever opened it closes it.
+    """
+    if settings is None:
+        settings = stack.settings if stack is not None else Settings()
+    opened_settings = settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if stack is not None:
+            yield
+            return
+        own = await Stack.open(opened_settings)
+        app.state.stack = own
+        try:
+            yield
+        finally:
+            app.state.stack = None
+            await own.close()
+
+    app = FastAPI(
+        title="stageline",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.stack = stack
+    errors.install(app)
+    for module in (health, runs, streams, log):
+        app.include_router(module.router)
+    # the last added runs first: correlation ids must be set before a body is refused
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CorrelationMiddleware, default_workspace=settings.workspace)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _without_422(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _without_422(schema: dict[str, Any]) -> dict[str, Any]:
+    """Drop FastAPI's default 422 entries: invalid requests answer 400 with the envelope."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            operation.get("responses", {}).pop("422", None)
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    return schema

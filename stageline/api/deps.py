@@ -1,0 +1,126 @@
+"""What route handlers receive: the stack, the settings, the workspace, consistent views."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+
+from stageline.api.errors import correlation_of
+from stageline.errors import InvalidArgument, Unavailable
+from stageline.events.keys import check_stream, check_workspace, run_stream
+from stageline.projections.falkordb_views import FalkorDBViews
+from stageline.settings import Settings
+from stageline.stack import Stack
+
+__all__ = [
+    "CorrelationId",
+    "IdempotencyKey",
+    "MinPosition",
+    "SettingsDep",
+    "StackDep",
+    "Workspace",
+    "check_run_id",
+    "views_at",
+]
+
+
+def get_stack(request: Request) -> Stack:
+    stack: Stack | None = getattr(request.app.state, "stack", None)
+    if stack is None:
+        raise Unavailable("the API has no connection to the store yet")
+    return stack
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_workspace(
+    request: Request,
+    x_workspace: Annotated[
+        str | None,
+        Header(
+            alias="X-Workspace",
+            description="The workspace to act in; the server's default workspace when absent.",
+        ),
+    ] = None,
+) -> str:
+    """The request's workspace: ``X-Workspace``, else the configured default (400 if malformed)."""
+    if x_workspace is None:
+        return get_settings(request).workspace
+    return check_workspace(x_workspace)
+
+
+def get_correlation_id(request: Request) -> str:
+    """The id the middleware gave this request (echoed in ``X-Correlation-ID``)."""
+    return correlation_of(request.scope) or ""
+
+
+StackDep = Annotated[Stack, Depends(get_stack)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+Workspace = Annotated[str, Depends(get_workspace)]
+CorrelationId = Annotated[str, Depends(get_correlation_id)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Makes a retry safe: the same key and body are answered as the first time, "
+        "without writing again; the same key with another body is a 409.",
+    ),
+]
+
+
+MinPosition = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        description="Read-your-writes: first wait until the view has applied this log "
+        "position (e.g. the `position` a submit returned); 503 if it does not in time.",
+    ),
+]
+
+
+async def views_at(
+    stack: Stack, workspace: str, min_position: int | None, timeout: float
+) -> FalkorDBViews:
+    """The views, once they have applied ``min_position`` (if given).
+
+    Called from a handler's body, after every parameter was validated, so a bad
+    request is refused at once instead of after the wait. Raises ``InvalidArgument``
+    for a position past the log's head (it could never be reached) and
+    ``Unavailable`` naming the position reached when ``timeout`` ran out.
+    """
+    views = stack.views
+    if not min_position or await views.checkpoint(workspace) >= min_position:
+        return views
+    head = await stack.store.head(workspace)
+    if min_position > head:
+        raise InvalidArgument(
+            f"min_position {min_position} is past the workspace log's head ({head})",
+            min_position=min_position,
+            head=head,
+        )
+    if not await views.wait_for(workspace, min_position, timeout):
+        reached = await views.checkpoint(workspace)
+        raise Unavailable(
+            f"the view reached position {reached}, not {min_position}, within {timeout:g}s; "
+            "retry later",
+            min_position=min_position,
+            reached=reached,
+        )
+    return views
+
+
+def check_run_id(run_id: str) -> str:
+    """Reject a run id that could not name a run stream (400)."""
+    try:
+        check_stream(run_stream(run_id))
+    except InvalidArgument:
+        raise InvalidArgument(
+            "run_id must be 1-196 characters of letters, digits and _.:@=+-", run_id=run_id
+        ) from None
+    return run_id

@@ -1,0 +1,229 @@
+"""``/v1/runs``: submit a run, read it, list runs, run stats, a run's event history."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from stageline.api.deps import (
+    CorrelationId,
+    IdempotencyKey,
+    MinPosition,
+    SettingsDep,
+    StackDep,
+    Workspace,
+    check_run_id,
+    views_at,
+)
+from stageline.api.responses import Backwards, FromVersion, PageLimit, json_response, stream_page
+from stageline.api.schemas import (
+    RunList,
+    RunStats,
+    RunView,
+    StreamEvents,
+    SubmitAccepted,
+    SubmitRun,
+    error_responses,
+)
+from stageline.errors import InvalidArgument, NotFound
+from stageline.events.keys import run_stream
+from stageline.projections.falkordb_views import FalkorDBViews
+from stageline.projections.run_status import RunStatus
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+TERMINAL = frozenset({RunStatus.COMPLETED.value, RunStatus.FAILED.value})
+"""Statuses a run never leaves; ``wait`` returns as soon as the view shows one."""
+POLL_SECONDS = 0.02
+
+
+async def until_ended(
+    views: FalkorDBViews, workspace: str, run_id: str, position: int, timeout: float
+) -> dict[str, Any] | None:
+    """The run once the view shows it ended, or as far as it got when ``timeout`` ran out."""
+    deadline = time.monotonic() + timeout
+    if not await views.wait_for(workspace, position, timeout):
+        return await views.get_run(workspace, run_id)
+    while True:
+        run = await views.get_run(workspace, run_id)
+        left = deadline - time.monotonic()
+        if (run is not None and run["status"] in TERMINAL) or left <= 0:
+            return run
+        await asyncio.sleep(min(POLL_SECONDS, left))
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=None,
+    responses={
+        202: {"model": SubmitAccepted, "description": "Accepted: the run is on its way."},
+        200: {"model": RunView, "description": "With `wait`: the run ended in time."},
+        **error_responses(400, 404, 409, 413, 503),
+    },
+)
+async def submit_run(
+    body: SubmitRun,
+    request: Request,
+    stack: StackDep,
+    settings: SettingsDep,
+    workspace: Workspace,
+    correlation_id: CorrelationId,
+    idempotency_key: IdempotencyKey = None,
+    wait: Annotated[
+        float | None,
+        Query(gt=0, le=60, description="Seconds to wait for the run to end (sync mode)."),
+    ] = None,
+) -> Response:
+    """Start a run of `pipeline` on `input` and answer 202 with where to follow it.
+
+    `position` is the log position of the run's first event: pass it as
+    `min_position` to a read to be sure the read sees the run. With `wait`, the
+    answer is 200 with the finished run if it ends within `wait` seconds, else
+    202 with the run as far as it got. Nothing is written for a request answered
+    with an error.
+    """
+    text = body.input.text
+    if len(text) > settings.max_text_chars:
+        raise InvalidArgument(
+            f"input.text has {len(text)} characters, more than the limit of "
+            f"{settings.max_text_chars}",
+            field="input.text",
+            max_chars=settings.max_text_chars,
+        )
+    try:
+        stack.catalog.get(workspace, body.pipeline)
+    except NotFound:
+        known = stack.catalog.names(workspace)
+        raise NotFound(
+            f"no pipeline named {body.pipeline!r}; known pipelines: {', '.join(known)}",
+            pipeline=body.pipeline,
+            known=known,
+        ) from None
+    item = body.input.model_dump(mode="json", exclude_none=True)
+    result = await stack.submitter.submit(
+        workspace,
+        body.pipeline,
+        item,
+        idempotency_key=idempotency_key,
+        correlation_id=correlation_id,
+    )
+    status_url = request.scope.get("root_path", "") + str(
+        request.app.url_path_for("get_run", run_id=result.run_id)
+    )
+    accepted = {
+        "run_id": result.run_id,
+        "stream": result.stream,
+        "position": result.position,
+        "deduplicated": result.deduplicated,
+        "status_url": status_url,
+    }
+    location = {"Location": status_url}
+    if wait is None:
+        return json_response(accepted, 202, location)
+    run = await until_ended(stack.views, workspace, result.run_id, result.position, wait)
+    if run is not None and run["status"] in TERMINAL:
+        return json_response(run)
+    return json_response({**accepted, "run": run}, 202, location)
+
+
+@router.get(
+    "", response_model=None, responses={200: {"model": RunList}, **error_responses(400, 503)}
+)
+async def list_runs(
+    stack: StackDep,
+    settings: SettingsDep,
+    workspace: Workspace,
+    status: Annotated[RunStatus | None, Query(description="Only runs with this status.")] = None,
+    pipeline: Annotated[
+        str | None, Query(min_length=1, max_length=100, description="Only runs of this pipeline.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9]{1,19}$", description="`next_cursor` of the previous page."),
+    ] = None,
+    min_position: MinPosition = None,
+) -> Response:
+    """Runs newest first, one page at a time; follow `next_cursor` until it is null."""
+    views = await views_at(stack, workspace, min_position, settings.read_wait_seconds)
+    runs, next_cursor = await views.list_runs(
+        workspace,
+        status=status.value if status is not None else None,
+        pipeline=pipeline,
+        limit=limit,
+        cursor=cursor,
+    )
+    return json_response({"runs": runs, "next_cursor": next_cursor})
+
+
+# declared before /{run_id}, which would otherwise take "stats" for a run id
+@router.get(
+    "/stats", response_model=None, responses={200: {"model": RunStats}, **error_responses(400, 503)}
+)
+async def run_stats(
+    stack: StackDep, settings: SettingsDep, workspace: Workspace, min_position: MinPosition = None
+) -> Response:
+    """Run counts by status, their total, and per stage the p50/p95 of completed durations."""
+    views = await views_at(stack, workspace, min_position, settings.read_wait_seconds)
+    return json_response(await views.stats(workspace))
+
+
+@router.get(
+    "/{run_id}",
+    response_model=None,
+    responses={200: {"model": RunView}, **error_responses(400, 404, 503)},
+)
+async def get_run(
+    run_id: str,
+    stack: StackDep,
+    settings: SettingsDep,
+    workspace: Workspace,
+    min_position: MinPosition = None,
+) -> Response:
+    """One run with its stages, as the run-status view holds it (404 if it has none)."""
+    check_run_id(run_id)
+    views = await views_at(stack, workspace, min_position, settings.read_wait_seconds)
+    run = await views.get_run(workspace, run_id)
+    if run is not None:
+        return json_response(run)
+    stream = run_stream(run_id)
+    if await stack.store.stream_version(workspace, stream) >= 0:
+        raise NotFound(
+            f"run {run_id!r} is in the log but not in the view yet; pass the position its "
+            "submit returned as min_position to wait for it",
+            run_id=run_id,
+            in_log=True,
+        )
+    raise NotFound(f"no run {run_id!r} in workspace {workspace!r}", run_id=run_id)
+
+
+@router.get(
+    "/{run_id}/events",
+    response_model=None,
+    responses={200: {"model": StreamEvents}, **error_responses(400, 404, 503)},
+)
+async def run_events(
+    run_id: str,
+    stack: StackDep,
+    workspace: Workspace,
+    from_version: FromVersion = None,
+    limit: PageLimit = 100,
+    backwards: Backwards = False,
+) -> Response:
+    """The run's events straight from the log (not the view), in stream order."""
+    check_run_id(run_id)
+    return await stream_page(
+        stack.store,
+        workspace,
+        run_stream(run_id),
+        from_version=from_version,
+        limit=limit,
+        backwards=backwards,
+    )

@@ -1,0 +1,158 @@
+"""``/v1/streams``: other systems append their own events to a stream, and read streams back."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from stageline.api.deps import CorrelationId, IdempotencyKey, StackDep, Workspace
+from stageline.api.responses import Backwards, FromVersion, PageLimit, json_response, stream_page
+from stageline.api.schemas import Appended, AppendEvents, EventIn, StreamEvents, error_responses
+from stageline.errors import Conflict, InvalidEvent
+from stageline.events.envelope import ANY, NO_STREAM, NewEvent, registry
+from stageline.events.keys import check_stream
+from stageline.events.store import AppendResult, EventStore
+
+__all__ = ["idempotent_event_id", "router"]
+
+router = APIRouter(prefix="/v1/streams", tags=["streams"])
+
+_NAMESPACE = uuid.UUID("0b6f3f0e-5c7a-4d55-9f57-3a1f7f0c2d11")
+_EXPECTED = {"any": ANY, "no_stream": NO_STREAM}
+
+
+def idempotent_event_id(workspace: str, stream: str, key: str, index: int) -> uuid.UUID:
+    """The id of the ``index``-th event of a request with Idempotency-Key ``key``.
+
+    Deterministic, so the store drops every event of a retried request as a duplicate.
+    """
+    return uuid.uuid5(_NAMESPACE, f"{workspace}\0{stream}\0{key}\0{index}")
+
+
+def to_new_event(
+    index: int,
+    event: EventIn,
+    *,
+    event_id: uuid.UUID,
+    correlation_id: str,
+    now: datetime,
+) -> NewEvent:
+    """The event to append, with its data checked if its type is a known one."""
+    try:
+        registry.validate(event.type, event.schema_version, event.data)
+    except InvalidEvent as exc:
+        raise InvalidEvent(f"events[{index}]: {exc.message}", index=index, **exc.details) from None
+    return NewEvent(
+        type=event.type,
+        data=event.data,
+        event_id=event_id,
+        schema_version=event.schema_version,
+        occurred_at=event.occurred_at or now,
+        correlation_id=event.correlation_id or correlation_id,
+        causation_id=event.causation_id,
+    )
+
+
+async def _check_same_request(
+    store: EventStore,
+    workspace: str,
+    stream: str,
+    events: Sequence[NewEvent],
+    result: AppendResult,
+) -> None:
+    """Raise ``Conflict`` if a fully deduplicated append's events differ from the stored ones."""
+    first, last = min(result.versions), max(result.versions)
+    stored = await store.read_stream(workspace, stream, from_version=first, limit=last - first + 1)
+    by_id = {e.event_id: e for e in stored}
+    for event in events:
+        old = by_id.get(event.event_id)
+        if old is None or old.type != event.type or old.data != msgspec.to_builtins(event.data):
+            raise Conflict(
+                "Idempotency-Key was already used for a different request", stream=stream
+            )
+
+
+@router.post(
+    "/{stream}/events",
+    status_code=201,
+    response_model=None,
+    responses={201: {"model": Appended}, **error_responses(400, 409, 413, 503)},
+)
+async def append_events(
+    stream: str,
+    body: AppendEvents,
+    stack: StackDep,
+    workspace: Workspace,
+    correlation_id: CorrelationId,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Append 1-1000 events to `stream` atomically, all or none.
+
+    `expected_version` guards against concurrent writers: a clash is a 409 whose
+    `details.actual_version` is the stream's version. Events of a type stageline
+    knows are checked against its schema (400, nothing written). With an
+    `Idempotency-Key`, events without an `event_id` get ids derived from the key,
+    so a retried request writes nothing new and gets the same answer.
+    """
+    check_stream(stream)
+    now = datetime.now(UTC)
+    events = [
+        to_new_event(
+            i,
+            event,
+            event_id=event.event_id
+            or (
+                idempotent_event_id(workspace, stream, idempotency_key, i)
+                if idempotency_key is not None
+                else uuid.uuid4()
+            ),
+            correlation_id=correlation_id,
+            now=now,
+        )
+        for i, event in enumerate(body.events)
+    ]
+    expected = body.expected_version
+    expected_version = _EXPECTED[expected] if isinstance(expected, str) else expected
+    result = await stack.store.append(workspace, stream, events, expected_version)
+    if idempotency_key is not None and result.deduplicated:
+        await _check_same_request(stack.store, workspace, stream, events, result)
+    return json_response(
+        {
+            "stream": result.stream,
+            "version": result.version,
+            "versions": result.versions,
+            "positions": result.positions,
+            "deduplicated": result.deduplicated,
+        },
+        201,
+    )
+
+
+@router.get(
+    "/{stream}/events",
+    response_model=None,
+    responses={200: {"model": StreamEvents}, **error_responses(400, 404, 503)},
+)
+async def stream_events(
+    stream: str,
+    stack: StackDep,
+    workspace: Workspace,
+    from_version: FromVersion = None,
+    limit: PageLimit = 100,
+    backwards: Backwards = False,
+) -> Response:
+    """A page of `stream`'s events in version order (404 if the stream does not exist)."""
+    check_stream(stream)
+    return await stream_page(
+        stack.store,
+        workspace,
+        stream,
+        from_version=from_version,
+        limit=limit,
+        backwards=backwards,
+    )

@@ -1,0 +1,49 @@
+"""``/healthz`` and ``/readyz``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import httpx
+import redis.asyncio as aioredis
+from api_helpers import assert_error
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from stageline.api import create_app
+from stageline.stack import Stack
+
+
+async def test_healthz_answers_without_any_dependency() -> None:
+    # no stack at all: the lifespan has not run, so nothing is connected
+    app = create_app(stack=None)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.get("/healthz")
+        assert r.status_code == 200 and r.json() == {"status": "ok"}
+        assert_error(await c.get("/readyz"), 503, "UNAVAILABLE")
+
+
+async def test_readyz_checks_store_broker_and_views(client: httpx.AsyncClient) -> None:
+    r = await client.get("/readyz")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ready"
+    assert set(body["checks"]) == {"store", "broker", "views"}
+    assert all(check["ok"] and check["ms"] >= 0 for check in body["checks"].values())
+
+
+async def test_readyz_is_503_naming_the_dependency_that_failed(stack: Stack) -> None:
+    dead = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    app = create_app(stack=dataclasses.replace(stack, broker_client=dead))
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as c:
+            r = await c.get("/readyz")
+    finally:
+        await dead.aclose()
+    error = assert_error(r, 503, "UNAVAILABLE")
+    checks = error["details"]["checks"]
+    assert checks["broker"]["ok"] is False and checks["broker"]["error"]
+    assert checks["store"]["ok"] is True and checks["views"]["ok"] is True
+    assert error["message"] == "not ready: broker did not answer"

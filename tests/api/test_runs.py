@@ -1,0 +1,257 @@
+"""``/v1/runs``: submit, wait, read-your-writes, idempotency, list, stats, run events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from api_helpers import Projecting, assert_error, fields, submit
+
+from stageline.stack import Stack
+
+STAGES = ["normalize", "classify", "extract", "summarize"]
+
+
+async def run_submitted_count(stack: Stack, workspace: str) -> int:
+    events = await stack.store.read_log(workspace, after=0, limit=10_000)
+    return sum(1 for e in events if e.type == "RunSubmitted")
+
+
+async def test_submit_with_wait_answers_the_completed_run(
+    client: httpx.AsyncClient, workspace: str
+) -> None:
+    r = await submit(client, wait=20, id="m-1", source="chat", metadata={"k": [1, 2]})
+    assert r.status_code == 200, r.text
+    run = r.json()
+    assert run["status"] == "completed"
+    assert run["pipeline"] == "memory-ingest"
+    assert run["completed_at"] is not None and run["error"] is None
+    assert [s["name"] for s in run["stages"]] == STAGES
+    for stage in run["stages"]:
+        assert stage["status"] == "completed", stage
+        assert stage["attempts"] >= 1
+        assert stage["started_at"] is not None and stage["ended_at"] is not None
+        assert stage["started_at"] <= stage["ended_at"]
+        assert isinstance(stage["duration_ms"], int | float) and stage["duration_ms"] >= 0
+
+
+async def test_submit_without_wait_answers_202_and_where_to_read(
+    client: httpx.AsyncClient, workspace: str
+) -> None:
+    r = await submit(client)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert set(body) == {"run_id", "stream", "position", "deduplicated", "status_url"}
+    assert body["stream"] == f"run-{body['run_id']}"
+    assert body["deduplicated"] is False
+    assert body["position"] >= 1
+    assert body["status_url"] == f"/v1/runs/{body['run_id']}"
+    assert r.headers["Location"] == body["status_url"]
+
+
+async def test_read_your_writes_with_min_position(client: httpx.AsyncClient) -> None:
+    accepted = (await submit(client)).json()
+    r = await client.get(accepted["status_url"], params={"min_position": accepted["position"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == accepted["run_id"]
+    assert r.json()["seq"] == accepted["position"]
+    listed = await client.get("/v1/runs", params={"min_position": accepted["position"]})
+    assert [run["id"] for run in listed.json()["runs"]] == [accepted["run_id"]]
+    stats = await client.get("/v1/runs/stats", params={"min_position": accepted["position"]})
+    assert stats.json()["total"] == 1
+
+
+async def test_min_position_not_reached_in_time_is_503_naming_the_position_reached(
+    stack: Stack,
+    projector: Projecting,
+    workspace: str,
+    make_client: Callable[..., Any],
+) -> None:
+    async with make_client(read_wait_seconds=0.2) as client:
+        first = (await submit(client, wait=20)).json()
+        reached = await stack.views.checkpoint(workspace)
+        assert reached >= first["seq"]
+        async with projector.paused():
+            accepted = (await submit(client)).json()
+            r = await client.get(
+                accepted["status_url"], params={"min_position": accepted["position"]}
+            )
+            error = assert_error(r, 503, "UNAVAILABLE")
+            assert error["details"] == {"min_position": accepted["position"], "reached": reached}
+            assert str(reached) in error["message"]
+            assert r.headers["Retry-After"] == "1"
+            for path in ("/v1/runs", "/v1/runs/stats"):
+                r = await client.get(path, params={"min_position": accepted["position"]})
+                assert_error(r, 503, "UNAVAILABLE")
+            # without min_position the lagging view is read as it is
+            missing = await client.get(accepted["status_url"])
+            error = assert_error(missing, 404, "NOT_FOUND")
+            assert error["details"]["in_log"] is True
+            assert "min_position" in error["message"]
+            # a wait that runs out answers 202 with the run as far as the view has it
+            timed_out = await submit(client, wait=0.2)
+            assert timed_out.status_code == 202
+            assert timed_out.json()["run"] is None
+            assert {"run_id", "position", "status_url"} <= set(timed_out.json())
+        r = await client.get(accepted["status_url"], params={"min_position": accepted["position"]})
+        assert r.status_code == 200, r.text
+
+
+async def test_min_position_past_the_head_is_invalid(client: httpx.AsyncClient) -> None:
+    accepted = (await submit(client)).json()
+    head = accepted["position"]
+    r = await client.get("/v1/runs", params={"min_position": head + 1000})
+    error = assert_error(r, 400, "INVALID_ARGUMENT")
+    assert error["details"]["head"] >= head
+    r = await client.get("/v1/runs", params={"min_position": -1})
+    assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["min_position"]
+
+
+async def test_idempotency_key_means_the_same_run_appended_once(
+    client: httpx.AsyncClient, app: Any, stack: Stack, workspace: str
+) -> None:
+    key = {"Idempotency-Key": "order-42"}
+    first = await submit(client, "the same text", headers=key, wait=20)
+    assert first.status_code == 200, first.text
+    again = await submit(client, "the same text", headers=key)
+    assert again.status_code == 202
+    assert again.json()["run_id"] == first.json()["id"]
+    assert again.json()["deduplicated"] is True
+    assert await run_submitted_count(stack, workspace) == 1
+    head = await stack.store.head(workspace)
+
+    other = await submit(client, "another text", headers=key)
+    error = assert_error(other, 409, "CONFLICT")
+    assert "Idempotency-Key" in error["message"]
+    assert await stack.store.head(workspace) == head
+
+    # the key is per workspace: elsewhere it starts a run of its own
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"X-Workspace": workspace + "b"},
+    ) as elsewhere:
+        r = await submit(elsewhere, "another text", headers=key)
+    assert r.status_code == 202 and r.json()["deduplicated"] is False
+
+
+async def test_idempotency_key_longer_than_200_is_rejected(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    r = await submit(client, headers={"Idempotency-Key": "k" * 201})
+    assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["Idempotency-Key"]
+    assert await stack.store.head(workspace) == 0
+
+
+async def test_list_filters_by_status_and_pages_with_a_cursor(client: httpx.AsyncClient) -> None:
+    done = [(await submit(client, f"item number {i}", wait=20)).json() for i in range(3)]
+    assert [run["status"] for run in done] == ["completed"] * 3
+    # only control characters: accepted here, then the normalize stage fails the run
+    failed = (await submit(client, "\x00\x01", wait=20)).json()
+    assert failed["status"] == "failed"
+    assert failed["error"]
+    assert [s["status"] for s in failed["stages"]] == ["failed"] + ["pending"] * 3
+
+    r = await client.get("/v1/runs", params={"status": "failed"})
+    assert [run["id"] for run in r.json()["runs"]] == [failed["id"]]
+    assert r.json()["next_cursor"] is None
+
+    ids: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"status": "completed", "limit": 2}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = (await client.get("/v1/runs", params=params)).json()
+        pages += 1
+        ids += [run["id"] for run in page["runs"]]
+        assert all(run["status"] == "completed" for run in page["runs"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 2
+    assert ids == [run["id"] for run in reversed(done)]  # newest first
+
+    r = await client.get("/v1/runs", params={"pipeline": "other"})
+    assert r.json() == {"runs": [], "next_cursor": None}
+
+
+async def test_stats_count_runs_by_status_with_stage_timings(client: httpx.AsyncClient) -> None:
+    for i in range(2):
+        assert (await submit(client, f"stats item {i}", wait=20)).json()["status"] == "completed"
+    assert (await submit(client, "\x01", wait=20)).json()["status"] == "failed"
+    stats = (await client.get("/v1/runs/stats")).json()
+    assert stats["counts"]["completed"] == 2
+    assert stats["counts"]["failed"] == 1
+    assert stats["counts"]["processing"] == 0
+    assert stats["total"] == 3
+    assert set(stats["stages"]) == set(STAGES)
+    assert stats["stages"]["summarize"]["count"] == 2
+    assert stats["stages"]["normalize"]["count"] == 2  # the failed run's attempt did not complete
+    for timing in stats["stages"].values():
+        assert 0 <= timing["p50_ms"] <= timing["p95_ms"]
+
+
+async def test_run_events_come_from_the_log(client: httpx.AsyncClient) -> None:
+    r = await submit(client, wait=20, headers={"X-Correlation-ID": "trace-abc"})
+    run_id = r.json()["id"]
+    page = (await client.get(f"/v1/runs/{run_id}/events")).json()
+    events = page["events"]
+    assert page["stream"] == f"run-{run_id}"
+    assert events[0]["type"] == "RunSubmitted"
+    assert events[-1]["type"] == "RunCompleted"
+    assert [e["version"] for e in events] == list(range(len(events)))
+    assert page["version"] == len(events) - 1
+    assert page["next_from_version"] is None
+    assert events[0]["correlation_id"] == "trace-abc"
+    assert events[0]["data"]["input"]["text"].startswith("Met Alice")
+
+    newest = (
+        await client.get(f"/v1/runs/{run_id}/events", params={"backwards": True, "limit": 2})
+    ).json()
+    assert [e["version"] for e in newest["events"]] == [page["version"], page["version"] - 1]
+    assert newest["next_from_version"] == page["version"] - 2
+    rest = (
+        await client.get(f"/v1/runs/{run_id}/events", params={"from_version": 1, "limit": 2})
+    ).json()
+    assert [e["version"] for e in rest["events"]] == [1, 2]
+    assert rest["next_from_version"] == 3
+
+
+async def test_unknown_run_is_404(client: httpx.AsyncClient) -> None:
+    for path in ("/v1/runs/nope", "/v1/runs/nope/events"):
+        error = assert_error(await client.get(path), 404, "NOT_FOUND")
+        assert "nope" in error["message"]
+    assert_error(await client.get("/v1/runs/bad%20id"), 400, "INVALID_ARGUMENT")
+
+
+async def test_a_run_is_invisible_from_another_workspace(
+    client: httpx.AsyncClient, app: Any, workspace: str
+) -> None:
+    run = (await submit(client, wait=20)).json()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"X-Workspace": workspace + "-other"},
+    ) as other:
+        assert_error(await other.get(f"/v1/runs/{run['id']}"), 404, "NOT_FOUND")
+        assert_error(await other.get(f"/v1/runs/{run['id']}/events"), 404, "NOT_FOUND")
+        assert (await other.get("/v1/runs")).json()["runs"] == []
+        assert (await other.get("/v1/runs/stats")).json()["total"] == 0
+    assert (await client.get(f"/v1/runs/{run['id']}")).status_code == 200
+
+
+async def test_a_bad_parameter_is_refused_before_any_wait_for_min_position(
+    client: httpx.AsyncClient, projector: Projecting
+) -> None:
+    accepted = (await submit(client)).json()
+    async with projector.paused():
+        later = (await submit(client)).json()
+        started = time.perf_counter()
+        r = await client.get("/v1/runs", params={"min_position": later["position"], "limit": 0})
+        assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["limit"]
+        assert time.perf_counter() - started < 1.0  # read_wait_seconds is 5
+    assert accepted["position"] < later["position"]

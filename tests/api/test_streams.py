@@ -1,0 +1,200 @@
+"""``/v1/streams``: appends with expected versions, idempotency, schema checks, reads."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from api_helpers import assert_error, fields
+
+from stageline.stack import Stack
+
+
+def event(n: int = 0, type: str = "OrderPlaced", **extra: Any) -> dict[str, Any]:
+    return {"type": type, "data": {"n": n}, **extra}
+
+
+async def append(
+    client: httpx.AsyncClient,
+    stream: str,
+    events: list[dict[str, Any]],
+    expected_version: Any = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    body: dict[str, Any] = {"events": events}
+    if expected_version is not None:
+        body["expected_version"] = expected_version
+    return await client.post(f"/v1/streams/{stream}/events", json=body, headers=headers or {})
+
+
+async def test_expected_versions_guard_the_stream(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    r = await append(client, "order-1", [event(0), event(1)], "no_stream")
+    assert r.status_code == 201, r.text
+    assert r.json() == {
+        "stream": "order-1",
+        "version": 1,
+        "versions": [0, 1],
+        "positions": [1, 2],
+        "deduplicated": False,
+    }
+
+    clash = await append(client, "order-1", [event(2)], "no_stream")
+    error = assert_error(clash, 409, "CONFLICT")
+    assert error["details"] == {
+        "stream": "order-1",
+        "expected_version": "no_stream",
+        "actual_version": 1,
+    }
+    clash = await append(client, "order-1", [event(2)], 0)
+    assert assert_error(clash, 409, "CONFLICT")["details"]["actual_version"] == 1
+    assert await stack.store.head(workspace) == 2
+
+    r = await append(client, "order-1", [event(2)], 1)
+    assert r.status_code == 201 and r.json()["version"] == 2
+    r = await append(client, "order-1", [event(3)])  # default: any
+    assert r.status_code == 201 and r.json()["positions"] == [4]
+    r = await append(client, "order-1", [event(4)], "any")
+    assert r.status_code == 201 and r.json()["version"] == 4
+
+
+async def test_idempotency_key_makes_a_retry_append_nothing(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    key = {"Idempotency-Key": "batch-7"}
+    first = await append(client, "ledger", [event(0), event(1)], "no_stream", headers=key)
+    assert first.status_code == 201
+    retry = await append(client, "ledger", [event(0), event(1)], "no_stream", headers=key)
+    assert retry.status_code == 201, retry.text
+    assert retry.json() == {**first.json(), "deduplicated": True}
+    assert await stack.store.head(workspace) == 2
+
+    other = await append(client, "ledger", [event(5), event(6)], "any", headers=key)
+    assert "Idempotency-Key" in assert_error(other, 409, "CONFLICT")["message"]
+    assert await stack.store.head(workspace) == 2
+
+    # without a key, the same body is a new append
+    r = await append(client, "ledger", [event(0)])
+    assert r.status_code == 201 and r.json()["positions"] == [3]
+
+
+async def test_explicit_event_ids_are_kept_and_deduplicated(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    event_id = str(uuid.uuid4())
+    r = await append(client, "s", [event(0, event_id=event_id)])
+    assert r.status_code == 201
+    again = await append(client, "s", [event(0, event_id=event_id)])
+    assert again.json()["deduplicated"] is True
+    page = (await client.get("/v1/streams/s/events")).json()
+    assert [e["event_id"] for e in page["events"]] == [event_id]
+    twice = await append(client, "s2", [event(0, event_id=event_id), event(1, event_id=event_id)])
+    assert_error(twice, 400, "INVALID_ARGUMENT")
+    assert await stack.store.head(workspace) == 1
+
+
+async def test_events_carry_the_request_correlation_id_unless_they_name_one(
+    client: httpx.AsyncClient,
+) -> None:
+    at = "2024-05-01T12:00:00+02:00"
+    r = await append(
+        client,
+        "c",
+        [event(0), event(1, correlation_id="own", causation_id="x", occurred_at=at)],
+        headers={"X-Correlation-ID": "req-1"},
+    )
+    assert r.status_code == 201
+    events = (await client.get("/v1/streams/c/events")).json()["events"]
+    assert [e["correlation_id"] for e in events] == ["req-1", "own"]
+    assert events[1]["causation_id"] == "x"
+    assert events[1]["occurred_at"].startswith("2024-05-01T10:00:00")
+    assert events[0]["data"] == {"n": 0}
+    assert events[0]["schema_version"] == 1
+
+
+async def test_known_event_types_are_checked_against_their_schema(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    bad = {"type": "StageStarted", "data": {"stage": 5, "index": "first"}}
+    r = await append(client, "run-x", [event(0), bad])
+    error = assert_error(r, 400, "INVALID_ARGUMENT")
+    assert error["message"].startswith("events[1]: StageStarted")
+    assert error["details"]["index"] == 1
+    too_new = {"type": "StageStarted", "data": {"stage": "a", "index": 0}, "schema_version": 99}
+    assert_error(await append(client, "run-x", [too_new]), 400, "INVALID_ARGUMENT")
+    assert await stack.store.head(workspace) == 0
+
+    good = {"type": "StageStarted", "data": {"stage": "a", "index": 0}}
+    assert (await append(client, "run-x", [good])).status_code == 201
+
+
+BAD_BODIES: list[tuple[str, Any, str]] = [
+    ("no events", {"events": []}, "events"),
+    ("no events key", {}, "events"),
+    ("too many events", {"events": [event(i) for i in range(1001)]}, "events"),
+    ("bad type", {"events": [event(type="9lives")]}, "events[0].type"),
+    ("type too long", {"events": [event(type="T" * 101)]}, "events[0].type"),
+    ("missing type", {"events": [{"data": {}}]}, "events[0].type"),
+    ("data not an object", {"events": [{"type": "A", "data": [1]}]}, "events[0].data"),
+    ("missing data", {"events": [{"type": "A"}]}, "events[0].data"),
+    ("bad event id", {"events": [event(event_id="nope")]}, "events[0].event_id"),
+    ("schema version 0", {"events": [event(schema_version=0)]}, "events[0].schema_version"),
+    ("schema version text", {"events": [event(schema_version="2")]}, "events[0].schema_version"),
+    ("naive occurred_at", {"events": [event(occurred_at="2024-01-01T00:00:00")]}, "events[0].occurred_at"),
+    ("unknown event field", {"events": [event(color="red")]}, "events[0].color"),
+    ("unknown field", {"events": [event()], "extra": 1}, "extra"),
+    ("negative version", {"events": [event()], "expected_version": -1}, "expected_version"),
+    ("bool version", {"events": [event()], "expected_version": True}, "expected_version"),
+    ("float version", {"events": [event()], "expected_version": 1.5}, "expected_version"),
+    ("unknown version word", {"events": [event()], "expected_version": "latest"}, "expected_version"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "body", "field"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
+async def test_bad_append_bodies_are_400_naming_the_field_and_append_nothing(
+    client: httpx.AsyncClient, stack: Stack, workspace: str, case: str, body: Any, field: str
+) -> None:
+    r = await client.post("/v1/streams/s/events", json=body)
+    error = assert_error(r, 400, "INVALID_ARGUMENT")
+    assert field in fields(error), error
+    assert error["message"].startswith(field.split("[")[0])
+    assert await stack.store.head(workspace) == 0
+
+
+async def test_bad_stream_names_are_400(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    for stream in ("-leading-dash", "with%20space", "a" * 201, "semi;colon"):
+        r = await client.post(f"/v1/streams/{stream}/events", json={"events": [event()]})
+        assert "stream" in assert_error(r, 400, "INVALID_ARGUMENT")["message"]
+        assert_error(await client.get(f"/v1/streams/{stream}/events"), 400, "INVALID_ARGUMENT")
+    assert await stack.store.head(workspace) == 0
+
+
+async def test_reading_a_stream_pages_both_ways(client: httpx.AsyncClient) -> None:
+    assert (await append(client, "p", [event(i) for i in range(5)])).status_code == 201
+    page = (await client.get("/v1/streams/p/events", params={"limit": 2})).json()
+    assert [e["data"]["n"] for e in page["events"]] == [0, 1]
+    assert page["version"] == 4 and page["next_from_version"] == 2
+    page = (await client.get("/v1/streams/p/events", params={"from_version": 4, "limit": 2})).json()
+    assert [e["data"]["n"] for e in page["events"]] == [4]
+    assert page["next_from_version"] is None
+    page = (
+        await client.get("/v1/streams/p/events", params={"backwards": "true", "limit": 5})
+    ).json()
+    assert [e["data"]["n"] for e in page["events"]] == [4, 3, 2, 1, 0]
+    assert page["next_from_version"] is None
+    event0 = page["events"][-1]
+    assert set(event0) == {
+        "event_id", "type", "schema_version", "stream", "version", "position", "workspace",
+        "occurred_at", "recorded_at", "correlation_id", "causation_id", "data",
+    }  # fmt: skip
+    uuid.UUID(event0["event_id"])
+
+    assert_error(await client.get("/v1/streams/none/events"), 404, "NOT_FOUND")
+    for params in ({"limit": 0}, {"limit": 1001}, {"from_version": -1}, {"backwards": "sideways"}):
+        r = await client.get("/v1/streams/p/events", params=params)
+        assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == [next(iter(params))]

@@ -1,0 +1,295 @@
+"""The FalkorDB adapter against the real embedded server: guarded writes and every reader."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from projection_helpers import STAGES, T0, Clock, as_recorded, interleave, lifecycle, raw
+
+from stageline.actors.events import RunFailed, RunSubmitted, StageCompleted, StageStarted
+from stageline.errors import InvalidArgument
+from stageline.events import new_event
+from stageline.projections import FalkorDBViews, connect, fold
+from stageline.projections.falkordb_views import cypher_params
+
+
+async def project(views: FalkorDBViews, workspace: str, events: list, expected: int = 0) -> int:
+    changes = fold(events)
+    assert await views.apply(workspace, changes, expected=expected)
+    return changes.position
+
+
+async def test_a_projected_run_reads_back_with_its_stages(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    life = lifecycle("r1", "retried", Clock())
+    await project(views, workspace, as_recorded([(life.stream, e) for e in life.events]))
+
+    run = await views.get_run(workspace, "r1")
+
+    assert run is not None
+    json.dumps(run)  # plain JSON types only
+    stages = run.pop("stages")
+    assert run == {
+        "id": "r1",
+        "pipeline": "ingest",
+        "pipeline_version": 2,
+        "status": "completed",
+        "current_stage": "embed",
+        "submitted_at": "2026-03-01T12:00:00.005Z",
+        "updated_at": "2026-03-01T12:00:00.050Z",
+        "completed_at": "2026-03-01T12:00:00.050Z",
+        "error": None,
+        "seq": 1,
+    }
+    assert [s["name"] for s in stages] == STAGES
+    assert stages[0] == {
+        "name": "fetch",
+        "attempts": 2,
+        "status": "completed",
+        "index": 0,
+        "started_at": "2026-03-01T12:00:00.020Z",
+        "ended_at": "2026-03-01T12:00:00.025Z",
+        "duration_ms": 10.0,
+        "metadata": {"chars": 0},
+        "error": None,
+    }
+    assert await views.get_run(workspace, "nope") is None
+
+
+async def test_a_stale_checkpoint_applies_nothing(views: FalkorDBViews, workspace: str) -> None:
+    lives = [lifecycle(f"r{i}", "retried", Clock()) for i in range(3)]
+    changes = fold(as_recorded(interleave(lives)))
+    assert await views.apply(workspace, changes, expected=0)
+    before = (await views.stats(workspace), await views.get_run(workspace, "r1"))
+
+    # the same batch again, as a second projector (or a retry after a lost reply) would send it
+    assert not await views.apply(workspace, changes, expected=0)
+    assert not await views.apply(workspace, changes, expected=changes.position + 5)
+
+    assert (await views.stats(workspace), await views.get_run(workspace, "r1")) == before
+    assert before[0]["counts"]["completed"] == 3
+    assert before[1] is not None
+    assert before[1]["stages"][0]["attempts"] == 2
+    assert await views.checkpoint(workspace) == changes.position
+
+
+async def test_a_batch_without_run_events_only_moves_the_checkpoint(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    events = as_recorded([("orders-1", raw("OrderPlaced", {"n": i})) for i in range(4)])
+    assert await views.apply(workspace, fold(events), expected=0)
+    assert await views.checkpoint(workspace) == 4
+    assert (await views.stats(workspace))["total"] == 0
+
+
+async def test_strings_survive_the_trip_whatever_they_hold(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    nasty = 'q"uote \\back\\slash \\u00e9 {"k": 1} \n\t\r é 🎉 \x01 `tick` $param'
+    clock = Clock()
+    events = as_recorded(
+        [
+            (
+                "run-r1",
+                new_event(
+                    RunSubmitted(pipeline=nasty, pipeline_version=1, stages=[nasty], input={}),
+                    occurred_at=clock(),
+                ),
+            ),
+            ("run-r1", new_event(StageStarted(stage=nasty, index=0), occurred_at=clock())),
+            (
+                "run-r1",
+                new_event(
+                    StageCompleted(stage=nasty, index=0, metadata={nasty: [nasty, 1.5, None]}),
+                    occurred_at=clock(),
+                ),
+            ),
+            (
+                "run-r1",
+                new_event(RunFailed(stage=nasty, error_type="E", error=nasty), occurred_at=clock()),
+            ),
+        ]
+    )
+    await project(views, workspace, events)
+
+    run = await views.get_run(workspace, "r1")
+    assert run is not None
+    assert (run["pipeline"], run["error"], run["current_stage"]) == (nasty, f"E: {nasty}", nasty)
+    assert run["stages"][0]["name"] == nasty
+    assert run["stages"][0]["metadata"] == {nasty: [nasty, 1.5, None]}
+    assert (await views.list_runs(workspace, pipeline=nasty))[0][0]["id"] == "r1"
+
+
+def test_cypher_params_use_json_only_where_cypher_reads_it_the_same() -> None:
+    assert cypher_params({}) == ""
+    assert cypher_params({"a": [1, None, "x"], "b": 2.5}) == 'CYPHER a=[1,null,"x"] b=2.5 '
+    # JSON map keys are quoted, Cypher's are not: maps take the client's encoder
+    assert cypher_params({"m": {"k": "v"}}) == 'CYPHER m={`k`:"v"} '
+    # Cypher has no \u escapes: strings JSON would escape so take it too
+    assert cypher_params({"s": "a\x01"}) == 'CYPHER s="a\x01" '
+
+
+async def test_runs_list_newest_first_a_page_at_a_time(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    clock = Clock()
+    kinds = ["completed", "failed", "running"] * 3
+    lives = [
+        lifecycle(f"r{i}", kind, clock, pipeline="a" if i % 2 else "b")
+        for i, kind in enumerate(kinds)
+    ]
+    # one run after the other, so r8 has the highest seq
+    await project(views, workspace, as_recorded([(x.stream, e) for x in lives for e in x.events]))
+
+    pages, cursor = [], None
+    while True:
+        page, cursor = await views.list_runs(workspace, limit=4, cursor=cursor)
+        pages.append([r["id"] for r in page])
+        if cursor is None:
+            break
+    assert pages == [["r8", "r7", "r6", "r5"], ["r4", "r3", "r2", "r1"], ["r0"]]
+
+    failed, cursor = await views.list_runs(workspace, status="failed")
+    assert ([r["id"] for r in failed], cursor) == (["r7", "r4", "r1"], None)
+    first, cursor = await views.list_runs(workspace, status="failed", pipeline="a", limit=1)
+    assert [r["id"] for r in first] == ["r7"]
+    rest, cursor = await views.list_runs(workspace, status="failed", pipeline="a", cursor=cursor)
+    assert ([r["id"] for r in rest], cursor) == (["r1"], None)
+    with pytest.raises(InvalidArgument):
+        await views.list_runs(workspace, cursor="r5")
+
+
+async def test_stats_count_runs_and_take_percentiles_of_completed_stages(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    clock = Clock()
+    lives = [
+        lifecycle(f"r{i}", "completed", clock, durations=[10.0 * (i + 1), 5.0, 1.0])
+        for i in range(10)
+    ]
+    lives += [lifecycle("f1", "failed", clock), lifecycle("x1", "running", clock)]
+    await project(views, workspace, as_recorded(interleave(lives)))
+
+    stats = await views.stats(workspace)
+
+    assert stats["counts"] == {"processing": 1, "completed": 10, "failed": 1}
+    assert stats["total"] == 12
+    # fetch took 10, 20 .. 100 ms in r0..r9, and 10 ms in f1 and x1: 12 values, so
+    # sorted 10, 10, 10, 20 .. 100: p50 halfway between 40 and 50, p95 at 90 + 0.45 * 10
+    assert stats["stages"]["fetch"] == {"count": 12, "p50_ms": 45.0, "p95_ms": pytest.approx(94.5)}
+    assert stats["stages"]["embed"] == {"count": 10, "p50_ms": 1.0, "p95_ms": 1.0}
+
+
+async def test_a_workspace_never_projected_reads_as_empty(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    assert await views.checkpoint(workspace) == 0
+    assert await views.get_run(workspace, "r1") is None
+    assert await views.list_runs(workspace) == ([], None)
+    stats = await views.stats(workspace)
+    assert stats == {
+        "counts": {"processing": 0, "completed": 0, "failed": 0},
+        "total": 0,
+        "stages": {},
+    }
+    assert not await views.wait_for(workspace, 1, timeout_s=0.05)
+
+
+async def test_wait_for_returns_once_the_view_reaches_the_position(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    life = lifecycle("r1", "completed", Clock())
+    events = as_recorded([(life.stream, e) for e in life.events])
+    waiter = asyncio.create_task(views.wait_for(workspace, len(events), timeout_s=5))
+    await asyncio.sleep(0.02)
+    assert not waiter.done()
+    await project(views, workspace, events)
+    assert await asyncio.wait_for(waiter, 1)
+
+
+async def test_drop_removes_the_view_and_its_checkpoint(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    life = lifecycle("r1", "completed", Clock())
+    await project(views, workspace, as_recorded([(life.stream, e) for e in life.events]))
+
+    await views.drop(workspace)
+
+    assert await views.checkpoint(workspace) == 0
+    assert await views.get_run(workspace, "r1") is None
+    assert (await views.stats(workspace))["total"] == 0
+    # and the next batch from position 0 is accepted
+    await project(views, workspace, as_recorded([(life.stream, e) for e in life.events]))
+    assert (await views.stats(workspace))["counts"]["completed"] == 1
+
+
+async def test_stage_events_for_unknown_runs_or_stages(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    clock = Clock()
+    submitted = RunSubmitted(pipeline="p", pipeline_version=1, stages=["a"], input={})
+    first = as_recorded(
+        [
+            ("run-r1", new_event(submitted, occurred_at=clock())),
+            ("run-r1", new_event(StageStarted(stage="extra", index=5), occurred_at=clock())),
+            ("run-ghost", new_event(StageStarted(stage="a", index=0), occurred_at=clock())),
+        ]
+    )
+    position = await project(views, workspace, first)
+    later = as_recorded(
+        [("run-r1", new_event(StageStarted(stage="late", index=6), occurred_at=clock()))],
+        first_position=position + 1,
+    )
+    await project(views, workspace, later, expected=position)
+
+    run = await views.get_run(workspace, "r1")
+    assert run is not None
+    assert [(s["name"], s["status"], s["attempts"]) for s in run["stages"]] == [
+        ("a", "pending", 0),
+        ("extra", "active", 1),
+        ("late", "active", 1),
+    ]
+    assert await views.get_run(workspace, "ghost") is None
+
+
+async def test_a_repeated_submission_in_a_later_batch_keeps_the_run(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    life = lifecycle("r1", "completed", Clock())
+    events = as_recorded([(life.stream, e) for e in life.events])
+    position = await project(views, workspace, events)
+    again = RunSubmitted(pipeline="p2", pipeline_version=1, stages=STAGES, input={})
+    restart = StageStarted(stage="parse", index=1, attempt=2)
+    later = as_recorded(
+        [(life.stream, new_event(again, occurred_at=T0)), (life.stream, new_event(restart))],
+        first_position=position + 1,
+    )
+    await project(views, workspace, later, expected=position)
+
+    run = await views.get_run(workspace, "r1")
+    assert run is not None
+    assert (run["pipeline"], run["status"], run["seq"]) == ("ingest", "completed", 1)
+    # the stages are the first submission's, and the later batch's stage event still counts
+    assert [(s["status"], s["attempts"]) for s in run["stages"]] == [
+        ("completed", 1),
+        ("active", 2),
+        ("completed", 1),
+    ]
+
+
+def test_connect_refuses_urls_it_cannot_honour() -> None:
+    with pytest.raises(InvalidArgument):
+        connect("redis://localhost:6379/3")
+    with pytest.raises(InvalidArgument):
+        connect("http://localhost")
+
+
+async def test_connect_reaches_the_embedded_server(redis_url: str) -> None:
+    db = connect(redis_url)
+    try:
+        assert isinstance(await db.list_graphs(), list)
+    finally:
+        await db.connection.aclose()
