@@ -136,7 +136,9 @@ ORDER BY s.name"""
 
 def _rows(changes: RunStatusChanges) -> tuple[list[list[Any]], list[list[Any]], list[list[Any]]]:
     """The new runs (with their stages), the other runs and the other stages, as rows."""
-    new_runs, runs, stages = [], [], []
+    new_runs: list[list[Any]] = []
+    runs: list[list[Any]] = []
+    stages: list[list[Any]] = []
     nested: dict[str, list[list[Any]]] = {}
     for run in changes.runs.values():
         f = run.fields

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -51,6 +51,11 @@ class RebuildResult:
 def next_delay(attempt: int) -> float:
     """Seconds to wait before retry number ``attempt`` (1-based) of a failed batch."""
     return min(0.05 * 2 ** (attempt - 1), 5.0)
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class Projector:
@@ -166,7 +171,12 @@ class Projector:
         return max(head - await self.views.checkpoint(workspace), 0)
 
     async def rebuild(self, workspace: str, *, batch_size: int | None = None) -> RebuildResult:
-        """Drop the view and replay the log from position 0 up to its current head."""
+        """Drop the view and replay the log from position 0 up to its current head.
+
+        A projector running elsewhere meanwhile finds its checkpoint gone and
+        replays too; the guard lets each batch land once, so ``events`` counts
+        the batches this call wrote, which may then be fewer than the log holds.
+        """
         started = time.perf_counter()
         await self.views.drop(workspace)
         head = await self.store.head(workspace)
@@ -201,7 +211,7 @@ class Projector:
                     reading = asyncio.create_task(read(events[-1].position))
                 changes = self._fold(workspace, events)
                 if writing is not None:
-                    if await writing:
+                    if await asyncio.shield(writing):
                         position, applied = sent.position, applied + sent.events
                     else:  # another writer moved the checkpoint: drop what we read ahead
                         reading.cancel()
@@ -217,3 +227,6 @@ class Projector:
                 )
         finally:
             reading.cancel()
+            for task in (reading, writing):
+                if task is not None:  # a failure we are not raising is not worth a warning
+                    task.add_done_callback(_consume)

@@ -32,6 +32,7 @@ from stageline.actors.events import (
 )
 from stageline.errors import InvalidEvent
 from stageline.events import RecordedEvent, registry
+from stageline.events.keys import run_stream
 
 __all__ = [
     "RUN_CREATED",
@@ -47,7 +48,7 @@ __all__ = [
     "fold",
 ]
 
-RUN_STREAM_PREFIX = "run-"
+RUN_STREAM_PREFIX = run_stream("")
 
 # Every key a change may carry: view adapters write exactly these properties.
 RUN_CREATED = ("pipeline", "pipeline_version", "status", "submitted_at", "seq")
@@ -110,7 +111,12 @@ class RunStatusChanges:
     runs: dict[str, RunChange] = field(default_factory=dict)
     stages: dict[tuple[str, str], StageChange] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
-    """Per run status, how much its count moves; statuses that do not move are absent."""
+    """Per run status, how much its count moves; statuses that do not move are absent.
+
+    Derived from the events alone, each transition counted once per batch. A
+    lifecycle event repeated in a later batch would count again, but run
+    streams are appended with expected versions, so they hold no repeats.
+    """
     position: int = 0
     """The last log position folded, relevant event or not: the checkpoint to store."""
     events: int = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,6 +11,7 @@ from projection_helpers import STAGES, T0, Clock, as_recorded, interleave, lifec
 
 from stageline.actors.events import RunCompleted, RunSubmitted, StageStarted
 from stageline.events import new_event
+from stageline.projections import run_status
 from stageline.projections.run_status import (
     RUN_CREATED,
     RUN_FIELDS,
@@ -201,3 +204,22 @@ def test_changes_only_carry_the_declared_fields() -> None:
     for stage in changes.stages.values():
         assert set(stage.fields) <= set(STAGE_FIELDS)
         assert set(stage.created or {}) <= set(STAGE_CREATED)
+
+
+def test_the_fold_imports_no_io_library() -> None:
+    tree = ast.parse(Path(run_status.__file__).read_text())
+    imported = {
+        name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in (
+            [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else [a.name for a in node.names]
+        )
+    }
+    assert imported, "no imports found: the check would pass vacuously"
+    for module in imported:
+        root = module.split(".")[0]
+        assert root not in {"redis", "falkordb", "asyncio", "socket", "httpx", "faststream"}
+        assert not module.startswith(("stageline.projections.falkordb", "stageline.events.redis"))
