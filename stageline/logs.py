@@ -24,8 +24,9 @@ LogFormat = Literal["auto", "json", "console"]
 
 _HANDLER_NAME = "stageline"
 
-# Chatty at INFO, useful only when debugging; uvicorn.access logs every request.
-_NOISY = ("uvicorn.access", "httpx", "httpcore", "asyncio", "multipart")
+# Chatty at INFO, useful only when debugging; uvicorn.access logs every request, and
+# FastStream (through the workers' "stageline.faststream" logger) its task bookkeeping.
+_NOISY = ("uvicorn.access", "httpx", "httpcore", "asyncio", "multipart", "stageline.faststream")
 
 # Libraries whose loggers get their own handlers and stop propagating (uvicorn's default
 # log config, FastStream's default broker logger); we take them back so their lines come

@@ -14,6 +14,8 @@ import structlog
 
 from stageline.actors.builtin import default_actors
 from stageline.actors.channels import CommandBus
+from stageline.actors.deadletters import DeadLetters
+from stageline.actors.operations import RunOperations
 from stageline.actors.pipeline import PipelineCatalog
 from stageline.actors.stage import ActorRegistry
 from stageline.actors.submit import Submitter
@@ -41,6 +43,8 @@ class Stack:
     actors: ActorRegistry
     bus: CommandBus
     submitter: Submitter
+    operations: RunOperations
+    dead_letters: DeadLetters
     server: EmbeddedServer | None = None
 
     @classmethod
@@ -58,6 +62,7 @@ class Stack:
         store = RedisEventStore.from_url(store_url)
         broker_client = aioredis.Redis.from_url(broker_url, decode_responses=False)
         catalog = PipelineCatalog()
+        actors = default_actors()
         bus = CommandBus(broker_client)
         return cls(
             settings=settings,
@@ -67,9 +72,11 @@ class Stack:
             views=FalkorDBViews.from_url(store_url),
             broker_client=broker_client,
             catalog=catalog,
-            actors=default_actors(),
+            actors=actors,
             bus=bus,
             submitter=Submitter(store, catalog, bus),
+            operations=RunOperations(store, catalog, actors, bus),
+            dead_letters=DeadLetters(store, bus),
             server=server,
         )
 

@@ -21,8 +21,26 @@ class StageCommand(msgspec.Struct, frozen=True, kw_only=True):
     index: int
     version: int
     item: dict[str, Any]
+    attempt: int = 1
     correlation_id: str | None = None
     cause: str | None = None
+
+    def to(
+        self, index: int, version: int, item: dict[str, Any], cause: str | None, attempt: int = 1
+    ) -> StageCommand:
+        """The command for another stage (or another attempt) of the same run."""
+        return StageCommand(
+            workspace=self.workspace,
+            run_id=self.run_id,
+            pipeline=self.pipeline,
+            pipeline_version=self.pipeline_version,
+            index=index,
+            version=version,
+            item=item,
+            attempt=attempt,
+            correlation_id=self.correlation_id,
+            cause=cause,
+        )
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -2,6 +2,7 @@
 
 Pure: no I/O. The runtime appends optimistically at the command's version;
 only when that clashes does it read the run, fold it here, and ask what to do.
+The same fold tells run operations (undo, retry, cancel) where a run stands.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ from typing import Any
 
 from stageline.actors.events import (
     RUN_TERMINAL,
+    RunFailed,
+    RunRetried,
     RunSubmitted,
+    StageCompensated,
     StageCompleted,
     StageFailed,
+    StageSkipped,
     StageStarted,
 )
 from stageline.events.envelope import RecordedEvent
@@ -22,52 +27,99 @@ from stageline.events.envelope import RecordedEvent
 ABANDON_GRACE_SECONDS = 5.0
 """An unfinished attempt is presumed lost this long after its timeout has passed."""
 
+DEAD_LETTER_CLOSED = frozenset({"DeadLetterRedriven", "DeadLetterDiscarded"})
+
 
 @dataclass
 class StageProgress:
     attempt: int = 0
     started_at: float = 0.0
-    finished: bool = False
+    in_flight: bool = False
     completed: bool = False
-    completed_by: str | None = None
+    retry_at: float | None = None
+    gave_up: bool = False
+    skipped: bool = False
+    effects: list[RecordedEvent] = field(default_factory=list)
 
 
 @dataclass
 class RunState:
-    """A run folded from its stream: enough to decide any stage command."""
+    """A run folded from its stream: enough to decide any stage command or run operation."""
 
     version: int = -1
     pipeline: str | None = None
+    pipeline_version: int = 1
+    stage_names: list[str] = field(default_factory=list)
     item: dict[str, Any] = field(default_factory=dict)
     stages: dict[int, StageProgress] = field(default_factory=dict)
+    cursor: int = 0
+    cursor_cause: str | None = None
     terminal: str | None = None
+    dead_letter: str | None = None
+    correlation_id: str | None = None
+    compensated: set[str] = field(default_factory=set)
 
     def progress(self, index: int) -> StageProgress:
         return self.stages.setdefault(index, StageProgress())
 
+    def open_effects(self, index: int) -> list[RecordedEvent]:
+        """The stage's recorded effects that no compensation has reversed yet."""
+        p = self.stages.get(index)
+        return [e for e in p.effects if str(e.event_id) not in self.compensated] if p else []
+
 
 def fold_run(events: Iterable[RecordedEvent]) -> RunState:
     state = RunState()
+    attempt_of: dict[str, int] = {}  # StageStarted event id -> stage index
     for e in events:
         state.version = e.version
         t, d = e.type, e.data
         if t == RunSubmitted.topic:
             state.pipeline = d["pipeline"]
+            state.pipeline_version = d.get("pipeline_version", 1)
+            state.stage_names = list(d.get("stages", []))
             state.item = dict(d["input"])
+            state.correlation_id = e.correlation_id
+            state.cursor_cause = str(e.event_id)
         elif t == StageStarted.topic:
             p = state.progress(d["index"])
             p.attempt = max(p.attempt, d.get("attempt", 1))
             p.started_at = e.recorded_at.timestamp()
-            p.finished = False
+            p.in_flight, p.retry_at, p.gave_up = True, None, False
+            attempt_of[str(e.event_id)] = d["index"]
         elif t == StageCompleted.topic:
             p = state.progress(d["index"])
-            p.finished = p.completed = True
-            p.completed_by = str(e.event_id)
+            p.in_flight, p.completed = False, True
             state.item.update(d.get("output") or {})
+            state.cursor, state.cursor_cause = d["index"] + 1, str(e.event_id)
         elif t == StageFailed.topic:
-            state.progress(d["index"]).finished = True
+            p = state.progress(d["index"])
+            p.in_flight = False
+            if d.get("will_retry"):
+                at = d.get("retry_at")
+                p.retry_at = at.timestamp() if at is not None else 0.0
+            else:
+                p.gave_up = True
+        elif t == StageSkipped.topic:
+            state.progress(d["index"]).skipped = True
+            state.cursor, state.cursor_cause = d["next_index"], str(e.event_id)
+        elif t == RunRetried.topic:
+            p = state.progress(d["index"])
+            p.gave_up, p.retry_at = False, 0.0
+            state.terminal, state.dead_letter = None, None
+            state.cursor, state.cursor_cause = d["index"], str(e.event_id)
         elif t in RUN_TERMINAL:
             state.terminal = t
+            if t == RunFailed.topic:
+                state.dead_letter = d.get("dead_letter")
+        elif t in DEAD_LETTER_CLOSED:
+            state.dead_letter = None
+        if t == StageCompensated.topic:
+            state.compensated.update(d.get("compensates", []))
+        elif isinstance(d.get("compensates"), str):
+            state.compensated.add(d["compensates"])
+        elif e.causation_id in attempt_of and not t.startswith(("Stage", "Run")):
+            state.progress(attempt_of[e.causation_id]).effects.append(e)
     return state
 
 
@@ -80,7 +132,7 @@ class Drop:
 
 @dataclass(frozen=True)
 class Forward:
-    """The stage completed but the next one never began: hand the run on again."""
+    """The run moved to a stage that never got its command: hand the run on again."""
 
     next_index: int
     version: int
@@ -99,7 +151,7 @@ class Begin:
 
 @dataclass(frozen=True)
 class Defer:
-    """An attempt may still be running elsewhere: look again at ``until`` (epoch seconds)."""
+    """An attempt may still be running, or a retry is not due: look again at ``until``."""
 
     until: float
 
@@ -111,17 +163,21 @@ class Finish:
     version: int
 
 
-def _after_completion(state: RunState, index: int) -> Drop | Forward:
-    if index + 1 in state.stages:
-        return Drop("stage completed and handed on")
-    p = state.stages[index]
-    return Forward(index + 1, state.version, dict(state.item), p.completed_by)
+def _moved_on(state: RunState) -> Drop | Forward:
+    """The command's stage is behind the run: make sure the run's own stage has its command."""
+    current = state.stages.get(state.cursor)
+    if state.cursor >= len(state.stage_names) or (
+        current is not None and (current.attempt or current.retry_at is not None)
+    ):
+        return Drop("run moved on")
+    return Forward(state.cursor, state.version, dict(state.item), state.cursor_cause)
 
 
 def decide_start(
     state: RunState,
     index: int,
     *,
+    attempt: int = 1,
     now: float,
     timeout: float,
     grace: float = ABANDON_GRACE_SECONDS,
@@ -131,30 +187,32 @@ def decide_start(
         return Drop("no such run")
     if state.terminal:
         return Drop(f"run ended with {state.terminal}")
+    if index > state.cursor:
+        return Drop("run has not reached this stage")
+    if index < state.cursor:
+        return _moved_on(state)
     p = state.stages.get(index)
-    if p is not None and p.completed:
-        return _after_completion(state, index)
-    if index > 0:
-        prev = state.stages.get(index - 1)
-        if prev is None or not prev.completed:
-            return Drop("previous stage has not completed")
     if p is None or p.attempt == 0:
         return Begin(state.version, 1)
-    if p.finished:
-        return Drop("stage attempt failed")
-    deadline = p.started_at + timeout + grace
-    if now < deadline:
-        return Defer(deadline)
-    return Begin(state.version, p.attempt + 1, abandoned=p.attempt)
+    if p.in_flight:
+        deadline = p.started_at + timeout + grace
+        if now < deadline:
+            return Defer(deadline)
+        return Begin(state.version, p.attempt + 1, abandoned=p.attempt)
+    if p.retry_at is not None:
+        if attempt > p.attempt or now >= p.retry_at:
+            return Begin(state.version, p.attempt + 1)
+        return Defer(p.retry_at)
+    return Drop("stage gave up")
 
 
 def decide_finish(state: RunState, index: int, attempt: int) -> Drop | Forward | Finish:
     """Decide an attempt whose result append clashed with the run's actual version."""
     if state.terminal:
         return Drop(f"run ended with {state.terminal}")
+    if index < state.cursor:
+        return _moved_on(state)
     p = state.stages.get(index)
-    if p is not None and p.completed:
-        return _after_completion(state, index)
-    if p is None or p.attempt != attempt or p.finished:
+    if p is None or p.attempt != attempt or not p.in_flight:
         return Drop("attempt superseded")
     return Finish(state.version)

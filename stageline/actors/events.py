@@ -6,6 +6,7 @@ stream name, so it is not repeated in each payload.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -42,6 +43,8 @@ class StageCompleted(DomainEvent, frozen=True, kw_only=True):
 
 
 class StageFailed(DomainEvent, frozen=True, kw_only=True):
+    """An attempt failed; ``will_retry`` says whether attempt + 1 comes at ``retry_at``."""
+
     topic = "StageFailed"
 
     stage: str
@@ -51,6 +54,40 @@ class StageFailed(DomainEvent, frozen=True, kw_only=True):
     error: str
     duration_ms: float = 0.0
     will_retry: bool = False
+    retry_at: datetime | None = None
+    permanent: bool = False
+
+
+class StageCompensated(DomainEvent, frozen=True, kw_only=True):
+    """A stage's recorded effects were reversed by the compensating events that follow it."""
+
+    topic = "StageCompensated"
+
+    stage: str
+    index: int
+    compensates: list[str]
+    reason: str
+
+
+class StageSkipped(DomainEvent, frozen=True, kw_only=True):
+    """A stage gave up after its retries; the run goes on at ``next_stage`` (its fallback)."""
+
+    topic = "StageSkipped"
+
+    stage: str
+    index: int
+    reason: str
+    next_stage: str | None
+    next_index: int
+
+
+class EffectCompensated(DomainEvent, frozen=True, kw_only=True):
+    """The generic reversal of an effect whose stage defines no compensation of its own."""
+
+    topic = "EffectCompensated"
+
+    compensates: str
+    effect_type: str
 
 
 class RunCompleted(DomainEvent, frozen=True, kw_only=True):
@@ -65,6 +102,36 @@ class RunFailed(DomainEvent, frozen=True, kw_only=True):
     stage: str
     error_type: str
     error: str
+    dead_letter: str | None = None
 
 
-RUN_TERMINAL = frozenset({RunCompleted.topic, RunFailed.topic})
+class RunCancelled(DomainEvent, frozen=True, kw_only=True):
+    """The run stops at the next stage boundary; a result arriving later is discarded."""
+
+    topic = "RunCancelled"
+
+    reason: str = ""
+
+
+class RunCompensated(DomainEvent, frozen=True, kw_only=True):
+    """Every stage's effects were reversed (undo); the original events stay in the log."""
+
+    topic = "RunCompensated"
+
+    stages: list[str]
+    reason: str = "undo"
+
+
+class RunRetried(DomainEvent, frozen=True, kw_only=True):
+    """A failed run is driven again from ``stage``, with a fresh attempt."""
+
+    topic = "RunRetried"
+
+    stage: str
+    index: int
+    attempt: int
+
+
+RUN_TERMINAL = frozenset(
+    {RunCompleted.topic, RunFailed.topic, RunCancelled.topic, RunCompensated.topic}
+)

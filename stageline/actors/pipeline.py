@@ -79,13 +79,34 @@ MEMORY_INGEST = Pipeline(
 )
 
 
+FLAKY = Pipeline(
+    name="flaky",
+    version=1,
+    description=(
+        "normalize, then a stage that fails on purpose (tune it per run with input.flaky: "
+        "fail_times, permanent, sleep_seconds, effect), then summarize. Retries 3 times."
+    ),
+    stages=(
+        StageSpec(name="normalize", actor="normalize"),
+        StageSpec(
+            name="flaky",
+            actor="flaky",
+            params={"fail_times": 1},
+            timeout_seconds=5.0,
+            retry=RetryPolicy(max_retries=3, backoff_seconds=0.2, backoff_multiplier=2.0),
+        ),
+        StageSpec(name="summarize", actor="summarize"),
+    ),
+)
+
+
 class PipelineCatalog:
     """Looks pipelines up by (workspace, name, version); built-ins are in every workspace."""
 
     def __init__(self, pipelines: list[Pipeline] | None = None) -> None:
         self._builtin: dict[tuple[str, int], Pipeline] = {}
         self._latest: dict[str, Pipeline] = {}
-        for p in pipelines if pipelines is not None else [MEMORY_INGEST]:
+        for p in pipelines if pipelines is not None else [MEMORY_INGEST, FLAKY]:
             self.add(p)
 
     def add(self, pipeline: Pipeline) -> None:

@@ -2,22 +2,28 @@
 
 Every transition is appended with the run's expected version, so a duplicated
 or redelivered command can never record a transition twice; a clash is
-resolved by reading the run and asking ``decide``.
+resolved by reading the run and asking ``decide``. A failed attempt is
+retried later through the durable scheduler, never slept on; when retries are
+spent the stage's effects are compensated and its fallback applies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import structlog
 
 from stageline.actors import commands
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
+from stageline.actors.compensation import compensate_stage
 from stageline.actors.decide import (
     ABANDON_GRACE_SECONDS,
     Begin,
@@ -35,14 +41,16 @@ from stageline.actors.events import (
     RunFailed,
     StageCompleted,
     StageFailed,
+    StageSkipped,
     StageStarted,
 )
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
+from stageline.actors.retry import next_delay
 from stageline.actors.schedule import Scheduler
-from stageline.actors.stage import ActorRegistry, StageContext, StageResult
+from stageline.actors.stage import ActorRegistry, StageContext, StageError, StageResult
 from stageline.errors import ConcurrencyError, StagelineError
 from stageline.events import keys
-from stageline.events.envelope import DomainEvent, NewEvent, new_event
+from stageline.events.envelope import DomainEvent, NewEvent, RecordedEvent, new_event
 from stageline.events.store import AppendRequest, EventStore
 
 log = structlog.get_logger(__name__)
@@ -61,7 +69,9 @@ class _Attempt:
     started_id: str
     outcome: StageResult | BaseException | None = None
     duration_ms: float = 0.0
-    completed_id: str = ""
+    events: list[NewEvent] = field(default_factory=list)
+    hand_on: StageCommand | None = None  # sent once the result is recorded
+    retry_at: float | None = None  # or: the same stage comes back then
 
 
 @dataclass
@@ -97,6 +107,7 @@ class StageRuntime:
         out = _Batch()
         attempts = await self._begin(actor, batch, out)
         await asyncio.gather(*(self._run(a) for a in attempts))
+        await self._plan(attempts)
         await self._finish(attempts, out)
         await self.bus.publish(out.forwards)
         await self.scheduler.schedule(out.deferred)
@@ -106,7 +117,7 @@ class StageRuntime:
     async def _begin(
         self, actor: str, batch: Sequence[StageCommand], out: _Batch
     ) -> list[_Attempt]:
-        todo: list[tuple[StageCommand, Begin]] = [(c, Begin(c.version, 1)) for c in batch]
+        todo: list[tuple[StageCommand, Begin]] = [(c, Begin(c.version, c.attempt)) for c in batch]
         attempts: list[_Attempt] = []
         for _ in range(_MAX_ROUNDS):
             if not todo:
@@ -124,19 +135,15 @@ class StageRuntime:
                     continue
                 events = []
                 if begin.abandoned is not None:
-                    events.append(
-                        self._event(
-                            StageFailed(
-                                stage=spec.name,
-                                index=command.index,
-                                attempt=begin.abandoned,
-                                error_type="AttemptAbandoned",
-                                error="no result within the stage timeout; worker presumed lost",
-                                will_retry=True,
-                            ),
-                            command,
-                        )
+                    failed = StageFailed(
+                        stage=spec.name,
+                        index=command.index,
+                        attempt=begin.abandoned,
+                        error_type="AttemptAbandoned",
+                        error="no result within the stage timeout; worker presumed lost",
+                        will_retry=True,
                     )
+                    events.append(self._event(failed, command))
                 started = self._event(
                     StageStarted(stage=spec.name, index=command.index, attempt=begin.attempt),
                     command,
@@ -174,6 +181,7 @@ class StageRuntime:
                 decision = decide_start(
                     state,
                     command.index,
+                    attempt=command.attempt,
                     now=self.clock(),
                     timeout=spec.timeout_seconds,
                     grace=self.abandon_grace,
@@ -205,87 +213,172 @@ class StageRuntime:
             a.outcome = exc
         a.duration_ms = round((time.perf_counter() - started) * 1000, 3)
 
+    # -- decide what to record --------------------------------------------------
+
+    async def _plan(self, attempts: list[_Attempt]) -> None:
+        exhausted: list[_Attempt] = []
+        for a in attempts:
+            if isinstance(a.outcome, StageResult):
+                self._plan_success(a, a.outcome)
+                continue
+            permanent = isinstance(a.outcome, StageError) and a.outcome.permanent
+            delay = next_delay(a.attempt, permanent, a.spec.retry)
+            if delay is None:
+                exhausted.append(a)
+            else:
+                a.retry_at = self.clock() + delay
+                a.events = [self._failed(a, will_retry=True), *self._effects(a)]
+        if exhausted:
+            states = await self._states([a.command for a in exhausted])
+            for a, state in zip(exhausted, states, strict=True):
+                self._plan_give_up(a, state)
+
+    def _plan_success(self, a: _Attempt, result: StageResult) -> None:
+        c, spec = a.command, a.spec
+        completed = self._event(
+            StageCompleted(
+                stage=spec.name,
+                index=c.index,
+                attempt=a.attempt,
+                duration_ms=a.duration_ms,
+                output=result.output,
+                metadata=result.metadata,
+            ),
+            c,
+            a.started_id,
+        )
+        a.events = [completed, *(self._event(e, c, a.started_id) for e in result.events)]
+        item = {**c.item, **result.output}
+        self._continue_at(a, c.index + 1, item, str(completed.event_id))
+
+    def _plan_give_up(self, a: _Attempt, state: RunState) -> None:
+        c, spec = a.command, a.spec
+        failed = self._failed(a, will_retry=False)
+        effects = self._effects(a)
+        compensations = compensate_stage(
+            state,
+            c.index,
+            self.actors.compensator(spec.actor),
+            reason="retries_exhausted",
+            extra=[_recorded(e, c.workspace) for e in effects],
+        )
+        a.events = [failed, *effects, *(self._event(e, c, a.started_id) for e in compensations)]
+        fallback = spec.retry.fallback
+        if fallback is None:
+            error_type, message = _describe(a.outcome)
+            dead_letter = uuid.uuid4()
+            a.events.append(
+                self._event(
+                    RunFailed(
+                        stage=spec.name,
+                        error_type=error_type,
+                        error=message,
+                        dead_letter=str(dead_letter),
+                    ),
+                    c,
+                    str(failed.event_id),
+                    event_id=dead_letter,
+                )
+            )
+            return
+        target = c.index + 1 if fallback == "skip" else a.pipeline.stage_names.index(fallback)
+        skipped = self._event(
+            StageSkipped(
+                stage=spec.name,
+                index=c.index,
+                reason=f"retries exhausted; fallback {fallback}",
+                next_stage=a.pipeline.stage_names[target]
+                if target < len(a.pipeline.stages)
+                else None,
+                next_index=target,
+            ),
+            c,
+            str(failed.event_id),
+        )
+        a.events.append(skipped)
+        self._continue_at(a, target, dict(c.item), str(skipped.event_id))
+
+    def _continue_at(self, a: _Attempt, index: int, item: dict[str, Any], cause: str) -> None:
+        """After this attempt's events, the run goes on at ``index`` (or completes)."""
+        c = a.command
+        if index >= len(a.pipeline.stages):
+            a.events.append(self._event(RunCompleted(), c, cause))
+        else:
+            a.hand_on = c.to(index, -1, item, cause)
+
+    def _failed(self, a: _Attempt, *, will_retry: bool) -> NewEvent:
+        error_type, message = _describe(a.outcome)
+        return self._event(
+            StageFailed(
+                stage=a.spec.name,
+                index=a.command.index,
+                attempt=a.attempt,
+                error_type=error_type,
+                error=message,
+                duration_ms=a.duration_ms,
+                will_retry=will_retry,
+                retry_at=datetime.fromtimestamp(a.retry_at, UTC)
+                if will_retry and a.retry_at
+                else None,
+                permanent=isinstance(a.outcome, StageError) and a.outcome.permanent,
+            ),
+            a.command,
+            a.started_id,
+        )
+
+    def _effects(self, a: _Attempt) -> list[NewEvent]:
+        """Effects a failed attempt reported before failing: recorded so they can be undone."""
+        if isinstance(a.outcome, StageError):
+            return [self._event(e, a.command, a.started_id) for e in a.outcome.events]
+        return []
+
     # -- record -----------------------------------------------------------------
 
-    def _result_events(self, a: _Attempt) -> list[NewEvent]:
-        c, spec = a.command, a.spec
-        cause = a.started_id
-        if isinstance(a.outcome, StageResult):
-            completed = self._event(
-                StageCompleted(
-                    stage=spec.name,
-                    index=c.index,
-                    attempt=a.attempt,
-                    duration_ms=a.duration_ms,
-                    output=a.outcome.output,
-                    metadata=a.outcome.metadata,
-                ),
-                c,
-                cause,
-            )
-            a.completed_id = str(completed.event_id)
-            events = [completed, *(self._event(e, c, cause) for e in a.outcome.events)]
-            if c.index == len(a.pipeline.stages) - 1:
-                events.append(self._event(RunCompleted(), c, a.completed_id))
-            return events
-        error = a.outcome if isinstance(a.outcome, BaseException) else RuntimeError("no outcome")
-        error_type, message = type(error).__name__, str(error)[:_MAX_ERROR_CHARS]
-        return [
-            self._event(
-                StageFailed(
-                    stage=spec.name,
-                    index=c.index,
-                    attempt=a.attempt,
-                    error_type=error_type,
-                    error=message,
-                    duration_ms=a.duration_ms,
-                ),
-                c,
-                cause,
-            ),
-            self._event(RunFailed(stage=spec.name, error_type=error_type, error=message), c, cause),
-        ]
-
     async def _finish(self, attempts: list[_Attempt], out: _Batch) -> None:
-        todo = [(a, self._result_events(a), a.version) for a in attempts]
+        todo = [(a, a.version) for a in attempts]
         for _ in range(_MAX_ROUNDS):
             if not todo:
                 return
             results = await self.store.append_batch(
                 [
                     AppendRequest(
-                        a.command.workspace, keys.run_stream(a.command.run_id), ev, version
+                        a.command.workspace, keys.run_stream(a.command.run_id), a.events, version
                     )
-                    for a, ev, version in todo
+                    for a, version in todo
                 ]
             )
-            clashed: list[tuple[_Attempt, list[NewEvent]]] = []
-            for (a, events, _), result in zip(todo, results, strict=True):
+            clashed: list[_Attempt] = []
+            for (a, _), result in zip(todo, results, strict=True):
                 if isinstance(result, ConcurrencyError):
-                    clashed.append((a, events))
+                    clashed.append(a)
                 elif isinstance(result, Exception):
                     raise result
-                elif isinstance(a.outcome, StageResult):
-                    item = {**a.command.item, **a.outcome.output}
-                    self._hand_on(
-                        a.command,
-                        a.pipeline,
-                        a.command.index + 1,
-                        result.version,
-                        item,
-                        a.completed_id,
-                        out,
-                    )
+                else:
+                    self._follow_up(a, result.version, out)
             todo = []
-            states = await self._states([a.command for a, _ in clashed])
-            for (a, events), state in zip(clashed, states, strict=True):
+            states = await self._states([a.command for a in clashed])
+            for a, state in zip(clashed, states, strict=True):
                 decision = decide_finish(state, a.command.index, a.attempt)
                 if isinstance(decision, Finish):
-                    todo.append((a, events, decision.version))
+                    todo.append((a, decision.version))
                 else:
                     self._settle(a.command, a.pipeline, decision, out)
-        for a, _, _ in todo:
+        for a, _ in todo:
             log.warning("stage.finish_unsettled", **_context(a.command), attempt=a.attempt)
+
+    def _follow_up(self, a: _Attempt, version: int, out: _Batch) -> None:
+        c = a.command
+        if a.hand_on is not None:
+            nxt = a.hand_on.to(a.hand_on.index, version, a.hand_on.item, a.hand_on.cause)
+            out.forwards.append((a.pipeline.stage(nxt.index).actor, nxt))
+        elif a.retry_at is not None:
+            retry = c.to(c.index, version, c.item, c.cause, attempt=a.attempt + 1)
+            if a.retry_at <= self.clock():
+                out.forwards.append((a.spec.actor, retry))
+            else:
+                out.deferred.append(
+                    (a.retry_at, keys.stage_channel(a.spec.actor), commands.encode(retry))
+                )
 
     # -- helpers ----------------------------------------------------------------
 
@@ -293,42 +386,10 @@ class StageRuntime:
         self, command: StageCommand, pipeline: Pipeline, decision: Drop | Forward, out: _Batch
     ) -> None:
         if isinstance(decision, Forward):
-            self._hand_on(
-                command,
-                pipeline,
-                decision.next_index,
-                decision.version,
-                decision.item,
-                decision.cause,
-                out,
-            )
+            nxt = command.to(decision.next_index, decision.version, decision.item, decision.cause)
+            out.forwards.append((pipeline.stage(nxt.index).actor, nxt))
         else:
             log.debug("stage.command_dropped", reason=decision.reason, **_context(command))
-
-    @staticmethod
-    def _hand_on(
-        command: StageCommand,
-        pipeline: Pipeline,
-        index: int,
-        version: int,
-        item: dict[str, Any],
-        cause: str | None,
-        out: _Batch,
-    ) -> None:
-        if index >= len(pipeline.stages):
-            return
-        nxt = StageCommand(
-            workspace=command.workspace,
-            run_id=command.run_id,
-            pipeline=command.pipeline,
-            pipeline_version=command.pipeline_version,
-            index=index,
-            version=version,
-            item=item,
-            correlation_id=command.correlation_id,
-            cause=cause,
-        )
-        out.forwards.append((pipeline.stage(index).actor, nxt))
 
     async def _states(self, batch: Sequence[StageCommand]) -> list[RunState]:
         streams = await asyncio.gather(
@@ -337,12 +398,43 @@ class StageRuntime:
         return [fold_run(events) for events in streams]
 
     @staticmethod
-    def _event(payload: DomainEvent, command: StageCommand, cause: str | None = None) -> NewEvent:
+    def _event(
+        payload: DomainEvent,
+        command: StageCommand,
+        cause: str | None = None,
+        *,
+        event_id: uuid.UUID | None = None,
+    ) -> NewEvent:
         return new_event(
             payload,
+            event_id=event_id,
             correlation_id=command.correlation_id,
             causation_id=cause if cause is not None else command.cause,
         )
+
+
+def _describe(outcome: object) -> tuple[str, str]:
+    error = outcome if isinstance(outcome, BaseException) else RuntimeError("no outcome")
+    return type(error).__name__, str(error)[:_MAX_ERROR_CHARS]
+
+
+def _recorded(event: NewEvent, workspace: str) -> RecordedEvent:
+    """A not-yet-appended effect, shaped like a recorded one for compensators."""
+    data = event.data if isinstance(event.data, dict) else msgspec.to_builtins(event.data)
+    return RecordedEvent(
+        event_id=event.event_id,
+        type=event.type,
+        schema_version=event.schema_version,
+        stream="",
+        version=-1,
+        position=0,
+        workspace=workspace,
+        occurred_at=event.occurred_at,
+        recorded_at=event.occurred_at,
+        correlation_id=event.correlation_id,
+        causation_id=event.causation_id,
+        data=data,
+    )
 
 
 def _context(command: StageCommand) -> dict[str, Any]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stageline.events.envelope import DomainEvent
+from stageline.events.envelope import DomainEvent, RecordedEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +32,22 @@ class StageResult:
 
 
 class StageError(Exception):
-    """Raised by a stage to fail its attempt; ``permanent`` errors are never retried."""
+    """Raised by a stage to fail its attempt; ``permanent`` errors are never retried.
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    ``events`` are effects the attempt had already caused: they are recorded
+    with the failure so that they can be compensated.
+    """
+
+    def __init__(
+        self, message: str, *, permanent: bool = False, events: list[DomainEvent] | None = None
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.events = events or []
 
 
 StageFn = Callable[[dict[str, Any], StageContext], StageResult | Awaitable[StageResult]]
+Compensator = Callable[[Sequence[RecordedEvent]], list[DomainEvent]]
 
 
 class ActorRegistry:
@@ -47,11 +55,18 @@ class ActorRegistry:
 
     def __init__(self) -> None:
         self._actors: dict[str, StageFn] = {}
+        self._compensators: dict[str, Compensator] = {}
 
-    def register(self, name: str, fn: StageFn) -> None:
+    def register(self, name: str, fn: StageFn, *, compensate: Compensator | None = None) -> None:
+        """Add an actor; ``compensate`` turns its recorded effects into compensating events."""
         if name in self._actors:
             raise ValueError(f"actor {name!r} is already registered")
         self._actors[name] = fn
+        if compensate is not None:
+            self._compensators[name] = compensate
+
+    def compensator(self, name: str) -> Compensator | None:
+        return self._compensators.get(name)
 
     def actor(self, name: str) -> Callable[[StageFn], StageFn]:
         """Decorator form of ``register``."""

@@ -121,7 +121,11 @@ class MemoryEventStore:
         ws = self._get(workspace)
         positions = ws.streams.get(stream, [])
         if backwards:
-            start = len(positions) - 1 if from_version is None else min(from_version, len(positions) - 1)
+            start = (
+                len(positions) - 1
+                if from_version is None
+                else min(from_version, len(positions) - 1)
+            )
             chosen = positions[start::-1] if start >= 0 else []
         else:
             chosen = positions[max(from_version or 0, 0) :]

@@ -59,7 +59,10 @@ class RedisEventStore:
         for event in request.events:
             args.append(event.event_id.bytes)
             args.append(codec.encode(event))
-        return [keys.stream_key(request.workspace, request.stream), keys.log_key(request.workspace)], args
+        return [
+            keys.stream_key(request.workspace, request.stream),
+            keys.log_key(request.workspace),
+        ], args
 
     @staticmethod
     def _result(request: AppendRequest, reply: list[int]) -> AppendResult:
@@ -155,9 +158,7 @@ class RedisEventStore:
         script_keys = [keys.stream_key(workspace, stream), keys.log_key(workspace)]
         while limit is None or len(out) < limit:
             count = _PAGE if limit is None else min(_PAGE, limit - len(out))
-            reply = await self._read(
-                keys=script_keys, args=[first, count, 1 if backwards else 0]
-            )
+            reply = await self._read(keys=script_keys, args=[first, count, 1 if backwards else 0])
             page = [self._decode(workspace, e) for e in reply[1:]]
             out.extend(page)
             if len(page) < count:

@@ -6,6 +6,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from stageline.actors.decide import (
     Begin,
     Defer,
@@ -94,12 +96,12 @@ def test_completed_stage_without_successor_is_forwarded_with_merged_item() -> No
 
 def test_completed_stage_already_handed_on_is_dropped() -> None:
     state = fold_run(history(SUBMITTED, started(0), completed(0), started(1)))
-    assert decide_start(state, 0, now=NOW, timeout=30) == Drop("stage completed and handed on")
+    assert decide_start(state, 0, now=NOW, timeout=30) == Drop("run moved on")
 
 
-def test_command_ahead_of_its_previous_stage_is_dropped() -> None:
+def test_command_ahead_of_the_run_is_dropped() -> None:
     state = fold_run(history(SUBMITTED, started(0)))
-    assert decide_start(state, 1, now=NOW, timeout=30) == Drop("previous stage has not completed")
+    assert decide_start(state, 1, now=NOW, timeout=30) == Drop("run has not reached this stage")
 
 
 def test_unfinished_attempt_within_its_timeout_is_deferred_not_doubled() -> None:
@@ -123,6 +125,78 @@ def test_finish_of_the_live_attempt_retries_at_the_actual_version() -> None:
 def test_finish_of_a_superseded_attempt_is_dropped() -> None:
     state = fold_run(history(SUBMITTED, started(0, 1), started(0, 2)))
     assert decide_finish(state, 0, 1) == Drop("attempt superseded")
+
+
+def failed(
+    index: int, attempt: int, *, retry_at: datetime | None = None
+) -> tuple[str, dict[str, Any]]:
+    data: dict[str, Any] = {
+        "stage": "s",
+        "index": index,
+        "attempt": attempt,
+        "error_type": "E",
+        "error": "e",
+    }
+    if retry_at is not None:
+        data.update(will_retry=True, retry_at=retry_at)
+    return ("StageFailed", data)
+
+
+def test_scheduled_retry_command_begins_the_next_attempt() -> None:
+    due = T0 + timedelta(hours=2)
+    state = fold_run(history(SUBMITTED, started(0), failed(0, 1, retry_at=due)))
+    assert decide_start(state, 0, attempt=2, now=NOW, timeout=30) == Begin(2, 2)
+
+
+def test_stale_command_of_a_failed_attempt_waits_for_the_retry_time() -> None:
+    due = T0 + timedelta(hours=2)
+    state = fold_run(history(SUBMITTED, started(0), failed(0, 1, retry_at=due)))
+    assert decide_start(state, 0, attempt=1, now=NOW, timeout=30) == Defer(due.timestamp())
+    later = due.timestamp() + 1
+    assert decide_start(state, 0, attempt=1, now=later, timeout=30) == Begin(2, 2)
+
+
+def test_stage_that_gave_up_is_dropped() -> None:
+    state = fold_run(history(SUBMITTED, started(0), failed(0, 1)))
+    assert decide_start(state, 0, now=NOW, timeout=30) == Drop("stage gave up")
+
+
+def test_skip_moves_the_run_to_the_fallback_and_hands_on_if_needed() -> None:
+    skipped = (
+        "StageSkipped",
+        {"stage": "a", "index": 0, "reason": "r", "next_stage": "b", "next_index": 1},
+    )
+    events = history(SUBMITTED, started(0), failed(0, 1), skipped)
+    state = fold_run(events)
+    assert state.cursor == 1
+    decision = decide_start(state, 0, now=NOW, timeout=30)
+    assert decision == Forward(1, 3, {"text": "x"}, str(events[3].event_id))
+
+
+def test_cancelled_run_drops_every_command() -> None:
+    state = fold_run(history(SUBMITTED, started(0), ("RunCancelled", {"reason": ""})))
+    assert decide_start(state, 0, now=NOW, timeout=30) == Drop("run ended with RunCancelled")
+    assert decide_finish(state, 0, 1) == Drop("run ended with RunCancelled")
+
+
+def test_retried_run_begins_a_fresh_attempt_of_the_failed_stage() -> None:
+    fail = ("RunFailed", {"stage": "s", "error_type": "E", "error": "e", "dead_letter": "d1"})
+    retried = ("RunRetried", {"stage": "s", "index": 0, "attempt": 2})
+    state = fold_run(history(SUBMITTED, started(0), failed(0, 1), fail))
+    assert (state.terminal, state.dead_letter) == ("RunFailed", "d1")
+    state = fold_run(history(SUBMITTED, started(0), failed(0, 1), fail, retried))
+    assert (state.terminal, state.dead_letter) == (None, None)
+    assert decide_start(state, 0, attempt=2, now=NOW, timeout=30) == Begin(4, 2)
+
+
+def test_effects_are_tracked_per_stage_and_closed_by_compensation() -> None:
+    events = history(SUBMITTED, started(0), ("EntityMentioned", {"entity": "Bob"}))
+    events[2] = msgspec.structs.replace(events[2], causation_id=str(events[1].event_id))
+    state = fold_run(events)
+    assert [e.type for e in state.open_effects(0)] == ["EntityMentioned"]
+    undo = ("EntityMentionRetracted", {"compensates": str(events[2].event_id)})
+    state = fold_run([*events, *history(undo)[0:1]])
+    assert state.open_effects(0) == []
 
 
 def test_finish_after_another_worker_completed_forwards_or_drops() -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from actor_helpers import idle, transitions, wait_terminal
 
 from stageline.actors import commands
 from stageline.actors.builtin import default_actors
@@ -83,46 +83,6 @@ async def worker(redis_store: RedisEventStore, redis_url: str) -> AsyncIterator[
     await w.start()
     yield w
     await w.stop()
-
-
-async def wait_terminal(
-    store: RedisEventStore, workspace: str, run_ids: list[str], within: float = 20
-) -> dict[str, str]:
-    """Each run's terminal event type; fails the test when one is not terminal in time."""
-    done: dict[str, str] = {}
-    async with asyncio.timeout(within):
-        while len(done) < len(run_ids):
-            for run_id in run_ids:
-                if run_id in done:
-                    continue
-                last = await store.read_stream(
-                    workspace, keys.run_stream(run_id), backwards=True, limit=1
-                )
-                if last and last[0].type in ("RunCompleted", "RunFailed"):
-                    done[run_id] = last[0].type
-            await asyncio.sleep(0.02)
-    return done
-
-
-async def transitions(
-    store: RedisEventStore, workspace: str, run_id: str
-) -> Counter[tuple[str, int, int]]:
-    events = await store.read_stream(workspace, keys.run_stream(run_id))
-    return Counter(
-        (e.type, e.data["index"], e.data.get("attempt", 1))
-        for e in events
-        if e.type.startswith("Stage")
-    )
-
-
-async def idle(client: aioredis.Redis, actor: str) -> None:
-    """Wait until the actor's group has delivered and acknowledged everything."""
-    async with asyncio.timeout(10):
-        while True:
-            groups = await client.xinfo_groups(keys.stage_channel(actor))
-            if all(g["pending"] == 0 and not g.get("lag") for g in groups):
-                return
-            await asyncio.sleep(0.02)
 
 
 async def test_samples_complete_with_one_transition_per_stage(

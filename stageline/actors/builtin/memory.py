@@ -10,12 +10,13 @@ import json
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from stageline.actors.stage import ActorRegistry, StageContext, StageError, StageResult
-from stageline.events.envelope import DomainEvent
+from stageline.events.envelope import DomainEvent, RecordedEvent
 
 
 class MemoryNormalized(DomainEvent, frozen=True, kw_only=True):
@@ -43,6 +44,16 @@ class EntityMentioned(DomainEvent, frozen=True, kw_only=True):
     surface: str
     start: int
     end: int
+
+
+class EntityMentionRetracted(DomainEvent, frozen=True, kw_only=True):
+    """Reverses an ``EntityMentioned`` (undo or compensation): the mention no longer counts."""
+
+    topic = "EntityMentionRetracted"
+
+    compensates: str
+    entity: str
+    entity_type: str
 
 
 class MemorySummarized(DomainEvent, frozen=True, kw_only=True):
@@ -156,6 +167,17 @@ def extract(item: dict[str, Any], ctx: StageContext) -> StageResult:
     )
 
 
+def retract_mentions(effects: Sequence[RecordedEvent]) -> list[DomainEvent]:
+    """Compensate ``extract``: retract each mention it recorded."""
+    return [
+        EntityMentionRetracted(
+            compensates=str(e.event_id), entity=e.data["entity"], entity_type=e.data["entity_type"]
+        )
+        for e in effects
+        if e.type == EntityMentioned.topic
+    ]
+
+
 _STOP = frozenset(
     [
         "the",
@@ -238,6 +260,6 @@ def register(actors: ActorRegistry) -> ActorRegistry:
     """Add the memory-ingest stages to ``actors``."""
     actors.register("normalize", normalize)
     actors.register("classify", classify)
-    actors.register("extract", extract)
+    actors.register("extract", extract, compensate=retract_mentions)
     actors.register("summarize", summarize)
     return actors

@@ -1,0 +1,185 @@
+"""Run-level operations: undo, retry and cancel, each recorded as new events.
+
+Each reads the run, decides from its folded state, and appends with the run's
+version as the expected version, re-reading on a clash; nothing is ever
+edited or deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from stageline.actors.channels import CommandBus
+from stageline.actors.commands import StageCommand
+from stageline.actors.compensation import Compensator, undo_run
+from stageline.actors.deadletters import DeadLetterRedriven
+from stageline.actors.decide import RunState, fold_run
+from stageline.actors.events import (
+    RunCancelled,
+    RunCompensated,
+    RunFailed,
+    RunRetried,
+)
+from stageline.actors.pipeline import Pipeline, PipelineCatalog
+from stageline.actors.stage import ActorRegistry
+from stageline.errors import ConcurrencyError, Conflict, NotFound
+from stageline.events import keys
+from stageline.events.envelope import DomainEvent, NewEvent, new_event
+from stageline.events.store import EventStore
+
+_ATTEMPTS = 5
+
+
+class OperationResult(msgspec.Struct, frozen=True):
+    run_id: str
+    status: str
+    position: int
+    changed: bool
+
+
+class RunOperations:
+    """Undo, retry and cancel runs."""
+
+    def __init__(
+        self, store: EventStore, catalog: PipelineCatalog, actors: ActorRegistry, bus: CommandBus
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.actors = actors
+        self.bus = bus
+
+    async def undo(
+        self, workspace: str, run_id: str, *, correlation_id: str | None = None
+    ) -> OperationResult:
+        """Compensate every stage's effects, last stage first; the run ends ``compensated``.
+
+        Works on a run in any state (a running one stops: later results are
+        discarded). Undoing an undone run changes nothing.
+        """
+
+        def plan(state: RunState) -> list[DomainEvent] | None:
+            if state.terminal == RunCompensated.topic:
+                return None
+            pipeline = self._pipeline(workspace, state)
+            compensations = undo_run(state, self._compensator_of(pipeline))
+            return [*compensations, RunCompensated(stages=state.stage_names)]
+
+        return await self._apply(workspace, run_id, plan, "compensated", correlation_id)
+
+    async def cancel(
+        self, workspace: str, run_id: str, *, reason: str = "", correlation_id: str | None = None
+    ) -> OperationResult:
+        """Stop a run at its next stage boundary; ``Conflict`` if it has already ended."""
+
+        def plan(state: RunState) -> list[DomainEvent] | None:
+            if state.terminal == RunCancelled.topic:
+                return None
+            if state.terminal:
+                raise Conflict(
+                    f"run has already ended ({state.terminal})", run_id=run_id, ended=state.terminal
+                )
+            return [RunCancelled(reason=reason)]
+
+        return await self._apply(workspace, run_id, plan, "cancelled", correlation_id)
+
+    async def retry(
+        self, workspace: str, run_id: str, *, correlation_id: str | None = None
+    ) -> OperationResult:
+        """Drive a failed run again from the stage that failed, with a fresh attempt.
+
+        Closes the run's dead letter, if it has one. ``Conflict`` unless the run failed.
+        """
+        for _ in range(_ATTEMPTS):
+            state = await self._load(workspace, run_id)
+            if state.terminal != RunFailed.topic:
+                raise Conflict(
+                    "only a failed run can be retried",
+                    run_id=run_id,
+                    status=state.terminal or "processing",
+                )
+            pipeline = self._pipeline(workspace, state)
+            index = state.cursor
+            attempt = state.progress(index).attempt + 1
+            events: list[DomainEvent] = [
+                RunRetried(stage=pipeline.stage_names[index], index=index, attempt=attempt)
+            ]
+            if state.dead_letter:
+                events.append(DeadLetterRedriven(dead_letter=state.dead_letter))
+            new = self._events(events, state, correlation_id)
+            try:
+                result = await self.store.append(
+                    workspace, keys.run_stream(run_id), new, state.version
+                )
+            except ConcurrencyError:
+                continue
+            command = StageCommand(
+                workspace=workspace,
+                run_id=run_id,
+                pipeline=pipeline.name,
+                pipeline_version=pipeline.version,
+                index=index,
+                version=result.version,
+                item=state.item,
+                attempt=attempt,
+                correlation_id=new[0].correlation_id,
+                cause=str(new[0].event_id),
+            )
+            await self.bus.publish([(pipeline.stage(index).actor, command)])
+            return OperationResult(run_id, "processing", result.position, True)
+        raise Conflict("run kept changing; try again", run_id=run_id)
+
+    async def _apply(
+        self,
+        workspace: str,
+        run_id: str,
+        plan: Callable[[RunState], list[DomainEvent] | None],
+        status: str,
+        correlation_id: str | None,
+    ) -> OperationResult:
+        for _ in range(_ATTEMPTS):
+            state = await self._load(workspace, run_id)
+            payloads = plan(state)
+            if payloads is None:
+                head = await self.store.read_stream(
+                    workspace, keys.run_stream(run_id), backwards=True, limit=1
+                )
+                return OperationResult(run_id, status, head[0].position, False)
+            try:
+                result = await self.store.append(
+                    workspace,
+                    keys.run_stream(run_id),
+                    self._events(payloads, state, correlation_id),
+                    state.version,
+                )
+            except ConcurrencyError:
+                continue
+            return OperationResult(run_id, status, result.position, True)
+        raise Conflict("run kept changing; try again", run_id=run_id)
+
+    async def _load(self, workspace: str, run_id: str) -> RunState:
+        keys.check_workspace(workspace)
+        state = fold_run(await self.store.read_stream(workspace, keys.run_stream(run_id)))
+        if state.version < 0 or state.pipeline is None:
+            raise NotFound(f"no run {run_id!r}", run_id=run_id)
+        return state
+
+    def _pipeline(self, workspace: str, state: RunState) -> Pipeline:
+        assert state.pipeline is not None
+        return self.catalog.get(workspace, state.pipeline, state.pipeline_version)
+
+    def _compensator_of(self, pipeline: Pipeline) -> Callable[[int], Compensator | None]:
+        def of(index: int) -> Compensator | None:
+            if index >= len(pipeline.stages):
+                return None
+            return self.actors.compensator(pipeline.stage(index).actor)
+
+        return of
+
+    @staticmethod
+    def _events(
+        payloads: Sequence[DomainEvent], state: RunState, correlation_id: str | None
+    ) -> list[NewEvent]:
+        cid = correlation_id or state.correlation_id
+        return [new_event(p, correlation_id=cid) for p in payloads]

@@ -1,0 +1,236 @@
+"""Retries, timeouts, compensation, fallbacks, dead letters, undo and cancel on the real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from actor_helpers import idle, transitions, wait_terminal
+
+from stageline.actors.builtin import default_actors
+from stageline.actors.channels import CommandBus
+from stageline.actors.operations import RunOperations
+from stageline.actors.pipeline import (
+    MEMORY_INGEST,
+    Pipeline,
+    PipelineCatalog,
+    RetryPolicy,
+    StageSpec,
+)
+from stageline.actors.submit import Submitter
+from stageline.actors.worker import Worker, WorkerConfig
+from stageline.errors import Conflict, NotFound
+from stageline.events import keys
+from stageline.events.redis_store import RedisEventStore
+
+FAST = RetryPolicy(max_retries=2, backoff_seconds=0.05, backoff_multiplier=2)
+
+
+def flaky(
+    fallback: str | None = None, *, timeout: float = 5.0, retry: RetryPolicy = FAST
+) -> StageSpec:
+    return StageSpec(
+        name="flaky",
+        actor="flaky",
+        timeout_seconds=timeout,
+        retry=RetryPolicy(
+            max_retries=retry.max_retries,
+            backoff_seconds=retry.backoff_seconds,
+            backoff_multiplier=retry.backoff_multiplier,
+            fallback=fallback,
+        ),
+    )
+
+
+PIPELINES = [
+    MEMORY_INGEST,
+    Pipeline(name="retrying", stages=(StageSpec(name="normalize", actor="normalize"), flaky())),
+    Pipeline(name="timing-out", stages=(flaky(timeout=0.2),)),
+    Pipeline(
+        name="skipping", stages=(flaky("skip"), StageSpec(name="summarize", actor="summarize"))
+    ),
+    Pipeline(
+        name="falling-back",
+        stages=(
+            StageSpec(name="normalize", actor="normalize"),
+            flaky("summarize"),
+            StageSpec(name="classify", actor="classify"),
+            StageSpec(name="summarize", actor="summarize"),
+        ),
+    ),
+    Pipeline(name="dead-end", stages=(flaky(), StageSpec(name="summarize", actor="summarize"))),
+]
+CATALOG = PipelineCatalog(PIPELINES)
+
+
+@pytest.fixture
+async def setup(
+    redis_store: RedisEventStore, redis_url: str
+) -> AsyncIterator[tuple[Submitter, RunOperations]]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    bus = CommandBus(client)
+    actors = default_actors()
+    worker = Worker(
+        redis_store, redis_url, CATALOG, actors, WorkerConfig(poll_ms=20, consumer="w-recovery")
+    )
+    await worker.start()
+    try:
+        yield Submitter(redis_store, CATALOG, bus), RunOperations(redis_store, CATALOG, actors, bus)
+    finally:
+        await worker.stop()
+        await client.aclose()
+
+
+async def run_events(store: RedisEventStore, workspace: str, run_id: str) -> list[tuple[str, dict]]:
+    return [(e.type, e.data) for e in await store.read_stream(workspace, keys.run_stream(run_id))]
+
+
+async def test_failed_attempts_are_retried_until_the_stage_succeeds(
+    setup: tuple[Submitter, RunOperations], redis_store: RedisEventStore, workspace: str
+) -> None:
+    submitter, _ = setup
+    run = await submitter.submit(workspace, "retrying", {"text": "x", "flaky": {"fail_times": 2}})
+    assert await wait_terminal(redis_store, workspace, [run.run_id]) == {run.run_id: "RunCompleted"}
+    counts = await transitions(redis_store, workspace, run.run_id)
+    assert [counts[("StageFailed", 1, a)] for a in (1, 2)] == [1, 1]
+    assert counts[("StageCompleted", 1, 3)] == 1
+    failures = [
+        d for t, d in await run_events(redis_store, workspace, run.run_id) if t == "StageFailed"
+    ]
+    assert all(f["will_retry"] and f["retry_at"] for f in failures)
+
+
+async def test_a_stage_past_its_timeout_is_a_failed_attempt(
+    setup: tuple[Submitter, RunOperations], redis_store: RedisEventStore, workspace: str
+) -> None:
+    submitter, _ = setup
+    run = await submitter.submit(
+        workspace, "timing-out", {"text": "x", "flaky": {"sleep_seconds": 1}}
+    )
+    assert await wait_terminal(redis_store, workspace, [run.run_id]) == {run.run_id: "RunFailed"}
+    failures = [
+        d for t, d in await run_events(redis_store, workspace, run.run_id) if t == "StageFailed"
+    ]
+    assert [f["error_type"] for f in failures] == ["TimeoutError"] * 3
+    assert [f["will_retry"] for f in failures] == [True, True, False]
+
+
+async def test_exhausted_retries_compensate_effects_then_skip(
+    setup: tuple[Submitter, RunOperations], redis_store: RedisEventStore, workspace: str
+) -> None:
+    submitter, _ = setup
+    run = await submitter.submit(
+        workspace, "skipping", {"text": "x y z", "flaky": {"fail_times": 9}}
+    )
+    assert await wait_terminal(redis_store, workspace, [run.run_id]) == {run.run_id: "RunCompleted"}
+    events = await redis_store.read_stream(workspace, keys.run_stream(run.run_id))
+    applied = [str(e.event_id) for e in events if e.type == "FlakyEffectApplied"]
+    reverted = [e.data["compensates"] for e in events if e.type == "FlakyEffectReverted"]
+    assert len(applied) == 3 and sorted(reverted) == sorted(applied)
+    compensated = next(e for e in events if e.type == "StageCompensated")
+    assert sorted(compensated.data["compensates"]) == sorted(applied)
+    skipped = next(e.data for e in events if e.type == "StageSkipped")
+    assert (skipped["next_stage"], skipped["next_index"]) == ("summarize", 1)
+    assert (await transitions(redis_store, workspace, run.run_id))[("StageCompleted", 1, 1)] == 1
+
+
+async def test_exhausted_retries_continue_at_the_fallback_stage(
+    setup: tuple[Submitter, RunOperations], redis_store: RedisEventStore, workspace: str
+) -> None:
+    submitter, _ = setup
+    run = await submitter.submit(
+        workspace, "falling-back", {"text": "x", "flaky": {"permanent": True}}
+    )
+    assert await wait_terminal(redis_store, workspace, [run.run_id]) == {run.run_id: "RunCompleted"}
+    counts = await transitions(redis_store, workspace, run.run_id)
+    assert counts[("StageFailed", 1, 1)] == 1  # permanent: no retries
+    assert counts[("StageStarted", 2, 1)] == 0  # classify was jumped over
+    assert counts[("StageCompleted", 3, 1)] == 1
+
+
+async def test_exhausted_without_fallback_fails_to_the_dead_letters_then_retry_completes(
+    setup: tuple[Submitter, RunOperations], redis_store: RedisEventStore, workspace: str
+) -> None:
+    submitter, operations = setup
+    run = await submitter.submit(workspace, "dead-end", {"text": "x", "flaky": {"fail_times": 3}})
+    assert await wait_terminal(redis_store, workspace, [run.run_id]) == {run.run_id: "RunFailed"}
+    failed = [
+        d for t, d in await run_events(redis_store, workspace, run.run_id) if t == "RunFailed"
+    ]
+    assert failed[0]["dead_letter"]
+    with pytest.raises(Conflict):
+        await operations.cancel(workspace, run.run_id)
+    result = await operations.retry(workspace, run.run_id)
+    assert result.changed and result.status == "processing"
+    assert await wait_terminal(redis_store, workspace, [run.run_id]) == {run.run_id: "RunCompleted"}
+    types = [t for t, _ in await run_events(redis_store, workspace, run.run_id)]
+    assert (
+        types.index("RunRetried") < types.index("DeadLetterRedriven") < types.index("RunCompleted")
+    )
+    assert (await transitions(redis_store, workspace, run.run_id))[("StageCompleted", 0, 4)] == 1
+    with pytest.raises(Conflict):
+        await operations.retry(workspace, run.run_id)
+
+
+async def test_undo_compensates_every_stage_in_reverse_and_twice_is_harmless(
+    setup: tuple[Submitter, RunOperations], redis_store: RedisEventStore, workspace: str
+) -> None:
+    submitter, operations = setup
+    run = await submitter.submit(workspace, "memory-ingest", {"text": "Alice met Bob in Berlin"})
+    await wait_terminal(redis_store, workspace, [run.run_id])
+    before = await redis_store.read_stream(workspace, keys.run_stream(run.run_id))
+    first = await operations.undo(workspace, run.run_id)
+    assert first.changed and first.status == "compensated"
+    after = await redis_store.read_stream(workspace, keys.run_stream(run.run_id))
+    assert after[: len(before)] == before  # nothing edited, nothing deleted
+    added = after[len(before) :]
+    mentions = {str(e.event_id) for e in before if e.type == "EntityMentioned"}
+    assert len(mentions) == 3
+    assert {e.data["compensates"] for e in added if e.type == "EntityMentionRetracted"} == mentions
+    compensated_stages = [e.data["stage"] for e in added if e.type == "StageCompensated"]
+    assert compensated_stages == ["summarize", "extract", "classify", "normalize"]
+    assert added[-1].type == "RunCompensated"
+    second = await operations.undo(workspace, run.run_id)
+    assert not second.changed
+    assert (
+        await redis_store.stream_version(workspace, keys.run_stream(run.run_id))
+        == after[-1].version
+    )
+
+
+async def test_cancel_stops_the_run_at_the_next_stage_boundary(
+    setup: tuple[Submitter, RunOperations],
+    redis_store: RedisEventStore,
+    workspace: str,
+    redis_url: str,
+) -> None:
+    broker = aioredis.Redis.from_url(redis_url)
+    submitter, operations = setup
+    run = await submitter.submit(
+        workspace, "skipping", {"text": "x", "flaky": {"sleep_seconds": 0.5}}
+    )
+    stream = keys.run_stream(run.run_id)
+    async with asyncio.timeout(10):  # wait until the flaky stage is running
+        while not any(  # noqa: ASYNC110 - polling the log, not an in-process event
+            e.type == "StageStarted" for e in await redis_store.read_stream(workspace, stream)
+        ):
+            await asyncio.sleep(0.01)
+    result = await operations.cancel(workspace, run.run_id, reason="test")
+    assert result.changed
+    await idle(broker, "flaky")  # the in-flight attempt finished, and was discarded
+    types = [t for t, _ in await run_events(redis_store, workspace, run.run_id)]
+    assert types[-1] == "RunCancelled"
+    assert "StageCompleted" not in types
+    assert not (await operations.cancel(workspace, run.run_id)).changed
+    await broker.aclose()
+
+
+async def test_operations_on_an_unknown_run_are_not_found(
+    setup: tuple[Submitter, RunOperations], workspace: str
+) -> None:
+    _, operations = setup
+    for op in (operations.undo, operations.retry, operations.cancel):
+        with pytest.raises(NotFound):
+            await op(workspace, "no-such-run")
