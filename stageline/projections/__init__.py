@@ -1,17 +1,23 @@
 """Read models folded from the log: pure folds, the FalkorDB adapter, the projector."""
 
-from stageline.projections.falkordb_views import FalkorDBViews, connect
-from stageline.projections.projector import Projector, RebuildResult, RunStatusView
-from stageline.projections.run_status import (
+from stageline.projections.batch import fold
+from stageline.projections.changes import (
+    DeadLetterChange,
+    EntityChange,
     RunChange,
-    RunStatus,
     RunStatusChanges,
     StageChange,
-    StageStatus,
-    fold,
 )
+from stageline.projections.dead_letters import DeadLetterKind, DeadLetterStatus
+from stageline.projections.falkordb_views import FalkorDBViews, connect
+from stageline.projections.projector import Projector, RebuildResult, RunStatusView
+from stageline.projections.run_status import RunStatus, StageStatus
 
 __all__ = [
+    "DeadLetterChange",
+    "DeadLetterKind",
+    "DeadLetterStatus",
+    "EntityChange",
     "FalkorDBViews",
     "Projector",
     "RebuildResult",

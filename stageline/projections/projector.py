@@ -18,7 +18,8 @@ from typing import Any, Protocol
 import structlog
 
 from stageline.events import EventStore, RecordedEvent
-from stageline.projections.run_status import RunStatusChanges, fold
+from stageline.projections.batch import fold
+from stageline.projections.changes import RunStatusChanges
 
 __all__ = ["Projector", "RebuildResult", "RunStatusView", "next_delay"]
 
@@ -120,11 +121,18 @@ class Projector:
                 elif events:
                     position = await self._apply(workspace, events, position)
                 failures = 0
-            except Exception:
+            except Exception as exc:
                 failures += 1
                 delay = next_delay(failures)
-                log.exception(
-                    "projector.batch_failed", workspace=workspace, after=position, retry_in=delay
+                # the traceback once per outage: a long one must not flood the log
+                log.warning(
+                    "projector.batch_failed",
+                    workspace=workspace,
+                    after=position,
+                    retry_in=delay,
+                    failures=failures,
+                    error=f"{type(exc).__name__}: {exc}",
+                    exc_info=failures == 1,
                 )
                 position = None  # the write may or may not have landed: ask the view
                 with contextlib.suppress(TimeoutError):

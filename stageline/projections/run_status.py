@@ -1,173 +1,138 @@
-"""The run-status projection as a pure fold: run lifecycle events in, row changes out.
+"""Run status as a pure fold: run lifecycle events in, run and stage row changes out.
 
-A batch of events of any length becomes one ``RunChange`` per run and one
-``StageChange`` per (run, stage), plus per-status count deltas and the batch's
-last position, so a view adapter writes each touched row once per batch.
+A run's status follows its lifecycle, the same way ``stageline.actors.decide``
+folds it: ``processing`` from submission, ``retrying`` while a failed attempt
+waits for its retry (the next ``StageStarted`` makes it ``processing`` again),
+then one of the endings ``completed``, ``failed``, ``cancelled`` or
+``compensated`` (undo). ``RunRetried`` takes a failed run back to
+``processing``. A stage is ``pending`` until it starts, ``active`` while an
+attempt runs, ``retrying`` between a failed attempt and the next, and ends
+``completed``, ``failed``, ``skipped`` (its fallback applied) or
+``compensated`` (its effects reversed).
 
-Changes compose: applying the changes of two consecutive batches one after
-the other leaves a view equal to applying the fold of both batches at once
-(``created`` applies only to a new row, ``fields`` are last-writer-wins,
-``attempts`` adds up). That is what makes a rebuild equal the live view.
-
-Only streams named ``run-<run id>`` matter; events of unknown types are
-skipped, since other systems append their own events to the same log.
+Only streams named ``run-<run id>`` matter for these handlers; the run id is
+taken from the stream name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 import msgspec
 
 from stageline.actors.events import (
+    RunCancelled,
+    RunCompensated,
     RunCompleted,
     RunFailed,
+    RunRetried,
     RunSubmitted,
+    StageCompensated,
     StageCompleted,
     StageFailed,
+    StageSkipped,
     StageStarted,
 )
-from stageline.errors import InvalidEvent
-from stageline.events import RecordedEvent, registry
+from stageline.events import RecordedEvent
 from stageline.events.keys import run_stream
+from stageline.projections import dead_letters
+from stageline.projections.changes import Batch, RunChange
 
 __all__ = [
+    "HANDLERS",
     "RUN_CREATED",
+    "RUN_ENDINGS",
     "RUN_FIELDS",
     "RUN_STREAM_PREFIX",
     "STAGE_CREATED",
     "STAGE_FIELDS",
-    "RunChange",
     "RunStatus",
-    "RunStatusChanges",
-    "StageChange",
     "StageStatus",
-    "fold",
 ]
 
 RUN_STREAM_PREFIX = run_stream("")
 
 # Every key a change may carry: view adapters write exactly these properties.
 RUN_CREATED = ("pipeline", "pipeline_version", "status", "submitted_at", "seq")
-RUN_FIELDS = ("status", "current_stage", "updated_at", "completed_at", "error")
+RUN_FIELDS = (
+    "status", "current_stage", "updated_at", "completed_at", "ended_at",
+    "error", "dead_letter", "reason",
+)  # fmt: skip
 STAGE_CREATED = ("status",)
-STAGE_FIELDS = ("index", "status", "started_at", "ended_at", "duration_ms", "metadata", "error")
+STAGE_FIELDS = (
+    "index", "status", "started_at", "ended_at", "duration_ms", "metadata", "error", "retry_at",
+)  # fmt: skip
 
 
 class RunStatus(StrEnum):
     """Every status a run can have; the counts view keeps one counter per member."""
 
     PROCESSING = "processing"
+    RETRYING = "retrying"
     COMPLETED = "completed"
     FAILED = "failed"
+    COMPENSATED = "compensated"
+    CANCELLED = "cancelled"
+
+
+RUN_ENDINGS = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.COMPENSATED}
+)
+"""Statuses only an ending event leaves (``RunRetried``, or another ending)."""
 
 
 class StageStatus(StrEnum):
     PENDING = "pending"
     ACTIVE = "active"
+    RETRYING = "retrying"
     COMPLETED = "completed"
     FAILED = "failed"
+    SKIPPED = "skipped"
+    COMPENSATED = "compensated"
 
 
-@dataclass(slots=True)
-class RunChange:
-    """What one batch does to one run.
-
-    ``created`` is applied only when the run's row does not exist yet (it is
-    set by the batch holding ``RunSubmitted``); then ``fields`` overwrite
-    whatever the row holds, a ``None`` value removing the property.
-    """
-
-    run_id: str
-    created: dict[str, Any] | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
+Handler = Callable[[Batch, str, int, RecordedEvent, dict[str, Any]], None]
+"""``(batch, run id, event time in ms, event, upcast payload)``."""
 
 
-@dataclass(slots=True)
-class StageChange:
-    """What one batch does to one stage of a run, like ``RunChange``.
-
-    ``attempts`` is added to the stored count of attempts, which starts at 0.
-    """
-
-    run_id: str
-    name: str
-    created: dict[str, Any] | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
-    attempts: int = 0
-
-    @property
-    def key(self) -> str:
-        return f"{self.run_id}/{self.name}"
+def _ms(value: Any) -> int | None:
+    """A time in epoch milliseconds: a datetime, or the RFC 3339 text JSON carries; naive is UTC."""
+    if value is None:
+        return None
+    at = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return int(at.timestamp() * 1000)
 
 
-@dataclass(slots=True)
-class RunStatusChanges:
-    """The fold of one batch: row changes, count deltas and the position to checkpoint."""
-
-    runs: dict[str, RunChange] = field(default_factory=dict)
-    stages: dict[tuple[str, str], StageChange] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    """Per run status, how much its count moves; statuses that do not move are absent.
-
-    Derived from the events alone, each transition counted once per batch. A
-    lifecycle event repeated in a later batch would count again, but run
-    streams are appended with expected versions, so they hold no repeats.
-    """
-    position: int = 0
-    """The last log position folded, relevant event or not: the checkpoint to store."""
-    events: int = 0
-    """How many log events the batch held, relevant or not."""
-    rejected: list[int] = field(default_factory=list)
-    """Positions of events of a known type whose payload could not be folded (skipped)."""
-
-    @property
-    def has_rows(self) -> bool:
-        return bool(self.runs or self.stages or self.counts)
+def _resume(run: RunChange, status: RunStatus) -> None:
+    """Move a run between processing and retrying, unless it has ended (a stray attempt)."""
+    fields = run.fields
+    if "status" in fields and not run.soft:  # an ending or a retry earlier in this batch
+        if fields["status"] not in RUN_ENDINGS:
+            fields["status"] = status
+    else:  # where the run stands is not in this batch: the writer checks the stored status
+        fields["status"], run.soft = status, True
 
 
-class _Fold:
-    def __init__(self) -> None:
-        self.out = RunStatusChanges()
-        # the status each run has reached within this batch, to count transitions once
-        self.status: dict[str, str] = {}
-
-    def run(self, run_id: str, at: int) -> RunChange:
-        change = self.out.runs.get(run_id)
-        if change is None:
-            change = self.out.runs[run_id] = RunChange(run_id)
-        change.fields["updated_at"] = at
-        return change
-
-    def stage(self, run_id: str, name: str, index: Any) -> StageChange:
-        change = self.out.stages.get((run_id, name))
-        if change is None:
-            change = self.out.stages[(run_id, name)] = StageChange(run_id, name)
-        if index is not None:
-            change.fields["index"] = index
-        return change
-
-    def move(self, run_id: str, to: RunStatus) -> None:
-        # a run not submitted in this batch can only be processing until it ends
-        before = self.status.get(run_id, RunStatus.PROCESSING)
-        if before != to:
-            counts = self.out.counts
-            counts[before] = counts.get(before, 0) - 1
-            counts[to] = counts.get(to, 0) + 1
-            self.status[run_id] = to
+def _settle(run: RunChange, status: RunStatus, **fields: Any) -> None:
+    """Move a run to ``status`` whatever it was (an ending, or reopened by a retry)."""
+    run.fields.update(status=status, **fields)
+    run.soft = False
 
 
-Handler = Callable[[_Fold, str, int, RecordedEvent, dict[str, Any]], None]
+def _error(d: dict[str, Any]) -> str:
+    return f"{d['error_type']}: {d['error']}"
 
 
 # Handlers read everything they need from the payload before changing anything, so
 # a malformed event is rejected whole instead of being folded in halfway.
 
 
-def _run_submitted(f: _Fold, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _run_submitted(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
     created = {
         "pipeline": d["pipeline"],
         "pipeline_version": d["pipeline_version"],
@@ -176,21 +141,20 @@ def _run_submitted(f: _Fold, run_id: str, at: int, e: RecordedEvent, d: dict[str
         "seq": e.position,
     }
     stages = list(enumerate(d["stages"]))
-    run = f.run(run_id, at)
+    run = b.run(run_id, at)
     if run.created is not None:
-        return  # a second RunSubmitted for the same run: never count a run twice
+        return  # a second RunSubmitted for the same run: the first one stands
     run.created = created
-    counts = f.out.counts
-    counts[RunStatus.PROCESSING] = counts.get(RunStatus.PROCESSING, 0) + 1
-    f.status[run_id] = RunStatus.PROCESSING
     for index, name in stages:
-        f.stage(run_id, name, index).created = {"status": StageStatus.PENDING}
+        b.stage(run_id, name, index).created = {"status": StageStatus.PENDING}
 
 
-def _stage_started(f: _Fold, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _stage_started(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
     name, index = d["stage"], d.get("index")
-    f.run(run_id, at).fields["current_stage"] = name
-    stage = f.stage(run_id, name, index)
+    run = b.run(run_id, at)
+    run.fields["current_stage"] = name
+    _resume(run, RunStatus.PROCESSING)
+    stage = b.stage(run_id, name, index)
     stage.attempts += 1
     # a new attempt: what the previous one left behind no longer describes the stage
     stage.fields.update(
@@ -200,10 +164,11 @@ def _stage_started(f: _Fold, run_id: str, at: int, e: RecordedEvent, d: dict[str
         duration_ms=None,
         metadata=None,
         error=None,
+        retry_at=None,
     )
 
 
-def _stage_completed(f: _Fold, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _stage_completed(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
     name, index, metadata = d["stage"], d.get("index"), d.get("metadata")
     fields = {
         "status": StageStatus.COMPLETED,
@@ -211,32 +176,75 @@ def _stage_completed(f: _Fold, run_id: str, at: int, e: RecordedEvent, d: dict[s
         "duration_ms": d.get("duration_ms", 0.0),
         "metadata": msgspec.json.encode(metadata, order="sorted").decode() if metadata else None,
         "error": None,
+        "retry_at": None,
     }
-    f.run(run_id, at)
-    f.stage(run_id, name, index).fields.update(fields)
+    b.run(run_id, at)
+    b.stage(run_id, name, index).fields.update(fields)
 
 
-def _stage_failed(f: _Fold, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
-    name, index = d["stage"], d.get("index")
+def _stage_failed(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+    name, index, will_retry = d["stage"], d.get("index"), bool(d.get("will_retry"))
     fields = {
-        "status": StageStatus.FAILED,
+        "status": StageStatus.RETRYING if will_retry else StageStatus.FAILED,
         "ended_at": at,
         "duration_ms": d.get("duration_ms", 0.0),
-        "error": f"{d['error_type']}: {d['error']}",
+        "error": _error(d),
+        "retry_at": _ms(d.get("retry_at")) if will_retry else None,
     }
-    f.run(run_id, at)
-    f.stage(run_id, name, index).fields.update(fields)
+    run = b.run(run_id, at)
+    if will_retry:
+        _resume(run, RunStatus.RETRYING)
+    # without a retry the run ends (RunFailed) or goes on (StageSkipped): those events say so
+    b.stage(run_id, name, index).fields.update(fields)
 
 
-def _run_completed(f: _Fold, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
-    f.run(run_id, at).fields.update(status=RunStatus.COMPLETED, completed_at=at)
-    f.move(run_id, RunStatus.COMPLETED)
+def _stage_skipped(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+    name, index, next_stage = d["stage"], d.get("index"), d["next_stage"]
+    b.run(run_id, at).fields["current_stage"] = next_stage
+    b.stage(run_id, name, index).fields.update(status=StageStatus.SKIPPED, retry_at=None)
 
 
-def _run_failed(f: _Fold, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
-    error = f"{d['error_type']}: {d['error']}"
-    f.run(run_id, at).fields.update(status=RunStatus.FAILED, error=error)
-    f.move(run_id, RunStatus.FAILED)
+def _stage_compensated(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+    name, index = d["stage"], d.get("index")
+    b.run(run_id, at)
+    b.stage(run_id, name, index).fields.update(status=StageStatus.COMPENSATED, retry_at=None)
+
+
+def _run_completed(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+    _settle(b.run(run_id, at), RunStatus.COMPLETED, completed_at=at, ended_at=at)
+
+
+def _run_failed(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+    stage, error, dead_letter = d["stage"], _error(d), d.get("dead_letter")
+    run = b.run(run_id, at)
+    _settle(run, RunStatus.FAILED, error=error, dead_letter=dead_letter, ended_at=at)
+    if dead_letter is not None:
+        dead_letters.open_for_run(b, run_id, e.stream, stage, error, dead_letter, at, e.position)
+
+
+def _run_cancelled(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+    reason = d.get("reason") or None
+    _settle(b.run(run_id, at), RunStatus.CANCELLED, ended_at=at, reason=reason)
+
+
+def _run_compensated(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+    reason = d.get("reason") or None
+    _settle(b.run(run_id, at), RunStatus.COMPENSATED, ended_at=at, reason=reason)
+
+
+def _run_retried(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+    name, index = d["stage"], d.get("index")
+    _settle(
+        b.run(run_id, at),
+        RunStatus.PROCESSING,
+        current_stage=name,
+        ended_at=None,
+        error=None,
+        dead_letter=None,
+        reason=None,
+    )
+    # the stage waits for its fresh attempt; its last error stays until that starts
+    b.stage(run_id, name, index).fields.update(status=StageStatus.PENDING, retry_at=None)
 
 
 HANDLERS: dict[str, Handler] = {
@@ -244,36 +252,12 @@ HANDLERS: dict[str, Handler] = {
     StageStarted.topic: _stage_started,
     StageCompleted.topic: _stage_completed,
     StageFailed.topic: _stage_failed,
+    StageSkipped.topic: _stage_skipped,
+    StageCompensated.topic: _stage_compensated,
     RunCompleted.topic: _run_completed,
     RunFailed.topic: _run_failed,
+    RunCancelled.topic: _run_cancelled,
+    RunCompensated.topic: _run_compensated,
+    RunRetried.topic: _run_retried,
 }
-"""Event type -> how it changes the view; a new lifecycle event adds one entry here."""
-
-
-def fold(events: Iterable[RecordedEvent]) -> RunStatusChanges:
-    """Fold a batch of log events (oldest first) into the run-status view's changes."""
-    f = _Fold()
-    handlers, upcast, prefix, cut = (
-        HANDLERS.get,
-        registry.upcast,
-        RUN_STREAM_PREFIX,
-        len(RUN_STREAM_PREFIX),
-    )
-    count, last = 0, None
-    for e in events:
-        count += 1
-        last = e
-        handler = handlers(e.type)
-        if handler is None or not e.stream.startswith(prefix):
-            continue
-        try:
-            # upcast the raw dict: converting whole payloads we barely read would cost more
-            data = upcast(e.type, e.schema_version, e.data)
-            handler(f, e.stream[cut:], int(e.occurred_at.timestamp() * 1000), e, data)
-        except (KeyError, TypeError, ValueError, InvalidEvent):
-            # one bad payload must not stall the view forever: skip it, and say so
-            f.out.rejected.append(e.position)
-    out = f.out
-    out.events, out.position = count, last.position if last is not None else 0
-    out.counts = {status: n for status, n in out.counts.items() if n}
-    return out
+"""Run lifecycle event type -> how it changes the view; a new lifecycle event adds one entry."""

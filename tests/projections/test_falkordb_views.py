@@ -14,6 +14,15 @@ from stageline.events import new_event
 from stageline.projections import FalkorDBViews, connect, fold
 from stageline.projections.falkordb_views import cypher_params
 
+NO_RUNS = {
+    "processing": 0,
+    "retrying": 0,
+    "completed": 0,
+    "failed": 0,
+    "compensated": 0,
+    "cancelled": 0,
+}
+
 
 async def project(views: FalkorDBViews, workspace: str, events: list, expected: int = 0) -> int:
     changes = fold(events)
@@ -41,7 +50,10 @@ async def test_a_projected_run_reads_back_with_its_stages(
         "submitted_at": "2026-03-01T12:00:00.005Z",
         "updated_at": "2026-03-01T12:00:00.050Z",
         "completed_at": "2026-03-01T12:00:00.050Z",
+        "ended_at": "2026-03-01T12:00:00.050Z",
         "error": None,
+        "dead_letter": None,
+        "reason": None,
         "seq": 1,
     }
     assert [s["name"] for s in stages] == STAGES
@@ -55,6 +67,7 @@ async def test_a_projected_run_reads_back_with_its_stages(
         "duration_ms": 10.0,
         "metadata": {"chars": 0},
         "error": None,
+        "retry_at": None,
     }
     assert await views.get_run(workspace, "nope") is None
 
@@ -175,7 +188,7 @@ async def test_stats_count_runs_and_take_percentiles_of_completed_stages(
 
     stats = await views.stats(workspace)
 
-    assert stats["counts"] == {"processing": 1, "completed": 10, "failed": 1}
+    assert stats["counts"] == {**NO_RUNS, "processing": 1, "completed": 10, "failed": 1}
     assert stats["total"] == 12
     # fetch took 10, 20 .. 100 ms in r0..r9, and 10 ms in f1 and x1: 12 values, so
     # sorted 10, 10, 10, 20 .. 100: p50 halfway between 40 and 50, p95 at 90 + 0.45 * 10
@@ -191,10 +204,14 @@ async def test_a_workspace_never_projected_reads_as_empty(
     assert await views.list_runs(workspace) == ([], None)
     stats = await views.stats(workspace)
     assert stats == {
-        "counts": {"processing": 0, "completed": 0, "failed": 0},
+        "counts": NO_RUNS,
         "total": 0,
         "stages": {},
     }
+    assert await views.list_dead_letters(workspace, status=None) == []
+    assert await views.get_dead_letter(workspace, "d1") is None
+    assert await views.entities(workspace) == []
+    assert await views.entity(workspace, "person", "Ada") is None
     assert not await views.wait_for(workspace, 1, timeout_s=0.05)
 
 

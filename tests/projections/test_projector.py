@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from projection_helpers import Clock, Lifecycle, interleave, lifecycle, raw
+from projection_helpers import (
+    KINDS,
+    MENTIONS,
+    Clock,
+    Lifecycle,
+    interleave,
+    lifecycle,
+    poison,
+    raw,
+    snapshot,
+)
 
 from stageline.actors.events import RunSubmitted
 from stageline.events import AppendRequest, EventStore, NewEvent
 from stageline.events.memory_store import MemoryEventStore
 from stageline.events.redis_store import RedisEventStore
-from stageline.projections import FalkorDBViews, Projector, RunStatusChanges
+from stageline.projections import FalkorDBViews, Projector, RunStatus, RunStatusChanges
 from stageline.projections.projector import next_delay
-
-KINDS = ["completed", "failed", "retried", "running"]
 
 
 @pytest.fixture
@@ -81,17 +90,24 @@ class RecordingViews:
         await self.views.drop(workspace)
 
 
-def scenario(runs_per_kind: int = 10) -> tuple[list[Lifecycle], list[tuple[str, NewEvent]]]:
-    """Runs of every kind, interleaved, with foreign events in between."""
+KIND_ORDER = list(KINDS)  # run002 is "retried"
+
+
+def scenario(runs_per_kind: int = 3) -> tuple[list[Lifecycle], list[tuple[str, NewEvent]]]:
+    """Runs of every kind, interleaved, with dead-letter and foreign events in between."""
     clock = Clock()
     lives = [
-        lifecycle(f"run{i:03d}", KINDS[i % 4], clock, pipeline=f"p{i % 3}")
-        for i in range(4 * runs_per_kind)
+        lifecycle(f"run{i:03d}", KIND_ORDER[i % len(KINDS)], clock, pipeline=f"p{i % 3}")
+        for i in range(len(KINDS) * runs_per_kind)
     ]
     pairs = interleave(lives)
     for i in range(0, len(pairs), 9):
         pairs.insert(i, ("orders-1", raw("OrderPlaced", {"n": i})))
     pairs.insert(5, ("run-run000", raw("Annotated", {"note": "not ours"})))
+    for n, closed in enumerate([None, "redriven", "discarded"]):
+        pairs[len(pairs) * n // 3 : len(pairs) * n // 3] = poison(
+            f"poison{n}", clock, closed=closed
+        )
     return lives, pairs
 
 
@@ -105,26 +121,27 @@ async def append_all(
     return await store.head(workspace)
 
 
-async def snapshot(views: FalkorDBViews, workspace: str) -> dict[str, Any]:
-    """Everything the run-status view holds, through its readers."""
-    runs, cursor = [], None
-    while True:
-        page, cursor = await views.list_runs(workspace, limit=7, cursor=cursor)
-        runs += page
-        if cursor is None:
-            break
-    full = {run["id"]: await views.get_run(workspace, run["id"]) for run in runs}
-    return {"runs": full, "stats": await views.stats(workspace)}
-
-
 def expect_scenario(view: dict[str, Any], lives: list[Lifecycle]) -> None:
-    n = len(lives) // 4
-    assert view["stats"]["counts"] == {"processing": n, "completed": 2 * n, "failed": n}
+    n = len(lives) // len(KINDS)
+    expected = Counter(life.status for life in lives)
+    assert view["stats"]["counts"] == {s.value: expected.get(s.value, 0) for s in RunStatus}
     assert {run_id: run["status"] for run_id, run in view["runs"].items()} == {
         life.run_id: life.status for life in lives
     }
     retried = view["runs"]["run002"]
     assert [s["attempts"] for s in retried["stages"]] == [2, 1, 1]
+    statuses = Counter((d["kind"], d["status"]) for d in view["dead_letters"])
+    assert statuses == {
+        ("run", "open"): n,
+        ("run", "redriven"): n,
+        ("poison", "open"): 1,
+        ("poison", "redriven"): 1,
+        ("poison", "discarded"): 1,
+    }
+    # "undone" runs took back what they mentioned: only the "mentioned" ones count
+    assert [(e["key"], e["mentions"]) for e in view["entities"]] == [
+        (f"{t}/{name}", n) for t, name in sorted(MENTIONS, key=lambda m: m[1])
+    ]
 
 
 @pytest.fixture

@@ -1,0 +1,156 @@
+"""What one batch of log events does to the views: one row change per key, plus a checkpoint.
+
+Changes compose: applying the changes of two consecutive batches one after
+the other leaves the views equal to applying the fold of both batches at once.
+``created`` applies only to a new row, ``fields`` are last-writer-wins (a
+``None`` value removes the property), and the additive parts (stage
+``attempts``, entity ``mentions``) add up. That is what makes a rebuild equal
+the live view, wherever the batch boundaries fall.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Batch",
+    "DeadLetterChange",
+    "EntityChange",
+    "RunChange",
+    "RunStatusChanges",
+    "StageChange",
+]
+
+
+@dataclass(slots=True)
+class RunChange:
+    """What one batch does to one run.
+
+    ``created`` is applied only when the run's row does not exist yet (it is
+    set by the batch holding ``RunSubmitted``); then ``fields`` overwrite
+    whatever the row holds. When ``fields`` sets ``status`` on a run that
+    already exists, the writer moves the run's count from its stored status.
+    """
+
+    run_id: str
+    created: dict[str, Any] | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    soft: bool = False
+    """``fields["status"]`` applies only if the stored status is not an ending.
+
+    Set when the batch moved the run between ``processing`` and ``retrying``
+    without knowing where it stood before: a run that has ended stays ended
+    until an event that reopens it (``RunRetried``), as the runtime sees it.
+    """
+
+
+@dataclass(slots=True)
+class StageChange:
+    """What one batch does to one stage of a run, like ``RunChange``.
+
+    ``attempts`` is added to the stored count of attempts, which starts at 0.
+    """
+
+    run_id: str
+    name: str
+    created: dict[str, Any] | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.run_id}/{self.name}"
+
+
+@dataclass(slots=True)
+class DeadLetterChange:
+    """What one batch does to one dead letter.
+
+    ``created`` is applied only to a new entry, whose ``deliveries`` is then
+    the stored ``attempts`` of the stage keyed ``stage_key`` (0 if none) plus
+    ``deliveries``: a run's dead letter counts its stage's attempts up to the
+    failure, which the batch alone may not hold.
+    """
+
+    id: str
+    created: dict[str, Any] | None = None
+    stage_key: str | None = None
+    deliveries: int = 0
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class EntityChange:
+    """How much one batch moves one entity's mention count (may be 0 or negative)."""
+
+    key: str
+    name: str
+    type: str
+    mentions: int = 0
+
+
+@dataclass(slots=True)
+class RunStatusChanges:
+    """The fold of one batch for every view the projection keeps, and the position to checkpoint."""
+
+    runs: dict[str, RunChange] = field(default_factory=dict)
+    stages: dict[tuple[str, str], StageChange] = field(default_factory=dict)
+    dead_letters: dict[str, DeadLetterChange] = field(default_factory=dict)
+    entities: dict[str, EntityChange] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    """Per run status, how many runs *created by this batch* end it there.
+
+    Runs that existed before the batch move their count in the writer, from
+    the status stored on their row to the one in ``fields``: the batch alone
+    cannot know where such a run stood (retrying? completed?), the row does.
+    """
+    position: int = 0
+    """The last log position folded, relevant event or not: the checkpoint to store."""
+    events: int = 0
+    """How many log events the batch held, relevant or not."""
+    rejected: list[int] = field(default_factory=list)
+    """Positions of events of a known type whose payload could not be folded (skipped)."""
+
+    @property
+    def has_rows(self) -> bool:
+        return bool(self.runs or self.stages or self.dead_letters or self.entities)
+
+
+class Batch:
+    """The changes of one batch being folded: handlers get or start one change per key."""
+
+    __slots__ = ("out",)
+
+    def __init__(self) -> None:
+        self.out = RunStatusChanges()
+
+    def run(self, run_id: str, at: int) -> RunChange:
+        """The run's change, its ``updated_at`` moved to ``at``."""
+        change = self.out.runs.get(run_id)
+        if change is None:
+            change = self.out.runs[run_id] = RunChange(run_id)
+        change.fields["updated_at"] = at
+        return change
+
+    def stage(self, run_id: str, name: str, index: Any) -> StageChange:
+        """The stage's change, its ``index`` set when the event names one."""
+        change = self.out.stages.get((run_id, name))
+        if change is None:
+            change = self.out.stages[(run_id, name)] = StageChange(run_id, name)
+        if index is not None:
+            change.fields["index"] = index
+        return change
+
+    def dead_letter(self, dead_letter: str) -> DeadLetterChange:
+        change = self.out.dead_letters.get(dead_letter)
+        if change is None:
+            change = self.out.dead_letters[dead_letter] = DeadLetterChange(dead_letter)
+        return change
+
+    def entity(self, entity_type: str, name: str) -> EntityChange:
+        key = f"{entity_type}/{name}"
+        change = self.out.entities.get(key)
+        if change is None:
+            change = self.out.entities[key] = EntityChange(key, name, entity_type)
+        return change

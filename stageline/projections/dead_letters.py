@@ -1,0 +1,113 @@
+"""The dead-letter view as a pure fold: one row per dead letter, open until closed.
+
+Two kinds of entry: ``run`` (a run whose stage gave up with no fallback; its
+``RunFailed`` carries the dead letter's id and lives in the run's stream) and
+``poison`` (a command no worker could handle: ``DeadLettered`` on the
+``dead-letters`` stream). ``DeadLetterRedriven`` and ``DeadLetterDiscarded``
+close an entry by id, whichever stream they were appended to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from stageline.actors.deadletters import DeadLetterDiscarded, DeadLettered, DeadLetterRedriven
+from stageline.events import RecordedEvent
+from stageline.projections.changes import Batch
+
+__all__ = [
+    "DEAD_LETTER_CREATED",
+    "DEAD_LETTER_FIELDS",
+    "HANDLERS",
+    "DeadLetterKind",
+    "DeadLetterStatus",
+    "open_for_run",
+]
+
+# Every key a change may carry: view adapters write exactly these properties
+# (and ``deliveries``, computed from the change's ``stage_key`` and ``deliveries``).
+# ``seq`` is the log position of the event that opened the entry: it orders the list.
+DEAD_LETTER_CREATED = ("kind", "stream", "actor", "stage", "run_id", "error", "created_at", "seq")
+DEAD_LETTER_FIELDS = ("status", "closed_at", "reason")
+
+
+class DeadLetterKind(StrEnum):
+    RUN = "run"
+    POISON = "poison"
+
+
+class DeadLetterStatus(StrEnum):
+    OPEN = "open"
+    REDRIVEN = "redriven"
+    DISCARDED = "discarded"
+
+
+Handler = Callable[[Batch, str, int, RecordedEvent, dict[str, Any]], None]
+"""``(batch, stream, event time in ms, event, upcast payload)``."""
+
+
+def open_for_run(
+    b: Batch,
+    run_id: str,
+    stream: str,
+    stage: str,
+    error: str,
+    dead_letter: str,
+    at: int,
+    position: int,
+) -> None:
+    """Open the dead letter a ``RunFailed`` names; it counts the stage's attempts so far."""
+    change = b.dead_letter(dead_letter)
+    if change.created is not None:
+        return
+    change.created = {
+        "kind": DeadLetterKind.RUN,
+        "stream": stream,
+        "actor": None,
+        "stage": stage,
+        "run_id": run_id,
+        "error": error,
+        "created_at": at,
+        "seq": position,
+    }
+    started = b.out.stages.get((run_id, stage))
+    change.stage_key = f"{run_id}/{stage}"
+    change.deliveries = started.attempts if started is not None else 0
+    change.fields.setdefault("status", DeadLetterStatus.OPEN)
+
+
+def _dead_lettered(b: Batch, stream: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+    created = {
+        "kind": DeadLetterKind.POISON,
+        "stream": stream,
+        "actor": d["actor"],
+        "stage": d.get("stage"),
+        "run_id": d.get("run_id"),
+        "error": d["error"],
+        "created_at": at,
+        "seq": e.position,
+    }
+    deliveries = int(d["deliveries"])
+    change = b.dead_letter(d["dead_letter"])
+    if change.created is not None:
+        return
+    change.created, change.deliveries = created, deliveries
+    change.fields.setdefault("status", DeadLetterStatus.OPEN)
+
+
+def _closed(status: DeadLetterStatus) -> Handler:
+    def close(b: Batch, stream: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+        dead_letter, reason = d["dead_letter"], d.get("reason") or None
+        b.dead_letter(dead_letter).fields.update(status=status, closed_at=at, reason=reason)
+
+    return close
+
+
+HANDLERS: dict[str, Handler] = {
+    DeadLettered.topic: _dead_lettered,
+    DeadLetterRedriven.topic: _closed(DeadLetterStatus.REDRIVEN),
+    DeadLetterDiscarded.topic: _closed(DeadLetterStatus.DISCARDED),
+}
+"""Dead-letter event type (on any stream) -> how it changes the view."""

@@ -1,0 +1,36 @@
+"""The entity-mentions view as a pure fold: how often each entity is mentioned, net.
+
+Each ``EntityMentioned`` adds one to its entity, each ``EntityMentionRetracted``
+(an undo or a compensation) takes one away, so undoing a run brings every
+count back to what it was before the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from stageline.actors.builtin.memory import EntityMentioned, EntityMentionRetracted
+from stageline.events import RecordedEvent
+from stageline.projections.changes import Batch
+
+__all__ = ["HANDLERS"]
+
+Handler = Callable[[Batch, str, int, RecordedEvent, dict[str, Any]], None]
+
+
+def _moved(by: int) -> Handler:
+    def handle(b: Batch, stream: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+        entity_type, name = d["entity_type"], d["entity"]
+        if not isinstance(entity_type, str) or not isinstance(name, str):
+            raise TypeError("entity and entity_type must be strings")
+        b.entity(entity_type, name).mentions += by
+
+    return handle
+
+
+HANDLERS: dict[str, Handler] = {
+    EntityMentioned.topic: _moved(1),
+    EntityMentionRetracted.topic: _moved(-1),
+}
+"""Mention event type (on any stream) -> how it moves the counts."""
