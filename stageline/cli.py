@@ -7,11 +7,19 @@ import json
 import sys
 from typing import Annotated, Any
 
-import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from stageline.cli_http import (
+    DEFAULT_API,
+    ApiUrl,
+    Workspace,
+    api_answers,
+    call,
+    console,
+    print_json,
+    print_table,
+)
 from stageline.errors import StagelineError
 from stageline.logs import configure_logging
 from stageline.settings import Settings
@@ -19,15 +27,12 @@ from stageline.settings import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 projections_app = typer.Typer(no_args_is_help=True, help="Projection status and rebuilds.")
 app.add_typer(projections_app, name="projections")
-console = Console()
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: list, redrive, discard.")
+app.add_typer(dlq_app, name="dlq")
 
-ApiUrl = Annotated[
-    str, typer.Option("--url", envvar="STAGELINE_API_URL", help="The API's base URL.")
-]
-Workspace = Annotated[
-    str | None, typer.Option("--workspace", "-w", help="Workspace (default: STAGELINE_WORKSPACE).")
-]
-DEFAULT_API = "http://127.0.0.1:8000"
+RunId = Annotated[str, typer.Argument(help="The run's id.")]
+DeadLetterId = Annotated[str, typer.Argument(help="The dead letter's id.")]
+Reason = Annotated[str, typer.Option(help="Why; recorded on the event.")]
 
 
 def _settings() -> Settings:
@@ -134,7 +139,7 @@ def demo(
     from stageline.serve import serve
 
     settings = _settings()
-    if _api_answers(url):
+    if api_answers(url):
         _run(run_demo(url, workspace=workspace, count=count, timeout=timeout, console=console))
         return
     console.print(f"no API at {url}: starting an embedded stack for the demo")
@@ -158,7 +163,7 @@ def submit(
 ) -> None:
     """Submit one run through the API and print it."""
     params = {"wait": wait} if wait > 0 else {}
-    reply = _call(
+    reply = call(
         "POST",
         url,
         "/v1/runs",
@@ -166,7 +171,7 @@ def submit(
         json={"pipeline": pipeline, "input": {"text": text}},
         params=params,
     )
-    console.print_json(json.dumps(reply))
+    print_json(reply)
 
 
 @app.command()
@@ -180,18 +185,67 @@ def runs(
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status
-    reply = _call("GET", url, "/v1/runs", workspace, params=params)
-    table = Table()
-    for col in ("run_id", "pipeline", "status", "current_stage", "submitted_at"):
-        table.add_column(col)
-    for run in reply["runs"]:
-        table.add_row(
-            *(
-                str(run.get(c) or "")
-                for c in ("id", "pipeline", "status", "current_stage", "submitted_at")
-            )
-        )
-    console.print(table)
+    reply = call("GET", url, "/v1/runs", workspace, params=params)
+    print_table(reply["runs"], ("id", "pipeline", "status", "current_stage", "submitted_at"))
+
+
+@app.command()
+def undo(run_id: RunId, url: ApiUrl = DEFAULT_API, workspace: Workspace = None) -> None:
+    """Undo a run: compensate every stage's effects (the original events stay)."""
+    print_json(call("POST", url, f"/v1/runs/{run_id}/undo", workspace))
+
+
+@app.command()
+def retry(run_id: RunId, url: ApiUrl = DEFAULT_API, workspace: Workspace = None) -> None:
+    """Retry a failed run from the stage that failed."""
+    print_json(call("POST", url, f"/v1/runs/{run_id}/retry", workspace))
+
+
+@app.command()
+def cancel(
+    run_id: RunId, reason: Reason = "", url: ApiUrl = DEFAULT_API, workspace: Workspace = None
+) -> None:
+    """Cancel a run at its next stage boundary."""
+    print_json(call("POST", url, f"/v1/runs/{run_id}/cancel", workspace, json={"reason": reason}))
+
+
+@dlq_app.command("list")
+def dlq_list(
+    stage: Annotated[str | None, typer.Option(help="Only this stage's entries.")] = None,
+    status: Annotated[str, typer.Option(help="open, redriven, discarded or all.")] = "open",
+    limit: Annotated[int, typer.Option(help="How many.")] = 100,
+    url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = None,
+) -> None:
+    """List dead letters (by default the open ones)."""
+    params: dict[str, Any] = {"status": status, "limit": limit}
+    if stage:
+        params["stage"] = stage
+    reply = call("GET", url, "/v1/dlq", workspace, params=params)
+    print_table(
+        reply["dead_letters"],
+        ("id", "kind", "stage", "run_id", "status", "deliveries", "error", "created_at"),
+    )
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    dead_letter: DeadLetterId, url: ApiUrl = DEFAULT_API, workspace: Workspace = None
+) -> None:
+    """Send a dead letter back to work (a failed run is retried)."""
+    print_json(call("POST", url, f"/v1/dlq/{dead_letter}/redrive", workspace))
+
+
+@dlq_app.command("discard")
+def dlq_discard(
+    dead_letter: DeadLetterId,
+    reason: Reason = "",
+    url: ApiUrl = DEFAULT_API,
+    workspace: Workspace = None,
+) -> None:
+    """Close a dead letter without redriving it (recorded as an event)."""
+    params = {"reason": reason} if reason else {}
+    print_json(call("DELETE", url, f"/v1/dlq/{dead_letter}", workspace, params=params))
 
 
 @app.command()
@@ -207,7 +261,7 @@ def tail(
     import time
 
     while True:
-        reply = _call("GET", url, "/v1/log", workspace, params={"after": after, "limit": 1000})
+        reply = call("GET", url, "/v1/log", workspace, params={"after": after, "limit": 1000})
         for event in reply["events"]:
             sys.stdout.write(json.dumps(event) + "\n")
         sys.stdout.flush()
@@ -262,28 +316,6 @@ def projections_status(workspace: Workspace = None) -> None:
             await stack.close()
 
     _run(go())
-
-
-def _call(method: str, url: str, path: str, workspace: str | None, **kwargs: Any) -> Any:
-    headers = {"X-Workspace": workspace} if workspace else {}
-    try:
-        reply = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=70, **kwargs)
-    except httpx.HTTPError as exc:
-        console.print(
-            f"[red]cannot reach the API at {url}[/red] ({exc}); is `stageline up` running?"
-        )
-        raise typer.Exit(2) from exc
-    if reply.status_code >= 400:
-        console.print(f"[red]{reply.status_code}[/red] {reply.text}")
-        raise typer.Exit(1)
-    return reply.json()
-
-
-def _api_answers(url: str) -> bool:
-    try:
-        return httpx.get(url.rstrip("/") + "/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _free_port() -> int:

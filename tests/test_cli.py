@@ -14,6 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from stageline.cli import app as cli_app
 
 
 def free_port() -> int:
@@ -99,6 +103,7 @@ def test_up_serves_the_demo_then_stops_cleanly_and_starts_again(data_dir: Path) 
         ).json()
         assert len(runs["runs"]) == 12
         assert {r["status"] for r in runs["runs"]} == {"completed"}
+        check_run_operations_from_the_cli(url)
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out
@@ -118,6 +123,59 @@ def test_up_serves_the_demo_then_stops_cleanly_and_starts_again(data_dir: Path) 
     finally:
         out = stop(proc, signal.SIGINT)
     assert proc.returncode == 0, out
+
+
+def cli(url: str, *args: str) -> Result:
+    """``stageline *args`` in this process, against the API at ``url`` over HTTP."""
+    # wide, so that rich does not wrap ids in tables
+    return CliRunner().invoke(cli_app, [*args, "--url", url, "-w", "ops"], env={"COLUMNS": "300"})
+
+
+def failed_flaky_run(api: httpx.Client, **flaky: object) -> dict[str, str]:
+    """Submit a ``flaky`` run that gives up; its id and its dead letter's id."""
+    body = {"pipeline": "flaky", "input": {"text": "cli", "flaky": flaky}}
+    run = api.post("/v1/runs", params={"wait": 30}, json=body).json()
+    assert run["status"] == "failed", run
+    head = api.get("/v1/log").json()["head"]
+    listed = api.get("/v1/dlq", params={"min_position": head}).json()["dead_letters"]
+    [entry] = [e for e in listed if e["run_id"] == run["id"]]
+    return {"run": run["id"], "dead_letter": entry["id"]}
+
+
+def check_run_operations_from_the_cli(url: str) -> None:
+    """undo, retry, cancel and dlq list / redrive / discard, as a user types them."""
+    with httpx.Client(base_url=url, headers={"X-Workspace": "ops"}, timeout=60) as api:
+        retried = failed_flaky_run(api, fail_times=4)  # attempt 5, once redriven, succeeds
+        discarded = failed_flaky_run(api, permanent=True)
+
+        listed = cli(url, "dlq", "list")
+        assert listed.exit_code == 0, listed.output
+        assert retried["dead_letter"] in listed.output
+        assert discarded["dead_letter"] in listed.output
+
+        redrive = cli(url, "dlq", "redrive", retried["dead_letter"])
+        assert redrive.exit_code == 0 and '"redriven"' in redrive.output, redrive.output
+        for _ in range(600):  # poll until the view shows the redriven run completed
+            status = api.get(f"/v1/runs/{retried['run']}").json()["status"]
+            if status == "completed":
+                break
+            time.sleep(0.05)
+        assert status == "completed"
+
+    discard = cli(url, "dlq", "discard", discarded["dead_letter"], "--reason", "bad input")
+    assert discard.exit_code == 0 and '"discarded"' in discard.output, discard.output
+    closed = cli(url, "dlq", "discard", discarded["dead_letter"])
+    assert closed.exit_code == 1 and "409 CONFLICT" in closed.output, closed.output
+
+    for args in (["retry", retried["run"]], ["cancel", retried["run"], "--reason", "late"]):
+        ended = cli(url, *args)
+        assert ended.exit_code == 1 and "409 CONFLICT" in ended.output, ended.output
+    undo = cli(url, "undo", retried["run"])
+    assert undo.exit_code == 0 and '"compensated"' in undo.output, undo.output
+    retry = cli(url, "retry", discarded["run"])  # its dead letter is closed; the run still failed
+    assert retry.exit_code == 0 and '"processing"' in retry.output, retry.output
+    missing = cli(url, "undo", "nope")
+    assert missing.exit_code == 1 and "404 NOT_FOUND" in missing.output, missing.output
 
 
 def test_demo_without_a_running_api_starts_its_own_stack(data_dir: Path) -> None:

@@ -38,8 +38,8 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
-TERMINAL = frozenset({RunStatus.COMPLETED.value, RunStatus.FAILED.value})
-"""Statuses a run never leaves; ``wait`` returns as soon as the view shows one."""
+TERMINAL = frozenset({"completed", "failed", "cancelled", "compensated"})
+"""Statuses that end a run; ``wait`` returns as soon as the view shows one."""
 POLL_SECONDS = 0.02
 
 

@@ -37,6 +37,21 @@ class _Request(BaseModel):
 # -- runs ------------------------------------------------------------------------------
 
 
+class FlakyOptions(_Request):
+    """How the `flaky` pipeline's deliberately failing stage behaves for one run."""
+
+    fail_times: Annotated[StrictInt, Field(ge=0, le=1000)] | None = Field(
+        default=None, description="Fail every attempt numbered up to this one (default 1)."
+    )
+    permanent: bool | None = Field(default=None, description="Fail with a permanent error.")
+    sleep_seconds: float | None = Field(
+        default=None, ge=0, le=60, description="Sleep this long in every attempt."
+    )
+    effect: bool | None = Field(
+        default=None, description="Record a compensable effect per attempt (default true)."
+    )
+
+
 class RunInput(_Request):
     """The item a pipeline works on. Unknown fields are rejected."""
 
@@ -46,6 +61,9 @@ class RunInput(_Request):
     metadata: dict[str, Any] | None = Field(default=None, description="Free-form, kept as given.")
     occurred_at: AwareDatetime | None = Field(
         default=None, description="When the item happened (ISO 8601 with a time zone)."
+    )
+    flaky: FlakyOptions | None = Field(
+        default=None, description="Only read by the `flaky` pipeline, to exercise retries."
     )
 
     @field_validator("text")
@@ -71,6 +89,7 @@ class StageView(BaseModel):
     duration_ms: float | None
     metadata: dict[str, Any] | None
     error: str | None
+    retry_at: datetime | None = Field(description="While `retrying`: when the next attempt is due.")
 
 
 class RunView(BaseModel):
@@ -84,7 +103,12 @@ class RunView(BaseModel):
     submitted_at: datetime | None
     updated_at: datetime | None
     completed_at: datetime | None
+    ended_at: datetime | None = Field(description="When the run ended, however it ended.")
     error: str | None
+    dead_letter: str | None = Field(
+        description="While `failed`: the dead letter its failure opened."
+    )
+    reason: str | None = Field(description="Why it was cancelled or compensated.")
     seq: int = Field(description="Log position of the run's RunSubmitted; orders the list.")
     stages: list[StageView] = Field(default_factory=list, description="In pipeline order.")
 
@@ -111,7 +135,12 @@ class RunSummary(BaseModel):
     submitted_at: datetime | None
     updated_at: datetime | None
     completed_at: datetime | None
+    ended_at: datetime | None = Field(description="When the run ended, however it ended.")
     error: str | None
+    dead_letter: str | None = Field(
+        description="While `failed`: the dead letter its failure opened."
+    )
+    reason: str | None = Field(description="Why it was cancelled or compensated.")
     seq: int
 
 
@@ -132,6 +161,76 @@ class RunStats(BaseModel):
     counts: dict[str, int] = Field(description="Runs by status.")
     total: int
     stages: dict[str, StageTimings] = Field(description="By stage name.")
+
+
+# -- run operations -----------------------------------------------------------------
+
+
+class CancelRun(_Request):
+    reason: str = Field(default="", max_length=500, description="Recorded on `RunCancelled`.")
+
+
+class RunOperation(BaseModel):
+    """The outcome of an undo, retry or cancel; `position` is the log position to read it at."""
+
+    run_id: str
+    status: RunStatus = Field(description="The run's status once the operation is applied.")
+    position: int
+    changed: bool = Field(
+        description="False when the run already was in that state and nothing was written."
+    )
+
+
+# -- dead letters ------------------------------------------------------------------------
+
+
+class DeadLetterView(BaseModel):
+    """A command or a run that gave up, as the dead-letter view holds it."""
+
+    id: str
+    kind: Literal["run", "poison"] = Field(
+        description="`run`: a run whose stage gave up; `poison`: a command no worker could handle."
+    )
+    stream: str = Field(description="The stream holding the entry's events.")
+    actor: str | None
+    stage: str | None
+    run_id: str | None
+    error: str | None
+    deliveries: int | None
+    status: Literal["open", "redriven", "discarded"]
+    created_at: datetime | None
+    closed_at: datetime | None
+    reason: str | None = Field(description="Why it was discarded, when it was.")
+
+
+class DeadLetterList(BaseModel):
+    dead_letters: list[DeadLetterView] = Field(description="Newest first.")
+
+
+class DeadLetterClosed(BaseModel):
+    """A dead letter redriven or discarded; `position` is the log position to read it at."""
+
+    dead_letter: str
+    kind: Literal["run", "poison"]
+    run_id: str | None
+    status: Literal["redriven", "discarded"]
+    position: int
+
+
+# -- entities ----------------------------------------------------------------------------
+
+
+class EntityView(BaseModel):
+    key: str = Field(description="`<type>/<name>`.")
+    name: str
+    type: str
+    mentions: int = Field(description="Mentions recorded minus mentions retracted (e.g. by undo).")
+
+
+class EntityList(BaseModel):
+    entities: list[EntityView] = Field(
+        description="Most mentioned first, then by name; none without a standing mention."
+    )
 
 
 # -- events ------------------------------------------------------------------------------

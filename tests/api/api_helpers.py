@@ -71,3 +71,57 @@ class Projecting:
             yield
         finally:
             self.start()
+
+
+async def submit_flaky(
+    client: httpx.AsyncClient, *, wait: float | None = None, **flaky: Any
+) -> httpx.Response:
+    """POST /v1/runs of the ``flaky`` pipeline, its flaky stage tuned by ``flaky``."""
+    params = {"wait": wait} if wait is not None else {}
+    body = {"pipeline": "flaky", "input": {"text": "a flaky item", "flaky": flaky}}
+    return await client.post("/v1/runs", json=body, params=params)
+
+
+async def run_events(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
+    """Every event of the run's stream, oldest first, straight from the log."""
+    r = await client.get(f"/v1/runs/{run_id}/events", params={"limit": 1000})
+    assert r.status_code == 200, r.text
+    events: list[dict[str, Any]] = r.json()["events"]
+    return events
+
+
+async def head(client: httpx.AsyncClient) -> int:
+    """The workspace log's newest position: as ``min_position``, a read sees everything so far."""
+    r = await client.get("/v1/log", params={"after": 0, "limit": 1})
+    assert r.status_code == 200, r.text
+    position: int = r.json()["head"]
+    return position
+
+
+async def until_status(
+    client: httpx.AsyncClient, run_id: str, status: str, *, min_position: int, within: float = 20
+) -> dict[str, Any]:
+    """The run once the view shows ``status``; fails if it does not within ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        r = await client.get(f"/v1/runs/{run_id}", params={"min_position": min_position})
+        assert r.status_code == 200, r.text
+        run: dict[str, Any] = r.json()
+        if run["status"] == status:
+            return run
+        assert asyncio.get_running_loop().time() < deadline, f"still {run['status']}: {run}"
+        await asyncio.sleep(0.05)
+
+
+async def until_event(
+    client: httpx.AsyncClient, run_id: str, match: dict[str, Any], *, within: float = 20
+) -> dict[str, Any]:
+    """The run's first event whose type and data fields equal ``match``, once it is in the log."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        for event in await run_events(client, run_id):
+            fields = {"type": event["type"], **event["data"]}
+            if all(fields.get(k) == v for k, v in match.items()):
+                return event
+        assert asyncio.get_running_loop().time() < deadline, f"no event {match} in {run_id}"
+        await asyncio.sleep(0.02)

@@ -20,7 +20,7 @@ from stageline.settings import Settings
 from stageline.stack import Stack
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 async def services(redis_url: str) -> AsyncIterator[tuple[Stack, Projecting]]:
     """A stack on the session's server with a running worker and projector."""
     async with AsyncExitStack() as cleanup:

@@ -64,3 +64,16 @@ async def test_the_openapi_document_and_docs_are_served(app: FastAPI) -> None:
     params = {p["name"] for p in submit["parameters"]}
     assert {"wait", "Idempotency-Key", "X-Workspace"} <= params
     assert "Start a run" in submit["description"]
+    for path, method in [
+        ("/v1/runs/{run_id}/undo", "post"),
+        ("/v1/runs/{run_id}/retry", "post"),
+        ("/v1/runs/{run_id}/cancel", "post"),
+        ("/v1/dlq", "get"),
+        ("/v1/dlq/{dead_letter}", "delete"),
+        ("/v1/dlq/{dead_letter}/redrive", "post"),
+        ("/v1/entities", "get"),
+    ]:
+        assert schema["paths"][path][method]["description"], path
+    assert set(schema["paths"]["/v1/runs/{run_id}/retry"]["post"]["responses"]) == {
+        "202", "400", "404", "409", "503",
+    }  # fmt: skip

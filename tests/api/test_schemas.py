@@ -32,6 +32,9 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ("metadata not an object", {"pipeline": "memory-ingest", "input": {**TEXT, "metadata": [1]}}, "input.metadata"),
     ("occurred_at not a date", {"pipeline": "memory-ingest", "input": {**TEXT, "occurred_at": "soon"}}, "input.occurred_at"),
     ("occurred_at without zone", {"pipeline": "memory-ingest", "input": {**TEXT, "occurred_at": "2024-01-01T10:00:00"}}, "input.occurred_at"),
+    ("flaky option unknown", {"pipeline": "flaky", "input": {**TEXT, "flaky": {"times": 2}}}, "input.flaky.times"),
+    ("flaky fail_times negative", {"pipeline": "flaky", "input": {**TEXT, "flaky": {"fail_times": -1}}}, "input.flaky.fail_times"),
+    ("flaky sleep too long", {"pipeline": "flaky", "input": {**TEXT, "flaky": {"sleep_seconds": 61}}}, "input.flaky.sleep_seconds"),
 ]  # fmt: skip
 
 
@@ -90,7 +93,7 @@ async def test_unknown_pipeline_is_404_naming_the_known_ones(
     r = await client.post("/v1/runs", json={"pipeline": "nope", "input": TEXT})
     error = assert_error(r, 404, "NOT_FOUND")
     assert "'nope'" in error["message"] and "memory-ingest" in error["message"]
-    assert error["details"] == {"pipeline": "nope", "known": ["memory-ingest"]}
+    assert error["details"] == {"pipeline": "nope", "known": ["flaky", "memory-ingest"]}
     assert await stack.store.head(workspace) == 0
 
 

@@ -1,0 +1,84 @@
+"""How CLI commands talk to a running API: shared options, one request helper, output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = [
+    "DEFAULT_API",
+    "ApiUrl",
+    "Workspace",
+    "api_answers",
+    "call",
+    "console",
+    "print_json",
+    "print_table",
+]
+
+DEFAULT_API = "http://127.0.0.1:8000"
+
+ApiUrl = Annotated[
+    str, typer.Option("--url", envvar="STAGELINE_API_URL", help="The API's base URL.")
+]
+Workspace = Annotated[
+    str | None, typer.Option("--workspace", "-w", help="Workspace (default: STAGELINE_WORKSPACE).")
+]
+
+console = Console()
+
+
+def call(method: str, url: str, path: str, workspace: str | None, **kwargs: Any) -> Any:
+    """The JSON answer of one API request; exits 2 if the API is unreachable, 1 on an error."""
+    headers = {"X-Workspace": workspace} if workspace else {}
+    try:
+        reply = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=70, **kwargs)
+    except httpx.HTTPError as exc:
+        console.print(
+            f"[red]cannot reach the API at {url}[/red] ({exc}); is `stageline up` running?"
+        )
+        raise typer.Exit(2) from exc
+    if reply.status_code >= 400:
+        console.print(f"[red]{reply.status_code} {_error_text(reply)}[/red]", highlight=False)
+        raise typer.Exit(1)
+    return reply.json()
+
+
+def _error_text(reply: httpx.Response) -> str:
+    """``CODE: message`` from the error envelope, or the raw body when it is not one."""
+    try:
+        error = reply.json()["error"]
+        return f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return reply.text
+
+
+def api_answers(url: str) -> bool:
+    try:
+        return httpx.get(url.rstrip("/") + "/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def print_json(reply: Any) -> None:
+    console.print_json(json.dumps(reply))
+
+
+def print_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """``rows`` as a table of ``columns`` (missing or null values print empty)."""
+    table = Table()
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)

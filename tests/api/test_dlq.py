@@ -1,0 +1,239 @@
+"""``/v1/dlq``: a failed run's dead letter is listed, redriven or discarded, always as events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from api_helpers import (
+    Projecting,
+    assert_error,
+    fields,
+    head,
+    run_events,
+    submit_flaky,
+    until_event,
+    until_status,
+)
+
+from stageline.actors.deadletters import STREAM
+from stageline.stack import Stack
+
+ROW_KEYS = {
+    "id",
+    "kind",
+    "stream",
+    "actor",
+    "stage",
+    "run_id",
+    "error",
+    "deliveries",
+    "status",
+    "created_at",
+    "closed_at",
+    "reason",
+}
+
+
+async def failed_run(client: httpx.AsyncClient, **flaky: Any) -> tuple[dict[str, Any], str]:
+    """A ``flaky`` run that gave up, and the id of its dead letter."""
+    run = (await submit_flaky(client, wait=20, **flaky)).json()
+    assert run["status"] == "failed", run
+    failed = [e for e in await run_events(client, run["id"]) if e["type"] == "RunFailed"]
+    return run, failed[-1]["data"]["dead_letter"]
+
+
+async def dead_letters(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    r = await client.get("/v1/dlq", params={"min_position": await head(client), **params})
+    assert r.status_code == 200, r.text
+    rows: list[dict[str, Any]] = r.json()["dead_letters"]
+    return rows
+
+
+async def test_a_failed_run_is_listed_then_redriven_to_completion(
+    client: httpx.AsyncClient,
+) -> None:
+    run, dead_letter = await failed_run(client, fail_times=4)
+    [row] = await dead_letters(client)
+    assert set(row) == ROW_KEYS
+    assert row["id"] == dead_letter
+    assert (row["kind"], row["status"], row["run_id"]) == ("run", "open", run["id"])
+    assert row["stream"] == f"run-{run['id']}"
+    assert "attempt 4" in row["error"]
+    assert row["closed_at"] is None
+    assert await dead_letters(client, stage=row["stage"]) == [row]
+    assert await dead_letters(client, stage="no-such-stage") == []
+
+    r = await client.post(f"/v1/dlq/{dead_letter}/redrive")
+    assert r.status_code == 202, r.text
+    redriven = r.json()
+    assert redriven == {
+        "dead_letter": dead_letter,
+        "kind": "run",
+        "run_id": run["id"],
+        "status": "redriven",
+        "position": redriven["position"],
+    }
+    # attempts 1-4 failed; the redriven attempt 5 is past fail_times and succeeds
+    done = await until_status(client, run["id"], "completed", min_position=redriven["position"])
+    assert [s["attempts"] for s in done["stages"]] == [1, 5, 1]
+    entry = await client.get(
+        f"/v1/dlq/{dead_letter}", params={"min_position": redriven["position"]}
+    )
+    assert entry.status_code == 200, entry.text
+    assert entry.json()["status"] == "redriven"
+    assert entry.json()["closed_at"] is not None
+    assert await dead_letters(client) == []
+    assert [r["id"] for r in await dead_letters(client, status="redriven")] == [dead_letter]
+    assert [r["id"] for r in await dead_letters(client, status="all")] == [dead_letter]
+
+    # closed: neither redriven again nor discarded
+    error = assert_error(await client.post(f"/v1/dlq/{dead_letter}/redrive"), 409, "CONFLICT")
+    assert error["details"] == {"dead_letter": dead_letter, "status": "redriven"}
+    assert_error(await client.delete(f"/v1/dlq/{dead_letter}"), 409, "CONFLICT")
+
+
+async def test_discard_closes_the_entry_with_an_event_in_the_runs_history(
+    client: httpx.AsyncClient,
+) -> None:
+    run, dead_letter = await failed_run(client, permanent=True)
+    r = await client.delete(
+        f"/v1/dlq/{dead_letter}",
+        params={"reason": "bad input"},
+        headers={"X-Correlation-ID": "discard-1"},
+    )
+    assert r.status_code == 200, r.text
+    discarded = r.json()
+    assert discarded == {
+        "dead_letter": dead_letter,
+        "kind": "run",
+        "run_id": run["id"],
+        "status": "discarded",
+        "position": discarded["position"],
+    }
+    events = await run_events(client, run["id"])
+    assert events[-1]["type"] == "DeadLetterDiscarded"
+    assert events[-1]["data"] == {"dead_letter": dead_letter, "reason": "bad input"}
+    assert events[-1]["correlation_id"] == "discard-1"
+    assert events[-1]["position"] <= discarded["position"]
+    entry = await client.get(
+        f"/v1/dlq/{dead_letter}", params={"min_position": discarded["position"]}
+    )
+    assert entry.json()["status"] == "discarded"
+    assert await dead_letters(client) == []
+    # the run itself stays failed
+    after = await client.get(
+        f"/v1/runs/{run['id']}", params={"min_position": discarded["position"]}
+    )
+    assert after.json()["status"] == "failed"
+
+    assert_error(await client.delete(f"/v1/dlq/{dead_letter}"), 409, "CONFLICT")
+    assert_error(await client.post(f"/v1/dlq/{dead_letter}/redrive"), 409, "CONFLICT")
+
+
+async def test_a_poison_command_is_redriven_onto_its_channel(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    # a command no worker could decode, recorded as the worker records one
+    dead_letter = await stack.dead_letters.add(
+        workspace, "flaky", raw=b"\xc1 not msgpack", error="undecodable command", deliveries=5
+    )
+    [row] = await dead_letters(client)
+    assert (row["id"], row["kind"], row["status"]) == (dead_letter, "poison", "open")
+    assert (row["stream"], row["actor"], row["deliveries"]) == (STREAM, "flaky", 5)
+
+    r = await client.post(f"/v1/dlq/{dead_letter}/redrive")
+    assert r.status_code == 202, r.text
+    redriven = r.json()
+    assert (redriven["kind"], redriven["run_id"], redriven["status"]) == (
+        "poison",
+        None,
+        "redriven",
+    )
+    page = (await client.get(f"/v1/streams/{STREAM}/events")).json()
+    assert [e["type"] for e in page["events"]] == ["DeadLettered", "DeadLetterRedriven"]
+    assert page["events"][-1]["position"] <= redriven["position"]
+    entry = await client.get(
+        f"/v1/dlq/{dead_letter}", params={"min_position": redriven["position"]}
+    )
+    assert entry.json()["status"] == "redriven"
+    assert_error(await client.post(f"/v1/dlq/{dead_letter}/redrive"), 409, "CONFLICT")
+
+
+async def test_a_redrive_or_discard_first_lets_the_view_catch_up_with_the_log(
+    client: httpx.AsyncClient, projector: Projecting
+) -> None:
+    await projector.stop()
+    try:
+        accepted = (await submit_flaky(client, permanent=True)).json()
+        failed = await until_event(client, accepted["run_id"], {"type": "RunFailed"})
+        dead_letter = failed["data"]["dead_letter"]
+        discard = asyncio.create_task(client.delete(f"/v1/dlq/{dead_letter}"))
+        # the view has not seen the failure: answering now could only be a wrong 404
+        await asyncio.wait({discard}, timeout=0.3)
+        assert not discard.done()
+    finally:
+        projector.start()
+    r = await discard
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "discarded"
+
+
+async def test_a_view_that_does_not_catch_up_in_time_is_503_and_nothing_is_written(
+    stack: Stack, projector: Projecting, workspace: str, make_client: Callable[..., Any]
+) -> None:
+    async with make_client(read_wait_seconds=0.2) as client:
+        _, dead_letter = await failed_run(client, permanent=True)
+        async with projector.paused():
+            moved = await client.post(
+                "/v1/streams/s/events", json={"events": [{"type": "A", "data": {}}]}
+            )
+            assert moved.status_code == 201
+            position = await stack.store.head(workspace)
+            for r in (
+                await client.post(f"/v1/dlq/{dead_letter}/redrive"),
+                await client.delete(f"/v1/dlq/{dead_letter}"),
+            ):
+                error = assert_error(r, 503, "UNAVAILABLE")
+                assert error["details"]["min_position"] == position
+            assert await stack.store.head(workspace) == position
+        r = await client.delete(f"/v1/dlq/{dead_letter}")
+        assert r.status_code == 200, r.text
+
+
+async def test_an_unknown_dead_letter_is_404(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    for r in (
+        await client.get("/v1/dlq/nope"),
+        await client.post("/v1/dlq/nope/redrive"),
+        await client.delete("/v1/dlq/nope"),
+    ):
+        error = assert_error(r, 404, "NOT_FOUND")
+        assert error["details"] == {"dead_letter": "nope"}
+    assert await stack.store.head(workspace) == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"status": "closed"}, "status"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 1001}, "limit"),
+        ({"stage": ""}, "stage"),
+        ({"min_position": -1}, "min_position"),
+    ],
+)
+async def test_bad_list_parameters_are_400(
+    client: httpx.AsyncClient, params: dict[str, Any], field: str
+) -> None:
+    r = await client.get("/v1/dlq", params=params)
+    assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == [field]
+
+
+async def test_a_discard_reason_longer_than_500_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.delete("/v1/dlq/whatever", params={"reason": "r" * 501})
+    assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["reason"]
