@@ -14,7 +14,7 @@ import msgspec
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
 from stageline.actors.compensation import Compensator, undo_run
-from stageline.actors.deadletters import DeadLetterRedriven
+from stageline.actors.deadletters import DeadLetterDiscarded, DeadLetterRedriven
 from stageline.actors.decide import RunState, fold_run
 from stageline.actors.events import (
     RunCancelled,
@@ -64,7 +64,10 @@ class RunOperations:
                 return None
             pipeline = self._pipeline(workspace, state)
             compensations = undo_run(state, self._compensator_of(pipeline))
-            return [*compensations, RunCompensated(stages=state.stage_names)]
+            closing: list[DomainEvent] = []
+            if state.dead_letter:  # an undone run has nothing left to redrive
+                closing.append(DeadLetterDiscarded(dead_letter=state.dead_letter, reason="undo"))
+            return [*compensations, *closing, RunCompensated(stages=state.stage_names)]
 
         return await self._apply(workspace, run_id, plan, "compensated", correlation_id)
 

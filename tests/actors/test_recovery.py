@@ -174,6 +174,19 @@ async def test_exhausted_without_fallback_fails_to_the_dead_letters_then_retry_c
         await operations.retry(workspace, run.run_id)
 
 
+async def test_undo_of_a_dead_lettered_run_closes_its_dead_letter(
+    setup: tuple[Submitter, RunOperations], redis_store: RedisEventStore, workspace: str
+) -> None:
+    submitter, operations = setup
+    run = await submitter.submit(workspace, "dead-end", {"text": "x", "flaky": {"permanent": True}})
+    assert await wait_terminal(redis_store, workspace, [run.run_id]) == {run.run_id: "RunFailed"}
+    await operations.undo(workspace, run.run_id)
+    events = await run_events(redis_store, workspace, run.run_id)
+    dead_letter = next(d["dead_letter"] for t, d in events if t == "RunFailed")
+    assert ("DeadLetterDiscarded", {"dead_letter": dead_letter, "reason": "undo"}) in events
+    assert [t for t, _ in events][-1] == "RunCompensated"
+
+
 async def test_undo_compensates_every_stage_in_reverse_and_twice_is_harmless(
     setup: tuple[Submitter, RunOperations], redis_store: RedisEventStore, workspace: str
 ) -> None:
