@@ -1,21 +1,35 @@
-"""Runs stageline's long-lived services in this process until SIGINT or SIGTERM."""
+"""Runs stageline's long-lived services in this process until SIGINT or SIGTERM.
+
+On the signal every service stops taking new work and gets
+``STAGELINE_DRAIN_SECONDS`` in all to finish what it holds: a worker's batches
+in hand complete (or stay pending for another worker's claimer), the projector
+finishes its write, the API its requests. Whatever is still running then is
+cancelled, so the process always exits within that bound.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 import uvicorn
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stageline.actors.worker import Worker
 from stageline.settings import Settings
 from stageline.stack import Stack
 
 log = structlog.get_logger(__name__)
 
-DRAIN_SECONDS = 15.0
+T = TypeVar("T")
+
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_MAX_RETRY_SECONDS = 5.0
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -32,21 +46,26 @@ async def serve(
     projector: bool = True,
     api: tuple[str, int] | None = None,
     embedded: bool = True,
-    then: Callable[[str | None], Awaitable[None]] | None = None,
+    then: Callable[[str | None], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Open the stack, start the chosen services, and stop them in order.
 
     Without ``then`` it runs until SIGINT/SIGTERM; with it, until ``then(api_url)`` returns.
+    A Redis that does not answer yet is waited for (until a signal), not a reason to exit.
     """
     stop = asyncio.Event()
     stop_on_signals(stop)
-    stack = await Stack.open(settings, embedded=embedded)
+    stack = await _until_reachable("stack", lambda: Stack.open(settings, embedded=embedded), stop)
+    if stack is None:
+        return
     tasks: list[asyncio.Task[None]] = []
     server: uvicorn.Server | None = None
-    the_worker = stack.worker() if worker else None
+    the_worker: Worker | None = None
     try:
-        if the_worker is not None:
-            await the_worker.start()
+        if worker:
+            the_worker = await _start_worker(stack, stop)
+            if the_worker is None:
+                return
         if projector:
             tasks.append(asyncio.create_task(stack.projector().run(stop), name="projector"))
         api_url = None
@@ -58,7 +77,8 @@ async def serve(
                 create_app(stack=stack), host=host, port=port, log_config=None, access_log=False
             )
             server = uvicorn.Server(config)
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            # our handlers stop every service in order; uvicorn's own would replace them
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
             tasks.append(asyncio.create_task(server.serve(), name="api"))
             while not server.started:
                 if tasks[-1].done():
@@ -84,17 +104,67 @@ async def serve(
                 await main  # re-raises what went wrong in it
         else:
             await stop.wait()
-        log.info("stageline.stopping")
+        log.info("stageline.stopping", drain_seconds=settings.drain_seconds)
     finally:
         stop.set()
         if server is not None:
             server.should_exit = True
-        if the_worker is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(the_worker.stop(), DRAIN_SECONDS)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=DRAIN_SECONDS)
-            for task in pending:
-                task.cancel()
+        # the rest of the drain time is for closing the clients and the process's exit
+        await _drain(
+            the_worker, tasks, max(settings.drain_seconds - 1.0, settings.drain_seconds * 0.75)
+        )
         await stack.close()
         log.info("stageline.stopped")
+
+
+async def _start_worker(stack: Stack, stop: asyncio.Event) -> Worker | None:
+    async def start() -> Worker:
+        the_worker = stack.worker()
+        try:
+            await the_worker.start()
+        except BaseException:
+            await the_worker.client.aclose()
+            raise
+        return the_worker
+
+    return await _until_reachable("worker", start, stop)
+
+
+async def _until_reachable(
+    what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event
+) -> T | None:
+    """``attempt()``, again while Redis is unreachable; None if ``stop`` is set first."""
+    delay = 0.5
+    while True:
+        try:
+            return await attempt()
+        except _UNREACHABLE as exc:
+            log.warning(
+                "stageline.redis_unreachable",
+                starting=what,
+                retry_in=delay,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return None
+        delay = min(delay * 2, _MAX_RETRY_SECONDS)
+
+
+async def _drain(worker: Worker | None, tasks: list[asyncio.Task[None]], seconds: float) -> None:
+    """Let the worker and the other services finish within ``seconds``; cancel the rest."""
+    waiting = list(tasks)
+    if worker is not None:
+        waiting.append(asyncio.create_task(worker.stop(), name="worker"))
+    if not waiting:
+        return
+    done, pending = await asyncio.wait(waiting, timeout=seconds)
+    for task in pending:
+        task.cancel()
+    if pending:
+        log.warning("stageline.drain_timeout", cancelled=sorted(t.get_name() for t in pending))
+        await asyncio.wait(pending, timeout=1.0)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("stageline.stop_failed", service=task.get_name(), exc_info=task.exception())

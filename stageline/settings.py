@@ -34,18 +34,59 @@ class Settings(BaseSettings):
         default="everysec", description="AOF fsync policy of the embedded server."
     )
     workspace: str = Field(
-        default="default", pattern=WORKSPACE_PATTERN, description="Workspace of requests without X-Workspace."
+        default="default",
+        pattern=WORKSPACE_PATTERN,
+        description="Workspace of requests without X-Workspace.",
     )
     batch_size: int = Field(default=200, ge=1, le=5000, description="Max commands per actor batch.")
     claim_idle_ms: int = Field(
-        default=30_000, ge=100, description="Pending entries idle this long are claimed by another worker."
+        default=30_000,
+        ge=100,
+        description="Pending entries idle this long are claimed by another worker.",
     )
-    poll_ms: int = Field(default=100, ge=1, le=10_000, description="Block time of channel reads.")
-    projection_batch: int = Field(default=1000, ge=1, le=20_000, description="Events per projector write.")
+    # above the clients' 5 s socket timeout a blocking read would time out instead of returning
+    poll_ms: int = Field(default=100, ge=1, le=2_000, description="Block time of channel reads.")
+    max_deliveries: int = Field(
+        default=5,
+        ge=1,
+        description="A command delivered more often than this (it kept crashing or failing its "
+        "worker) is recorded as dead-lettered instead of handled again.",
+    )
+    supervise_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="How often a worker checks its consumer groups (recreating lost ones) and "
+        "restarts stopped subscribers.",
+    )
+    drain_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=600,
+        description="On SIGTERM/SIGINT a process exits within this long: batches in hand finish "
+        "or stay pending for another worker.",
+    )
+    abandon_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="An attempt with no result this long after its stage timeout is presumed "
+        "lost with its worker, and retried.",
+    )
+    max_stage_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Caps every stage's timeout in this worker (and so how long a lost "
+        "attempt waits before it is retried). Unset: each stage's own timeout.",
+    )
+    projection_batch: int = Field(
+        default=1000, ge=1, le=20_000, description="Events per projector write."
+    )
     read_wait_seconds: float = Field(
         default=5.0, ge=0, le=60, description="Longest a read waits for min_position."
     )
-    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest accepted request body.")
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest accepted request body."
+    )
     max_text_chars: int = Field(default=100_000, ge=1, description="Largest memory item text.")
     log_level: str = Field(default="INFO")
     log_format: Literal["auto", "json", "console"] = Field(default="auto")

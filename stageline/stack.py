@@ -7,6 +7,7 @@ down; nothing below this module reads settings or builds clients itself.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -21,7 +22,7 @@ from stageline.actors.stage import ActorRegistry
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.embedded import EmbeddedServer
-from stageline.events.redis_store import RedisEventStore
+from stageline.events.redis_store import RedisEventStore, connect
 from stageline.projections.falkordb_views import FalkorDBViews
 from stageline.projections.projector import Projector
 from stageline.settings import Settings
@@ -60,7 +61,7 @@ class Stack:
             log.info("embedded.started", url=store_url, data_dir=str(server.data_dir))
         broker_url = settings.broker_url or store_url
         store = RedisEventStore.from_url(store_url)
-        broker_client = aioredis.Redis.from_url(broker_url, decode_responses=False)
+        broker_client = connect(broker_url)
         catalog = PipelineCatalog()
         actors = default_actors()
         bus = CommandBus(broker_client)
@@ -83,10 +84,18 @@ class Stack:
     def worker(self, consumer: str | None = None) -> Worker:
         s = self.settings
         config = WorkerConfig(
-            batch_size=s.batch_size, claim_idle_ms=s.claim_idle_ms, poll_ms=s.poll_ms
+            batch_size=s.batch_size,
+            claim_idle_ms=s.claim_idle_ms,
+            poll_ms=s.poll_ms,
+            abandon_grace_seconds=s.abandon_grace_seconds,
+            max_deliveries=s.max_deliveries,
+            supervise_seconds=s.supervise_seconds,
+            drain_seconds=s.drain_seconds,
+            max_stage_timeout_seconds=s.max_stage_timeout_seconds,
+            workspace=s.workspace,
         )
         if consumer is not None:
-            config = WorkerConfig(**{**config.__dict__, "consumer": consumer})
+            config = dataclasses.replace(config, consumer=consumer)
         return Worker(self.store, self.broker_url, self.catalog, self.actors, config)
 
     def projector(self) -> Projector:

@@ -37,8 +37,12 @@ class CommandBus:
             )  # fmt: skip
         await pipe.execute()
 
-    async def ensure_groups(self, actors: Iterable[str]) -> None:
-        """Create each actor's consumer group at 0, so entries written before it are not skipped."""
+    async def ensure_groups(self, actors: Iterable[str]) -> list[str]:
+        """Create each actor's consumer group at 0, so entries written before it are not skipped.
+
+        Returns the actors whose group did not exist (new, or lost with its stream).
+        """
+        created = []
         for actor in actors:
             try:
                 await self.client.xgroup_create(
@@ -47,6 +51,9 @@ class CommandBus:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+            else:
+                created.append(actor)
+        return created
 
     async def dead_letter(self, actor: str, raw: bytes, error: str) -> None:
         """Keep an entry no actor could read, with the reason, on the actor's dead-letter stream."""

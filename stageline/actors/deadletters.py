@@ -71,9 +71,13 @@ class DeadLetters:
         error: str,
         deliveries: int,
         command: StageCommand | None = None,
+        dead_letter_id: uuid.UUID | None = None,
     ) -> str:
-        """Record a command that could not be handled; returns the dead letter's id."""
-        dead_letter = uuid.uuid4()
+        """Record a command that could not be handled; returns the dead letter's id.
+
+        Adding again with the same ``dead_letter_id`` records nothing new.
+        """
+        dead_letter = dead_letter_id or uuid.uuid4()
         event = DeadLettered(
             dead_letter=str(dead_letter),
             actor=actor,

@@ -87,4 +87,4 @@ class ActorRegistry:
         result = self._actors[name](item, ctx)
         if inspect.isawaitable(result):
             result = await result
-        return result  # type: ignore[return-value]
+        return result

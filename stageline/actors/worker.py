@@ -1,4 +1,14 @@
-"""A worker process: one FastStream subscriber and one claimer per actor, plus the scheduler."""
+"""A worker process: one FastStream subscriber and one claimer per actor, plus the scheduler.
+
+The subscriber reads new entries in batches. The claimer (``XAUTOCLAIM``) takes
+over entries left pending by a worker that died, stopped or failed on them;
+an entry it finds delivered more than ``max_deliveries`` times is recorded as
+dead-lettered and acknowledged instead of being handled again, so a command
+that crashes its worker cannot loop forever. A delivery that failed because
+Redis was unreachable is taken back from the count: an outage makes nothing
+poison. A supervisor recreates consumer groups Redis lost and restarts the
+subscribers FastStream stopped over it.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +16,47 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 import structlog
 from faststream.redis import RedisBroker, StreamSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stageline.actors import commands
 from stageline.actors.channels import DATA_FIELD, CommandBus
 from stageline.actors.commands import StageCommand
+from stageline.actors.deadletters import DeadLetters
 from stageline.actors.decide import ABANDON_GRACE_SECONDS
-from stageline.actors.pipeline import PipelineCatalog
+from stageline.actors.pipeline import Pipeline, PipelineCatalog
 from stageline.actors.runtime import StageRuntime
 from stageline.actors.schedule import Scheduler
 from stageline.actors.stage import ActorRegistry
+from stageline.actors.supervise import Supervisor
+from stageline.errors import InvalidArgument
 from stageline.events import keys
+from stageline.events.redis_store import CONNECT_TIMEOUT_SECONDS, connect, retry_policy
 from stageline.events.store import EventStore
 from stageline.logs import get_logger
 
 log = structlog.get_logger(__name__)
 _DATA = DATA_FIELD.encode()
+_DEAD_LETTER_IDS = uuid.UUID("0d7c2f4e-5b1a-4c8e-9f63-a2e81b5c7d90")
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 
 
 @dataclass(frozen=True)
-class _Unreadable:
+class Entry:
+    """One channel entry: its stream id, its bytes, and the command in them (or why none)."""
+
+    entry_id: bytes
     raw: bytes
-    error: str
+    command: StageCommand | None
+    error: str = ""
 
 
 async def _parse(message: Mapping[str, Any], original: Any) -> Any:
@@ -44,14 +66,15 @@ async def _parse(message: Mapping[str, Any], original: Any) -> Any:
     return msg
 
 
-async def _decode(msg: Any, original: Any) -> list[StageCommand | _Unreadable]:
-    out: list[StageCommand | _Unreadable] = []
-    for entry in msg.raw_message["data"]:
-        raw = entry.get(_DATA, b"")
+async def _decode(msg: Any, original: Any) -> list[Entry]:
+    message = msg.raw_message
+    out: list[Entry] = []
+    for entry_id, fields in zip(message["message_ids"], message["data"], strict=True):
+        raw = fields.get(_DATA, b"")
         try:
-            out.append(commands.decode(raw))
+            out.append(Entry(entry_id, raw, commands.decode(raw)))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            out.append(_Unreadable(raw, f"undecodable command: {exc}"))
+            out.append(Entry(entry_id, raw, None, f"undecodable command: {exc}"))
     return out
 
 
@@ -62,6 +85,15 @@ class WorkerConfig:
     poll_ms: int = 100
     channel_maxlen: int = 10_000
     abandon_grace_seconds: float = ABANDON_GRACE_SECONDS
+    max_deliveries: int = 5
+    """A claimed entry delivered more often than this is dead-lettered, not handled."""
+    supervise_seconds: float = 2.0
+    drain_seconds: float = 15.0
+    """``stop()`` returns within this long: batches in hand get all but 1.5 s of it (at least
+    half), the rest is for acknowledging, closing and the process's own exit."""
+    max_stage_timeout_seconds: float | None = None
+    workspace: str = "default"
+    """Where an undecodable command (whose own workspace is unknown) is dead-lettered."""
     consumer: str = f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -80,27 +112,37 @@ class Worker:
         actors: ActorRegistry,
         config: WorkerConfig | None = None,
     ) -> None:
-        self.config = config or WorkerConfig()
+        self.config = cfg = config or WorkerConfig()
         self.actors = actors
-        self.client = aioredis.Redis.from_url(broker_url, decode_responses=False)
-        self.bus = CommandBus(self.client, maxlen=self.config.channel_maxlen)
-        self.scheduler = Scheduler(self.client, channel_maxlen=self.config.channel_maxlen)
+        self.client = connect(broker_url)
+        self.bus = CommandBus(self.client, maxlen=cfg.channel_maxlen)
+        self.scheduler = Scheduler(self.client, channel_maxlen=cfg.channel_maxlen)
+        self.dead_letters = DeadLetters(store, self.bus)
+        if cfg.max_stage_timeout_seconds is not None:
+            catalog = CappedTimeouts(catalog, cfg.max_stage_timeout_seconds)
         self.runtime = StageRuntime(
             store,
             catalog,
             actors,
             self.bus,
             self.scheduler,
-            abandon_grace=self.config.abandon_grace_seconds,
+            abandon_grace=cfg.abandon_grace_seconds,
         )
-        # FastStream logs every message at log_level and its task bookkeeping at INFO:
-        # keep its lines to warnings and errors
-        logging.getLogger("stageline.broker").setLevel(logging.WARNING)
+        # per-message lines at DEBUG; configure_logging keeps this logger at WARNING
         self.broker = RedisBroker(
-            broker_url, logger=get_logger("stageline.broker"), log_level=logging.DEBUG
+            broker_url,
+            logger=get_logger("stageline.faststream"),
+            log_level=logging.DEBUG,
+            graceful_timeout=max(cfg.drain_seconds - 1.5, cfg.drain_seconds / 2),
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            retry=retry_policy(),
+        )
+        self.supervisor = Supervisor(
+            self.broker, self.bus, actors.names(), interval=cfg.supervise_seconds
         )
         self._stop = asyncio.Event()
         self._scheduler_task: asyncio.Task[None] | None = None
+        self._supervisor_task: asyncio.Task[None] | None = None
         for actor in sorted(actors.names()):
             self._subscribe(actor)
 
@@ -117,34 +159,180 @@ class Worker:
                 polling_interval=cfg.poll_ms,
                 min_idle_time=claim,
             )
-            self.broker.subscriber(stream=sub, parser=_parse, decoder=_decode)(self._handler(actor))
+            handler = self._handler(actor, claimed=claim is not None)
+            self.broker.subscriber(stream=sub, parser=_parse, decoder=_decode)(handler)
 
-    def _handler(self, actor: str) -> Any:
+    def _handler(self, actor: str, *, claimed: bool) -> Any:
         async def handle(batch: Any) -> None:
-            good = [c for c in batch if isinstance(c, StageCommand)]
-            for bad in batch:
-                if isinstance(bad, _Unreadable):
-                    log.error("worker.unreadable_command", actor=actor, error=bad.error)
-                    await self.bus.dead_letter(actor, bad.raw, bad.error)
-            if good:
-                await self.runtime.handle(actor, good)
+            await self.handle(actor, batch, claimed=claimed)
 
-        handle.__name__ = f"stage_{actor}"
+        handle.__name__ = f"{'claim' if claimed else 'stage'}_{actor}"
         return handle
 
+    async def handle(self, actor: str, entries: Sequence[Entry], *, claimed: bool = False) -> None:
+        """Handle one read of ``actor``'s channel; raises (the entries stay pending) on failure.
+
+        Entries that cannot be handled (undecodable, or ``claimed`` and
+        delivered too often) are dead-lettered and acknowledged first, so a
+        failure of the rest of the batch never brings them back.
+        """
+        deliveries = await self._deliveries(actor, entries) if claimed else {}
+        limit = self.config.max_deliveries
+        poison: list[tuple[Entry, str, int]] = []
+        good: list[Entry] = []
+        for entry in entries:
+            count = deliveries.get(entry.entry_id, 1)
+            if entry.command is None:
+                poison.append((entry, entry.error, count))
+            elif count > limit:
+                error = (
+                    f"delivered {count} times without being acknowledged (limit {limit}): "
+                    "every worker that took it crashed or failed on it"
+                )
+                poison.append((entry, error, count))
+            else:
+                good.append(entry)
+        if poison:
+            await self._dead_letter(actor, poison)
+        if not good:
+            return
+        try:
+            await self.runtime.handle(actor, [e.command for e in good if e.command is not None])
+        except _UNREACHABLE:
+            # Redis failed, not the commands: an outage must not turn them into poison
+            await self._uncount(actor, good, deliveries)
+            raise
+
+    async def _deliveries(self, actor: str, entries: Sequence[Entry]) -> dict[bytes, int]:
+        """How often each entry has been delivered, this delivery included (XPENDING)."""
+        channel, group = keys.stage_channel(actor), keys.stage_group(actor)
+        pipe = self.client.pipeline(transaction=False)
+        for entry in entries:
+            pipe.xpending_range(channel, group, min=entry.entry_id, max=entry.entry_id, count=1)
+        replies = await pipe.execute()
+        return {
+            reply[0]["message_id"]: int(reply[0]["times_delivered"]) for reply in replies if reply
+        }
+
+    async def _uncount(
+        self, actor: str, entries: Sequence[Entry], deliveries: Mapping[bytes, int]
+    ) -> None:
+        """Take back this delivery from each entry's count; they stay pending, to be claimed."""
+        channel, group = keys.stage_channel(actor), keys.stage_group(actor)
+        pipe = self.client.pipeline(transaction=False)
+        for entry in entries:
+            pipe.xclaim(
+                channel,
+                group,
+                self.config.consumer,
+                0,
+                [entry.entry_id],
+                retrycount=deliveries.get(entry.entry_id, 1) - 1,
+                justid=True,
+            )
+        try:
+            await pipe.execute()
+        except Exception as exc:  # the broker is down too: this delivery counts, no more
+            log.warning("worker.uncount_failed", actor=actor, error=f"{type(exc).__name__}: {exc}")
+
+    async def _dead_letter(self, actor: str, poison: Sequence[tuple[Entry, str, int]]) -> None:
+        channel = keys.stage_channel(actor)
+        for entry, error, deliveries in poison:
+            command = entry.command
+            workspace = self.config.workspace
+            if command is not None and _valid_workspace(command.workspace):
+                workspace = command.workspace
+            # the same entry dead-lettered twice (the ack below was lost) is recorded once
+            dead_letter_id = uuid.uuid5(_DEAD_LETTER_IDS, f"{channel}\0{entry.entry_id.decode()}")
+            await self.dead_letters.add(
+                workspace,
+                actor,
+                raw=entry.raw,
+                error=error,
+                deliveries=deliveries,
+                command=command,
+                dead_letter_id=dead_letter_id,
+            )
+            log.error(
+                "worker.dead_lettered",
+                actor=actor,
+                entry=entry.entry_id.decode(),
+                dead_letter=str(dead_letter_id),
+                deliveries=deliveries,
+                error=error,
+                workspace=workspace,
+                run_id=command.run_id if command else None,
+            )
+        await self.client.xack(
+            channel, keys.stage_group(actor), *(e.entry_id for e, _, _ in poison)
+        )
+
     async def start(self) -> None:
+        """Create the groups, start consuming, the scheduler and the supervisor."""
         await self.bus.ensure_groups(self.actors.names())
-        await self.broker.start()
+        try:
+            await self.broker.start()
+        except BaseException:
+            await self.broker.stop()  # a later start begins from scratch
+            raise
         self._stop.clear()
         self._scheduler_task = asyncio.create_task(self.scheduler.run(self._stop))
+        self._supervisor_task = asyncio.create_task(self.supervisor.run(self._stop))
         log.info(
             "worker.started", consumer=self.config.consumer, actors=sorted(self.actors.names())
         )
 
     async def stop(self) -> None:
+        """Stop taking entries, let the batches in hand finish (within the drain time), close.
+
+        Entries read but not yet handled, and batches still running when the
+        drain time is up, stay pending: another worker's claimer takes them.
+        """
         self._stop.set()
+        if self._supervisor_task is not None:
+            await self._supervisor_task  # first: it would start stopped subscribers again
         await self.broker.stop()
         if self._scheduler_task is not None:
             await self._scheduler_task
         await self.client.aclose()
         log.info("worker.stopped", consumer=self.config.consumer)
+
+
+class CappedTimeouts(PipelineCatalog):
+    """``catalog``'s pipelines with every stage timeout at most ``seconds``.
+
+    A stage timeout also sets how long a lost attempt waits before it is
+    retried, so capping it bounds that wait (e.g. in fault-injection tests).
+    """
+
+    def __init__(self, catalog: PipelineCatalog, seconds: float) -> None:
+        super().__init__([])
+        self.catalog = catalog
+        self.seconds = seconds
+        self._capped: dict[int, tuple[Pipeline, Pipeline]] = {}
+
+    def add(self, pipeline: Pipeline) -> None:
+        self.catalog.add(pipeline)
+
+    def get(self, workspace: str, name: str, version: int | None = None) -> Pipeline:
+        pipeline = self.catalog.get(workspace, name, version)
+        known = self._capped.get(id(pipeline))
+        if known is None or known[0] is not pipeline:
+            stages = tuple(
+                msgspec.structs.replace(s, timeout_seconds=min(s.timeout_seconds, self.seconds))
+                for s in pipeline.stages
+            )
+            known = (pipeline, msgspec.structs.replace(pipeline, stages=stages))
+            self._capped[id(pipeline)] = known
+        return known[1]
+
+    def names(self, workspace: str) -> list[str]:
+        return self.catalog.names(workspace)
+
+
+def _valid_workspace(workspace: str) -> bool:
+    try:
+        keys.check_workspace(workspace)
+    except InvalidArgument:
+        return False
+    return True

@@ -7,6 +7,8 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ResponseError
 
 from stageline.errors import ConcurrencyError, InvalidArgument
@@ -19,9 +21,43 @@ from stageline.events.store import (
     check_append,
 )
 
-__all__ = ["MAX_EVENTS_PER_APPEND", "RedisEventStore"]
+__all__ = [
+    "CONNECT_TIMEOUT_SECONDS",
+    "MAX_EVENTS_PER_APPEND",
+    "RedisEventStore",
+    "connect",
+    "retry_policy",
+]
 
 _PAGE = 1000
+
+
+CONNECT_TIMEOUT_SECONDS = 2.0
+
+
+def retry_policy() -> Retry:
+    """How stageline's Redis clients retry, so a server restart is ridden out.
+
+    A command that fails with a connection error (server gone, socket missing,
+    still loading its AOF) or a timeout is sent again on a new connection after
+    growing, jittered pauses, ~4-8 s in all; a longer outage reaches the
+    caller, whose own loop (subscriber, scheduler, projector) tries again
+    later. Every command stageline sends is safe to repeat: appends drop event
+    ids they already hold, XACK/ZADD/XGROUP CREATE are idempotent, a repeated
+    XADD of a command is a duplicate the version check absorbs, and a view
+    write is guarded by its checkpoint.
+    """
+    return Retry(EqualJitterBackoff(cap=1.0, base=0.05), retries=10)
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A bytes client for ``url`` (``unix://``, ``redis://``, ``rediss://``) that retries."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        retry=retry_policy(),
+    )
 
 
 def _script(name: str) -> str:
@@ -45,7 +81,7 @@ class RedisEventStore:
 
     @classmethod
     def from_url(cls, url: str) -> RedisEventStore:
-        return cls(aioredis.Redis.from_url(url, decode_responses=False))
+        return cls(connect(url))
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -175,7 +211,7 @@ class RedisEventStore:
     ) -> list[RecordedEvent]:
         if limit <= 0:
             return []
-        entries = await self.client.xrange(
+        entries: Any = await self.client.xrange(
             keys.log_key(workspace), min=f"(0-{max(after, 0)}", max="+", count=limit
         )
         return [self._decode(workspace, e) for e in entries]
@@ -187,7 +223,7 @@ class RedisEventStore:
             return []
         if block_ms <= 0:  # XREAD BLOCK 0 would wait forever
             return await self.read_log(workspace, after=after, limit=limit)
-        reply = await self.client.xread(
+        reply: Any = await self.client.xread(
             {keys.log_key(workspace): f"0-{max(after, 0)}"}, count=limit, block=block_ms
         )
         if not reply:
@@ -204,7 +240,8 @@ class RedisEventStore:
     async def workspaces(self) -> list[str]:
         # the set is written before the append (so no workspace with events is ever
         # missing), hence may name one whose every append failed: keep those with a log
-        names = sorted(m.decode() for m in await self.client.smembers(keys.WORKSPACES))
+        members: Any = await self.client.smembers(keys.WORKSPACES)
+        names = sorted(m.decode() for m in members)
         pipe = self.client.pipeline(transaction=False)
         for name in names:
             pipe.exists(keys.log_key(name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -16,6 +17,7 @@ from stageline.actors import commands
 from stageline.actors.builtin import default_actors
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
+from stageline.actors.deadletters import STREAM
 from stageline.actors.events import StageStarted
 from stageline.actors.pipeline import MEMORY_INGEST, Pipeline, PipelineCatalog, StageSpec
 from stageline.actors.stage import ActorRegistry, StageContext, StageResult
@@ -229,16 +231,19 @@ async def test_failing_stage_fails_the_run_with_its_error(
     assert (failed.data["error_type"], failed.data["error"]) == ("ValueError", "stage exploded")
 
 
-async def test_unreadable_entry_goes_to_the_dead_letter_stream(
-    worker: Worker, broker: aioredis.Redis
+async def test_unreadable_entry_is_dead_lettered_in_the_default_workspace(
+    worker: Worker, broker: aioredis.Redis, redis_store: RedisEventStore
 ) -> None:
-    dlq = keys.dead_letters("classify")
-    before = await broker.xlen(dlq)
-    await broker.xadd(keys.stage_channel("classify"), {"__data__": b"\xc1 not msgpack"})
+    before = await redis_store.stream_version("default", STREAM)
+    raw = b"\xc1 not msgpack"
+    await broker.xadd(keys.stage_channel("classify"), {"__data__": raw})
     await idle(broker, "classify")
-    assert await broker.xlen(dlq) == before + 1
-    entry = (await broker.xrevrange(dlq, count=1))[0][1]
-    assert b"undecodable" in entry[b"error"]
+    added = await redis_store.read_stream("default", STREAM, from_version=before + 1)
+    assert [e.type for e in added] == ["DeadLettered"]
+    entry = added[0].data
+    assert (entry["actor"], entry["deliveries"], entry["command"]) == ("classify", 1, None)
+    assert "undecodable" in entry["error"]
+    assert base64.b64decode(entry["raw"]) == raw
 
 
 async def test_two_workers_share_the_groups_without_double_transitions(

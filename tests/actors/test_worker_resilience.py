@@ -1,0 +1,402 @@
+"""A worker under trouble: poison commands, lost consumer groups, SIGTERM while busy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from actor_helpers import idle, wait_terminal
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from stageline.actors.builtin import default_actors
+from stageline.actors.channels import CommandBus
+from stageline.actors.commands import StageCommand
+from stageline.actors.deadletters import STREAM, decode_poison
+from stageline.actors.pipeline import PipelineCatalog
+from stageline.actors.submit import Submitter
+from stageline.actors.worker import Worker, WorkerConfig
+from stageline.embedded import EmbeddedServer
+from stageline.events import keys
+from stageline.events.redis_store import RedisEventStore, connect
+
+CATALOG = PipelineCatalog()  # memory-ingest and flaky, as a `stageline worker` has them
+ITEM = {"text": "Ada Lovelace met Charles Babbage in London."}
+
+
+def make_worker(store: RedisEventStore, url: str, consumer: str, **config: Any) -> Worker:
+    return Worker(
+        store, url, CATALOG, default_actors(), WorkerConfig(poll_ms=20, consumer=consumer, **config)
+    )
+
+
+@pytest.fixture
+async def broker(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def submitter(redis_store: RedisEventStore, broker: aioredis.Redis) -> Submitter:
+    return Submitter(redis_store, CATALOG, CommandBus(broker))
+
+
+@contextlib.contextmanager
+def embedded() -> Iterator[EmbeddedServer]:
+    with tempfile.TemporaryDirectory(prefix="slr", dir="/tmp") as data_dir:
+        server = EmbeddedServer(data_dir)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def own_server() -> Iterator[EmbeddedServer]:
+    """A server of the test's own, for what would disturb the shared one (FLUSHALL, DEL)."""
+    with embedded() as server:
+        yield server
+
+
+@pytest.fixture
+def store_server() -> Iterator[EmbeddedServer]:
+    """A second server, holding the store apart from the broker."""
+    with embedded() as server:
+        yield server
+
+
+async def dead_letters(store: RedisEventStore, workspace: str) -> list[dict[str, Any]]:
+    return [e.data for e in await store.read_stream(workspace, STREAM)]
+
+
+async def until(
+    condition: Callable[[], Awaitable[bool]], within: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll an async ``condition()`` until it is true; fail the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not reached within {within}s")
+        await asyncio.sleep(0.02)
+
+
+# -- poison commands ---------------------------------------------------------------
+
+
+async def test_claimed_entry_delivered_too_often_is_dead_lettered_not_handled(
+    redis_store: RedisEventStore,
+    redis_url: str,
+    broker: aioredis.Redis,
+    submitter: Submitter,
+    workspace: str,
+) -> None:
+    channel, group = keys.stage_channel("normalize"), keys.stage_group("normalize")
+    await CommandBus(broker).ensure_groups(["normalize"])
+    poisoned = (await submitter.submit(workspace, "memory-ingest", ITEM)).run_id
+    healthy = (await submitter.submit(workspace, "memory-ingest", ITEM)).run_id
+    # a worker took both and died; the first had already been delivered 5 times, the other 3
+    taken = await broker.xreadgroup(group, "dead-worker", {channel: ">"}, count=100)
+    ids = {}
+    for entry_id, fields in taken[0][1]:
+        command = decode_poison(fields[b"__data__"])
+        if command is not None:
+            ids[command.run_id] = entry_id
+    await broker.execute_command("XCLAIM", channel, group, "dead-worker", 0, ids[poisoned], "RETRYCOUNT", 5)  # fmt: skip
+    await broker.execute_command("XCLAIM", channel, group, "dead-worker", 0, ids[healthy], "RETRYCOUNT", 3)  # fmt: skip
+
+    w = make_worker(redis_store, redis_url, "w-poison", claim_idle_ms=100, max_deliveries=5)
+    await w.start()
+    try:
+        assert await wait_terminal(redis_store, workspace, [healthy]) == {healthy: "RunCompleted"}
+        await idle(broker, "normalize")
+    finally:
+        await w.stop()
+
+    [letter] = await dead_letters(redis_store, workspace)
+    assert (letter["run_id"], letter["actor"], letter["deliveries"]) == (poisoned, "normalize", 6)
+    assert letter["command"]["run_id"] == poisoned  # kept whole, so it can be redriven
+    assert "delivered 6 times" in letter["error"]
+    assert await redis_store.stream_version(workspace, keys.run_stream(poisoned)) == 0
+
+
+async def test_command_that_fails_every_worker_lands_in_the_dead_letters(
+    redis_store: RedisEventStore,
+    redis_url: str,
+    broker: aioredis.Redis,
+    submitter: Submitter,
+    workspace: str,
+) -> None:
+    w = make_worker(redis_store, redis_url, "w-crash", claim_idle_ms=100, max_deliveries=3)
+    handle = w.runtime.handle
+
+    async def crashing(actor: str, batch: Sequence[StageCommand]) -> None:
+        if any(c.item.get("poison") for c in batch):
+            raise RuntimeError("worker crashed on this command")
+        await handle(actor, batch)
+
+    w.runtime.handle = crashing  # type: ignore[method-assign]
+    await w.start()
+    try:
+        poisoned = (
+            await submitter.submit(workspace, "memory-ingest", {**ITEM, "poison": 1})
+        ).run_id
+        others = [
+            (await submitter.submit(workspace, "memory-ingest", ITEM)).run_id for _ in range(5)
+        ]
+        done = await wait_terminal(redis_store, workspace, others)
+        assert set(done.values()) == {"RunCompleted"}
+        await until(lambda: _has_letters(redis_store, workspace), what="a dead letter")
+        await idle(broker, "normalize")
+    finally:
+        await w.stop()
+
+    [letter] = await dead_letters(redis_store, workspace)
+    assert letter["run_id"] == poisoned
+    assert letter["deliveries"] == 4  # failed 3 times; the 4th delivery is dead-lettered
+    assert await redis_store.stream_version(workspace, keys.run_stream(poisoned)) == 0
+
+
+async def _has_letters(store: RedisEventStore, workspace: str) -> bool:
+    return bool(await dead_letters(store, workspace))
+
+
+# -- lost connections ---------------------------------------------------------------
+
+
+async def test_batch_whose_appends_fail_on_a_lost_store_stays_pending_and_is_claimed(
+    own_server: EmbeddedServer, store_server: EmbeddedServer, workspace: str
+) -> None:
+    submit_store = RedisEventStore.from_url(store_server.url)
+    # the worker's store client gives up at once, so the test need not outlast its retries
+    worker_store = RedisEventStore(
+        aioredis.Redis.from_url(store_server.url, retry=Retry(NoBackoff(), 0))
+    )
+    client = connect(own_server.url)
+    submitter = Submitter(submit_store, CATALOG, CommandBus(client))
+    run = (await submitter.submit(workspace, "memory-ingest", ITEM)).run_id
+    await asyncio.to_thread(store_server.stop)
+    w = make_worker(worker_store, own_server.url, "w-lost", claim_idle_ms=100, max_deliveries=1)
+    failures = 0
+    handle = w.runtime.handle
+
+    async def counting(actor: str, batch: Sequence[StageCommand]) -> None:
+        nonlocal failures
+        try:
+            await handle(actor, batch)
+        except Exception:
+            failures += 1
+            raise
+
+    w.runtime.handle = counting  # type: ignore[method-assign]
+    await w.start()
+    try:
+
+        async def failed_past_the_delivery_limit() -> bool:
+            return failures >= 3
+
+        await until(failed_past_the_delivery_limit, what="deliveries failing on the lost store")
+        channel, group = keys.stage_channel("normalize"), keys.stage_group("normalize")
+        [entry] = await client.xpending_range(channel, group, min="-", max="+", count=10)
+        assert entry["times_delivered"] <= 1  # failures of Redis are not counted against it
+        await asyncio.to_thread(store_server.start)  # same directory and socket
+        assert await wait_terminal(submit_store, workspace, [run]) == {run: "RunCompleted"}
+        await idle(client, "normalize")
+        assert await dead_letters(submit_store, workspace) == []
+    finally:
+        await w.stop()
+        await worker_store.close()
+        await submit_store.close()
+        await client.aclose()
+
+
+# -- lost consumer groups ----------------------------------------------------------
+
+
+async def test_subscribers_stopped_by_a_deleted_channel_are_restarted(
+    own_server: EmbeddedServer, workspace: str
+) -> None:
+    store = RedisEventStore.from_url(own_server.url)
+    client = connect(own_server.url)
+    submitter = Submitter(store, CATALOG, CommandBus(client))
+    # the supervisor's own loop stays out of the way: this test drives its checks
+    w = make_worker(store, own_server.url, "w-groups", supervise_seconds=3600)
+    await w.start()
+    try:
+        first = (await submitter.submit(workspace, "memory-ingest", ITEM)).run_id
+        await wait_terminal(store, workspace, [first])
+
+        await client.delete(keys.stage_channel("classify"))
+        classify = [s for s in w.broker.subscribers if s.stream_sub.name.endswith(":classify")]  # type: ignore[attr-defined]
+        await until(
+            lambda: _all_stopped(classify), what="FastStream stopping the classify subscribers"
+        )
+        assert await w.supervisor.check() == 2  # the subscriber and its claimer
+        assert all(s.running for s in w.broker.subscribers)
+        assert await w.supervisor.check() == 0
+
+        second = (await submitter.submit(workspace, "memory-ingest", ITEM)).run_id
+        assert await wait_terminal(store, workspace, [second]) == {second: "RunCompleted"}
+    finally:
+        await w.stop()
+        await store.close()
+        await client.aclose()
+
+
+async def test_worker_carries_on_by_itself_after_flushall(
+    own_server: EmbeddedServer, workspace: str
+) -> None:
+    store = RedisEventStore.from_url(own_server.url)
+    client = connect(own_server.url)
+    submitter = Submitter(store, CATALOG, CommandBus(client))
+    w = make_worker(store, own_server.url, "w-flush", supervise_seconds=0.1)
+    await w.start()
+    try:
+        first = (await submitter.submit(workspace, "memory-ingest", ITEM)).run_id
+        await wait_terminal(store, workspace, [first])
+        await client.flushall()
+        runs = [(await submitter.submit(workspace, "flaky", ITEM)).run_id for _ in range(3)]
+        done = await wait_terminal(store, workspace, runs)
+        assert set(done.values()) == {"RunCompleted"}
+        for actor in ("normalize", "flaky", "summarize"):
+            groups = await client.xinfo_groups(keys.stage_channel(actor))
+            assert [g["name"] for g in groups] == [keys.stage_group(actor).encode()]
+    finally:
+        await w.stop()
+        await store.close()
+        await client.aclose()
+
+
+async def _all_stopped(subscribers: Sequence[Any]) -> bool:
+    return all(not s.running for s in subscribers)
+
+
+# -- SIGTERM drains ----------------------------------------------------------------
+
+
+def worker_env(url: str, **settings: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGELINE_")}
+    env.update(
+        STAGELINE_REDIS_URL=url,
+        STAGELINE_LOG_FORMAT="json",
+        STAGELINE_POLL_MS="20",
+        STAGELINE_CLAIM_IDLE_MS="1000",
+    )
+    env.update({f"STAGELINE_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stageline", "worker"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+async def wait_ready(proc: subprocess.Popen[bytes], log: Path, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while b'"stageline.ready"' not in await asyncio.to_thread(log.read_bytes):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"worker not ready (exit {proc.poll()}):\n{tail(log)}")
+        await asyncio.sleep(0.05)
+
+
+def tail(log: Path) -> str:
+    return log.read_text()[-3000:]
+
+
+async def stage_started(store: RedisEventStore, workspace: str, run_id: str, index: int) -> bool:
+    events = await store.read_stream(workspace, keys.run_stream(run_id))
+    return any(e.type == "StageStarted" and e.data["index"] == index for e in events)
+
+
+async def sigterm_and_time(proc: subprocess.Popen[bytes], within: float) -> float:
+    """Send SIGTERM; seconds until the process exited (fails the test past ``within``)."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    while proc.poll() is None:
+        if time.monotonic() - started > within:
+            proc.kill()
+            pytest.fail(f"worker still running {within}s after SIGTERM")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def test_sigterm_finishes_the_batch_in_hand_and_takes_nothing_new(
+    own_server: EmbeddedServer, workspace: str, tmp_path: Path
+) -> None:
+    store = RedisEventStore.from_url(own_server.url)
+    client = connect(own_server.url)
+    submitter = Submitter(store, CATALOG, CommandBus(client))
+    env = worker_env(own_server.url, drain_seconds=5)
+    log = tmp_path / "worker.log"
+    proc = start_worker(env, log)
+    try:
+        await wait_ready(proc, log)
+        item = {**ITEM, "flaky": {"fail_times": 0, "sleep_seconds": 1.0}}
+        run = (await submitter.submit(workspace, "flaky", item)).run_id
+        await until(lambda: stage_started(store, workspace, run, 1), what="the flaky stage")
+        took = await sigterm_and_time(proc, within=5 + 1)
+        assert proc.returncode == 0, tail(log)
+        events = await store.read_stream(workspace, keys.run_stream(run))
+        # the slow stage finished and handed on; the next stage was not taken any more
+        assert [e.type for e in events if e.type.startswith(("Stage", "Run"))][-2:] == [
+            "StageStarted",
+            "StageCompleted",
+        ]
+        assert events[-1].type != "RunCompleted"
+        print(f"\nSIGTERM with a 1 s stage in hand: exited after {took:.2f}s")
+
+        proc = start_worker(env, log)  # the next worker picks the run up where it stopped
+        await wait_ready(proc, log)
+        assert await wait_terminal(store, workspace, [run]) == {run: "RunCompleted"}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        await store.close()
+        await client.aclose()
+
+
+async def test_sigterm_exits_within_the_drain_time_leaving_a_long_batch_pending(
+    own_server: EmbeddedServer, workspace: str, tmp_path: Path
+) -> None:
+    store = RedisEventStore.from_url(own_server.url)
+    client = connect(own_server.url)
+    submitter = Submitter(store, CATALOG, CommandBus(client))
+    log = tmp_path / "worker.log"
+    proc = start_worker(worker_env(own_server.url, drain_seconds=1.5), log)
+    try:
+        await wait_ready(proc, log)
+        item = {**ITEM, "flaky": {"fail_times": 0, "sleep_seconds": 4.0}}
+        run = (await submitter.submit(workspace, "flaky", item)).run_id
+        await until(lambda: stage_started(store, workspace, run, 1), what="the flaky stage")
+        took = await sigterm_and_time(proc, within=1.5 + 1)
+        print(f"\nSIGTERM with a 4 s stage in hand, drain 1.5 s: exited after {took:.2f}s")
+        events = await store.read_stream(workspace, keys.run_stream(run))
+        assert events[-1].type == "StageStarted"  # no result: the attempt was cut off
+        pending = await client.xpending(keys.stage_channel("flaky"), keys.stage_group("flaky"))
+        assert pending["pending"] == 1  # left for another worker's claimer
+        assert pending["consumers"][0]["name"].decode().endswith(f"-{proc.pid}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        await store.close()
+        await client.aclose()
