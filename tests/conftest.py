@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from stageline.embedded import EmbeddedServer
+from stageline.logs import configure_logging
 from stageline.events.redis_store import RedisEventStore
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _plain_logs() -> None:
+    # structlog's default dev renderer draws rich tracebacks, ~1 s each: log like production
+    configure_logging("INFO", "json")
 
 
 @pytest.fixture(scope="session")

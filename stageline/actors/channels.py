@@ -54,7 +54,3 @@ class CommandBus:
             else:
                 created.append(actor)
         return created
-
-    async def dead_letter(self, actor: str, raw: bytes, error: str) -> None:
-        """Keep an entry no actor could read, with the reason, on the actor's dead-letter stream."""
-        await self.client.xadd(keys.dead_letters(actor), {DATA_FIELD: raw, "error": error})

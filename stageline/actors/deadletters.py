@@ -12,47 +12,29 @@ from __future__ import annotations
 
 import base64
 import uuid
-from typing import Any
 
 import msgspec
 
 from stageline.actors import commands
-from stageline.actors.channels import CommandBus
+from stageline.actors.channels import DATA_FIELD, CommandBus
 from stageline.actors.commands import StageCommand
-from stageline.errors import NotFound
+from stageline.actors.decide import fold_run
+from stageline.actors.events import DeadLetterDiscarded, DeadLettered, DeadLetterRedriven
+from stageline.errors import ConcurrencyError, Conflict, NotFound
 from stageline.events import keys
-from stageline.events.envelope import ANY, DomainEvent, new_event
+from stageline.events.envelope import ANY, new_event
+
+__all__ = [
+    "STREAM",
+    "DeadLetterDiscarded",
+    "DeadLetterRedriven",
+    "DeadLettered",
+    "DeadLetters",
+    "decode_poison",
+]
 from stageline.events.store import EventStore
 
 STREAM = "dead-letters"
-
-
-class DeadLettered(DomainEvent, frozen=True, kw_only=True):
-    """A command no worker could handle, kept with why and how often it was tried."""
-
-    topic = "DeadLettered"
-
-    dead_letter: str
-    actor: str
-    error: str
-    deliveries: int
-    run_id: str | None = None
-    stage: str | None = None
-    command: dict[str, Any] | None = None
-    raw: str | None = None  # base64 of an entry that did not decode
-
-
-class DeadLetterRedriven(DomainEvent, frozen=True, kw_only=True):
-    topic = "DeadLetterRedriven"
-
-    dead_letter: str
-
-
-class DeadLetterDiscarded(DomainEvent, frozen=True, kw_only=True):
-    topic = "DeadLetterDiscarded"
-
-    dead_letter: str
-    reason: str = ""
 
 
 class DeadLetters:
@@ -104,27 +86,44 @@ class DeadLetters:
 
     async def find(self, workspace: str, dead_letter: str) -> DeadLettered:
         """The ``DeadLettered`` entry with this id; ``NotFound`` if there is none."""
-        for event in await self.store.read_stream(workspace, STREAM, backwards=True):
-            if event.type == DeadLettered.topic and event.data.get("dead_letter") == dead_letter:
-                return msgspec.convert(event.data, DeadLettered)
-        raise NotFound(f"no dead letter {dead_letter!r}", dead_letter=dead_letter)
+        entry, _, _ = await self._entry(workspace, dead_letter)
+        return entry
+
+    async def _entry(self, workspace: str, dead_letter: str) -> tuple[DeadLettered, bool, int]:
+        """The entry, whether it is still open, and the stream version it was read at."""
+        events = await self.store.read_stream(workspace, STREAM)
+        entry: DeadLettered | None = None
+        closed = False
+        for event in events:
+            if event.data.get("dead_letter") != dead_letter:
+                continue
+            if event.type == DeadLettered.topic:
+                entry = msgspec.convert(event.data, DeadLettered)
+            elif event.type in (DeadLetterRedriven.topic, DeadLetterDiscarded.topic):
+                closed = True
+        if entry is None:
+            raise NotFound(f"no dead letter {dead_letter!r}", dead_letter=dead_letter)
+        return entry, not closed, events[-1].version if events else -1
 
     async def redrive(
         self, workspace: str, dead_letter: str, *, correlation_id: str | None = None
-    ) -> None:
-        """Put a poison command back on its actor's channel and record that it was."""
-        entry = await self.find(workspace, dead_letter)
+    ) -> int:
+        """Put a poison command back on its actor's channel; returns the log position.
+
+        Published before it is recorded: a crash in between leaves the entry open
+        and a second redrive only repeats a command, which the version checks make
+        harmless. ``Conflict`` if the entry is closed.
+        """
+        entry, is_open, version = await self._entry(workspace, dead_letter)
+        if not is_open:
+            raise Conflict("dead letter is already closed", dead_letter=dead_letter)
         if entry.command is not None:
-            command = msgspec.convert(entry.command, StageCommand)
-            await self.bus.publish([(entry.actor, command)])
+            await self.bus.publish([(entry.actor, msgspec.convert(entry.command, StageCommand))])
         else:
             raw = base64.b64decode(entry.raw or "")
-            await self.bus.client.xadd(keys.stage_channel(entry.actor), {"__data__": raw})
-        await self.store.append(
-            workspace,
-            STREAM,
-            [new_event(DeadLetterRedriven(dead_letter=dead_letter), correlation_id=correlation_id)],
-            ANY,
+            await self.bus.client.xadd(keys.stage_channel(entry.actor), {DATA_FIELD: raw})
+        return await self._close(
+            workspace, DeadLetterRedriven(dead_letter=dead_letter), version, correlation_id
         )
 
     async def discard(
@@ -135,19 +134,40 @@ class DeadLetters:
         reason: str,
         *,
         correlation_id: str | None = None,
-    ) -> None:
-        """Close an entry without redriving it: an event on the entry's stream, not a deletion."""
-        await self.store.append(
-            workspace,
-            stream,
-            [
-                new_event(
-                    DeadLetterDiscarded(dead_letter=dead_letter, reason=reason),
-                    correlation_id=correlation_id,
-                )
-            ],
-            ANY,
-        )
+    ) -> int:
+        """Close an entry without redriving it: an event on the entry's stream, not a deletion.
+
+        ``stream`` is the run's stream for a failed run, else ``dead-letters``;
+        ``Conflict`` if the entry is closed already. Returns the log position.
+        """
+        event = DeadLetterDiscarded(dead_letter=dead_letter, reason=reason)
+        if stream == STREAM:
+            _, is_open, version = await self._entry(workspace, dead_letter)
+        else:
+            state = fold_run(await self.store.read_stream(workspace, stream))
+            is_open, version = state.dead_letter == dead_letter, state.version
+        if not is_open:
+            raise Conflict("dead letter is not open", dead_letter=dead_letter)
+        return await self._close(workspace, event, version, correlation_id, stream=stream)
+
+    async def _close(
+        self,
+        workspace: str,
+        event: DeadLetterRedriven | DeadLetterDiscarded,
+        version: int,
+        correlation_id: str | None,
+        *,
+        stream: str = STREAM,
+    ) -> int:
+        try:
+            result = await self.store.append(
+                workspace, stream, [new_event(event, correlation_id=correlation_id)], version
+            )
+        except ConcurrencyError as exc:
+            raise Conflict(
+                "dead letter changed meanwhile; try again", dead_letter=event.dead_letter
+            ) from exc
+        return result.position
 
 
 def decode_poison(raw: bytes) -> StageCommand | None:

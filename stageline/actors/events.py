@@ -135,3 +135,31 @@ class RunRetried(DomainEvent, frozen=True, kw_only=True):
 RUN_TERMINAL = frozenset(
     {RunCompleted.topic, RunFailed.topic, RunCancelled.topic, RunCompensated.topic}
 )
+
+
+class DeadLettered(DomainEvent, frozen=True, kw_only=True):
+    """A command no worker could handle, kept with why and how often it was tried."""
+
+    topic = "DeadLettered"
+
+    dead_letter: str
+    actor: str
+    error: str
+    deliveries: int
+    run_id: str | None = None
+    stage: str | None = None
+    command: dict[str, Any] | None = None
+    raw: str | None = None  # base64 of an entry that did not decode
+
+
+class DeadLetterRedriven(DomainEvent, frozen=True, kw_only=True):
+    topic = "DeadLetterRedriven"
+
+    dead_letter: str
+
+
+class DeadLetterDiscarded(DomainEvent, frozen=True, kw_only=True):
+    topic = "DeadLetterDiscarded"
+
+    dead_letter: str
+    reason: str = ""

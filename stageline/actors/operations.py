@@ -14,9 +14,10 @@ import msgspec
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
 from stageline.actors.compensation import Compensator, undo_run
-from stageline.actors.deadletters import DeadLetterDiscarded, DeadLetterRedriven
 from stageline.actors.decide import RunState, fold_run
 from stageline.actors.events import (
+    DeadLetterDiscarded,
+    DeadLetterRedriven,
     RunCancelled,
     RunCompensated,
     RunFailed,

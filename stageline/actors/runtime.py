@@ -24,6 +24,7 @@ from stageline.actors import commands
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
 from stageline.actors.compensation import compensate_stage
+from stageline.actors.deadletters import DeadLetters
 from stageline.actors.decide import (
     ABANDON_GRACE_SECONDS,
     Begin,
@@ -90,6 +91,7 @@ class StageRuntime:
         actors: ActorRegistry,
         bus: CommandBus,
         scheduler: Scheduler,
+        dead_letters: DeadLetters,
         *,
         clock: Callable[[], float] = time.time,
         abandon_grace: float = ABANDON_GRACE_SECONDS,
@@ -99,6 +101,7 @@ class StageRuntime:
         self.actors = actors
         self.bus = bus
         self.scheduler = scheduler
+        self.dead_letters = dead_letters
         self.clock = clock
         self.abandon_grace = abandon_grace
 
@@ -130,8 +133,15 @@ class StageRuntime:
                         command.workspace, command.pipeline, command.pipeline_version
                     )
                     spec = pipeline.stage(command.index)
-                except (StagelineError, IndexError) as exc:
-                    await self.bus.dead_letter(actor, commands.encode(command), str(exc))
+                except (StagelineError, IndexError) as exc:  # e.g. a pipeline this worker lacks
+                    await self.dead_letters.add(
+                        command.workspace,
+                        actor,
+                        raw=commands.encode(command),
+                        error=f"cannot run this command: {exc}",
+                        deliveries=1,
+                        command=command,
+                    )
                     continue
                 events = []
                 if begin.abandoned is not None:

@@ -126,6 +126,7 @@ class Worker:
             actors,
             self.bus,
             self.scheduler,
+            self.dead_letters,
             abandon_grace=cfg.abandon_grace_seconds,
         )
         # per-message lines at DEBUG; configure_logging keeps this logger at WARNING

@@ -110,8 +110,9 @@ async def redrive_dead_letter(
         )
         position = retried.position
     else:
-        await stack.dead_letters.redrive(workspace, dead_letter, correlation_id=correlation_id)
-        position = await _written_at(stack, workspace, row["stream"])
+        position = await stack.dead_letters.redrive(
+            workspace, dead_letter, correlation_id=correlation_id
+        )
     return json_response(_closed(row, "redriven", position), 202)
 
 
@@ -135,10 +136,9 @@ async def discard_dead_letter(
     there is no such entry, 409 CONFLICT if it is not open.
     """
     row = await _open_entry(stack, settings, workspace, dead_letter)
-    await stack.dead_letters.discard(
+    position = await stack.dead_letters.discard(
         workspace, row["stream"], dead_letter, reason, correlation_id=correlation_id
     )
-    position = await _written_at(stack, workspace, row["stream"])
     return json_response(_closed(row, "discarded", position))
 
 
@@ -162,12 +162,6 @@ async def _open_entry(
             status=row["status"],
         )
     return row
-
-
-async def _written_at(stack: Stack, workspace: str, stream: str) -> int:
-    """A log position at or after the write just made to ``stream``: a safe `min_position`."""
-    newest = await stack.store.read_stream(workspace, stream, backwards=True, limit=1)
-    return newest[0].position
 
 
 def _closed(row: dict[str, Any], status: str, position: int) -> dict[str, Any]:

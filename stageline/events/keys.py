@@ -62,9 +62,5 @@ def stage_group(actor: str) -> str:
     return f"{PREFIX}:actor:{actor}"
 
 
-def dead_letters(actor: str) -> str:
-    return f"{PREFIX}:dlq:{actor}"
-
-
 def run_stream(run_id: str) -> str:
     return f"run-{run_id}"

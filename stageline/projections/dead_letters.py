@@ -13,7 +13,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from stageline.actors.deadletters import DeadLetterDiscarded, DeadLettered, DeadLetterRedriven
+from stageline.actors.events import DeadLetterDiscarded, DeadLettered, DeadLetterRedriven
 from stageline.events import RecordedEvent
 from stageline.projections.changes import Batch
 

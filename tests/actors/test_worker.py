@@ -23,6 +23,7 @@ from stageline.actors.pipeline import MEMORY_INGEST, Pipeline, PipelineCatalog, 
 from stageline.actors.stage import ActorRegistry, StageContext, StageResult
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
+from stageline.errors import Conflict
 from stageline.events import keys
 from stageline.events.envelope import new_event
 from stageline.events.redis_store import RedisEventStore
@@ -244,6 +245,34 @@ async def test_unreadable_entry_is_dead_lettered_in_the_default_workspace(
     assert (entry["actor"], entry["deliveries"], entry["command"]) == ("classify", 1, None)
     assert "undecodable" in entry["error"]
     assert base64.b64decode(entry["raw"]) == raw
+
+
+async def test_command_for_a_pipeline_the_worker_lacks_is_dead_lettered_then_guarded(
+    worker: Worker, broker: aioredis.Redis, redis_store: RedisEventStore, workspace: str
+) -> None:
+    stray = StageCommand(
+        workspace=workspace,
+        run_id="r-x",
+        pipeline="unknown",
+        pipeline_version=1,
+        index=0,
+        version=0,
+        item={},
+    )
+    await CommandBus(broker).publish([("normalize", stray)])
+    await idle(broker, "normalize")
+    [entry] = await redis_store.read_stream(workspace, STREAM)
+    assert entry.type == "DeadLettered"
+    assert entry.data["command"]["pipeline"] == "unknown" and "no pipeline" in entry.data["error"]
+    letters = worker.dead_letters
+    dead_letter = entry.data["dead_letter"]
+    position = await letters.discard(workspace, STREAM, dead_letter, "not ours")
+    assert position == await redis_store.head(workspace)
+    with pytest.raises(Conflict):
+        await letters.redrive(workspace, dead_letter)
+    with pytest.raises(Conflict):
+        await letters.discard(workspace, STREAM, dead_letter, "again")
+    assert await redis_store.stream_version(workspace, STREAM) == 1
 
 
 async def test_two_workers_share_the_groups_without_double_transitions(

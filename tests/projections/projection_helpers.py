@@ -12,8 +12,10 @@ from typing import Any
 import msgspec
 
 from stageline.actors.builtin.memory import EntityMentioned, EntityMentionRetracted
-from stageline.actors.deadletters import DeadLetterDiscarded, DeadLettered, DeadLetterRedriven
 from stageline.actors.events import (
+    DeadLetterDiscarded,
+    DeadLettered,
+    DeadLetterRedriven,
     RunCancelled,
     RunCompensated,
     RunCompleted,

@@ -9,8 +9,7 @@ import pytest
 from projection_helpers import Clock, as_recorded, raw
 
 from stageline.actors.builtin.memory import EntityMentioned
-from stageline.actors.deadletters import DeadLetterRedriven
-from stageline.actors.events import RunSubmitted, StageFailed, StageStarted
+from stageline.actors.events import DeadLetterRedriven, RunSubmitted, StageFailed, StageStarted
 from stageline.events import new_event
 from stageline.projections import batch, changes, dead_letters, entities, fold, run_status
 

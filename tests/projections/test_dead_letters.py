@@ -7,8 +7,7 @@ from datetime import timedelta
 from projection_helpers import T0, Clock, as_recorded, lifecycle, of_run, poison
 from reference_view import apply, empty
 
-from stageline.actors.deadletters import DeadLetterDiscarded
-from stageline.actors.events import RunFailed
+from stageline.actors.events import DeadLetterDiscarded, RunFailed
 from stageline.events import new_event
 from stageline.projections import fold
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
