@@ -74,7 +74,7 @@ class Projector:
         *,
         batch_size: int = 1000,
         block_ms: int = 200,
-        rescan_s: float = 1.0,
+        rescan_s: float = 0.1,
     ) -> None:
         self.store = store
         self.views = views
