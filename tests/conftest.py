@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from stageline.embedded import EmbeddedServer
-from stageline.logs import configure_logging
 from stageline.events.redis_store import RedisEventStore
+from stageline.logs import configure_logging
 
 
 @pytest.fixture(scope="session", autouse=True)
