@@ -20,7 +20,7 @@ from stageline.actors.channels import DATA_FIELD, CommandBus
 from stageline.actors.commands import StageCommand
 from stageline.actors.decide import fold_run
 from stageline.actors.events import DeadLetterDiscarded, DeadLettered, DeadLetterRedriven
-from stageline.errors import ConcurrencyError, Conflict, NotFound
+from stageline.errors import Conflict, NotFound
 from stageline.events import keys
 from stageline.events.envelope import ANY, new_event
 
@@ -35,6 +35,7 @@ __all__ = [
 from stageline.events.store import EventStore
 
 STREAM = "dead-letters"
+_CLOSE = uuid.UUID("0b7e2f4c-5d1a-4c3e-9f60-2a8d7c1b4e95")
 
 
 class DeadLetters:
@@ -86,11 +87,11 @@ class DeadLetters:
 
     async def find(self, workspace: str, dead_letter: str) -> DeadLettered:
         """The ``DeadLettered`` entry with this id; ``NotFound`` if there is none."""
-        entry, _, _ = await self._entry(workspace, dead_letter)
+        entry, _ = await self._entry(workspace, dead_letter)
         return entry
 
-    async def _entry(self, workspace: str, dead_letter: str) -> tuple[DeadLettered, bool, int]:
-        """The entry, whether it is still open, and the stream version it was read at."""
+    async def _entry(self, workspace: str, dead_letter: str) -> tuple[DeadLettered, bool]:
+        """The entry, and whether it is still open."""
         events = await self.store.read_stream(workspace, STREAM)
         entry: DeadLettered | None = None
         closed = False
@@ -103,7 +104,7 @@ class DeadLetters:
                 closed = True
         if entry is None:
             raise NotFound(f"no dead letter {dead_letter!r}", dead_letter=dead_letter)
-        return entry, not closed, events[-1].version if events else -1
+        return entry, not closed
 
     async def redrive(
         self, workspace: str, dead_letter: str, *, correlation_id: str | None = None
@@ -114,7 +115,7 @@ class DeadLetters:
         and a second redrive only repeats a command, which the version checks make
         harmless. ``Conflict`` if the entry is closed.
         """
-        entry, is_open, version = await self._entry(workspace, dead_letter)
+        entry, is_open = await self._entry(workspace, dead_letter)
         if not is_open:
             raise Conflict("dead letter is already closed", dead_letter=dead_letter)
         if entry.command is not None:
@@ -123,7 +124,7 @@ class DeadLetters:
             raw = base64.b64decode(entry.raw or "")
             await self.bus.client.xadd(keys.stage_channel(entry.actor), {DATA_FIELD: raw})
         return await self._close(
-            workspace, DeadLetterRedriven(dead_letter=dead_letter), version, correlation_id
+            workspace, DeadLetterRedriven(dead_letter=dead_letter), correlation_id
         )
 
     async def discard(
@@ -142,32 +143,38 @@ class DeadLetters:
         """
         event = DeadLetterDiscarded(dead_letter=dead_letter, reason=reason)
         if stream == STREAM:
-            _, is_open, version = await self._entry(workspace, dead_letter)
+            _, is_open = await self._entry(workspace, dead_letter)
         else:
             state = fold_run(await self.store.read_stream(workspace, stream))
-            is_open, version = state.dead_letter == dead_letter, state.version
+            is_open = state.dead_letter == dead_letter
         if not is_open:
             raise Conflict("dead letter is not open", dead_letter=dead_letter)
-        return await self._close(workspace, event, version, correlation_id, stream=stream)
+        return await self._close(workspace, event, correlation_id, stream=stream)
 
     async def _close(
         self,
         workspace: str,
         event: DeadLetterRedriven | DeadLetterDiscarded,
-        version: int,
         correlation_id: str | None,
         *,
         stream: str = STREAM,
     ) -> int:
-        try:
-            result = await self.store.append(
-                workspace, stream, [new_event(event, correlation_id=correlation_id)], version
-            )
-        except ConcurrencyError as exc:
-            raise Conflict(
-                "dead letter changed meanwhile; try again", dead_letter=event.dead_letter
-            ) from exc
+        # one close per entry, whoever gets there first: the store drops a second
+        # event with the same id, so other writers on the stream never clash with us
+        result = await self.store.append(
+            workspace,
+            stream,
+            [new_event(event, event_id=close_id(event.dead_letter), correlation_id=correlation_id)],
+            ANY,
+        )
+        if result.deduplicated:
+            raise Conflict("dead letter is already closed", dead_letter=event.dead_letter)
         return result.position
+
+
+def close_id(dead_letter: str) -> uuid.UUID:
+    """The event id of the one event that may ever close ``dead_letter``."""
+    return uuid.uuid5(_CLOSE, dead_letter)
 
 
 def decode_poison(raw: bytes) -> StageCommand | None:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 
 from stageline.api.errors import correlation_of
+from stageline.api.limits import MAX_POSITION
 from stageline.errors import InvalidArgument, Unavailable
 from stageline.events.keys import check_stream, check_workspace, run_stream
 from stageline.projections.falkordb_views import FalkorDBViews
@@ -78,6 +79,7 @@ MinPosition = Annotated[
     int | None,
     Query(
         ge=0,
+        le=MAX_POSITION,
         description="Read-your-writes: first wait until the view has applied this log "
         "position (e.g. the `position` a submit returned); 503 if it does not in time.",
     ),

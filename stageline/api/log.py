@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from starlette.responses import Response
 
 from stageline.api.deps import StackDep, Workspace
+from stageline.api.limits import MAX_POSITION
 from stageline.api.responses import json_response
 from stageline.api.schemas import LogPage, error_responses
 
@@ -23,7 +24,9 @@ router = APIRouter(prefix="/v1/log", tags=["log"])
 async def read_log(
     stack: StackDep,
     workspace: Workspace,
-    after: Annotated[int, Query(ge=0, description="Return events with a position above this.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_POSITION, description="Return events with a position above this.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most events to return.")] = 100,
 ) -> Response:
     """Events of every stream of the workspace with position > `after`, oldest first.

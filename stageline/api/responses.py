@@ -9,6 +9,7 @@ import msgspec
 from fastapi import Query
 from starlette.responses import Response
 
+from stageline.api.limits import MAX_POSITION
 from stageline.errors import NotFound
 from stageline.events.store import EventStore
 
@@ -16,7 +17,11 @@ __all__ = ["Backwards", "FromVersion", "PageLimit", "json_response", "stream_pag
 
 FromVersion = Annotated[
     int | None,
-    Query(ge=0, description="First version to read (default: the start, or the end if backwards)."),
+    Query(
+        ge=0,
+        le=MAX_POSITION,
+        description="First version to read (default: the start, or the end if backwards).",
+    ),
 ]
 PageLimit = Annotated[int, Query(ge=1, le=1000, description="Most events to return.")]
 Backwards = Annotated[bool, Query(description="Read from newest to oldest.")]

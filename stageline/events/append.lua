@@ -48,5 +48,14 @@ if fresh > 0 then
 end
 out[2] = n - 1
 out[3] = ms
-if fresh == 0 then out[1] = 2 end
+if fresh == 0 then
+  -- a retry of an append that landed: answer with where its events are, not the head,
+  -- so a caller that appends on from this version cannot skip a writer in between
+  out[1] = 2
+  local last = -1
+  for i = 4, #out, 2 do
+    if out[i] > last then last = out[i] end
+  end
+  out[2] = last
+end
 return out

@@ -56,7 +56,7 @@ def encode(event: NewEvent) -> bytes:
                 data,
             )
         )
-    except (TypeError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # ValueError: e.g. lone surrogates
         raise InvalidEvent(f"event cannot be encoded: {exc}", type=event.type) from exc
 
 

@@ -88,7 +88,8 @@ class MemoryEventStore:
         ws.streams[stream] = positions
         return AppendResult(
             stream=stream,
-            version=len(positions) - 1,
+            # a full retry answers with where its events are, as the Redis store does
+            version=len(positions) - 1 if fresh else max(versions),
             versions=versions,
             positions=out_positions,
             deduplicated=not fresh,

@@ -9,7 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from stageline.errors import ConcurrencyError, InvalidArgument
 from stageline.events import codec, keys
@@ -136,29 +136,48 @@ class RedisEventStore:
         self, requests: Sequence[AppendRequest]
     ) -> list[AppendResult | Exception]:
         out: list[AppendResult | Exception] = [None] * len(requests)  # type: ignore[list-item]
-        calls: list[int] = []
-        pipe = self.client.pipeline(transaction=False)
+        calls: list[tuple[int, list[str], list[Any]]] = []
         for i, request in enumerate(requests):
             try:
                 script_keys, args = self._args(request)
             except InvalidArgument as exc:
                 out[i] = exc
                 continue
-            # queues EVALSHA on the pipeline (the script is loaded on execute)
-            await self._append(keys=script_keys, args=args, client=pipe)
-            calls.append(i)
-        if calls:
-            await self._remember({requests[i].workspace for i in calls})
-            replies = await pipe.execute(raise_on_error=False)
-            for i, reply in zip(calls, replies, strict=True):
-                if isinstance(reply, Exception):
-                    out[i] = reply
-                    continue
-                try:
-                    out[i] = self._result(requests[i], reply)
-                except ConcurrencyError as exc:
-                    out[i] = exc
+            calls.append((i, script_keys, args))
+        if not calls:
+            return out
+        await self._remember({requests[i].workspace for i, _, _ in calls})
+        replies = await self._evalsha_many(calls)
+        for (i, _, _), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, Exception):
+                out[i] = reply
+                continue
+            try:
+                out[i] = self._result(requests[i], reply)
+            except ConcurrencyError as exc:
+                out[i] = exc
         return out
+
+    async def _evalsha_many(self, calls: list[tuple[int, list[str], list[Any]]]) -> list[Any]:
+        """Run the append script once per call, pipelined, in one round trip.
+
+        EVALSHA straight away: redis-py's pipelined scripts ask SCRIPT EXISTS
+        first, a second round trip on every batch. A server that lost its script
+        cache (any restart) answers NOSCRIPT without running anything, so those
+        calls are simply sent again after loading the script.
+        """
+        sha = self._append.sha
+        pipe = self.client.pipeline(transaction=False)
+        for _, script_keys, args in calls:
+            pipe.evalsha(sha, len(script_keys), *script_keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [n for n, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            await self.client.script_load(self._append.script)
+            again = await self._evalsha_many([calls[n] for n in missing])
+            for n, reply in zip(missing, again, strict=True):
+                replies[n] = reply
+        return replies
 
     # -- reads ------------------------------------------------------------------
 

@@ -1,0 +1,121 @@
+"""Runs left without a command in flight are re-driven, and nudging a healthy run is harmless."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from actor_helpers import idle, transitions, wait_terminal
+
+from stageline.actors.builtin import default_actors
+from stageline.actors.channels import CommandBus
+from stageline.actors.decide import RunState, fold_run
+from stageline.actors.events import RunSubmitted
+from stageline.actors.pipeline import MEMORY_INGEST, Pipeline, PipelineCatalog
+from stageline.actors.reconcile import Reconciler, nudge
+from stageline.actors.worker import Worker, WorkerConfig
+from stageline.events import keys
+from stageline.events.envelope import NO_STREAM, new_event
+from stageline.events.redis_store import RedisEventStore
+
+
+def submitted_state(version: int = 0) -> RunState:
+    state = RunState(
+        version=version, pipeline="memory-ingest", stage_names=MEMORY_INGEST.stage_names
+    )
+    state.item = {"text": "x"}
+    return state
+
+
+def test_nudge_targets_the_current_stage_at_a_stale_version() -> None:
+    command = nudge("w", "r1", submitted_state(version=3), MEMORY_INGEST)
+    assert command is not None
+    assert (command.index, command.version, command.attempt) == (0, 2, 1)
+
+
+def test_finished_runs_are_not_nudged() -> None:
+    state = submitted_state()
+    state.terminal = "RunCompleted"
+    assert nudge("w", "r1", state, MEMORY_INGEST) is None
+
+
+async def pipeline_of(workspace: str, state: RunState) -> Pipeline | None:
+    return PipelineCatalog().get(workspace, state.pipeline or "", state.pipeline_version)
+
+
+@pytest.fixture
+async def bus(redis_url: str) -> AsyncIterator[CommandBus]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    yield CommandBus(client)
+    await client.aclose()
+
+
+@pytest.fixture
+async def worker(redis_store: RedisEventStore, redis_url: str) -> AsyncIterator[Worker]:
+    w = Worker(
+        redis_store,
+        redis_url,
+        PipelineCatalog(),
+        default_actors(),
+        WorkerConfig(poll_ms=20, consumer="w-rec"),
+    )
+    await w.start()
+    yield w
+    await w.stop()
+
+
+async def test_a_run_whose_first_command_was_lost_is_re_driven_to_completion(
+    worker: Worker, bus: CommandBus, redis_store: RedisEventStore, workspace: str
+) -> None:
+    run_id = str(uuid.uuid4())
+    # the submit appended RunSubmitted, then died before publishing the first command
+    event = new_event(
+        RunSubmitted(
+            pipeline="memory-ingest",
+            pipeline_version=1,
+            stages=MEMORY_INGEST.stage_names,
+            input={"text": "Bob in Paris"},
+        )
+    )
+    await redis_store.append(workspace, keys.run_stream(run_id), [event], NO_STREAM)
+
+    async def stale(ws: str, idle_since_ms: int, limit: int) -> list[str]:
+        return [run_id]
+
+    reconciler = Reconciler(redis_store, bus, stale, pipeline_of, idle_seconds=0)
+    assert await reconciler.pass_once(workspace) == 1
+    assert await wait_terminal(redis_store, workspace, [run_id]) == {run_id: "RunCompleted"}
+    assert set((await transitions(redis_store, workspace, run_id)).values()) == {1}
+
+    # nudging a finished run does nothing; nudging one mid-flight records nothing twice
+    assert await reconciler.pass_once(workspace) == 0
+    state = fold_run(await redis_store.read_stream(workspace, keys.run_stream(run_id)))
+    assert state.terminal == "RunCompleted"
+
+
+async def test_nudging_a_healthy_run_records_nothing_twice(
+    worker: Worker, bus: CommandBus, redis_store: RedisEventStore, workspace: str
+) -> None:
+    run_id = str(uuid.uuid4())
+    event = new_event(
+        RunSubmitted(
+            pipeline="memory-ingest",
+            pipeline_version=1,
+            stages=MEMORY_INGEST.stage_names,
+            input={"text": "Alice"},
+        )
+    )
+    await redis_store.append(workspace, keys.run_stream(run_id), [event], NO_STREAM)
+
+    async def stale(ws: str, idle_since_ms: int, limit: int) -> list[str]:
+        return [run_id]
+
+    reconciler = Reconciler(redis_store, bus, stale, pipeline_of, idle_seconds=0)
+    for _ in range(5):  # a burst of nudges racing the run itself
+        await reconciler.pass_once(workspace)
+    await wait_terminal(redis_store, workspace, [run_id])
+    for actor in ("normalize", "classify", "extract", "summarize"):
+        await idle(bus.client, actor)
+    assert set((await transitions(redis_store, workspace, run_id)).values()) == {1}

@@ -1,0 +1,52 @@
+"""Numbers and text no store can hold are a 400 with nothing appended, never a 500."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from stageline.stack import Stack
+
+HUGE = str(2**64)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params"),
+    [
+        ("GET", "/v1/log", {"after": HUGE}),
+        ("GET", "/v1/runs", {"min_position": HUGE}),
+        ("GET", "/v1/streams/s1/events", {"from_version": HUGE}),
+    ],
+)
+async def test_positions_past_any_log_are_400(
+    client: httpx.AsyncClient, method: str, path: str, params: dict[str, str]
+) -> None:
+    reply = await client.request(method, path, params=params)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["code"] == "INVALID_ARGUMENT"
+
+
+# a lone surrogate is valid JSON ("\ud800") but no UTF-8 encoder accepts it
+SURROGATE = '"\\ud800"'
+
+
+async def test_unencodable_text_in_events_is_400_and_appends_nothing(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    body = '{"events": [{"type": "Noted", "data": {"t": ' + SURROGATE + "}}]}"
+    reply = await client.post(
+        "/v1/streams/s1/events", content=body, headers={"content-type": "application/json"}
+    )
+    assert reply.status_code == 400, reply.text
+    assert await stack.store.head(workspace) == 0
+
+
+async def test_unencodable_run_input_is_400_and_appends_nothing(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    body = '{"pipeline": "memory-ingest", "input": {"text": ' + SURROGATE + "}}"
+    reply = await client.post(
+        "/v1/runs", content=body, headers={"content-type": "application/json"}
+    )
+    assert reply.status_code == 400, reply.text
+    assert await stack.store.head(workspace) == 0

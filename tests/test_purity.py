@@ -1,0 +1,32 @@
+"""Pure logic (events, folds, stage decisions, retry maths) imports no I/O library."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+PURE = [
+    "stageline.events.envelope",
+    "stageline.events.codec",
+    "stageline.actors.events",
+    "stageline.actors.decide",
+    "stageline.actors.retry",
+    "stageline.actors.compensation",
+    "stageline.actors.builtin",
+    "stageline.projections.batch",
+    "stageline.projections.run_status",
+]
+IO = ("redis", "falkordb", "faststream", "fastapi", "uvicorn", "httpx", "hiredis")
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_module_loads_no_io_library(module: str) -> None:
+    # a fresh interpreter: this test process has every library loaded already
+    code = f"import sys, {module}; print(sorted({{m.split('.')[0] for m in sys.modules}}))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    leaked = [name for name in IO if f"'{name}'" in loaded]
+    assert leaked == [], f"{module} pulls in {leaked}"
