@@ -20,6 +20,7 @@ from stageline.cli_http import (
     print_json,
     print_table,
 )
+from stageline.cli_pipelines import app as pipelines_app
 from stageline.errors import StagelineError
 from stageline.logs import configure_logging
 from stageline.settings import Settings
@@ -29,6 +30,7 @@ projections_app = typer.Typer(no_args_is_help=True, help="Projection status and 
 app.add_typer(projections_app, name="projections")
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: list, redrive, discard.")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(pipelines_app, name="pipelines")
 
 RunId = Annotated[str, typer.Argument(help="The run's id.")]
 DeadLetterId = Annotated[str, typer.Argument(help="The dead letter's id.")]

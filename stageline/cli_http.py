@@ -15,11 +15,13 @@ __all__ = [
     "DEFAULT_API",
     "ApiUrl",
     "Workspace",
+    "answer",
     "api_answers",
     "call",
     "console",
     "print_json",
     "print_table",
+    "send",
 ]
 
 DEFAULT_API = "http://127.0.0.1:8000"
@@ -34,16 +36,26 @@ Workspace = Annotated[
 console = Console()
 
 
-def call(method: str, url: str, path: str, workspace: str | None, **kwargs: Any) -> Any:
-    """The JSON answer of one API request; exits 2 if the API is unreachable, 1 on an error."""
+def send(method: str, url: str, path: str, workspace: str | None, **kwargs: Any) -> httpx.Response:
+    """One API request, whatever its answer; exits 2 if the API is unreachable."""
     headers = {"X-Workspace": workspace} if workspace else {}
+    headers.update(kwargs.pop("headers", None) or {})
     try:
-        reply = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=70, **kwargs)
+        return httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=70, **kwargs)
     except httpx.HTTPError as exc:
         console.print(
             f"[red]cannot reach the API at {url}[/red] ({exc}); is `stageline up` running?"
         )
         raise typer.Exit(2) from exc
+
+
+def call(method: str, url: str, path: str, workspace: str | None, **kwargs: Any) -> Any:
+    """The JSON answer of one API request; exits 2 if the API is unreachable, 1 on an error."""
+    return answer(send(method, url, path, workspace, **kwargs))
+
+
+def answer(reply: httpx.Response) -> Any:
+    """The JSON of a successful answer; prints the error and exits 1 otherwise."""
     if reply.status_code >= 400:
         console.print(f"[red]{reply.status_code} {_error_text(reply)}[/red]", highlight=False)
         raise typer.Exit(1)

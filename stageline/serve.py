@@ -68,6 +68,7 @@ async def serve(
                 return
         if projector:
             tasks.append(asyncio.create_task(stack.projector().run(stop), name="projector"))
+            tasks.append(asyncio.create_task(stack.reconciler().run(stop), name="reconciler"))
         api_url = None
         if api is not None:
             from stageline.api.app import create_app

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         description="Caps every stage's timeout in this worker (and so how long a lost "
         "attempt waits before it is retried). Unset: each stage's own timeout.",
     )
+    reconcile_after_seconds: float = Field(
+        default=60.0,
+        ge=1,
+        description="An unfinished run with no new event for this long is nudged by the "
+        "projector process, so a command lost in a crash never leaves a run waiting forever.",
+    )
     projection_batch: int = Field(
         default=1000, ge=1, le=20_000, description="Events per projector write."
     )

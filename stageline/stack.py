@@ -16,12 +16,16 @@ import structlog
 from stageline.actors.builtin import default_actors
 from stageline.actors.channels import CommandBus
 from stageline.actors.deadletters import DeadLetters
+from stageline.actors.decide import RunState
 from stageline.actors.operations import RunOperations
-from stageline.actors.pipeline import PipelineCatalog
+from stageline.actors.pipeline import Pipeline, PipelineCatalog
+from stageline.actors.pipelines_store import PipelineConfigs
+from stageline.actors.reconcile import Reconciler
 from stageline.actors.stage import ActorRegistry
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.embedded import EmbeddedServer
+from stageline.errors import NotFound
 from stageline.events.redis_store import RedisEventStore, connect
 from stageline.projections.falkordb_views import FalkorDBViews
 from stageline.projections.projector import Projector
@@ -41,6 +45,7 @@ class Stack:
     views: FalkorDBViews
     broker_client: aioredis.Redis
     catalog: PipelineCatalog
+    pipelines: PipelineConfigs
     actors: ActorRegistry
     bus: CommandBus
     submitter: Submitter
@@ -62,8 +67,10 @@ class Stack:
         broker_url = settings.broker_url or store_url
         store = RedisEventStore.from_url(store_url)
         broker_client = connect(broker_url)
-        catalog = PipelineCatalog()
         actors = default_actors()
+        catalog = PipelineCatalog()
+        pipelines = PipelineConfigs(store, actors.names, [p.name for p in catalog.builtins()])
+        catalog.source = pipelines  # workspace configs: loaded from their streams, then cached
         bus = CommandBus(broker_client)
         return cls(
             settings=settings,
@@ -73,6 +80,7 @@ class Stack:
             views=FalkorDBViews.from_url(store_url),
             broker_client=broker_client,
             catalog=catalog,
+            pipelines=pipelines,
             actors=actors,
             bus=bus,
             submitter=Submitter(store, catalog, bus),
@@ -100,6 +108,25 @@ class Stack:
 
     def projector(self) -> Projector:
         return Projector(self.store, self.views, batch_size=self.settings.projection_batch)
+
+    def reconciler(self) -> Reconciler:
+        """Nudges runs left without a command; runs beside the projector (it needs the view)."""
+
+        async def pipeline_of(workspace: str, state: RunState) -> Pipeline | None:
+            if state.pipeline is None:
+                return None
+            try:
+                return await self.catalog.resolve(workspace, state.pipeline, state.pipeline_version)
+            except NotFound:
+                return None
+
+        return Reconciler(
+            self.store,
+            self.bus,
+            self.views.stale_runs,
+            pipeline_of,
+            idle_seconds=self.settings.reconcile_after_seconds,
+        )
 
     async def close(self) -> None:
         await self.views.close()

@@ -27,6 +27,9 @@ from stageline.events.envelope import RecordedEvent
 ABANDON_GRACE_SECONDS = 5.0
 """An unfinished attempt is presumed lost this long after its timeout has passed."""
 
+ABANDONED_ERROR = "AttemptAbandoned"
+"""``StageFailed.error_type`` of an attempt whose worker was lost."""
+
 DEAD_LETTER_CLOSED = frozenset({"DeadLetterRedriven", "DeadLetterDiscarded"})
 
 
@@ -34,6 +37,8 @@ DEAD_LETTER_CLOSED = frozenset({"DeadLetterRedriven", "DeadLetterDiscarded"})
 class StageProgress:
     attempt: int = 0
     started_at: float = 0.0
+    started_id: str | None = None
+    abandoned: int = 0
     in_flight: bool = False
     completed: bool = False
     retry_at: float | None = None
@@ -85,6 +90,7 @@ def fold_run(events: Iterable[RecordedEvent]) -> RunState:
             p = state.progress(d["index"])
             p.attempt = max(p.attempt, d.get("attempt", 1))
             p.started_at = e.recorded_at.timestamp()
+            p.started_id = str(e.event_id)
             p.in_flight, p.retry_at, p.gave_up = True, None, False
             attempt_of[str(e.event_id)] = d["index"]
         elif t == StageCompleted.topic:
@@ -95,6 +101,8 @@ def fold_run(events: Iterable[RecordedEvent]) -> RunState:
         elif t == StageFailed.topic:
             p = state.progress(d["index"])
             p.in_flight = False
+            if d.get("error_type") == ABANDONED_ERROR:
+                p.abandoned += 1
             if d.get("will_retry"):
                 at = d.get("retry_at")
                 p.retry_at = at.timestamp() if at is not None else 0.0
@@ -150,6 +158,19 @@ class Begin:
 
 
 @dataclass(frozen=True)
+class GiveUp:
+    """Too many attempts of this stage were lost with their workers: give up at ``version``.
+
+    Without this a command that kills every worker that runs it would be
+    abandoned and started again forever.
+    """
+
+    version: int
+    attempt: int
+    started_id: str | None
+
+
+@dataclass(frozen=True)
 class Defer:
     """An attempt may still be running, or a retry is not due: look again at ``until``."""
 
@@ -181,8 +202,14 @@ def decide_start(
     now: float,
     timeout: float,
     grace: float = ABANDON_GRACE_SECONDS,
-) -> Drop | Forward | Begin | Defer:
-    """Decide a command whose start append clashed with the run's actual version."""
+    max_abandoned: int | None = None,
+) -> Drop | Forward | Begin | Defer | GiveUp:
+    """Decide a command whose start append clashed with the run's actual version.
+
+    A lost attempt is the worker's failure, not the stage's, so it does not use up
+    the stage's retries; but after ``max_abandoned`` lost attempts the stage gives
+    up (a command that kills every worker running it must not loop forever).
+    """
     if state.version < 0:
         return Drop("no such run")
     if state.terminal:
@@ -198,6 +225,8 @@ def decide_start(
         deadline = p.started_at + timeout + grace
         if now < deadline:
             return Defer(deadline)
+        if max_abandoned is not None and p.abandoned + 1 >= max_abandoned:
+            return GiveUp(state.version, p.attempt, p.started_id)
         return Begin(state.version, p.attempt + 1, abandoned=p.attempt)
     if p.retry_at is not None:
         if attempt > p.attempt or now >= p.retry_at:

@@ -167,6 +167,8 @@ class RunOperations:
         state = fold_run(await self.store.read_stream(workspace, keys.run_stream(run_id)))
         if state.version < 0 or state.pipeline is None:
             raise NotFound(f"no run {run_id!r}", run_id=run_id)
+        # the version the run started with, even if its config was changed or deleted since
+        await self.catalog.prefetch([(workspace, state.pipeline, state.pipeline_version)])
         return state
 
     def _pipeline(self, workspace: str, state: RunState) -> Pipeline:

@@ -27,11 +27,13 @@ from stageline.actors.compensation import compensate_stage
 from stageline.actors.deadletters import DeadLetters
 from stageline.actors.decide import (
     ABANDON_GRACE_SECONDS,
+    ABANDONED_ERROR,
     Begin,
     Defer,
     Drop,
     Finish,
     Forward,
+    GiveUp,
     RunState,
     decide_finish,
     decide_start,
@@ -49,7 +51,7 @@ from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
 from stageline.actors.retry import next_delay
 from stageline.actors.schedule import Scheduler
 from stageline.actors.stage import ActorRegistry, StageContext, StageError, StageResult
-from stageline.errors import ConcurrencyError, StagelineError
+from stageline.errors import ConcurrencyError, InvalidArgument, StagelineError
 from stageline.events import keys
 from stageline.events.envelope import DomainEvent, NewEvent, RecordedEvent, new_event
 from stageline.events.store import AppendRequest, EventStore
@@ -95,6 +97,7 @@ class StageRuntime:
         *,
         clock: Callable[[], float] = time.time,
         abandon_grace: float = ABANDON_GRACE_SECONDS,
+        max_abandoned: int | None = 5,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -104,6 +107,7 @@ class StageRuntime:
         self.dead_letters = dead_letters
         self.clock = clock
         self.abandon_grace = abandon_grace
+        self.max_abandoned = max_abandoned
 
     async def handle(self, actor: str, batch: Sequence[StageCommand]) -> None:
         """Process a batch; raises only on infrastructure failure (the batch stays pending)."""
@@ -121,6 +125,8 @@ class StageRuntime:
         self, actor: str, batch: Sequence[StageCommand], out: _Batch
     ) -> list[_Attempt]:
         todo: list[tuple[StageCommand, Begin]] = [(c, Begin(c.version, c.attempt)) for c in batch]
+        # workspace configs this process has not seen yet: loaded once, then dict lookups
+        await self.catalog.prefetch((c.workspace, c.pipeline, c.pipeline_version) for c in batch)
         attempts: list[_Attempt] = []
         for _ in range(_MAX_ROUNDS):
             if not todo:
@@ -149,8 +155,8 @@ class StageRuntime:
                         stage=spec.name,
                         index=command.index,
                         attempt=begin.abandoned,
-                        error_type="AttemptAbandoned",
-                        error="no result within the stage timeout; worker presumed lost",
+                        error_type=ABANDONED_ERROR,
+                        error=ABANDONED,
                         will_retry=True,
                     )
                     events.append(self._event(failed, command))
@@ -195,20 +201,41 @@ class StageRuntime:
                     now=self.clock(),
                     timeout=spec.timeout_seconds,
                     grace=self.abandon_grace,
+                    max_abandoned=self.max_abandoned,
                 )
                 if isinstance(decision, Begin):
                     todo.append((command, decision))
+                elif isinstance(decision, GiveUp):
+                    # not run: its result is the lost attempt's failure, the stage's last
+                    attempts.append(
+                        _Attempt(
+                            command,
+                            pipeline,
+                            spec,
+                            decision.attempt,
+                            decision.version,
+                            decision.started_id or "",
+                            outcome=AttemptAbandoned(ABANDONED),
+                        )
+                    )
                 elif isinstance(decision, Defer):
                     out.deferred.append(
                         (decision.until, keys.stage_channel(actor), commands.encode(command))
                     )
                 else:
                     self._settle(command, pipeline, decision, out)
+        for command, _ in todo:  # the run kept moving under us: look again shortly
+            log.info("stage.start_unsettled", **_context(command))
+            out.deferred.append(
+                (self.clock() + 1.0, keys.stage_channel(actor), commands.encode(command))
+            )
         return attempts
 
     # -- run --------------------------------------------------------------------
 
     async def _run(self, a: _Attempt) -> None:
+        if a.outcome is not None:  # decided without running (a lost last attempt)
+            return
         c = a.command
         ctx = StageContext(
             c.workspace, c.run_id, a.spec.name, a.attempt, a.spec.params, c.correlation_id
@@ -231,8 +258,8 @@ class StageRuntime:
             if isinstance(a.outcome, StageResult):
                 self._plan_success(a, a.outcome)
                 continue
-            permanent = isinstance(a.outcome, StageError) and a.outcome.permanent
-            delay = next_delay(a.attempt, permanent, a.spec.retry)
+            given_up = isinstance(a.outcome, AttemptAbandoned)  # decided, not retried
+            delay = None if given_up else next_delay(a.attempt, _permanent(a.outcome), a.spec.retry)
             if delay is None:
                 exhausted.append(a)
             else:
@@ -330,7 +357,7 @@ class StageRuntime:
                 retry_at=datetime.fromtimestamp(a.retry_at, UTC)
                 if will_retry and a.retry_at
                 else None,
-                permanent=isinstance(a.outcome, StageError) and a.outcome.permanent,
+                permanent=_permanent(a.outcome),
             ),
             a.command,
             a.started_id,
@@ -358,21 +385,30 @@ class StageRuntime:
                 ]
             )
             clashed: list[_Attempt] = []
-            for (a, _), result in zip(todo, results, strict=True):
+            unstorable: list[tuple[_Attempt, int]] = []
+            for (a, version), result in zip(todo, results, strict=True):
                 if isinstance(result, ConcurrencyError):
                     clashed.append(a)
+                elif isinstance(result, InvalidArgument):
+                    # the stage's output or events cannot be stored: this attempt fails
+                    # for good, the rest of the batch goes on
+                    a.outcome, a.hand_on, a.retry_at = result, None, None
+                    unstorable.append((a, version))
                 elif isinstance(result, Exception):
                     raise result
                 else:
                     self._follow_up(a, result.version, out)
             todo = []
-            states = await self._states([a.command for a in clashed])
-            for a, state in zip(clashed, states, strict=True):
+            states = await self._states([a.command for a in clashed + [a for a, _ in unstorable]])
+            for a, state in zip(clashed, states, strict=False):
                 decision = decide_finish(state, a.command.index, a.attempt)
                 if isinstance(decision, Finish):
                     todo.append((a, decision.version))
                 else:
                     self._settle(a.command, a.pipeline, decision, out)
+            for (a, version), state in zip(unstorable, states[len(clashed) :], strict=True):
+                self._plan_give_up(a, state)
+                todo.append((a, version))
         for a, _ in todo:
             log.warning("stage.finish_unsettled", **_context(a.command), attempt=a.attempt)
 
@@ -421,6 +457,20 @@ class StageRuntime:
             correlation_id=command.correlation_id,
             causation_id=cause if cause is not None else command.cause,
         )
+
+
+ABANDONED = "no result within the stage timeout; worker presumed lost"
+
+
+class AttemptAbandoned(Exception):  # its name is decide.ABANDONED_ERROR
+    """Attempts of a stage kept being lost with their workers: the stage gave up."""
+
+
+def _permanent(outcome: object) -> bool:
+    """Whether a failure can never succeed on retry (unstorable output never will)."""
+    if isinstance(outcome, StageError):
+        return outcome.permanent
+    return isinstance(outcome, InvalidArgument)
 
 
 def _describe(outcome: object) -> tuple[str, str]:

@@ -45,11 +45,13 @@ class Submitter:
     ) -> SubmitResult:
         """Record ``RunSubmitted`` and hand the run to its first stage.
 
-        Raises ``NotFound`` for an unknown pipeline and ``Conflict`` when an
-        idempotency key is reused with a different request.
+        The run uses the pipeline's latest version, recorded on ``RunSubmitted``
+        and carried by every command. Raises ``NotFound`` for an unknown (or
+        deleted) pipeline and ``Conflict`` when an idempotency key is reused
+        with a different request.
         """
         keys.check_workspace(workspace)
-        pipeline = self.catalog.get(workspace, pipeline_name)
+        pipeline = await self.catalog.resolve(workspace, pipeline_name)  # the latest version
         if idempotency_key is not None:
             run_id = str(uuid.uuid5(_NAMESPACE, f"{workspace}\0{idempotency_key}"))
         else:
@@ -80,6 +82,10 @@ class Submitter:
                 )
             if await self.store.stream_version(workspace, stream) > 0:
                 return SubmitResult(run_id, stream, result.position, True)
+            # handing the run on again: with the version it was submitted with, not today's
+            pipeline = await self.catalog.resolve(
+                workspace, pipeline.name, first.data.get("pipeline_version", pipeline.version)
+            )
         command = StageCommand(
             workspace=workspace,
             run_id=run_id,

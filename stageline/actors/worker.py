@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from stageline.actors.channels import DATA_FIELD, CommandBus
 from stageline.actors.commands import StageCommand
 from stageline.actors.deadletters import DeadLetters
 from stageline.actors.decide import ABANDON_GRACE_SECONDS
-from stageline.actors.pipeline import Pipeline, PipelineCatalog
+from stageline.actors.pipeline import Pipeline, PipelineCatalog, PipelineKey
 from stageline.actors.runtime import StageRuntime
 from stageline.actors.schedule import Scheduler
 from stageline.actors.stage import ActorRegistry
@@ -128,6 +128,7 @@ class Worker:
             self.scheduler,
             self.dead_letters,
             abandon_grace=cfg.abandon_grace_seconds,
+            max_abandoned=cfg.max_deliveries,
         )
         # per-message lines at DEBUG; configure_logging keeps this logger at WARNING
         self.broker = RedisBroker(
@@ -315,8 +316,16 @@ class CappedTimeouts(PipelineCatalog):
     def add(self, pipeline: Pipeline) -> None:
         self.catalog.add(pipeline)
 
+    async def prefetch(self, keys: Iterable[PipelineKey]) -> None:
+        await self.catalog.prefetch(keys)
+
+    async def resolve(self, workspace: str, name: str, version: int | None = None) -> Pipeline:
+        return self._cap(await self.catalog.resolve(workspace, name, version))
+
     def get(self, workspace: str, name: str, version: int | None = None) -> Pipeline:
-        pipeline = self.catalog.get(workspace, name, version)
+        return self._cap(self.catalog.get(workspace, name, version))
+
+    def _cap(self, pipeline: Pipeline) -> Pipeline:
         known = self._capped.get(id(pipeline))
         if known is None or known[0] is not pipeline:
             stages = tuple(
@@ -326,6 +335,12 @@ class CappedTimeouts(PipelineCatalog):
             known = (pipeline, msgspec.structs.replace(pipeline, stages=stages))
             self._capped[id(pipeline)] = known
         return known[1]
+
+    def is_builtin(self, name: str) -> bool:
+        return self.catalog.is_builtin(name)
+
+    def builtins(self) -> list[Pipeline]:
+        return [self._cap(p) for p in self.catalog.builtins()]
 
     def names(self, workspace: str) -> list[str]:
         return self.catalog.names(workspace)

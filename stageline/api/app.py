@@ -10,7 +10,17 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from stageline import __version__
-from stageline.api import dlq, entities, errors, health, log, operations, runs, streams
+from stageline.api import (
+    dlq,
+    entities,
+    errors,
+    health,
+    log,
+    operations,
+    pipelines,
+    runs,
+    streams,
+)
 from stageline.api.middleware import BodyLimitMiddleware, CorrelationMiddleware
 from stageline.settings import Settings
 from stageline.stack import Stack
@@ -19,7 +29,8 @@ __all__ = ["create_app"]
 
 DESCRIPTION = """\
 Submit pipeline runs, read their status from the run-status view, undo, retry or
-cancel them, inspect and redrive dead letters, append and read events of the log.
+cancel them, inspect and redrive dead letters, manage the workspace's named
+pipeline configs, append and read events of the log.
 
 * `X-Workspace` selects the workspace (default: the server's); workspaces never see
   each other's data.
@@ -27,7 +38,8 @@ cancel them, inspect and redrive dead letters, append and read events of the log
   response, and recorded on the events the request writes.
 * Every error answer is `{"error": {"code", "message", "details"}, "correlation_id"}`.
 * Writes answer with a log `position`; pass it as `min_position` to a read to see the write.
-* Nothing is edited or deleted: undo, cancel, retry, redrive and discard append events.
+* Nothing is edited or deleted: undo, cancel, retry, redrive, discard and pipeline
+  config changes (deletes too) append events.
 """
 
 
@@ -64,7 +76,7 @@ def create_app(stack: Stack | None = None, settings: Settings | None = None) -> 
     app.state.settings = settings
     app.state.stack = stack
     errors.install(app)
-    for module in (health, runs, operations, dlq, entities, streams, log):
+    for module in (health, runs, operations, pipelines, dlq, entities, streams, log):
         app.include_router(module.router)
     # the last added runs first: correlation ids must be set before a body is refused
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

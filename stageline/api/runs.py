@@ -83,6 +83,10 @@ async def submit_run(
 ) -> Response:
     """Start a run of `pipeline` on `input` and answer 202 with where to follow it.
 
+    `pipeline` is a built-in or one of the workspace's configs; the run uses its
+    latest version (recorded as `pipeline_version`) to the end, whatever
+    happens to the config meanwhile.
+
     `position` is the log position of the run's first event: pass it as
     `min_position` to a read to be sure the read sees the run. With `wait`, the
     answer is 200 with the finished run if it ends within `wait` seconds, else
@@ -97,23 +101,25 @@ async def submit_run(
             field="input.text",
             max_chars=settings.max_text_chars,
         )
+    item = body.input.model_dump(mode="json", exclude_none=True)
     try:
-        stack.catalog.get(workspace, body.pipeline)
-    except NotFound:
-        known = stack.catalog.names(workspace)
+        result = await stack.submitter.submit(
+            workspace,
+            body.pipeline,
+            item,
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+        )
+    except NotFound as exc:
+        if exc.details.get("pipeline") != body.pipeline:
+            raise
+        own = [row["name"] for row in await stack.views.pipelines(workspace)]
+        known = sorted({*stack.catalog.names(workspace), *own})
         raise NotFound(
             f"no pipeline named {body.pipeline!r}; known pipelines: {', '.join(known)}",
             pipeline=body.pipeline,
             known=known,
         ) from None
-    item = body.input.model_dump(mode="json", exclude_none=True)
-    result = await stack.submitter.submit(
-        workspace,
-        body.pipeline,
-        item,
-        idempotency_key=idempotency_key,
-        correlation_id=correlation_id,
-    )
     status_url = request.scope.get("root_path", "") + str(
         request.app.url_path_for("get_run", run_id=result.run_id)
     )

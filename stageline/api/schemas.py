@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
 )
 
+from stageline.api.limits import MAX_POSITION
 from stageline.projections.run_status import RunStatus, StageStatus
 
 EVENT_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]{0,99}$"
@@ -233,6 +234,103 @@ class EntityList(BaseModel):
     )
 
 
+# -- pipelines ---------------------------------------------------------------------------
+
+
+class RetryPolicyIn(_Request):
+    """What happens when an attempt of the stage fails."""
+
+    max_retries: StrictInt = Field(default=0, description="Attempts after the first; >= 0.")
+    backoff_seconds: float = Field(
+        default=1.0, description="Delay before the first retry, in seconds; >= 0."
+    )
+    backoff_multiplier: float = Field(
+        default=2.0, description="Each later delay is this many times the one before; >= 1."
+    )
+    max_backoff_seconds: float | None = Field(
+        default=None, description="Caps every delay; null: no cap."
+    )
+    fallback: str | None = Field(
+        default=None,
+        description='Once retries are spent: null (the run fails, a dead letter), "skip" '
+        "(go on with the next stage) or the name of a later stage to go on at.",
+    )
+
+
+class StageIn(_Request):
+    name: str = Field(
+        description="Unique within the pipeline; 1-64 of a-z, 0-9, '_', '-'.", examples=["enrich"]
+    )
+    actor: str = Field(description="A registered actor, e.g. `normalize` or `flaky`.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Handed to the actor.")
+    timeout_seconds: float = Field(default=30.0, description="Per attempt; > 0.")
+    retry: RetryPolicyIn = Field(default_factory=RetryPolicyIn)
+
+
+class _PipelineBody(_Request):
+    description: str = Field(default="", max_length=2000)
+    stages: list[StageIn] = Field(description="In order; 1-100 stages.")
+
+
+class PipelineCreate(_PipelineBody):
+    """A new pipeline config of the workspace."""
+
+    name: str = Field(
+        description="1-64 of a-z, 0-9, '_', '-', starting with a letter or digit; "
+        "not a built-in's name.",
+        examples=["enrich-and-summarize"],
+    )
+
+
+class PipelineUpdate(_PipelineBody):
+    """The next version of a pipeline config: its whole definition."""
+
+    name: str | None = Field(default=None, description="If given, must be the name in the path.")
+
+
+class StageOut(BaseModel):
+    name: str
+    actor: str
+    params: dict[str, Any]
+    timeout_seconds: float
+    retry: dict[str, Any]
+
+
+class PipelineView(BaseModel):
+    """One version of a pipeline: its whole definition."""
+
+    name: str
+    version: int
+    description: str
+    builtin: bool = Field(description="Built-ins are in every workspace and read-only.")
+    stages: list[StageOut]
+    defined_at: datetime | None = Field(description="When this version was recorded.")
+    latest_version: int = Field(description="The config's newest version.")
+    deleted: bool = Field(description="The config was deleted; its versions stay readable.")
+
+
+class PipelineSummary(BaseModel):
+    name: str
+    version: int = Field(description="The latest version: the one a new run uses.")
+    description: str
+    builtin: bool
+    stages: list[str] = Field(description="Stage names, in order.")
+    updated_at: datetime | None
+
+
+class PipelineList(BaseModel):
+    pipelines: list[PipelineSummary] = Field(description="Built-ins first, then by name.")
+
+
+class PipelineWritten(BaseModel):
+    """A config created, changed or deleted; `position` is the log position to read it at."""
+
+    name: str
+    version: int = Field(description="The version written (for a delete: the last one).")
+    position: int
+    changed: bool = Field(description="False when the definition was already this one.")
+
+
 # -- events ------------------------------------------------------------------------------
 
 
@@ -255,7 +353,9 @@ class EventIn(_Request):
 
 
 class AppendEvents(_Request):
-    expected_version: Annotated[StrictInt, Field(ge=0)] | Literal["any", "no_stream"] = Field(
+    expected_version: (
+        Annotated[StrictInt, Field(ge=0, le=MAX_POSITION)] | Literal["any", "no_stream"]
+    ) = Field(
         default="any",
         description='The stream\'s current last version, "no_stream" (it must not exist) or "any".',
     )

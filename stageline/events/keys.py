@@ -64,3 +64,11 @@ def stage_group(actor: str) -> str:
 
 def run_stream(run_id: str) -> str:
     return f"run-{run_id}"
+
+
+PIPELINE_STREAM_PREFIX = "pipeline-"
+
+
+def pipeline_stream(name: str) -> str:
+    """The stream of a workspace's pipeline config ``name`` (its definitions and its deletion)."""
+    return f"{PIPELINE_STREAM_PREFIX}{name}"

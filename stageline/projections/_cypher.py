@@ -10,6 +10,7 @@ it (a null value removes the property) and null when the batch left it alone.
 - new dead letter: ``[id, stage key or null, deliveries, created values, *DEAD_LETTER_FIELDS]``
 - other dead letter: ``[id, *DEAD_LETTER_FIELDS]``
 - entity: ``[key, name, type, mentions delta]``
+- pipeline config: ``[name, *PIPELINE_FIELDS]``
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from stageline.projections.changes import RunStatusChanges
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
+from stageline.projections.pipeline_configs import PIPELINE_FIELDS
 from stageline.projections.run_status import (
     RUN_CREATED,
     RUN_ENDINGS,
@@ -34,6 +36,7 @@ INDEXES = [
         ("Run", "id"), ("Run", "status"), ("Run", "seq"),
         ("Stage", "key"), ("Stage", "run_id"), ("Checkpoint", "projection"),
         ("DeadLetter", "id"), ("DeadLetter", "status"), ("Entity", "key"),
+        ("PipelineConfig", "name"),
     )
 ]  # fmt: skip
 
@@ -143,6 +146,11 @@ CALL {{
   ON CREATE SET e.name = row[1], e.type = row[2], e.mentions = 0
   SET e.mentions = e.mentions + row[3]
 }}
+CALL {{
+  UNWIND $pipelines AS row
+  MERGE (p:PipelineConfig {{name: row[0]}})
+  SET {_assign("p", "row", PIPELINE_FIELDS, 1)}
+}}
 MERGE (n:Counts {{name: 'runs'}})
 SET {", ".join(_count(i, s) for i, s in enumerate(RunStatus))}
 RETURN c.position"""
@@ -153,6 +161,7 @@ CALL { MATCH (r:Run) DETACH DELETE r }
 CALL { MATCH (n:Counts {name: 'runs'}) DELETE n }
 CALL { MATCH (d:DeadLetter) DELETE d }
 CALL { MATCH (e:Entity) DELETE e }
+CALL { MATCH (p:PipelineConfig) DELETE p }
 RETURN 1"""
 
 CHECKPOINT = "MATCH (c:Checkpoint {projection: $projection}) RETURN c.position"
@@ -165,6 +174,8 @@ RETURN s.name, count(s), percentileCont(s.duration_ms, 0.5), percentileCont(s.du
 ORDER BY s.name"""
 GET_DEAD_LETTER = "MATCH (d:DeadLetter {id: $id}) RETURN properties(d)"
 GET_ENTITY = "MATCH (e:Entity {key: $key}) RETURN properties(e)"
+PIPELINES = """MATCH (p:PipelineConfig) WHERE p.deleted = false
+RETURN properties(p) ORDER BY p.name"""
 ENTITIES = """MATCH (e:Entity) WHERE e.mentions > 0
 RETURN properties(e) ORDER BY e.mentions DESC, e.name LIMIT $limit"""
 
@@ -221,5 +232,8 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
         "runs": runs,
         "stages": stages,
         "entities": [[e.key, e.name, e.type, e.mentions] for e in changes.entities.values()],
+        "pipelines": [
+            [p.name, *_fields(p.fields, PIPELINE_FIELDS)] for p in changes.pipelines.values()
+        ],
         "counts": [changes.counts.get(status, 0) for status in RunStatus],
     }

@@ -16,7 +16,7 @@ from typing import Any
 
 from stageline.errors import InvalidEvent
 from stageline.events import RecordedEvent, registry
-from stageline.projections import dead_letters, entities, run_status
+from stageline.projections import dead_letters, entities, pipeline_configs, run_status
 from stageline.projections.changes import Batch, RunStatusChanges
 
 __all__ = ["HANDLERS", "fold"]
@@ -27,6 +27,7 @@ HANDLERS: dict[str, tuple[Handler, bool]] = {
     **{topic: (h, True) for topic, h in run_status.HANDLERS.items()},
     **{topic: (h, False) for topic, h in dead_letters.HANDLERS.items()},
     **{topic: (h, False) for topic, h in entities.HANDLERS.items()},
+    **{topic: (h, False) for topic, h in pipeline_configs.HANDLERS.items()},
 }
 """Event type -> (handler, whether it only counts on a run stream).
 

@@ -17,6 +17,7 @@ __all__ = [
     "Batch",
     "DeadLetterChange",
     "EntityChange",
+    "PipelineChange",
     "RunChange",
     "RunStatusChanges",
     "StageChange",
@@ -91,6 +92,14 @@ class EntityChange:
 
 
 @dataclass(slots=True)
+class PipelineChange:
+    """What one batch does to one pipeline config's row: last-writer-wins ``fields``."""
+
+    name: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class RunStatusChanges:
     """The fold of one batch for every view the projection keeps, and the position to checkpoint."""
 
@@ -98,6 +107,7 @@ class RunStatusChanges:
     stages: dict[tuple[str, str], StageChange] = field(default_factory=dict)
     dead_letters: dict[str, DeadLetterChange] = field(default_factory=dict)
     entities: dict[str, EntityChange] = field(default_factory=dict)
+    pipelines: dict[str, PipelineChange] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     """Per run status, how many runs *created by this batch* end it there.
 
@@ -114,7 +124,9 @@ class RunStatusChanges:
 
     @property
     def has_rows(self) -> bool:
-        return bool(self.runs or self.stages or self.dead_letters or self.entities)
+        return bool(
+            self.runs or self.stages or self.dead_letters or self.entities or self.pipelines
+        )
 
 
 class Batch:
@@ -153,4 +165,10 @@ class Batch:
         change = self.out.entities.get(key)
         if change is None:
             change = self.out.entities[key] = EntityChange(key, name, entity_type)
+        return change
+
+    def pipeline(self, name: str) -> PipelineChange:
+        change = self.out.pipelines.get(name)
+        if change is None:
+            change = self.out.pipelines[name] = PipelineChange(name)
         return change

@@ -2,7 +2,8 @@
 
 Run status lives as ``(:Run)-[:HAS_STAGE]->(:Stage)`` nodes and a ``(:Counts
 {name: 'runs'})`` node with one property per run status; dead letters as
-``(:DeadLetter)`` nodes, entity mentions as ``(:Entity)`` nodes; and a
+``(:DeadLetter)`` nodes, entity mentions as ``(:Entity)`` nodes, pipeline
+configs as ``(:PipelineConfig)`` nodes; and a
 ``(:Checkpoint {projection: 'run_status'})`` node holds the last log position
 applied. A batch of changes and its checkpoint are written by one query,
 guarded by the checkpoint the writer expects: FalkorDB runs a graph's write
@@ -29,6 +30,7 @@ from stageline.events.redis_store import CONNECT_TIMEOUT_SECONDS, retry_policy
 from stageline.projections import _cypher as q
 from stageline.projections.changes import RunStatusChanges
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
+from stageline.projections.pipeline_configs import PIPELINE_FIELDS
 from stageline.projections.run_status import (
     RUN_CREATED,
     RUN_FIELDS,
@@ -102,6 +104,7 @@ _DEAD_LETTER_KEYS = tuple(
     k for k in ("id", *DEAD_LETTER_CREATED, "deliveries", *DEAD_LETTER_FIELDS) if k != "seq"
 )
 _ENTITY_KEYS = ("key", "name", "type", "mentions")
+_PIPELINE_KEYS = ("name", *(f for f in PIPELINE_FIELDS if f != "deleted"))
 
 
 def _iso(ms: float | None) -> str | None:
@@ -141,7 +144,10 @@ def _check_limit(limit: int) -> None:
 
 
 class FalkorDBViews:
-    """Writes and reads every workspace's views (run status, dead letters, entities) in FalkorDB."""
+    """Writes and reads every workspace's views in FalkorDB.
+
+    Run status, dead letters, entities and pipeline configs.
+    """
 
     def __init__(self, db: FalkorDB) -> None:
         self.db = db
@@ -238,6 +244,15 @@ class FalkorDBViews:
         run["stages"] = [_stage_dict(s) for s in stages]
         return run
 
+    async def stale_runs(self, workspace: str, idle_since_ms: int, limit: int = 500) -> list[str]:
+        """Ids of unfinished runs with no event since ``idle_since_ms`` (epoch ms), oldest first."""
+        query = (
+            "MATCH (r:Run) WHERE r.status IN ['processing', 'retrying'] "
+            "AND r.updated_at < $since RETURN r.id ORDER BY r.updated_at LIMIT $limit"
+        )
+        rows = await self._read(workspace, query, {"since": idle_since_ms, "limit": limit})
+        return [str(row[0]) for row in rows]
+
     async def list_runs(
         self,
         workspace: str,
@@ -312,3 +327,10 @@ class FalkorDBViews:
         """One entity's mention count (0 once every mention was retracted); None if never seen."""
         rows = await self._read(workspace, q.GET_ENTITY, {"key": f"{entity_type}/{name}"})
         return _shape(rows[0][0], _ENTITY_KEYS, ()) if rows else None
+
+    # -- reads: pipeline configs ----------------------------------------------------
+
+    async def pipelines(self, workspace: str) -> list[dict[str, Any]]:
+        """The workspace's own pipeline configs (not deleted), by name, at their latest version."""
+        rows = await self._read(workspace, q.PIPELINES)
+        return [_shape(row[0], _PIPELINE_KEYS, ("defined_at", "updated_at")) for row in rows]

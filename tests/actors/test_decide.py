@@ -14,6 +14,7 @@ from stageline.actors.decide import (
     Drop,
     Finish,
     Forward,
+    GiveUp,
     decide_finish,
     decide_start,
     fold_run,
@@ -204,3 +205,27 @@ def test_finish_after_another_worker_completed_forwards_or_drops() -> None:
     assert isinstance(decide_finish(state, 0, 1), Forward)
     state = fold_run(history(SUBMITTED, started(0), completed(0), started(1)))
     assert isinstance(decide_finish(state, 0, 1), Drop)
+
+
+def test_a_stage_whose_attempts_keep_being_lost_gives_up() -> None:
+    lost = (
+        "StageFailed",
+        {
+            "stage": "s",
+            "index": 0,
+            "attempt": 1,
+            "error_type": "AttemptAbandoned",
+            "error": "e",
+            "will_retry": True,
+        },
+    )
+    events = history(SUBMITTED, started(0, 1), lost, started(0, 2))
+    state = fold_run(events)
+    assert state.stages[0].abandoned == 1
+    now = T0.timestamp() + 3 + 36
+    assert decide_start(state, 0, now=now, timeout=30, grace=5, max_abandoned=2) == GiveUp(
+        3, 2, str(events[3].event_id)
+    )
+    assert decide_start(state, 0, now=now, timeout=30, grace=5, max_abandoned=3) == Begin(
+        3, 3, abandoned=2
+    )

@@ -19,6 +19,8 @@ from stageline.actors.worker import Worker, WorkerConfig
 from stageline.events import keys
 from stageline.events.envelope import NO_STREAM, new_event
 from stageline.events.redis_store import RedisEventStore
+from stageline.settings import Settings
+from stageline.stack import Stack
 
 
 def submitted_state(version: int = 0) -> RunState:
@@ -119,3 +121,39 @@ async def test_nudging_a_healthy_run_records_nothing_twice(
     for actor in ("normalize", "classify", "extract", "summarize"):
         await idle(bus.client, actor)
     assert set((await transitions(redis_store, workspace, run_id)).values()) == {1}
+
+
+async def test_the_view_names_unfinished_runs_idle_since_a_time(
+    redis_url: str, workspace: str
+) -> None:
+    stack = await Stack.open(Settings(redis_url=redis_url))
+    try:
+        finished = await stack.submitter.submit(workspace, "memory-ingest", {"text": "done"})
+        stuck_id = str(uuid.uuid4())
+        event = new_event(
+            RunSubmitted(
+                pipeline="memory-ingest",
+                pipeline_version=1,
+                stages=MEMORY_INGEST.stage_names,
+                input={"text": "x"},
+            )
+        )
+        await stack.store.append(workspace, keys.run_stream(stuck_id), [event], NO_STREAM)
+        worker = stack.worker()
+        await worker.start()
+        try:
+            await wait_terminal(stack.store, workspace, [finished.run_id])
+            await stack.projector().catch_up(workspace)
+            assert await stack.views.stale_runs(workspace, 2**52) == [stuck_id]
+            assert await stack.views.stale_runs(workspace, 0) == []
+            # the reconciler the stack builds drives the stuck run to the end
+            reconciler = stack.reconciler()
+            reconciler.idle_seconds = 0
+            assert await reconciler.pass_once(workspace, now=2**40) == 1
+            assert await wait_terminal(stack.store, workspace, [stuck_id]) == {
+                stuck_id: "RunCompleted"
+            }
+        finally:
+            await worker.stop()
+    finally:
+        await stack.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -11,6 +13,8 @@ from actor_helpers import idle, transitions, wait_terminal
 
 from stageline.actors.builtin import default_actors
 from stageline.actors.channels import CommandBus
+from stageline.actors.commands import StageCommand
+from stageline.actors.events import RunSubmitted, StageFailed, StageStarted
 from stageline.actors.operations import RunOperations
 from stageline.actors.pipeline import (
     MEMORY_INGEST,
@@ -19,10 +23,12 @@ from stageline.actors.pipeline import (
     RetryPolicy,
     StageSpec,
 )
+from stageline.actors.stage import StageContext, StageResult
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.errors import Conflict, NotFound
 from stageline.events import keys
+from stageline.events.envelope import NO_STREAM, new_event
 from stageline.events.redis_store import RedisEventStore
 
 FAST = RetryPolicy(max_retries=2, backoff_seconds=0.05, backoff_multiplier=2)
@@ -61,7 +67,16 @@ PIPELINES = [
         ),
     ),
     Pipeline(name="dead-end", stages=(flaky(), StageSpec(name="summarize", actor="summarize"))),
+    Pipeline(name="garbling", stages=(StageSpec(name="garble", actor="garble"),)),
+    Pipeline(name="lost", stages=(StageSpec(name="flaky", actor="flaky", timeout_seconds=0.2),)),
 ]
+
+
+def garble(item: dict[str, Any], ctx: StageContext) -> StageResult:
+    """Answers with text no store can hold when asked to."""
+    return StageResult(output={"text": "\ud800" if item.get("garble") else "fine"})
+
+
 CATALOG = PipelineCatalog(PIPELINES)
 
 
@@ -72,9 +87,11 @@ async def setup(
     client = aioredis.Redis.from_url(redis_url, decode_responses=False)
     bus = CommandBus(client)
     actors = default_actors()
-    worker = Worker(
-        redis_store, redis_url, CATALOG, actors, WorkerConfig(poll_ms=20, consumer="w-recovery")
+    actors.register("garble", garble)
+    config = WorkerConfig(
+        poll_ms=20, consumer="w-recovery", abandon_grace_seconds=0.1, max_deliveries=2
     )
+    worker = Worker(redis_store, redis_url, CATALOG, actors, config)
     await worker.start()
     try:
         yield Submitter(redis_store, CATALOG, bus), RunOperations(redis_store, CATALOG, actors, bus)
@@ -247,3 +264,70 @@ async def test_operations_on_an_unknown_run_are_not_found(
     for op in (operations.undo, operations.retry, operations.cancel):
         with pytest.raises(NotFound):
             await op(workspace, "no-such-run")
+
+
+async def test_unstorable_output_fails_only_its_own_run(
+    setup: tuple[Submitter, RunOperations], redis_store: RedisEventStore, workspace: str
+) -> None:
+    submitter, _ = setup
+    bad = await submitter.submit(workspace, "garbling", {"text": "x", "garble": True})
+    good = await submitter.submit(workspace, "garbling", {"text": "y"})
+    done = await wait_terminal(redis_store, workspace, [bad.run_id, good.run_id])
+    assert done == {bad.run_id: "RunFailed", good.run_id: "RunCompleted"}
+    failed = [
+        d for t, d in await run_events(redis_store, workspace, bad.run_id) if t == "StageFailed"
+    ]
+    assert [(f["error_type"], f["permanent"], f["will_retry"]) for f in failed] == [
+        ("InvalidEvent", True, False)
+    ]
+
+
+async def test_a_stage_whose_attempts_keep_being_lost_gives_up_to_the_dead_letters(
+    setup: tuple[Submitter, RunOperations], redis_store: RedisEventStore, workspace: str
+) -> None:
+    submitter, _ = setup
+    run_id = str(uuid.uuid4())
+    stream = keys.run_stream(run_id)
+    submitted = RunSubmitted(
+        pipeline="lost", pipeline_version=1, stages=["flaky"], input={"text": "x"}
+    )
+    lost_once = StageFailed(
+        stage="flaky",
+        index=0,
+        attempt=1,
+        error_type="AttemptAbandoned",
+        error="lost",
+        will_retry=True,
+    )
+    # two workers took the stage and died holding it (the worker allows max_deliveries=2)
+    await redis_store.append(
+        workspace,
+        stream,
+        [
+            new_event(submitted),
+            new_event(StageStarted(stage="flaky", index=0, attempt=1)),
+            new_event(lost_once),
+            new_event(StageStarted(stage="flaky", index=0, attempt=2)),
+        ],
+        NO_STREAM,
+    )
+    stale = StageCommand(
+        workspace=workspace,
+        run_id=run_id,
+        pipeline="lost",
+        pipeline_version=1,
+        index=0,
+        version=0,
+        item={"text": "x"},
+    )
+    await submitter.bus.publish([("flaky", stale)])
+    assert await wait_terminal(redis_store, workspace, [run_id]) == {run_id: "RunFailed"}
+    events = await redis_store.read_stream(workspace, stream)
+    failures = [
+        (e.data["attempt"], e.data["error_type"], e.data["will_retry"])
+        for e in events
+        if e.type == "StageFailed"
+    ]
+    assert failures == [(1, "AttemptAbandoned", True), (2, "AttemptAbandoned", False)]
+    assert events[-1].data["dead_letter"]
+    assert not any(e.data.get("attempt") == 3 for e in events if e.type == "StageStarted")

@@ -11,7 +11,15 @@ from projection_helpers import Clock, as_recorded, raw
 from stageline.actors.builtin.memory import EntityMentioned
 from stageline.actors.events import DeadLetterRedriven, RunSubmitted, StageFailed, StageStarted
 from stageline.events import new_event
-from stageline.projections import batch, changes, dead_letters, entities, fold, run_status
+from stageline.projections import (
+    batch,
+    changes,
+    dead_letters,
+    entities,
+    fold,
+    pipeline_configs,
+    run_status,
+)
 
 
 def test_other_streams_unknown_types_and_bad_payloads_are_skipped() -> None:
@@ -70,12 +78,19 @@ def test_an_empty_batch_changes_nothing() -> None:
 
 
 def test_each_event_type_has_one_handler() -> None:
-    tables = [run_status.HANDLERS, dead_letters.HANDLERS, entities.HANDLERS]
+    tables = [
+        run_status.HANDLERS,
+        dead_letters.HANDLERS,
+        entities.HANDLERS,
+        pipeline_configs.HANDLERS,
+    ]
     assert len(batch.HANDLERS) == sum(len(t) for t in tables)
     assert {t for t, (_, on_run) in batch.HANDLERS.items() if on_run} == set(run_status.HANDLERS)
 
 
-@pytest.mark.parametrize("module", [batch, changes, run_status, dead_letters, entities])
+@pytest.mark.parametrize(
+    "module", [batch, changes, run_status, dead_letters, entities, pipeline_configs]
+)
 def test_the_fold_imports_no_io_library(module: object) -> None:
     tree = ast.parse(Path(module.__file__).read_text())  # type: ignore[attr-defined]
     imported = {
