@@ -14,6 +14,7 @@ PURE = [
     "stageline.actors.decide",
     "stageline.actors.retry",
     "stageline.actors.compensation",
+    "stageline.actors.configs",
     "stageline.actors.builtin",
     "stageline.projections.batch",
     "stageline.projections.run_status",
