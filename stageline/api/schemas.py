@@ -93,41 +93,9 @@ class StageView(BaseModel):
     retry_at: datetime | None = Field(description="While `retrying`: when the next attempt is due.")
 
 
-class RunView(BaseModel):
-    """A run as the run-status view holds it."""
-
-    id: str
-    pipeline: str
-    pipeline_version: int
-    status: RunStatus
-    current_stage: str | None
-    submitted_at: datetime | None
-    updated_at: datetime | None
-    completed_at: datetime | None
-    ended_at: datetime | None = Field(description="When the run ended, however it ended.")
-    error: str | None
-    dead_letter: str | None = Field(
-        description="While `failed`: the dead letter its failure opened."
-    )
-    reason: str | None = Field(description="Why it was cancelled or compensated.")
-    seq: int = Field(description="Log position of the run's RunSubmitted; orders the list.")
-    stages: list[StageView] = Field(default_factory=list, description="In pipeline order.")
-
-
-class SubmitAccepted(BaseModel):
-    """Where the submitted run lives; `position` is the log position to read it at."""
-
-    run_id: str
-    stream: str
-    position: int
-    deduplicated: bool = Field(description="True when the Idempotency-Key had been used before.")
-    status_url: str
-    run: RunView | None = Field(
-        default=None, description="Only with `wait`: the run as far as it got in time."
-    )
-
-
 class RunSummary(BaseModel):
+    """A run as the run-status view holds it, without its stages."""
+
     id: str
     pipeline: str
     pipeline_version: int
@@ -143,6 +111,25 @@ class RunSummary(BaseModel):
     )
     reason: str | None = Field(description="Why it was cancelled or compensated.")
     seq: int
+
+
+class RunView(RunSummary):
+    """A run as the run-status view holds it."""
+
+    stages: list[StageView] = Field(default_factory=list, description="In pipeline order.")
+
+
+class SubmitAccepted(BaseModel):
+    """Where the submitted run lives; `position` is the log position to read it at."""
+
+    run_id: str
+    stream: str
+    position: int
+    deduplicated: bool = Field(description="True when the Idempotency-Key had been used before.")
+    status_url: str
+    run: RunView | None = Field(
+        default=None, description="Only with `wait`: the run as far as it got in time."
+    )
 
 
 class RunList(BaseModel):
