@@ -55,6 +55,7 @@ class DeadLetters:
         deliveries: int,
         command: StageCommand | None = None,
         dead_letter_id: uuid.UUID | None = None,
+        stage: str | None = None,
     ) -> str:
         """Record a command that could not be handled; returns the dead letter's id.
 
@@ -67,7 +68,7 @@ class DeadLetters:
             error=error[:2000],
             deliveries=deliveries,
             run_id=command.run_id if command else None,
-            stage=str(command.index) if command else None,
+            stage=stage or (str(command.index) if command else None),
             command=msgspec.to_builtins(command) if command else None,
             raw=None if command else base64.b64encode(raw).decode(),
         )

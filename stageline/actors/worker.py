@@ -37,7 +37,7 @@ from stageline.actors.runtime import StageRuntime
 from stageline.actors.schedule import Scheduler
 from stageline.actors.stage import ActorRegistry
 from stageline.actors.supervise import Supervisor
-from stageline.errors import InvalidArgument
+from stageline.errors import InvalidArgument, StagelineError
 from stageline.events import keys
 from stageline.events.redis_store import CONNECT_TIMEOUT_SECONDS, connect, retry_policy
 from stageline.events.store import EventStore
@@ -237,6 +237,18 @@ class Worker:
         except Exception as exc:  # the broker is down too: this delivery counts, no more
             log.warning("worker.uncount_failed", actor=actor, error=f"{type(exc).__name__}: {exc}")
 
+    def _stage_name(self, command: StageCommand | None) -> str | None:
+        """The stage's name, so poison entries list under it like failed runs do."""
+        if command is None:
+            return None
+        try:
+            pipeline = self.runtime.catalog.get(
+                command.workspace, command.pipeline, command.pipeline_version
+            )
+            return pipeline.stage(command.index).name
+        except (StagelineError, IndexError):
+            return None
+
     async def _dead_letter(self, actor: str, poison: Sequence[tuple[Entry, str, int]]) -> None:
         channel = keys.stage_channel(actor)
         for entry, error, deliveries in poison:
@@ -254,6 +266,7 @@ class Worker:
                 deliveries=deliveries,
                 command=command,
                 dead_letter_id=dead_letter_id,
+                stage=self._stage_name(command),
             )
             log.error(
                 "worker.dead_lettered",

@@ -33,6 +33,7 @@ _PAGE = 1000
 
 
 CONNECT_TIMEOUT_SECONDS = 2.0
+SOCKET_TIMEOUT_SECONDS = 10.0
 
 
 def retry_policy() -> Retry:
@@ -56,6 +57,9 @@ def connect(url: str) -> aioredis.Redis:
         url,
         decode_responses=False,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        # a half-open connection must fail, not hang a batch forever; every blocking
+        # read stageline issues waits at most 2 s (STAGELINE_POLL_MS, projector tails)
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
         retry=retry_policy(),
     )
 
@@ -242,6 +246,9 @@ class RedisEventStore:
             return []
         if block_ms <= 0:  # XREAD BLOCK 0 would wait forever
             return await self.read_log(workspace, after=after, limit=limit)
+        block_ms = min(
+            block_ms, int((SOCKET_TIMEOUT_SECONDS - 1) * 1000)
+        )  # never outwait the socket
         reply: Any = await self.client.xread(
             {keys.log_key(workspace): f"0-{max(after, 0)}"}, count=limit, block=block_ms
         )

@@ -128,6 +128,7 @@ async def test_claimed_entry_delivered_too_often_is_dead_lettered_not_handled(
     [letter] = await dead_letters(redis_store, workspace)
     assert (letter["run_id"], letter["actor"], letter["deliveries"]) == (poisoned, "normalize", 6)
     assert letter["command"]["run_id"] == poisoned  # kept whole, so it can be redriven
+    assert letter["stage"] == "normalize"  # listed under its stage, like a failed run
     assert "delivered 6 times" in letter["error"]
     assert await redis_store.stream_version(workspace, keys.run_stream(poisoned)) == 0
 
