@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-TERMINAL = {"completed", "failed", "compensated", "cancelled"}
+from stageline.projections.run_status import RUN_ENDINGS
 
 
 def samples() -> list[dict[str, Any]]:
@@ -74,7 +74,7 @@ async def _wait_all(
         open_ids = [r for r in run_ids if r not in statuses]
         replies = await asyncio.gather(*(client.get(f"/v1/runs/{r}") for r in open_ids[:200]))
         for run_id, reply in zip(open_ids, replies, strict=False):
-            if reply.status_code == 200 and reply.json()["status"] in TERMINAL:
+            if reply.status_code == 200 and reply.json()["status"] in RUN_ENDINGS:
                 statuses[run_id] = reply.json()["status"]
                 progress.advance(task)
         await asyncio.sleep(0.1)

@@ -86,11 +86,6 @@ class DeadLetters:
         )
         return str(dead_letter)
 
-    async def find(self, workspace: str, dead_letter: str) -> DeadLettered:
-        """The ``DeadLettered`` entry with this id; ``NotFound`` if there is none."""
-        entry, _ = await self._entry(workspace, dead_letter)
-        return entry
-
     async def _entry(self, workspace: str, dead_letter: str) -> tuple[DeadLettered, bool]:
         """The entry, and whether it is still open."""
         events = await self.store.read_stream(workspace, STREAM)

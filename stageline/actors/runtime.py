@@ -58,7 +58,9 @@ from stageline.events.store import AppendRequest, EventStore
 
 log = structlog.get_logger(__name__)
 
-_MAX_ROUNDS = 4  # clash -> read -> decide rounds before a command is left for redelivery
+# clash -> read -> decide rounds per batch; a start still unsettled then is deferred, a
+# result still unsettled leaves its attempt in flight (abandoned or reconciled later)
+_MAX_ROUNDS = 4
 _MAX_ERROR_CHARS = 2000
 
 

@@ -32,13 +32,12 @@ from stageline.api.schemas import (
 from stageline.errors import InvalidArgument, NotFound
 from stageline.events.keys import run_stream
 from stageline.projections.falkordb_views import FalkorDBViews
-from stageline.projections.run_status import RunStatus
+from stageline.projections.run_status import RUN_ENDINGS, RunStatus
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
-TERMINAL = frozenset({"completed", "failed", "cancelled", "compensated"})
 """Statuses that end a run; ``wait`` returns as soon as the view shows one."""
 POLL_SECONDS = 0.02
 
@@ -53,7 +52,7 @@ async def until_ended(
     while True:
         run = await views.get_run(workspace, run_id)
         left = deadline - time.monotonic()
-        if (run is not None and run["status"] in TERMINAL) or left <= 0:
+        if (run is not None and run["status"] in RUN_ENDINGS) or left <= 0:
             return run
         await asyncio.sleep(min(POLL_SECONDS, left))
 
@@ -134,7 +133,7 @@ async def submit_run(
     if wait is None:
         return json_response(accepted, 202, location)
     run = await until_ended(stack.views, workspace, result.run_id, result.position, wait)
-    if run is not None and run["status"] in TERMINAL:
+    if run is not None and run["status"] in RUN_ENDINGS:
         return json_response(run)
     return json_response({**accepted, "run": run}, 202, location)
 
