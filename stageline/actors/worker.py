@@ -8,6 +8,11 @@ that crashes its worker cannot loop forever. A delivery that failed because
 Redis was unreachable is taken back from the count: an outage makes nothing
 poison. A supervisor recreates consumer groups Redis lost and restarts the
 subscribers FastStream stopped over it.
+
+``stop()`` returns only once no read of the worker can happen any more: a read
+task that outlived it would take entries from the group (they become pending
+under this consumer) and drop them, as its subscriber is stopped, and nothing
+would handle them before the claimer's ``claim_idle_ms``.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import structlog
 from faststream.redis import RedisBroker, StreamSub
+from redis.asyncio.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -47,6 +53,9 @@ log = structlog.get_logger(__name__)
 _DATA = DATA_FIELD.encode()
 _DEAD_LETTER_IDS = uuid.UUID("0d7c2f4e-5b1a-4c8e-9f63-a2e81b5c7d90")
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+T = TypeVar("T")
+_READERS_END_SECONDS = 0.5
+"""How long ``stop()`` keeps cancelling read tasks that did not end with the broker."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +146,7 @@ class Worker:
             log_level=logging.DEBUG,
             graceful_timeout=max(cfg.drain_seconds - 1.5, cfg.drain_seconds / 2),
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            retry=retry_policy(),
+            retry=NoRetryOnceCancelled(retry_policy()),
         )
         self.supervisor = Supervisor(
             self.broker, self.bus, actors.names(), interval=cfg.supervise_seconds
@@ -306,11 +315,59 @@ class Worker:
         self._stop.set()
         if self._supervisor_task is not None:
             await self._supervisor_task  # first: it would start stopped subscribers again
+        # FastStream cancels its read tasks and forgets them: keep them, to see them end
+        readers = [task for sub in self.broker.subscribers for task in getattr(sub, "tasks", ())]
         await self.broker.stop()
+        await _end(readers, _READERS_END_SECONDS)
         if self._scheduler_task is not None:
             await self._scheduler_task
         await self.client.aclose()
         log.info("worker.stopped", consumer=self.config.consumer)
+
+
+class NoRetryOnceCancelled(Retry):
+    """``policy``, except that a task that was asked to stop is never retried.
+
+    Python 3.11's ``asyncio.wait_for``, which redis-py sends each command
+    through, loses a cancellation that comes as the send completes (CPython
+    gh-86296). A subscriber's read task cancelled by ``broker.stop()`` then
+    runs on; when the broker closes its connection, the read fails, and a plain
+    retry would reconnect and send ``XREADGROUP`` again, taking entries the
+    stopped subscriber drops. Here the failure ends the task instead.
+    """
+
+    def __init__(self, policy: Retry) -> None:
+        super().__init__(policy._backoff, policy.get_retries(), policy._supported_errors)
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        async def failed(error: Exception, *failures: int) -> None:
+            await fail(error, *failures)  # closes the connection
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from error
+
+        return await super().call_with_retry(do, failed, is_retryable, with_failure_count)
+
+
+async def _end(tasks: Sequence[asyncio.Task[Any]], within: float) -> None:
+    """Wait for cancelled ``tasks`` to end, cancelling again those that lost it (see above)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        left = deadline - loop.time()
+        if left <= 0:
+            log.warning("worker.readers_left_running", count=len(pending))
+            return
+        _, pending = await asyncio.wait(pending, timeout=min(left, 0.02))
+        for task in pending:
+            task.cancel()
 
 
 class CappedTimeouts(PipelineCatalog):
