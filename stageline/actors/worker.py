@@ -146,7 +146,7 @@ class Worker:
             log_level=logging.DEBUG,
             graceful_timeout=max(cfg.drain_seconds - 1.5, cfg.drain_seconds / 2),
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            retry=NoRetryOnceCancelled(retry_policy()),
+            retry=retry_policy(NoRetryOnceCancelled),
         )
         self.supervisor = Supervisor(
             self.broker, self.bus, actors.names(), interval=cfg.supervise_seconds
@@ -326,7 +326,7 @@ class Worker:
 
 
 class NoRetryOnceCancelled(Retry):
-    """``policy``, except that a task that was asked to stop is never retried.
+    """A retry policy, except that a task that was asked to stop is never retried.
 
     Python 3.11's ``asyncio.wait_for``, which redis-py sends each command
     through, loses a cancellation that comes as the send completes (CPython
@@ -335,9 +335,6 @@ class NoRetryOnceCancelled(Retry):
     retry would reconnect and send ``XREADGROUP`` again, taking entries the
     stopped subscriber drops. Here the failure ends the task instead.
     """
-
-    def __init__(self, policy: Retry) -> None:
-        super().__init__(policy._backoff, policy.get_retries(), policy._supported_errors)
 
     async def call_with_retry(
         self,

@@ -36,7 +36,7 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 SOCKET_TIMEOUT_SECONDS = 10.0
 
 
-def retry_policy() -> Retry:
+def retry_policy(kind: type[Retry] = Retry) -> Retry:
     """How stageline's Redis clients retry, so a server restart is ridden out.
 
     A command that fails with a connection error (server gone, socket missing,
@@ -46,9 +46,10 @@ def retry_policy() -> Retry:
     later. Every command stageline sends is safe to repeat: appends drop event
     ids they already hold, XACK/ZADD/XGROUP CREATE are idempotent, a repeated
     XADD of a command is a duplicate the version check absorbs, and a view
-    write is guarded by its checkpoint.
+    write is guarded by its checkpoint. ``kind`` is a ``Retry`` subclass to
+    build the same policy as (e.g. the worker's ``NoRetryOnceCancelled``).
     """
-    return Retry(EqualJitterBackoff(cap=1.0, base=0.05), retries=10)
+    return kind(EqualJitterBackoff(cap=1.0, base=0.05), retries=10)
 
 
 def connect(url: str) -> aioredis.Redis:
