@@ -20,9 +20,11 @@ from stageline.cli_http import (
     print_json,
     print_table,
 )
+from stageline.cli_ontology import app as ontology_app
 from stageline.cli_pipelines import app as pipelines_app
 from stageline.errors import StagelineError
 from stageline.logs import configure_logging
+from stageline.projections.registry import NAMES
 from stageline.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -31,6 +33,7 @@ app.add_typer(projections_app, name="projections")
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: list, redrive, discard.")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(pipelines_app, name="pipelines")
+app.add_typer(ontology_app, name="ontology")
 
 RunId = Annotated[str, typer.Argument(help="The run's id.")]
 DeadLetterId = Annotated[str, typer.Argument(help="The dead letter's id.")]
@@ -274,9 +277,27 @@ def tail(
             time.sleep(0.5)
 
 
+ProjectionName = Annotated[
+    str | None,
+    typer.Option(
+        "--projection",
+        "-p",
+        help=f"Only this projection ({', '.join(NAMES)}); default: every one, in turn.",
+    ),
+]
+
+
 @projections_app.command("rebuild")
-def projections_rebuild(workspace: Workspace = None) -> None:
-    """Drop the run-status view and replay it from position 0 of the log."""
+def projections_rebuild(workspace: Workspace = None, projection: ProjectionName = None) -> None:
+    """Drop projections' views and replay them from position 0 of the log.
+
+    Each projection is rebuilt alone: the others' views and checkpoints stay as they are.
+    """
+    if projection is not None and projection not in NAMES:
+        console.print(
+            f"[red]error:[/red] no projection named {projection!r}; projections: {', '.join(NAMES)}"
+        )
+        raise typer.Exit(2)
     settings = _settings()
     ws = workspace or settings.workspace
 
@@ -285,10 +306,13 @@ def projections_rebuild(workspace: Workspace = None) -> None:
 
         stack = await Stack.open(settings)
         try:
-            result = await stack.projector().rebuild(ws)
-            console.print(
-                f"rebuilt {ws}: {result.events} events in {result.seconds:.2f}s ({result.rate:,.0f} events/s)"
-            )
+            projector = stack.projector()
+            for name in [projection] if projection else NAMES:
+                result = await projector.rebuild(ws, name)
+                console.print(
+                    f"rebuilt {name} in {ws}: {result.events} events in {result.seconds:.2f}s "
+                    f"({result.rate:,.0f} events/s)"
+                )
         finally:
             await stack.close()
 
@@ -297,7 +321,7 @@ def projections_rebuild(workspace: Workspace = None) -> None:
 
 @projections_app.command("status")
 def projections_status(workspace: Workspace = None) -> None:
-    """Show each workspace's projection checkpoint and lag."""
+    """Show each projection's checkpoint and lag, per workspace."""
     settings = _settings()
 
     async def go() -> None:
@@ -306,13 +330,15 @@ def projections_status(workspace: Workspace = None) -> None:
         stack = await Stack.open(settings)
         try:
             table = Table()
-            for col in ("workspace", "checkpoint", "head", "lag"):
+            for col in ("workspace", "projection", "checkpoint", "head", "lag"):
                 table.add_column(col)
             names = [workspace] if workspace else await stack.store.workspaces()
             for ws in names:
-                checkpoint = await stack.views.checkpoint(ws)
                 head = await stack.store.head(ws)
-                table.add_row(ws, str(checkpoint), str(head), str(head - checkpoint))
+                stored = await stack.views.checkpoints(ws, NAMES)
+                for name in NAMES:
+                    checkpoint = stored.get(name, 0)
+                    table.add_row(ws, name, str(checkpoint), str(head), str(head - checkpoint))
             console.print(table)
         finally:
             await stack.close()

@@ -54,13 +54,51 @@ async def run_demo(
                     progress.advance(submitted)
                     return str(r.json()["run_id"])
 
+            before = await _settled_ontology(client)
             started = time.perf_counter()
             run_ids = await asyncio.gather(*(submit(i) for i in range(n)))
             statuses = await _wait_all(client, run_ids, progress, finished, timeout)
             elapsed = time.perf_counter() - started
         stats = (await client.get("/v1/runs/stats")).json()
+        ontology = await _settled_ontology(client)
     _print(console, statuses, stats, elapsed, workspace)
-    return {"runs": len(run_ids), "statuses": statuses, "stats": stats, "seconds": elapsed}
+    discoveries = _discoveries(before, ontology, len(run_ids))
+    _print_ontology(console, ontology, discoveries, len(run_ids))
+    return {
+        "runs": len(run_ids),
+        "statuses": statuses,
+        "stats": stats,
+        "seconds": elapsed,
+        "ontology": ontology,
+        "discoveries_per_100_runs": discoveries,
+    }
+
+
+async def _settled_ontology(client: httpx.AsyncClient, quiet_s: float = 0.6) -> dict[str, Any]:
+    """The ontology status once it stops changing: the reactor and its view lag the runs."""
+    last: dict[str, Any] | None = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        page = await client.get("/v1/log", params={"after": 0, "limit": 1})
+        head = int(page.json().get("head", 0))
+        reply = await client.get("/v1/ontology/status", params={"min_position": head})
+        reply.raise_for_status()
+        status: dict[str, Any] = reply.json()
+        if status == last:
+            return status
+        last = status
+        await asyncio.sleep(quiet_s)
+    return last or {}
+
+
+def _discoveries(before: dict[str, Any], after: dict[str, Any], runs: int) -> float:
+    """New patterns and types discovered during this demo, per 100 of its runs."""
+
+    def found(status: dict[str, Any]) -> int:
+        totals = status.get("totals") or {}
+        return int(totals.get("patterns_discovered") or 0) + int(totals.get("types_proposed") or 0)
+
+    return round(100 * (found(after) - found(before)) / runs, 1) if runs else 0.0
 
 
 async def _wait_all(
@@ -97,6 +135,29 @@ def _print(
         stages.add_row(name, str(row.get("count")), _ms(row.get("p50_ms")), _ms(row.get("p95_ms")))
     console.print(stages)
     console.print(f"{len(statuses)} runs finished in {elapsed:.2f}s")
+
+
+def _print_ontology(
+    console: Console, status: dict[str, Any], discoveries: float, runs: int
+) -> None:
+    types = Table(title="ontology: entity types by status")
+    types.add_column("status")
+    types.add_column("types", justify="right")
+    for name, count in (status.get("type_counts") or {}).items():
+        types.add_row(name, str(count))
+    console.print(types)
+    patterns = Table(title="ontology: patterns by source")
+    patterns.add_column("source")
+    patterns.add_column("patterns", justify="right")
+    for name, count in (status.get("pattern_stats") or {}).items():
+        patterns.add_row(name, str(count))
+    console.print(patterns)
+    rates = status.get("rates") or {}
+    resolved = rates.get("resolved_by_confirmed")
+    console.print(
+        f"discovered {discoveries:g} new patterns and types per 100 runs in these {runs} runs; "
+        + (f"{resolved:.0%} of all mentions resolved by confirmed patterns" if resolved else "")
+    )
 
 
 def _ms(value: float | None) -> str:

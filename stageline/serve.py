@@ -69,6 +69,8 @@ async def serve(
         if projector:
             tasks.append(asyncio.create_task(stack.projector().run(stop), name="projector"))
             tasks.append(asyncio.create_task(stack.reconciler().run(stop), name="reconciler"))
+            reactor = stack.ontology_reactor()
+            tasks.append(asyncio.create_task(reactor.run(stop), name="ontology-reactor"))
         api_url = None
         if api is not None:
             from stageline.api.app import create_app

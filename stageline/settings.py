@@ -84,6 +84,16 @@ class Settings(BaseSettings):
         description="An unfinished run with no new event for this long is nudged by the "
         "projector process, so a command lost in a crash never leaves a run waiting forever.",
     )
+    promote_after_runs: int = Field(
+        default=2,
+        ge=1,
+        description="A discovered pattern seen in this many distinct runs is promoted.",
+    )
+    confirm_after_mentions: int = Field(
+        default=3,
+        ge=1,
+        description="A provisional entity type with this many live mentions is confirmed.",
+    )
     projection_batch: int = Field(
         default=1000, ge=1, le=20_000, description="Events per projector write."
     )

@@ -27,6 +27,9 @@ from stageline.actors.worker import Worker, WorkerConfig
 from stageline.embedded import EmbeddedServer
 from stageline.errors import NotFound
 from stageline.events.redis_store import RedisEventStore, connect
+from stageline.ontology.model import Rules
+from stageline.ontology.reactor import OntologyReactor
+from stageline.ontology.store import OntologyStore
 from stageline.projections.falkordb_views import FalkorDBViews
 from stageline.projections.projector import Projector
 from stageline.settings import Settings
@@ -51,6 +54,7 @@ class Stack:
     submitter: Submitter
     operations: RunOperations
     dead_letters: DeadLetters
+    ontology: OntologyStore
     server: EmbeddedServer | None = None
 
     @classmethod
@@ -67,7 +71,8 @@ class Stack:
         broker_url = settings.broker_url or store_url
         store = RedisEventStore.from_url(store_url)
         broker_client = connect(broker_url)
-        actors = default_actors()
+        ontology = OntologyStore(store)
+        actors = default_actors(ontology.view)
         catalog = PipelineCatalog()
         pipelines = PipelineConfigs(store, actors.names, [p.name for p in catalog.builtins()])
         catalog.source = pipelines  # workspace configs: loaded from their streams, then cached
@@ -86,6 +91,7 @@ class Stack:
             submitter=Submitter(store, catalog, bus),
             operations=RunOperations(store, catalog, actors, bus),
             dead_letters=DeadLetters(store, bus),
+            ontology=ontology,
             server=server,
         )
 
@@ -108,6 +114,14 @@ class Stack:
 
     def projector(self) -> Projector:
         return Projector(self.store, self.views, batch_size=self.settings.projection_batch)
+
+    def ontology_reactor(self) -> OntologyReactor:
+        """Applies the ontology's rules; runs beside the projector."""
+        rules = Rules(
+            promote_after_runs=self.settings.promote_after_runs,
+            confirm_after_mentions=self.settings.confirm_after_mentions,
+        )
+        return OntologyReactor(self.store, self.store.client, rules)
 
     def reconciler(self) -> Reconciler:
         """Nudges runs left without a command; runs beside the projector (it needs the view)."""

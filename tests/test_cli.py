@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -11,13 +12,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
+from stageline.actors.builtin.memory import EntityMentioned
 from stageline.cli import app as cli_app
+from stageline.events import new_event
+from stageline.events.redis_store import RedisEventStore
+from stageline.projections import NAMES, FalkorDBViews
 
 
 def free_port() -> int:
@@ -211,3 +217,82 @@ def test_worker_without_a_store_url_says_what_to_do(data_dir: Path) -> None:
     )
     assert result.returncode == 2
     assert "STAGELINE_REDIS_URL" in result.stdout
+
+
+def projections_cli(redis_url: str, *args: str) -> Result:
+    """``stageline projections *args`` in this process, against the store at ``redis_url``."""
+    env = {"STAGELINE_REDIS_URL": redis_url, "COLUMNS": "300"}
+    return CliRunner().invoke(cli_app, ["projections", *args], env=env)
+
+
+async def mentions_logged(redis_url: str, workspace: str, n: int) -> int:
+    store = RedisEventStore.from_url(redis_url)
+    try:
+        for _ in range(n):
+            mention = EntityMentioned(
+                entity="Ada", entity_type="person", surface="Ada", start=0, end=3
+            )
+            await store.append(workspace, "notes-1", [new_event(mention)])
+        return await store.head(workspace)
+    finally:
+        await store.close()
+
+
+async def stored_view(
+    redis_url: str, workspace: str
+) -> tuple[dict[str, int], dict[str, Any] | None]:
+    views = FalkorDBViews.from_url(redis_url)
+    try:
+        return await views.checkpoints(workspace), await views.entity(workspace, "person", "Ada")
+    finally:
+        await views.close()
+
+
+def rebuilt_lines(result: Result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("rebuilt ")]
+
+
+def status_rows(output: str, workspace: str) -> dict[str, list[str]]:
+    """Per projection, the cells of its row in the status table."""
+    rows = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").replace("┃", "│").split("│")]
+        if cells and cells[0] == workspace:
+            rows[cells[1]] = cells[2:]
+    return rows
+
+
+def test_projections_are_rebuilt_one_or_all_and_show_their_lag(
+    redis_url: str, workspace: str
+) -> None:
+    head = asyncio.run(mentions_logged(redis_url, workspace, 3))
+
+    before = projections_cli(redis_url, "status", "-w", workspace)
+    rebuilt_all = projections_cli(redis_url, "rebuild", "-w", workspace)
+    rebuilt_one = projections_cli(redis_url, "rebuild", "--projection", "entities", "-w", workspace)
+    after = projections_cli(redis_url, "status", "-w", workspace)
+
+    assert before.exit_code == 0, before.output
+    assert status_rows(before.output, workspace) == {
+        name: ["0", str(head), str(head)] for name in NAMES
+    }
+    assert rebuilt_all.exit_code == 0, rebuilt_all.output
+    lines = rebuilt_lines(rebuilt_all)
+    assert [line.split()[1] for line in lines] == list(NAMES)
+    assert all(f"in {workspace}: {head} events" in line for line in lines)
+    assert rebuilt_one.exit_code == 0, rebuilt_one.output
+    [line] = rebuilt_lines(rebuilt_one)
+    assert line.startswith(f"rebuilt entities in {workspace}: {head} events")
+    assert status_rows(after.output, workspace) == {
+        name: [str(head), str(head), "0"] for name in NAMES
+    }
+    checkpoints, ada = asyncio.run(stored_view(redis_url, workspace))
+    assert checkpoints == dict.fromkeys(NAMES, head)
+    assert ada is not None and ada["mentions"] == 3
+
+
+def test_rebuilding_an_unknown_projection_names_the_known_ones(redis_url: str) -> None:
+    result = projections_cli(redis_url, "rebuild", "--projection", "nope")
+    assert result.exit_code == 2
+    assert "no projection named 'nope'" in result.output
+    assert ", ".join(NAMES) in result.output.replace("\n", "")

@@ -16,8 +16,15 @@ PURE = [
     "stageline.actors.compensation",
     "stageline.actors.configs",
     "stageline.actors.builtin",
+    "stageline.ontology.events",
+    "stageline.ontology.model",
+    "stageline.ontology.policy",
+    "stageline.ontology.discover",
+    "stageline.ontology.seed",
     "stageline.projections.batch",
     "stageline.projections.run_status",
+    "stageline.projections.patterns",
+    "stageline.projections.ontology",
 ]
 IO = ("redis", "falkordb", "faststream", "fastapi", "uvicorn", "httpx", "hiredis")
 

@@ -155,7 +155,7 @@ def _check_retry(spec: StageSpec, index: int, names: list[str]) -> None:
         )
 
 
-MEMORY_INGEST = Pipeline(
+MEMORY_INGEST_V1 = Pipeline(
     name="memory-ingest",
     version=1,
     description="Normalize, classify, extract entity mentions and summarize a memory item.",
@@ -163,6 +163,23 @@ MEMORY_INGEST = Pipeline(
         StageSpec(name="normalize", actor="normalize"),
         StageSpec(name="classify", actor="classify"),
         StageSpec(name="extract", actor="extract"),
+        StageSpec(name="summarize", actor="summarize", params={"max_words": 24}),
+    ),
+)
+"""Kept so that runs started on version 1 finish on it."""
+
+MEMORY_INGEST = Pipeline(
+    name="memory-ingest",
+    version=2,
+    description=(
+        "Normalize, classify, extract entity mentions with the workspace's patterns, "
+        "discover candidate patterns for unknown names and summarize a memory item."
+    ),
+    stages=(
+        StageSpec(name="normalize", actor="normalize"),
+        StageSpec(name="classify", actor="classify"),
+        StageSpec(name="extract", actor="extract"),
+        StageSpec(name="discover", actor="discover"),
         StageSpec(name="summarize", actor="summarize", params={"max_words": 24}),
     ),
 )
@@ -223,7 +240,7 @@ class PipelineCatalog:
         self._latest: dict[str, Pipeline] = {}
         self._loaded: dict[PipelineKey, Pipeline] = {}
         self.source = source
-        for p in pipelines if pipelines is not None else [MEMORY_INGEST, FLAKY]:
+        for p in pipelines if pipelines is not None else [MEMORY_INGEST_V1, MEMORY_INGEST, FLAKY]:
             self.add(p)
 
     def add(self, pipeline: Pipeline) -> None:

@@ -114,8 +114,12 @@ class StageRuntime:
     async def handle(self, actor: str, batch: Sequence[StageCommand]) -> None:
         """Process a batch; raises only on infrastructure failure (the batch stays pending)."""
         out = _Batch()
+        # the actor's state (e.g. the ontology) first: failing to load it records nothing
+        workspaces = sorted({c.workspace for c in batch})
+        loaded = await asyncio.gather(*(self.actors.load(actor, ws) for ws in workspaces))
+        states = dict(zip(workspaces, loaded, strict=True))
         attempts = await self._begin(actor, batch, out)
-        await asyncio.gather(*(self._run(a) for a in attempts))
+        await asyncio.gather(*(self._run(a, states) for a in attempts))
         await self._plan(attempts)
         await self._finish(attempts, out)
         await self.bus.publish(out.forwards)
@@ -235,16 +239,22 @@ class StageRuntime:
 
     # -- run --------------------------------------------------------------------
 
-    async def _run(self, a: _Attempt) -> None:
+    async def _run(self, a: _Attempt, states: dict[str, Any]) -> None:
         if a.outcome is not None:  # decided without running (a lost last attempt)
             return
         c = a.command
-        ctx = StageContext(
-            c.workspace, c.run_id, a.spec.name, a.attempt, a.spec.params, c.correlation_id
-        )
         started = time.perf_counter()
         try:
             async with asyncio.timeout(a.spec.timeout_seconds):
+                ctx = StageContext(
+                    c.workspace,
+                    c.run_id,
+                    a.spec.name,
+                    a.attempt,
+                    a.spec.params,
+                    c.correlation_id,
+                    states.get(c.workspace),
+                )
                 a.outcome = await self.actors.call(a.spec.actor, dict(c.item), ctx)
         except TimeoutError:
             a.outcome = TimeoutError(f"stage exceeded its timeout of {a.spec.timeout_seconds}s")

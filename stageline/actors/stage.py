@@ -20,6 +20,8 @@ class StageContext:
     attempt: int
     params: Mapping[str, Any]
     correlation_id: str | None = None
+    state: Any = None
+    """What the actor's ``load`` hook returned for the workspace (None without one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,8 @@ class StageError(Exception):
 
 StageFn = Callable[[dict[str, Any], StageContext], StageResult | Awaitable[StageResult]]
 Compensator = Callable[[Sequence[RecordedEvent]], list[DomainEvent]]
+Loader = Callable[[str], Awaitable[Any]]
+"""Workspace -> read-only state the actor decides with (e.g. the ontology's patterns)."""
 
 
 class ActorRegistry:
@@ -56,14 +60,30 @@ class ActorRegistry:
     def __init__(self) -> None:
         self._actors: dict[str, StageFn] = {}
         self._compensators: dict[str, Compensator] = {}
+        self._loaders: dict[str, Loader] = {}
 
-    def register(self, name: str, fn: StageFn, *, compensate: Compensator | None = None) -> None:
-        """Add an actor; ``compensate`` turns its recorded effects into compensating events."""
+    def register(
+        self,
+        name: str,
+        fn: StageFn,
+        *,
+        compensate: Compensator | None = None,
+        load: Loader | None = None,
+    ) -> None:
+        """Add an actor; ``compensate`` turns its recorded effects into compensating events,
+        ``load`` gives it ``StageContext.state`` for the workspace before each call."""
         if name in self._actors:
             raise ValueError(f"actor {name!r} is already registered")
         self._actors[name] = fn
         if compensate is not None:
             self._compensators[name] = compensate
+        if load is not None:
+            self._loaders[name] = load
+
+    async def load(self, name: str, workspace: str) -> Any:
+        """The actor's state for ``workspace``, None if it has no ``load`` hook."""
+        loader = self._loaders.get(name)
+        return None if loader is None else await loader(workspace)
 
     def compensator(self, name: str) -> Compensator | None:
         return self._compensators.get(name)

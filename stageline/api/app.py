@@ -16,6 +16,7 @@ from stageline.api import (
     errors,
     health,
     log,
+    ontology,
     operations,
     pipelines,
     runs,
@@ -76,7 +77,7 @@ def create_app(stack: Stack | None = None, settings: Settings | None = None) -> 
     app.state.settings = settings
     app.state.stack = stack
     errors.install(app)
-    for module in (health, runs, operations, pipelines, dlq, entities, streams, log):
+    for module in (health, runs, operations, pipelines, ontology, dlq, entities, streams, log):
         app.include_router(module.router)
     # the last added runs first: correlation ids must be set before a body is refused
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

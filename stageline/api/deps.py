@@ -87,9 +87,11 @@ MinPosition = Annotated[
 
 
 async def views_at(
-    stack: Stack, workspace: str, min_position: int | None, timeout: float
+    stack: Stack, workspace: str, min_position: int | None, timeout: float, *, projection: str
 ) -> FalkorDBViews:
-    """The views, once they have applied ``min_position`` (if given).
+    """The views, once ``projection`` (the one the handler reads) has applied ``min_position``.
+
+    Each projection has its own checkpoint: a read waits only for the view it reads.
 
     Called from a handler's body, after every parameter was validated, so a bad
     request is refused at once instead of after the wait. Raises ``InvalidArgument``
@@ -97,7 +99,7 @@ async def views_at(
     ``Unavailable`` naming the position reached when ``timeout`` ran out.
     """
     views = stack.views
-    if not min_position or await views.checkpoint(workspace) >= min_position:
+    if not min_position or await views.checkpoint(workspace, projection) >= min_position:
         return views
     head = await stack.store.head(workspace)
     if min_position > head:
@@ -106,13 +108,14 @@ async def views_at(
             min_position=min_position,
             head=head,
         )
-    if not await views.wait_for(workspace, min_position, timeout):
-        reached = await views.checkpoint(workspace)
+    if not await views.wait_for(workspace, min_position, timeout, projection):
+        reached = await views.checkpoint(workspace, projection)
         raise Unavailable(
-            f"the view reached position {reached}, not {min_position}, within {timeout:g}s; "
-            "retry later",
+            f"the {projection} view reached position {reached}, not {min_position}, "
+            f"within {timeout:g}s; retry later",
             min_position=min_position,
             reached=reached,
+            projection=projection,
         )
     return views
 

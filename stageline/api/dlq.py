@@ -23,6 +23,7 @@ from stageline.api.deps import (
 from stageline.api.responses import json_response
 from stageline.api.schemas import DeadLetterClosed, DeadLetterList, DeadLetterView, error_responses
 from stageline.errors import Conflict, NotFound
+from stageline.projections.registry import RUN_STATUS
 from stageline.settings import Settings
 from stageline.stack import Stack
 
@@ -56,7 +57,9 @@ async def list_dead_letters(
     min_position: MinPosition = None,
 ) -> Response:
     """Dead letters of the workspace, by default the open ones that wait for a decision."""
-    views = await views_at(stack, workspace, min_position, settings.read_wait_seconds)
+    views = await views_at(
+        stack, workspace, min_position, settings.read_wait_seconds, projection=RUN_STATUS.name
+    )
     rows = await views.list_dead_letters(
         workspace, stage=stage, status=None if status == "all" else status, limit=limit
     )
@@ -76,7 +79,9 @@ async def get_dead_letter(
     min_position: MinPosition = None,
 ) -> Response:
     """One dead letter, whatever its status (404 if the view has none with this id)."""
-    views = await views_at(stack, workspace, min_position, settings.read_wait_seconds)
+    views = await views_at(
+        stack, workspace, min_position, settings.read_wait_seconds, projection=RUN_STATUS.name
+    )
     row = await views.get_dead_letter(workspace, dead_letter)
     if row is None:
         raise NotFound(f"no dead letter {dead_letter!r}", dead_letter=dead_letter)
@@ -151,7 +156,9 @@ async def _open_entry(
     before it is seen closed; 503 if the view does not catch up in time.
     """
     head = await stack.store.head(workspace)
-    views = await views_at(stack, workspace, head, settings.read_wait_seconds)
+    views = await views_at(
+        stack, workspace, head, settings.read_wait_seconds, projection=RUN_STATUS.name
+    )
     row = await views.get_dead_letter(workspace, dead_letter)
     if row is None:
         raise NotFound(f"no dead letter {dead_letter!r}", dead_letter=dead_letter)

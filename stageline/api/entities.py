@@ -11,6 +11,7 @@ from stageline.api.deps import MinPosition, SettingsDep, StackDep, Workspace, vi
 from stageline.api.responses import json_response
 from stageline.api.schemas import EntityList, EntityView, error_responses
 from stageline.errors import NotFound
+from stageline.projections.registry import ENTITIES
 
 __all__ = ["router"]
 
@@ -34,7 +35,9 @@ async def list_entities(
     Undoing a run retracts its mentions, so the counts drop back; pass the
     `position` an undo answered as `min_position` to see that.
     """
-    views = await views_at(stack, workspace, min_position, settings.read_wait_seconds)
+    views = await views_at(
+        stack, workspace, min_position, settings.read_wait_seconds, projection=ENTITIES.name
+    )
     return json_response({"entities": await views.entities(workspace, limit=limit)})
 
 
@@ -52,7 +55,9 @@ async def get_entity(
     min_position: MinPosition = None,
 ) -> Response:
     """One entity's mention count, 0 once every mention was retracted; 404 if never mentioned."""
-    views = await views_at(stack, workspace, min_position, settings.read_wait_seconds)
+    views = await views_at(
+        stack, workspace, min_position, settings.read_wait_seconds, projection=ENTITIES.name
+    )
     entity = await views.entity(workspace, entity_type, name)
     if entity is None:
         raise NotFound(

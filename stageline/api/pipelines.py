@@ -36,6 +36,7 @@ from stageline.api.schemas import (
     error_responses,
 )
 from stageline.errors import InvalidArgument
+from stageline.projections.registry import PIPELINES
 
 __all__ = ["router"]
 
@@ -61,7 +62,9 @@ async def list_pipelines(
     stack: StackDep, settings: SettingsDep, workspace: Workspace, min_position: MinPosition = None
 ) -> Response:
     """The built-ins, then the workspace's own configs by name, each at its latest version."""
-    views = await views_at(stack, workspace, min_position, settings.read_wait_seconds)
+    views = await views_at(
+        stack, workspace, min_position, settings.read_wait_seconds, projection=PIPELINES.name
+    )
     builtins = [
         {
             "name": p.name,

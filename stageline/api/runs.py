@@ -32,6 +32,7 @@ from stageline.api.schemas import (
 from stageline.errors import InvalidArgument, NotFound
 from stageline.events.keys import run_stream
 from stageline.projections.falkordb_views import FalkorDBViews
+from stageline.projections.registry import RUN_STATUS
 from stageline.projections.run_status import RUN_ENDINGS, RunStatus
 
 __all__ = ["router"]
@@ -47,7 +48,7 @@ async def until_ended(
 ) -> dict[str, Any] | None:
     """The run once the view shows it ended, or as far as it got when ``timeout`` ran out."""
     deadline = time.monotonic() + timeout
-    if not await views.wait_for(workspace, position, timeout):
+    if not await views.wait_for(workspace, position, timeout, projection=RUN_STATUS.name):
         return await views.get_run(workspace, run_id)
     while True:
         run = await views.get_run(workspace, run_id)
@@ -157,7 +158,9 @@ async def list_runs(
     min_position: MinPosition = None,
 ) -> Response:
     """Runs newest first, one page at a time; follow `next_cursor` until it is null."""
-    views = await views_at(stack, workspace, min_position, settings.read_wait_seconds)
+    views = await views_at(
+        stack, workspace, min_position, settings.read_wait_seconds, projection=RUN_STATUS.name
+    )
     runs, next_cursor = await views.list_runs(
         workspace,
         status=status.value if status is not None else None,
@@ -176,7 +179,9 @@ async def run_stats(
     stack: StackDep, settings: SettingsDep, workspace: Workspace, min_position: MinPosition = None
 ) -> Response:
     """Run counts by status, their total, and per stage the p50/p95 of completed durations."""
-    views = await views_at(stack, workspace, min_position, settings.read_wait_seconds)
+    views = await views_at(
+        stack, workspace, min_position, settings.read_wait_seconds, projection=RUN_STATUS.name
+    )
     return json_response(await views.stats(workspace))
 
 
@@ -194,7 +199,9 @@ async def get_run(
 ) -> Response:
     """One run with its stages, as the run-status view holds it (404 if it has none)."""
     check_run_id(run_id)
-    views = await views_at(stack, workspace, min_position, settings.read_wait_seconds)
+    views = await views_at(
+        stack, workspace, min_position, settings.read_wait_seconds, projection=RUN_STATUS.name
+    )
     run = await views.get_run(workspace, run_id)
     if run is not None:
         return json_response(run)

@@ -16,7 +16,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
     StrictInt,
+    StrictStr,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
@@ -316,6 +319,163 @@ class PipelineWritten(BaseModel):
     version: int = Field(description="The version written (for a delete: the last one).")
     position: int
     changed: bool = Field(description="False when the definition was already this one.")
+
+
+# -- ontology ----------------------------------------------------------------------------
+
+PatternSourceName = Literal["seed", "discovered", "promoted", "manual"]
+TypeStatusName = Literal["seed", "provisional", "confirmed", "rejected"]
+
+
+class PatternCreate(_Request):
+    """A pattern added by hand (source `manual`), or an override of an existing one."""
+
+    name: StrictStr = Field(
+        description="The surface text matched (any case): 1-100 characters, no control "
+        "characters or surrounding spaces.",
+        examples=["Redis"],
+    )
+    entity_type: StrictStr = Field(
+        description="1-64 of a-z, 0-9, '_', '-', starting with a letter. A type the ontology "
+        "lacks (or rejected) is added as `confirmed`.",
+        examples=["technology"],
+    )
+    confidence: StrictFloat = Field(default=1.0, description="From 0 to 1.")
+    is_global: StrictBool = Field(
+        default=False,
+        description="Write it to the global patterns, which every workspace matches.",
+    )
+
+
+class PatternView(BaseModel):
+    """A pattern with its match statistics, as the pattern-stats view holds it."""
+
+    id: str = Field(description="Derived from the name (any case) and the type.")
+    name: str
+    entity_type: str
+    source: PatternSourceName
+    confidence: float
+    is_global: bool = Field(description="A global pattern (listed in every workspace).")
+    active: bool = Field(description="False once removed (listed with `include_removed`).")
+    removed_reason: str | None
+    matches: int = Field(description="Mentions matched in this workspace, net of retractions.")
+    runs_matched: int = Field(description="Runs that matched it, net of retractions.")
+    first_seen: datetime | None
+    last_seen: datetime | None
+
+
+class SourceCounts(BaseModel):
+    """Active patterns by source."""
+
+    seed: int
+    discovered: int
+    promoted: int
+    manual: int
+
+
+class PatternList(BaseModel):
+    patterns: list[PatternView] = Field(
+        description="The workspace's patterns and the global ones (a workspace pattern "
+        "overrides a global one with its id); most matched first, then by name."
+    )
+    stats_by_source: SourceCounts = Field(
+        description="The workspace's own active patterns by source."
+    )
+
+
+class PatternWritten(BaseModel):
+    """A pattern added or removed; `position` is the position to read it at in `workspace`'s log."""
+
+    pattern_id: str
+    workspace: str = Field(
+        description="Where it was written: the request's workspace, or `_global` for a "
+        "global pattern (then pass `position` as `min_global_position`)."
+    )
+    position: int
+
+
+class TypeCounts(BaseModel):
+    """Entity types by status."""
+
+    seed: int
+    provisional: int
+    confirmed: int
+    rejected: int
+
+
+class OntologyTotals(BaseModel):
+    patterns: int
+    types: int
+    runs: int = Field(description="Runs that ended (completed or failed).")
+    mentions: int = Field(description="Pattern mentions matched, net of retractions.")
+    mentions_established: int = Field(
+        description="Of those, by established (seed, manual or promoted) patterns."
+    )
+    patterns_discovered: int
+    types_proposed: int
+
+
+class OntologyRates(BaseModel):
+    """Shares from 0 to 1; null when there is nothing to divide by."""
+
+    promotion_rate: float | None = Field(
+        description="Promoted / (discovered + promoted) active patterns."
+    )
+    confirmation_rate: float | None = Field(description="Confirmed / non-seed types.")
+    rejection_rate: float | None = Field(description="Rejected / non-seed types.")
+    resolved_by_confirmed: float | None = Field(
+        description="Share of mentions matched by established patterns."
+    )
+
+
+class DiscoveryBucket(BaseModel):
+    runs_from: int
+    runs_to: int
+    patterns: int = Field(description="Patterns discovered while these runs went through.")
+    types: int = Field(description="Types proposed while these runs went through.")
+    per_100_runs: float = Field(description="Patterns and types discovered per 100 runs.")
+
+
+class OntologyStatus(BaseModel):
+    pattern_stats: SourceCounts
+    type_counts: TypeCounts
+    totals: OntologyTotals
+    rates: OntologyRates
+    discovery_curve: list[DiscoveryBucket] = Field(
+        description="Discoveries per bucket of `bucket_runs` runs, from the first run on: "
+        "it flattens as the ontology converges."
+    )
+
+
+class DocumentTypeOut(BaseModel):
+    name: str
+    status: TypeStatusName = "provisional"
+
+
+class DocumentPatternOut(BaseModel):
+    name: str
+    entity_type: str
+    confidence: float = 0.9
+    source: PatternSourceName = "manual"
+
+
+class OntologyDocument(BaseModel):
+    """An ontology as a versioned document: every type, then every active pattern of the
+    workspace (global patterns are not part of it). Unknown fields are rejected."""
+
+    format: Literal["stageline.ontology"]
+    version: Literal[1]
+    types: list[DocumentTypeOut] = Field(default_factory=list)
+    patterns: list[DocumentPatternOut] = Field(
+        default_factory=list, description="Each naming a type of the document, not rejected."
+    )
+
+
+class OntologyImported(BaseModel):
+    """The document replaced the workspace's ontology; `position` is the position to read it at."""
+
+    workspace: str
+    position: int
 
 
 # -- events ------------------------------------------------------------------------------

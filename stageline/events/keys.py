@@ -16,11 +16,18 @@ WORKSPACES = f"{PREFIX}:workspaces"
 SCHEDULED = f"{PREFIX}:scheduled"
 """Sorted set of delayed channel entries: member = channel NUL payload, score = due time."""
 
+GLOBAL_WORKSPACE = "_global"
+"""Where global patterns live: every workspace matches them. No client can name it (a
+workspace name starts with a letter or digit); only the store and the ontology write it."""
+
 _WORKSPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _STREAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@=+-]{0,199}$")
 
 
-def check_workspace(workspace: str) -> str:
+def check_workspace(workspace: str, *, internal: bool = False) -> str:
+    """``workspace`` if it is a valid name; ``internal`` also lets ``GLOBAL_WORKSPACE`` pass."""
+    if internal and workspace == GLOBAL_WORKSPACE:
+        return workspace
     if not _WORKSPACE.fullmatch(workspace):  # match() lets a trailing "\n" through
         raise InvalidArgument(
             "workspace must be 1-64 characters of letters, digits, '_', '.', '-'",
@@ -64,6 +71,15 @@ def stage_group(actor: str) -> str:
 
 def run_stream(run_id: str) -> str:
     return f"run-{run_id}"
+
+
+ONTOLOGY_STREAM = "ontology"
+"""A workspace's ontology: its types and patterns, and the evidence the rules count."""
+
+
+def reactor_checkpoint(workspace: str, reactor: str) -> str:
+    """The last log position a reactor (e.g. ``ontology``) has handled in ``workspace``."""
+    return f"{PREFIX}:{{{workspace}}}:reactor:{reactor}"
 
 
 PIPELINE_STREAM_PREFIX = "pipeline-"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from stageline.errors import ConcurrencyError
@@ -17,7 +18,6 @@ class _Workspace:
         self.log: list[RecordedEvent] = []
         self.streams: dict[str, list[int]] = {}  # stream -> positions by version
         self.ids: dict[tuple[str, bytes], int] = {}  # (stream, event id) -> version
-        self.changed = asyncio.Condition()
 
 
 class MemoryEventStore:
@@ -25,6 +25,7 @@ class MemoryEventStore:
 
     def __init__(self) -> None:
         self._ws: dict[str, _Workspace] = {}
+        self._changed = asyncio.Condition()
 
     def _get(self, workspace: str) -> _Workspace:
         ws = self._ws.get(workspace)
@@ -42,9 +43,8 @@ class MemoryEventStore:
         request = AppendRequest(workspace, stream, events, expected_version)
         check_append(request)
         result = self._append(request)
-        ws = self._get(workspace)
-        async with ws.changed:
-            ws.changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
         return result
 
     def _append(self, request: AppendRequest) -> AppendResult:
@@ -143,18 +143,25 @@ class MemoryEventStore:
         return self._get(workspace).log[max(after, 0) : max(after, 0) + limit]
 
     async def tail(
-        self, workspace: str, *, after: int, limit: int = 1000, block_ms: int = 1000
-    ) -> list[RecordedEvent]:
-        ws = self._get(workspace)
-        if len(ws.log) <= after:
-            async with ws.changed:
-                try:
-                    await asyncio.wait_for(
-                        ws.changed.wait_for(lambda: len(ws.log) > after), block_ms / 1000
-                    )
-                except TimeoutError:
-                    return []
-        return await self.read_log(workspace, after=after, limit=limit)
+        self, after: Mapping[str, int], *, limit: int = 1000, block_ms: int = 1000
+    ) -> dict[str, list[RecordedEvent]]:
+        def ready() -> dict[str, list[RecordedEvent]]:
+            out = {}
+            for workspace, pos in after.items():
+                ws = self._ws.get(workspace)
+                if ws is not None and len(ws.log) > max(pos, 0):
+                    out[workspace] = ws.log[max(pos, 0) : max(pos, 0) + limit]
+            return out
+
+        if limit <= 0 or not after:
+            return {}
+        found = ready()
+        if found or block_ms <= 0:
+            return found
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(ready), block_ms / 1000)
+        return ready()
 
     async def head(self, workspace: str) -> int:
         return len(self._get(workspace).log)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -241,21 +241,24 @@ class RedisEventStore:
         return [self._decode(workspace, e) for e in entries]
 
     async def tail(
-        self, workspace: str, *, after: int, limit: int = 1000, block_ms: int = 1000
-    ) -> list[RecordedEvent]:
-        if limit <= 0:
-            return []
-        if block_ms <= 0:  # XREAD BLOCK 0 would wait forever
-            return await self.read_log(workspace, after=after, limit=limit)
-        block_ms = min(
-            block_ms, int((SOCKET_TIMEOUT_SECONDS - 1) * 1000)
-        )  # never outwait the socket
-        reply: Any = await self.client.xread(
-            {keys.log_key(workspace): f"0-{max(after, 0)}"}, count=limit, block=block_ms
-        )
+        self, after: Mapping[str, int], *, limit: int = 1000, block_ms: int = 1000
+    ) -> dict[str, list[RecordedEvent]]:
+        if limit <= 0 or not after:
+            return {}
+        streams: dict[Any, Any] = {
+            keys.log_key(ws): f"0-{max(pos, 0)}" for ws, pos in after.items()
+        }
+        # XREAD BLOCK 0 would wait forever; and a read must never outwait the socket
+        block = min(block_ms, int((SOCKET_TIMEOUT_SECONDS - 1) * 1000)) if block_ms > 0 else None
+        reply: Any = await self.client.xread(streams, count=limit, block=block)
         if not reply:
-            return []
-        return [self._decode(workspace, e) for e in reply[0][1]]
+            return {}
+        workspaces = {keys.log_key(ws).encode(): ws for ws in after}
+        out = {}
+        for key, entries in reply:
+            ws = workspaces[key]
+            out[ws] = [self._decode(ws, e) for e in entries]
+        return out
 
     async def head(self, workspace: str) -> int:
         try:

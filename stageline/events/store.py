@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import msgspec
@@ -88,9 +88,15 @@ class EventStore(Protocol):
         ...
 
     async def tail(
-        self, workspace: str, *, after: int, limit: int = 1000, block_ms: int = 1000
-    ) -> list[RecordedEvent]:
-        """Like ``read_log``, but waits up to ``block_ms`` for events when none are there."""
+        self, after: Mapping[str, int], *, limit: int = 1000, block_ms: int = 1000
+    ) -> dict[str, list[RecordedEvent]]:
+        """Each workspace's events past its ``after`` position, waiting for the first.
+
+        ``after`` maps workspaces to positions. Returns at once with up to
+        ``limit`` events of every workspace that has some (and only those),
+        else waits up to ``block_ms`` for any of them to get one; ``{}`` when
+        none did. One read serves any number of workspaces.
+        """
         ...
 
     async def head(self, workspace: str) -> int:
@@ -106,7 +112,7 @@ class EventStore(Protocol):
 
 def check_append(request: AppendRequest) -> None:
     """Reject an append the log must never hold, before anything is written."""
-    check_workspace(request.workspace)
+    check_workspace(request.workspace, internal=True)
     check_stream(request.stream)
     if not request.events:
         raise InvalidArgument("an append needs at least one event", stream=request.stream)

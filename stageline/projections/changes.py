@@ -1,7 +1,11 @@
-"""What one batch of log events does to the views: one row change per key, plus a checkpoint.
+"""What one batch of log events does to a projection's rows: one change per key, plus a checkpoint.
+
+Every projection's fold returns a ``Changes``: its own rows, the batch's last
+position (the checkpoint to store with them), how many events the batch held
+and which of them were rejected.
 
 Changes compose: applying the changes of two consecutive batches one after
-the other leaves the views equal to applying the fold of both batches at once.
+the other leaves a view equal to applying the fold of both batches at once.
 ``created`` applies only to a new row, ``fields`` are last-writer-wins (a
 ``None`` value removes the property), and the additive parts (stage
 ``attempts``, entity ``mentions``) add up. That is what makes a rebuild equal
@@ -14,14 +18,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "Batch",
+    "Changes",
     "DeadLetterChange",
     "EntityChange",
+    "EntityChanges",
     "PipelineChange",
+    "PipelineChanges",
     "RunChange",
     "RunStatusChanges",
     "StageChange",
 ]
+
+
+@dataclass(slots=True)
+class Changes:
+    """The part of every projection's changes the projector reads: checkpoint and tallies."""
+
+    position: int = 0
+    """The last log position folded, relevant event or not: the checkpoint to store."""
+    events: int = 0
+    """How many log events the batch held, relevant or not."""
+    rejected: list[int] = field(default_factory=list)
+    """Positions of events of a known type whose payload could not be folded (skipped)."""
+
+    @property
+    def has_rows(self) -> bool:
+        """Whether there is anything to write besides the checkpoint."""
+        return False
 
 
 @dataclass(slots=True)
@@ -100,14 +123,16 @@ class PipelineChange:
 
 
 @dataclass(slots=True)
-class RunStatusChanges:
-    """The fold of one batch for every view the projection keeps, and the position to checkpoint."""
+class RunStatusChanges(Changes):
+    """The ``run_status`` projection's changes: runs, their stages, run counts, dead letters.
+
+    Handlers get or start one change per key through ``run``, ``stage`` and
+    ``dead_letter``.
+    """
 
     runs: dict[str, RunChange] = field(default_factory=dict)
     stages: dict[tuple[str, str], StageChange] = field(default_factory=dict)
     dead_letters: dict[str, DeadLetterChange] = field(default_factory=dict)
-    entities: dict[str, EntityChange] = field(default_factory=dict)
-    pipelines: dict[str, PipelineChange] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     """Per run status, how many runs *created by this batch* end it there.
 
@@ -115,60 +140,65 @@ class RunStatusChanges:
     the status stored on their row to the one in ``fields``: the batch alone
     cannot know where such a run stood (retrying? completed?), the row does.
     """
-    position: int = 0
-    """The last log position folded, relevant event or not: the checkpoint to store."""
-    events: int = 0
-    """How many log events the batch held, relevant or not."""
-    rejected: list[int] = field(default_factory=list)
-    """Positions of events of a known type whose payload could not be folded (skipped)."""
 
     @property
     def has_rows(self) -> bool:
-        return bool(
-            self.runs or self.stages or self.dead_letters or self.entities or self.pipelines
-        )
-
-
-class Batch:
-    """The changes of one batch being folded: handlers get or start one change per key."""
-
-    __slots__ = ("out",)
-
-    def __init__(self) -> None:
-        self.out = RunStatusChanges()
+        return bool(self.runs or self.stages or self.dead_letters)
 
     def run(self, run_id: str, at: int) -> RunChange:
         """The run's change, its ``updated_at`` moved to ``at``."""
-        change = self.out.runs.get(run_id)
+        change = self.runs.get(run_id)
         if change is None:
-            change = self.out.runs[run_id] = RunChange(run_id)
+            change = self.runs[run_id] = RunChange(run_id)
         change.fields["updated_at"] = at
         return change
 
     def stage(self, run_id: str, name: str, index: Any) -> StageChange:
         """The stage's change, its ``index`` set when the event names one."""
-        change = self.out.stages.get((run_id, name))
+        change = self.stages.get((run_id, name))
         if change is None:
-            change = self.out.stages[(run_id, name)] = StageChange(run_id, name)
+            change = self.stages[(run_id, name)] = StageChange(run_id, name)
         if index is not None:
             change.fields["index"] = index
         return change
 
     def dead_letter(self, dead_letter: str) -> DeadLetterChange:
-        change = self.out.dead_letters.get(dead_letter)
+        change = self.dead_letters.get(dead_letter)
         if change is None:
-            change = self.out.dead_letters[dead_letter] = DeadLetterChange(dead_letter)
+            change = self.dead_letters[dead_letter] = DeadLetterChange(dead_letter)
         return change
+
+
+@dataclass(slots=True)
+class EntityChanges(Changes):
+    """The ``entities`` projection's changes: mention counts moved, per entity."""
+
+    entities: dict[str, EntityChange] = field(default_factory=dict)
+
+    @property
+    def has_rows(self) -> bool:
+        return bool(self.entities)
 
     def entity(self, entity_type: str, name: str) -> EntityChange:
         key = f"{entity_type}/{name}"
-        change = self.out.entities.get(key)
+        change = self.entities.get(key)
         if change is None:
-            change = self.out.entities[key] = EntityChange(key, name, entity_type)
+            change = self.entities[key] = EntityChange(key, name, entity_type)
         return change
 
+
+@dataclass(slots=True)
+class PipelineChanges(Changes):
+    """The ``pipelines`` projection's changes: one row change per pipeline config."""
+
+    pipelines: dict[str, PipelineChange] = field(default_factory=dict)
+
+    @property
+    def has_rows(self) -> bool:
+        return bool(self.pipelines)
+
     def pipeline(self, name: str) -> PipelineChange:
-        change = self.out.pipelines.get(name)
+        change = self.pipelines.get(name)
         if change is None:
-            change = self.out.pipelines[name] = PipelineChange(name)
+            change = self.pipelines[name] = PipelineChange(name)
         return change

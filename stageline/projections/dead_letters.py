@@ -1,5 +1,7 @@
 """The dead-letter view as a pure fold: one row per dead letter, open until closed.
 
+Part of the ``run_status`` projection (``run_status.FOLD``), written with it.
+
 Two kinds of entry: ``run`` (a run whose stage gave up with no fallback; its
 ``RunFailed`` carries the dead letter's id and lives in the run's stream) and
 ``poison`` (a command no worker could handle: ``DeadLettered`` on the
@@ -9,13 +11,13 @@ close an entry by id, whichever stream they were appended to.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
 from stageline.actors.events import DeadLetterDiscarded, DeadLettered, DeadLetterRedriven
 from stageline.events import RecordedEvent
-from stageline.projections.changes import Batch
+from stageline.projections.batch import Handler
+from stageline.projections.changes import RunStatusChanges
 
 __all__ = [
     "DEAD_LETTER_CREATED",
@@ -44,12 +46,12 @@ class DeadLetterStatus(StrEnum):
     DISCARDED = "discarded"
 
 
-Handler = Callable[[Batch, str, int, RecordedEvent, dict[str, Any]], None]
-"""``(batch, stream, event time in ms, event, upcast payload)``."""
+DeadLetterHandler = Handler[RunStatusChanges]
+"""``(changes, stream, event time in ms, event, upcast payload)``."""
 
 
 def open_for_run(
-    b: Batch,
+    b: RunStatusChanges,
     run_id: str,
     stream: str,
     stage: str,
@@ -72,13 +74,15 @@ def open_for_run(
         "created_at": at,
         "seq": position,
     }
-    started = b.out.stages.get((run_id, stage))
+    started = b.stages.get((run_id, stage))
     change.stage_key = f"{run_id}/{stage}"
     change.deliveries = started.attempts if started is not None else 0
     change.fields.setdefault("status", DeadLetterStatus.OPEN)
 
 
-def _dead_lettered(b: Batch, stream: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _dead_lettered(
+    b: RunStatusChanges, stream: str, at: int, e: RecordedEvent, d: dict[str, Any]
+) -> None:
     created = {
         "kind": DeadLetterKind.POISON,
         "stream": stream,
@@ -97,15 +101,17 @@ def _dead_lettered(b: Batch, stream: str, at: int, e: RecordedEvent, d: dict[str
     change.fields.setdefault("status", DeadLetterStatus.OPEN)
 
 
-def _closed(status: DeadLetterStatus) -> Handler:
-    def close(b: Batch, stream: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _closed(status: DeadLetterStatus) -> DeadLetterHandler:
+    def close(
+        b: RunStatusChanges, stream: str, at: int, e: RecordedEvent, d: dict[str, Any]
+    ) -> None:
         dead_letter, reason = d["dead_letter"], d.get("reason") or None
         b.dead_letter(dead_letter).fields.update(status=status, closed_at=at, reason=reason)
 
     return close
 
 
-HANDLERS: dict[str, Handler] = {
+HANDLERS: dict[str, DeadLetterHandler] = {
     DeadLettered.topic: _dead_lettered,
     DeadLetterRedriven.topic: _closed(DeadLetterStatus.REDRIVEN),
     DeadLetterDiscarded.topic: _closed(DeadLetterStatus.DISCARDED),

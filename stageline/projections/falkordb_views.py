@@ -1,20 +1,23 @@
 """The FalkorDB adapter of the read models: one graph per workspace.
 
-Run status lives as ``(:Run)-[:HAS_STAGE]->(:Stage)`` nodes and a ``(:Counts
-{name: 'runs'})`` node with one property per run status; dead letters as
-``(:DeadLetter)`` nodes, entity mentions as ``(:Entity)`` nodes, pipeline
-configs as ``(:PipelineConfig)`` nodes; and a
-``(:Checkpoint {projection: 'run_status'})`` node holds the last log position
-applied. A batch of changes and its checkpoint are written by one query,
-guarded by the checkpoint the writer expects: FalkorDB runs a graph's write
-queries one at a time, so a batch is applied exactly once or not at all.
+Each projection (``registry.PROJECTIONS``) keeps its own nodes and its own
+``(:Checkpoint {projection: <name>})`` node holding the last log position it
+applied: run status as ``(:Run)-[:HAS_STAGE]->(:Stage)`` nodes, a ``(:Counts
+{name: 'runs'})`` node and ``(:DeadLetter)`` nodes (``run_status``); entity
+mentions as ``(:Entity)`` nodes (``entities``); pipeline configs as
+``(:PipelineConfig)`` nodes (``pipelines``). A batch of a projection's changes
+and its checkpoint are written by one query, guarded by the checkpoint the
+writer expects: FalkorDB runs a graph's write queries one at a time, so a
+batch is applied exactly once or not at all. The writes of several
+projections go out together, in one round trip, and the checkpoints of those
+with nothing to write move together, in one query (still each guarded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -27,10 +30,19 @@ from redis.exceptions import ResponseError
 from stageline.errors import InvalidArgument
 from stageline.events.keys import graph_name
 from stageline.events.redis_store import CONNECT_TIMEOUT_SECONDS, retry_policy
-from stageline.projections import _cypher as q
-from stageline.projections.changes import RunStatusChanges
+from stageline.ontology.events import PATTERN_SOURCES, TYPE_STATUSES
+from stageline.projections import _cypher
+from stageline.projections import ontology as ontology_status
+from stageline.projections._cypher import entities as qe
+from stageline.projections._cypher import ontology as qo
+from stageline.projections._cypher import patterns as qpt
+from stageline.projections._cypher import pipelines as qp
+from stageline.projections._cypher import run_status as qr
+from stageline.projections.changes import Changes
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
 from stageline.projections.pipeline_configs import PIPELINE_FIELDS
+from stageline.projections.projection import Projection, Write
+from stageline.projections.registry import NAMES, RUN_STATUS
 from stageline.projections.run_status import (
     RUN_CREATED,
     RUN_FIELDS,
@@ -39,9 +51,7 @@ from stageline.projections.run_status import (
     RunStatus,
 )
 
-__all__ = ["PROJECTION", "FalkorDBViews", "connect", "cypher_params"]
-
-PROJECTION = "run_status"
+__all__ = ["FalkorDBViews", "connect", "cypher_params"]
 
 
 def cypher_params(params: Mapping[str, Any]) -> str:
@@ -105,6 +115,20 @@ _DEAD_LETTER_KEYS = tuple(
 )
 _ENTITY_KEYS = ("key", "name", "type", "mentions")
 _PIPELINE_KEYS = ("name", *(f for f in PIPELINE_FIELDS if f != "deleted"))
+_PATTERN_KEYS = (
+    "id",
+    "name",
+    "entity_type",
+    "source",
+    "confidence",
+    "is_global",
+    "active",
+    "removed_reason",
+    "matches",
+    "runs_matched",
+    "first_seen",
+    "last_seen",
+)
 
 
 def _iso(ms: float | None) -> str | None:
@@ -143,15 +167,24 @@ def _check_limit(limit: int) -> None:
         raise InvalidArgument("limit must be >= 1", limit=limit)
 
 
-class FalkorDBViews:
-    """Writes and reads every workspace's views in FalkorDB.
+def _query(write: Write) -> str:
+    """A write's query, its parameters in the header."""
+    changes = write.changes
+    query, rows = write.projection.writer.query(changes, write.expected)
+    params: dict[str, Any] = {
+        "projection": write.projection.name,
+        "expected": write.expected,
+        "position": changes.position,
+    }
+    return cypher_params(params | rows) + query
 
-    Run status, dead letters, entities and pipeline configs.
-    """
+
+class FalkorDBViews:
+    """Writes every projection's changes to a workspace's graph, and reads the views back."""
 
     def __init__(self, db: FalkorDB) -> None:
         self.db = db
-        self._ready: set[str] = set()
+        self._ready: set[tuple[str, str]] = set()
 
     @classmethod
     def from_url(cls, url: str) -> FalkorDBViews:
@@ -160,17 +193,20 @@ class FalkorDBViews:
     async def close(self) -> None:
         await self.db.connection.aclose()
 
-    async def _ensure_schema(self, workspace: str) -> None:
-        if workspace in self._ready:
+    async def _ensure_schema(self, workspace: str, projections: Iterable[Projection[Any]]) -> None:
+        missing = [p for p in projections if (workspace, p.name) not in self._ready]
+        if not missing:
             return
         graph = self.db.select_graph(graph_name(workspace))
-        for statement in q.INDEXES:
+        for statement in dict.fromkeys(
+            [_cypher.CHECKPOINT_INDEX, *(i for p in missing for i in p.writer.indexes)]
+        ):
             try:
                 await graph.query(statement)
             except ResponseError as exc:
                 if "already indexed" not in str(exc):
                     raise
-        self._ready.add(workspace)
+        self._ready.update((workspace, p.name) for p in missing)
 
     async def _read(
         self, workspace: str, query: str, params: dict[str, Any] | None = None
@@ -185,43 +221,83 @@ class FalkorDBViews:
 
     # -- writes -------------------------------------------------------------------
 
-    async def apply(self, workspace: str, changes: RunStatusChanges, *, expected: int) -> bool:
-        """Write a batch's changes and advance the checkpoint from ``expected`` to its position.
+    async def apply(
+        self, workspace: str, projection: Projection[Any], changes: Changes, *, expected: int
+    ) -> bool:
+        """Write a projection's changes and move its checkpoint from ``expected`` to their position.
 
         Returns False, having changed nothing, when the stored checkpoint is not
         ``expected`` (another writer moved it): reload it and read on from there.
         """
-        await self._ensure_schema(workspace)
+        return (await self.apply_all(workspace, [Write(projection, changes, expected)]))[0]
+
+    async def apply_all(self, workspace: str, writes: Sequence[Write]) -> list[bool]:
+        """Send several projections' writes in one round trip; whether each one applied.
+
+        Each is guarded on its own and applied or refused on its own, as
+        ``apply`` describes. If any raises, the error is raised once every
+        write has answered: the others may have applied, so reload every
+        checkpoint.
+        """
+        if not writes:
+            return []
+        await self._ensure_schema(workspace, (w.projection for w in writes))
+        graph = graph_name(workspace)
+        # checkpoints that only move (nothing to write, from a checkpoint that exists)
+        # move in one query: each projection's row is still guarded on its own
+        moves = [i for i, w in enumerate(writes) if w.expected and not w.changes.has_rows]
+        own = [i for i in range(len(writes)) if i not in moves]
+        commands = [("GRAPH.QUERY", graph, _query(writes[i]), "--compact") for i in own]
+        if moves:
+            moving = [writes[i] for i in moves]
+            rows = [[w.projection.name, w.expected, w.changes.position] for w in moving]
+            query = cypher_params({"advances": rows}) + _cypher.ADVANCE_ALL
+            commands.append(("GRAPH.QUERY", graph, query, "--compact"))
+        if len(commands) == 1:
+            replies = [await self.db.connection.execute_command(*commands[0])]
+        else:
+            pipe = self.db.connection.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            replies = await pipe.execute()
+        # a compact reply is [header, rows, statistics]; a guarded query returns a row
+        # for each write the guard let through
+        applied = [False] * len(writes)
+        for i, reply in zip(own, replies, strict=False):
+            applied[i] = bool(reply[1])
+        if moves:
+            moved = {row[0][1] for row in replies[-1][1]}  # a cell is [type, value]
+            for i in moves:
+                applied[i] = writes[i].projection.name in moved
+        return applied
+
+    async def drop(self, workspace: str, projection: Projection[Any]) -> None:
+        """Delete the projection's nodes and its checkpoint, in one query, ready for a rebuild.
+
+        Other projections' nodes and checkpoints stay as they are.
+        """
+        await self._ensure_schema(workspace, [projection])
         graph = self.db.select_graph(graph_name(workspace))
-        params: dict[str, Any] = {
-            "projection": PROJECTION,
-            "expected": expected,
-            "position": changes.position,
-        }
-        if changes.has_rows:
-            params |= q.write_params(changes)
-        result = await graph.query(
-            cypher_params(params) + (q.WRITE if changes.has_rows else q.ADVANCE)
-        )
-        return bool(result.result_set)
+        await graph.query(cypher_params({"projection": projection.name}) + projection.writer.drop)
 
-    async def drop(self, workspace: str) -> None:
-        """Delete every view and the checkpoint, in one query, ready for a rebuild."""
-        await self._ensure_schema(workspace)
-        graph = self.db.select_graph(graph_name(workspace))
-        await graph.query(cypher_params({"projection": PROJECTION}) + q.DROP)
+    # -- reads: checkpoints -------------------------------------------------------
 
-    # -- reads: checkpoint --------------------------------------------------------
+    async def checkpoint(self, workspace: str, projection: str = RUN_STATUS.name) -> int:
+        """The last log position the projection has applied, 0 before its first batch."""
+        return (await self.checkpoints(workspace, (projection,))).get(projection, 0)
 
-    async def checkpoint(self, workspace: str, projection: str = PROJECTION) -> int:
-        """The last log position the projection has applied, 0 before the first batch."""
-        rows = await self._read(workspace, q.CHECKPOINT, {"projection": projection})
-        return int(rows[0][0]) if rows else 0
+    async def checkpoints(self, workspace: str, names: Iterable[str] = NAMES) -> dict[str, int]:
+        """The stored checkpoints of the projections ``names``, by name, in one query.
+
+        A projection that has written nothing yet is missing (its checkpoint is 0).
+        """
+        rows = await self._read(workspace, _cypher.CHECKPOINTS, {"names": list(names)})
+        return {str(name): int(position) for name, position in rows}
 
     async def wait_for(
-        self, workspace: str, position: int, timeout_s: float, projection: str = PROJECTION
+        self, workspace: str, position: int, timeout_s: float, projection: str = RUN_STATUS.name
     ) -> bool:
-        """Wait until the view has applied ``position``; False if ``timeout_s`` passed first."""
+        """Wait until the projection has applied ``position``; False if ``timeout_s`` passed first."""
         deadline = time.monotonic() + timeout_s
         delay = 0.001
         while await self.checkpoint(workspace, projection) < position:
@@ -236,7 +312,7 @@ class FalkorDBViews:
 
     async def get_run(self, workspace: str, run_id: str) -> dict[str, Any] | None:
         """One run with its ``stages`` in pipeline order, or None if the view has no such run."""
-        rows = await self._read(workspace, q.GET_RUN, {"id": run_id})
+        rows = await self._read(workspace, qr.GET_RUN, {"id": run_id})
         if not rows:
             return None
         run = _run_dict(rows[0][0])
@@ -246,11 +322,8 @@ class FalkorDBViews:
 
     async def stale_runs(self, workspace: str, idle_since_ms: int, limit: int = 500) -> list[str]:
         """Ids of unfinished runs with no event since ``idle_since_ms`` (epoch ms), oldest first."""
-        query = (
-            "MATCH (r:Run) WHERE r.status IN ['processing', 'retrying'] "
-            "AND r.updated_at < $since RETURN r.id ORDER BY r.updated_at LIMIT $limit"
-        )
-        rows = await self._read(workspace, query, {"since": idle_since_ms, "limit": limit})
+        params = {"since": idle_since_ms, "limit": limit}
+        rows = await self._read(workspace, qr.STALE_RUNS, params)
         return [str(row[0]) for row in rows]
 
     async def list_runs(
@@ -278,21 +351,19 @@ class FalkorDBViews:
             except ValueError:
                 raise InvalidArgument("invalid cursor", cursor=cursor) from None
             where.append("r.seq < $before")
-        condition = f"WHERE {' AND '.join(where)} " if where else ""
-        query = f"MATCH (r:Run) {condition}RETURN properties(r) ORDER BY r.seq DESC LIMIT $limit"
-        rows = await self._read(workspace, query, params)
+        rows = await self._read(workspace, qr.list_runs(where), params)
         runs = [_run_dict(row[0]) for row in rows[:limit]]
         more = len(rows) > limit
         return runs, (str(runs[-1]["seq"]) if more else None)
 
     async def stats(self, workspace: str) -> dict[str, Any]:
         """Run counts by status, their total, and per stage name the completed durations."""
-        rows = await self._read(workspace, q.COUNTS)
+        rows = await self._read(workspace, qr.COUNTS)
         stored = rows[0][0] if rows else {}
         counts = {status.value: int(stored.get(status.value, 0)) for status in RunStatus}
         stages = {
             name: {"count": int(n), "p50_ms": float(p50), "p95_ms": float(p95)}
-            for name, n, p50, p95 in await self._read(workspace, q.DURATIONS)
+            for name, n, p50, p95 in await self._read(workspace, qr.DURATIONS)
         }
         return {"counts": counts, "total": sum(counts.values()), "stages": stages}
 
@@ -309,28 +380,91 @@ class FalkorDBViews:
         """Dead letters newest first; ``status=None`` lists every status, ``stage`` filters by stage."""
         _check_limit(limit)
         params: dict[str, Any] = {"limit": limit, "stage": stage, "status": status}
-        query = q.list_dead_letters(stage=stage is not None, status=status is not None)
+        query = qr.list_dead_letters(stage=stage is not None, status=status is not None)
         return [_dead_letter_dict(row[0]) for row in await self._read(workspace, query, params)]
 
     async def get_dead_letter(self, workspace: str, dead_letter: str) -> dict[str, Any] | None:
         """One dead letter by id, whatever its status; None if the view has no such entry."""
-        rows = await self._read(workspace, q.GET_DEAD_LETTER, {"id": dead_letter})
+        rows = await self._read(workspace, qr.GET_DEAD_LETTER, {"id": dead_letter})
         return _dead_letter_dict(rows[0][0]) if rows else None
 
     async def entities(self, workspace: str, *, limit: int = 100) -> list[dict[str, Any]]:
         """Entities with at least one standing mention, most mentioned first, then by name."""
         _check_limit(limit)
-        rows = await self._read(workspace, q.ENTITIES, {"limit": limit})
+        rows = await self._read(workspace, qe.ENTITIES, {"limit": limit})
         return [_shape(row[0], _ENTITY_KEYS, ()) for row in rows]
 
     async def entity(self, workspace: str, entity_type: str, name: str) -> dict[str, Any] | None:
         """One entity's mention count (0 once every mention was retracted); None if never seen."""
-        rows = await self._read(workspace, q.GET_ENTITY, {"key": f"{entity_type}/{name}"})
+        rows = await self._read(workspace, qe.GET_ENTITY, {"key": f"{entity_type}/{name}"})
         return _shape(rows[0][0], _ENTITY_KEYS, ()) if rows else None
 
     # -- reads: pipeline configs ----------------------------------------------------
 
     async def pipelines(self, workspace: str) -> list[dict[str, Any]]:
         """The workspace's own pipeline configs (not deleted), by name, at their latest version."""
-        rows = await self._read(workspace, q.PIPELINES)
+        rows = await self._read(workspace, qp.PIPELINES)
         return [_shape(row[0], _PIPELINE_KEYS, ("defined_at", "updated_at")) for row in rows]
+
+    # -- reads: patterns and the ontology's convergence ---------------------------------
+
+    async def patterns(
+        self,
+        workspace: str,
+        *,
+        source: str | None = None,
+        entity_type: str | None = None,
+        include_removed: bool = False,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The workspace's pattern nodes (global patterns matched here too, marked
+        ``is_global``), most matched first, then by name; active ones unless ``include_removed``."""
+        _check_limit(limit)
+        query = qpt.list_patterns(
+            source=source is not None,
+            entity_type=entity_type is not None,
+            include_removed=include_removed,
+        )
+        params = {"limit": limit, "source": source, "entity_type": entity_type}
+        rows = await self._read(workspace, query, params)
+        out = []
+        for row in rows:
+            pattern = _shape(row[0], _PATTERN_KEYS, ("first_seen", "last_seen"))
+            pattern["is_global"] = bool(pattern["is_global"])
+            out.append(pattern)
+        return out
+
+    async def pattern_counts(self, workspace: str) -> dict[str, int]:
+        """The workspace's own active patterns by source (every source, 0s included)."""
+        counts = dict.fromkeys(PATTERN_SOURCES, 0)
+        for source, n in await self._read(workspace, qpt.PATTERN_COUNTS):
+            if source in counts:
+                counts[source] = int(n)
+        return counts
+
+    async def ontology_status(self, workspace: str, *, bucket_runs: int = 100) -> dict[str, Any]:
+        """How far the ontology has converged (``ontology.status``): patterns by source, types
+        by status, totals, rates and the discovery curve in buckets of ``bucket_runs`` runs."""
+        if bucket_runs < ontology_status.BUCKET_RUNS or bucket_runs % ontology_status.BUCKET_RUNS:
+            raise InvalidArgument(
+                f"bucket_runs must be a multiple of {ontology_status.BUCKET_RUNS}",
+                bucket_runs=bucket_runs,
+            )
+        pattern_stats, type_rows, counter_rows, buckets = await asyncio.gather(
+            self.pattern_counts(workspace),
+            self._read(workspace, qo.TYPE_COUNTS),
+            self._read(workspace, qo.COUNTERS_NODE),
+            self._read(workspace, qo.BUCKETS),
+        )
+        type_counts = dict.fromkeys(TYPE_STATUSES, 0)
+        for status, n in type_rows:
+            if status in type_counts:
+                type_counts[status] = int(n)
+        counters = counter_rows[0][0] if counter_rows else {}
+        return ontology_status.status(
+            pattern_stats,
+            type_counts,
+            counters,
+            [(b, p, t) for b, p, t in buckets],
+            bucket_runs=bucket_runs,
+        )

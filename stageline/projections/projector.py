@@ -1,45 +1,63 @@
-"""The projector: follows every workspace's log and keeps its run-status view current.
+"""The projector: follows every workspace's log and keeps each projection's view current.
 
-Per workspace it reads the log after the view's checkpoint in batches, folds
-each batch and writes changes plus the new checkpoint in one guarded query.
-A write that fails or finds the checkpoint moved is never skipped: the
-projector reloads the stored checkpoint and reads on from there.
+Per workspace it reads the log in batches after the lowest checkpoint of its
+projections, gives each projection the events after its own checkpoint, folds
+them and writes every projection's changes plus its new checkpoint in one
+guarded query each (all of a batch's queries in one round trip). A write that
+fails or finds its checkpoint moved is never skipped: the projector reloads
+the stored checkpoint and reads on from there. A projection behind the others
+(new, or being rebuilt) catches up from the same reads, while the others,
+already past those events, are given none of them.
+
+All workspaces are read by one blocking read on one connection; a workspace
+with a backlog is replayed apart, so it neither waits on nor delays the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 
+from stageline.errors import InvalidArgument
 from stageline.events import EventStore, RecordedEvent
-from stageline.projections.batch import fold
-from stageline.projections.changes import RunStatusChanges
+from stageline.projections import registry
+from stageline.projections.projection import Projection, Write
 
-__all__ = ["Projector", "RebuildResult", "RunStatusView", "next_delay"]
+__all__ = ["Projector", "RebuildResult", "ViewStore", "next_delay"]
 
 log = structlog.get_logger("stageline.projections")
 
+Positions = dict[str, int]
+"""Projection name -> the log position its view has applied."""
 
-class RunStatusView(Protocol):
-    """Where the projector writes: a view store with a guarded, checkpointed write."""
 
-    async def apply(self, workspace: str, changes: RunStatusChanges, *, expected: int) -> bool:
-        """Write changes and move the checkpoint from ``expected``; False if it was elsewhere."""
+class ViewStore(Protocol):
+    """Where the projector writes: guarded, checkpointed writes per projection."""
+
+    async def apply_all(self, workspace: str, writes: Sequence[Write]) -> list[bool]:
+        """Write each projection's changes and move its checkpoint from ``expected``.
+
+        One result per write: False if its checkpoint was elsewhere (nothing written).
+        """
         ...
 
-    async def checkpoint(self, workspace: str) -> int: ...
+    async def checkpoints(self, workspace: str, names: Iterable[str]) -> dict[str, int]:
+        """The stored checkpoints of the projections ``names`` (a missing one is 0)."""
+        ...
 
-    async def drop(self, workspace: str) -> None: ...
+    async def drop(self, workspace: str, projection: Projection[Any]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class RebuildResult:
+    projection: str
     events: int
     seconds: float
 
@@ -59,146 +77,308 @@ def _consume(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-class Projector:
-    """Keeps the run-status view of every workspace of ``store`` up to date in ``views``.
+def _position(event: RecordedEvent) -> int:
+    return event.position
 
-    ``block_ms`` bounds how long an idle workspace's read blocks (and so how
-    soon ``run`` notices its stop event); ``rescan_s`` is how often the list of
-    workspaces is read again to pick up new ones.
+
+MAX_CATCHING_UP = 4
+"""How many workspaces with a backlog ``Projector.run`` replays at once, each by its own task."""
+
+
+class _Following:
+    """What ``Projector.run`` knows of each workspace it follows."""
+
+    def __init__(self) -> None:
+        self.positions: dict[str, Positions | None] = {}
+        """Each workspace's projection positions; None: to be read from the views."""
+        self.catching_up: dict[str, asyncio.Task[int]] = {}
+        self.failures: dict[str, int] = {}
+        self.retry_at: dict[str, float] = {}
+
+    def failed(self, workspace: str, exc: BaseException, now: float) -> None:
+        """Leave ``workspace`` alone for a growing delay; its positions are read again after."""
+        failures = self.failures[workspace] = self.failures.get(workspace, 0) + 1
+        delay = next_delay(failures)
+        # the traceback once per outage: a long one must not flood the log
+        log.warning(
+            "projector.batch_failed",
+            workspace=workspace,
+            after=self.positions.get(workspace),
+            retry_in=delay,
+            failures=failures,
+            error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc if failures == 1 else False,
+        )
+        self.positions[workspace] = None  # the writes may or may not have landed: ask the views
+        self.retry_at[workspace] = now + delay
+
+    def succeeded(self, workspace: str, positions: Positions) -> None:
+        self.positions[workspace] = positions
+        self.failures.pop(workspace, None)
+        self.retry_at.pop(workspace, None)
+
+    def reap(self) -> None:
+        """Forget the replays that ended; a failed one counts as a failed batch."""
+        for ws, task in list(self.catching_up.items()):
+            if not task.done():
+                continue
+            del self.catching_up[ws]
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None:
+                self.failed(ws, exc, asyncio.get_running_loop().time())
+            else:
+                self.failures.pop(ws, None)
+
+
+class Projector:
+    """Keeps every projection of every workspace of ``store`` up to date in ``views``.
+
+    ``projections`` defaults to every registered one (``registry.PROJECTIONS``);
+    ``block_ms`` bounds how long ``run``'s read of the logs blocks when they are
+    idle (and so how soon it notices its stop event); ``rescan_s`` is how often
+    the list of workspaces is read again to pick up new ones.
     """
 
     def __init__(
         self,
         store: EventStore,
-        views: RunStatusView,
+        views: ViewStore,
         *,
+        projections: Sequence[Projection[Any]] = registry.PROJECTIONS,
         batch_size: int = 1000,
         block_ms: int = 200,
         rescan_s: float = 0.1,
     ) -> None:
         self.store = store
         self.views = views
+        self.projections = tuple(projections)
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.rescan_s = rescan_s
 
+    def projection(self, name: str) -> Projection[Any]:
+        """This projector's projection called ``name``; ``InvalidArgument`` naming them if none."""
+        for projection in self.projections:
+            if projection.name == name:
+                return projection
+        names = ", ".join(p.name for p in self.projections)
+        raise InvalidArgument(f"no projection named {name!r}; projections: {names}")
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Project every workspace, old and new, until ``stop`` is set."""
-        followers: dict[str, asyncio.Task[None]] = {}
+        """Project every workspace, old and new, until ``stop`` is set.
+
+        One blocking read waits on the logs of all the workspaces at once, so
+        an idle projector holds one connection however many workspaces there
+        are. A workspace whose read filled a batch has a backlog: it is taken
+        out of the shared read and replayed by its own task (at most
+        ``MAX_CATCHING_UP`` at a time), with reads, folds and writes
+        overlapping, until it reaches its head.
+        """
+        follow = _Following()
+        loop = asyncio.get_running_loop()
+        next_scan = 0.0
         try:
             while not stop.is_set():
+                if loop.time() >= next_scan:
+                    await self._scan(follow)
+                    next_scan = loop.time() + self.rescan_s
+                follow.reap()
+                after = await self._ready(follow, loop.time())
+                block_ms = min(self.block_ms, max(int((next_scan - loop.time()) * 1000), 1))
+                if not after:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), block_ms / 1000)
+                    continue
                 try:
-                    workspaces = await self.store.workspaces()
-                except Exception:
-                    log.exception("projector.workspaces_failed")
-                    workspaces = []
-                for ws in workspaces:
-                    if ws not in followers:
-                        followers[ws] = asyncio.create_task(self._follow(ws, stop))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.rescan_s)
+                    batches = await self.store.tail(after, limit=self.batch_size, block_ms=block_ms)
+                except Exception as exc:
+                    for ws in after:
+                        follow.failed(ws, exc, loop.time())
+                    continue
+                # every workspace's writes at once, each shielded: the guards keep them exact
+                await asyncio.gather(
+                    *(self._step(follow, ws, events) for ws, events in batches.items())
+                )
         finally:
-            # followers notice ``stop`` within one block_ms; cancel them only if we are
-            if not stop.is_set():
-                for task in followers.values():
-                    task.cancel()
-            await asyncio.gather(*followers.values(), return_exceptions=True)
+            tasks = list(follow.catching_up.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _follow(self, workspace: str, stop: asyncio.Event) -> None:
-        position: int | None = None
-        failures = 0
-        while not stop.is_set():
-            try:
-                if position is None:
-                    position = await self.views.checkpoint(workspace)
-                events = await self.store.tail(
-                    workspace, after=position, limit=self.batch_size, block_ms=self.block_ms
-                )
-                if len(events) == self.batch_size:  # a backlog: replay it with overlapping batches
-                    await self._apply(workspace, events, position)
-                    await self.catch_up(workspace)
-                    position = None
-                elif events:
-                    position = await self._apply(workspace, events, position)
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                delay = next_delay(failures)
-                # the traceback once per outage: a long one must not flood the log
+    async def _scan(self, follow: _Following) -> None:
+        try:
+            workspaces = await self.store.workspaces()
+        except Exception:
+            log.exception("projector.workspaces_failed")
+            return
+        for ws in workspaces:
+            follow.positions.setdefault(ws, None)
+
+    async def _ready(self, follow: _Following, now: float) -> dict[str, int]:
+        """The workspaces to read now, each with the position to read after."""
+        after = {}
+        for ws, positions in follow.positions.items():
+            if ws in follow.catching_up or follow.retry_at.get(ws, 0.0) > now:
+                continue
+            if positions is None:
+                try:
+                    positions = follow.positions[ws] = await self._load(ws, self.projections)
+                except Exception as exc:
+                    follow.failed(ws, exc, now)
+                    continue
+            after[ws] = min(positions.values())
+        return after
+
+    async def _step(self, follow: _Following, workspace: str, events: list[RecordedEvent]) -> None:
+        positions = follow.positions[workspace]
+        assert positions is not None
+        try:
+            positions = await self._apply(workspace, events, positions)
+        except Exception as exc:
+            follow.failed(workspace, exc, asyncio.get_running_loop().time())
+            return
+        follow.succeeded(workspace, positions)
+        if len(events) == self.batch_size and len(follow.catching_up) < MAX_CATCHING_UP:
+            follow.positions[workspace] = None  # reloaded once the replay is over
+            follow.catching_up[workspace] = asyncio.create_task(self.catch_up(workspace))
+
+    async def _load(self, workspace: str, projections: Sequence[Projection[Any]]) -> Positions:
+        stored = await self.views.checkpoints(workspace, [p.name for p in projections])
+        return {p.name: stored.get(p.name, 0) for p in projections}
+
+    def _fold(
+        self,
+        workspace: str,
+        events: Sequence[RecordedEvent],
+        positions: Positions,
+        projections: Sequence[Projection[Any]],
+    ) -> list[Write]:
+        """Each projection's write of the events after its own position (none if it has none)."""
+        writes = []
+        for p in projections:
+            after = positions[p.name]
+            start = bisect.bisect_right(events, after, key=_position)
+            if start == len(events):
+                continue  # the projection is past this batch already
+            changes = p.fold(events[start:] if start else events)
+            if changes.rejected:
                 log.warning(
-                    "projector.batch_failed",
+                    "projector.events_rejected",
                     workspace=workspace,
-                    after=position,
-                    retry_in=delay,
-                    failures=failures,
-                    error=f"{type(exc).__name__}: {exc}",
-                    exc_info=failures == 1,
+                    projection=p.name,
+                    positions=changes.rejected,
                 )
-                position = None  # the write may or may not have landed: ask the view
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+            writes.append(Write(p, changes, after))
+        return writes
 
-    async def _apply(self, workspace: str, events: Sequence[RecordedEvent], position: int) -> int:
-        """Write one batch read after ``position``; the position to read on from."""
-        changes = self._fold(workspace, events)
-        # once sent, let the write finish even if we are cancelled: the guard keeps it exact
-        if await asyncio.shield(self.views.apply(workspace, changes, expected=position)):
-            return changes.position
-        return await self._moved(workspace, position)
+    async def _apply(
+        self, workspace: str, events: Sequence[RecordedEvent], positions: Positions
+    ) -> Positions:
+        """Write one batch read after the lowest of ``positions``; the positions to read on from."""
+        writes = self._fold(workspace, events, positions, self.projections)
+        # once sent, let the writes finish even if we are cancelled: the guards keep them exact
+        applied = await asyncio.shield(self.views.apply_all(workspace, writes))
+        return await self._settle(workspace, positions, writes, applied)
 
-    @staticmethod
-    def _fold(workspace: str, events: Sequence[RecordedEvent]) -> RunStatusChanges:
-        changes = fold(events)
-        if changes.rejected:
-            log.warning(
-                "projector.events_rejected", workspace=workspace, positions=changes.rejected
-            )
-        return changes
-
-    async def _moved(self, workspace: str, expected: int) -> int:
-        stored = await self.views.checkpoint(workspace)
-        log.info("projector.checkpoint_moved", workspace=workspace, expected=expected, found=stored)
-        return stored
+    async def _settle(
+        self, workspace: str, positions: Positions, writes: Sequence[Write], applied: list[bool]
+    ) -> Positions:
+        """The positions after ``writes``: a refused write's projection reloads its checkpoint."""
+        out = dict(positions)
+        moved = []
+        for write, ok in zip(writes, applied, strict=True):
+            out[write.projection.name] = write.changes.position
+            if not ok:
+                moved.append(write)
+        if moved:
+            stored = await self.views.checkpoints(workspace, [w.projection.name for w in moved])
+            for write in moved:
+                name = write.projection.name
+                out[name] = stored.get(name, 0)
+                log.info(
+                    "projector.checkpoint_moved",
+                    workspace=workspace,
+                    projection=name,
+                    expected=write.expected,
+                    found=out[name],
+                )
+        return out
 
     async def project_once(self, workspace: str) -> int:
-        """Project one batch after the stored checkpoint; the number of events it held."""
-        position = await self.views.checkpoint(workspace)
-        events = await self.store.read_log(workspace, after=position, limit=self.batch_size)
+        """Project one batch after the lowest stored checkpoint; the number of events it held."""
+        positions = await self._load(workspace, self.projections)
+        events = await self.store.read_log(
+            workspace, after=min(positions.values()), limit=self.batch_size
+        )
         if events:
-            await self._apply(workspace, events, position)
+            await self._apply(workspace, events, positions)
         return len(events)
 
     async def catch_up(self, workspace: str) -> int:
         """Project everything up to the log's current head; the number of events applied."""
         head = await self.store.head(workspace)
-        return await self._replay(workspace, until=head, batch_size=self.batch_size)
+        return await self._replay(
+            workspace, self.projections, until=head, batch_size=self.batch_size
+        )
 
-    async def lag(self, workspace: str) -> int:
-        """How many log positions the view is behind the log."""
+    async def lag(self, workspace: str, projection: str | None = None) -> int:
+        """How many log positions the projection (by default the one furthest behind) lags."""
         head = await self.store.head(workspace)
-        return max(head - await self.views.checkpoint(workspace), 0)
+        positions = await self._load(workspace, self.projections)
+        if projection is None:
+            return max(head - min(positions.values()), 0)
+        return max(head - positions[self.projection(projection).name], 0)
 
-    async def rebuild(self, workspace: str, *, batch_size: int | None = None) -> RebuildResult:
-        """Drop the view and replay the log from position 0 up to its current head.
+    async def rebuild(
+        self, workspace: str, projection: str, *, batch_size: int | None = None
+    ) -> RebuildResult:
+        """Drop one projection's view and replay the log into it from 0 up to its current head.
 
-        A projector running elsewhere meanwhile finds its checkpoint gone and
+        The other projections' views and checkpoints are left as they are. A
+        projector running elsewhere meanwhile finds this checkpoint gone and
         replays too; the guard lets each batch land once, so ``events`` counts
         the batches this call wrote, which may then be fewer than the log holds.
         """
+        p = self.projection(projection)
         started = time.perf_counter()
-        await self.views.drop(workspace)
+        await self.views.drop(workspace, p)
         head = await self.store.head(workspace)
-        events = await self._replay(workspace, until=head, batch_size=batch_size or self.batch_size)
-        result = RebuildResult(events=events, seconds=time.perf_counter() - started)
-        log.info("projector.rebuilt", workspace=workspace, events=events, seconds=result.seconds)
+        events = await self._replay(
+            workspace, (p,), until=head, batch_size=batch_size or self.batch_size
+        )
+        result = RebuildResult(p.name, events=events, seconds=time.perf_counter() - started)
+        log.info(
+            "projector.rebuilt",
+            workspace=workspace,
+            projection=p.name,
+            events=events,
+            seconds=result.seconds,
+        )
         return result
 
-    async def _replay(self, workspace: str, *, until: int, batch_size: int) -> int:
-        """Project the log up to position ``until``; the number of events this call applied.
+    async def rebuild_all(
+        self, workspace: str, *, batch_size: int | None = None
+    ) -> list[RebuildResult]:
+        """Rebuild every projection, one after another."""
+        return [
+            await self.rebuild(workspace, p.name, batch_size=batch_size) for p in self.projections
+        ]
 
-        Three batches are in flight at once: one being written, the next being
-        folded, the one after being read, so Python, Redis and FalkorDB overlap.
-        A batch is only sent once the write before it has succeeded.
+    async def _replay(
+        self,
+        workspace: str,
+        projections: Sequence[Projection[Any]],
+        *,
+        until: int,
+        batch_size: int,
+    ) -> int:
+        """Project the log up to position ``until``; how many events this call applied.
+
+        An event counts once if any projection applied it. Three batches are in
+        flight at once: one being written, the next being folded, the one after
+        being read, so Python, Redis and FalkorDB overlap. A batch is only sent
+        once the writes before it have succeeded; the next one is folded
+        expecting they will.
         """
 
         async def read(after: int) -> list[RecordedEvent]:
@@ -207,32 +387,36 @@ class Projector:
                 await self.store.read_log(workspace, after=after, limit=limit) if limit > 0 else []
             )
 
-        position = await self.views.checkpoint(workspace)
+        positions = await self._load(workspace, projections)
         applied = 0
-        reading = asyncio.create_task(read(position))
-        writing: asyncio.Task[bool] | None = None
-        sent = RunStatusChanges()
+        reading = asyncio.create_task(read(min(positions.values())))
+        writing: asyncio.Task[list[bool]] | None = None
+        sent: list[Write] = []
         try:
             while True:
                 events = await reading
                 if events:
                     reading = asyncio.create_task(read(events[-1].position))
-                changes = self._fold(workspace, events)
+                ahead = dict(positions)
+                if writing is not None:  # as it will be once the writes in flight land
+                    ahead.update((w.projection.name, w.changes.position) for w in sent)
+                writes = self._fold(workspace, events, ahead, projections)
                 if writing is not None:
-                    if await asyncio.shield(writing):
-                        position, applied = sent.position, applied + sent.events
-                    else:  # another writer moved the checkpoint: drop what we read ahead
+                    results = await asyncio.shield(writing)
+                    writing = None
+                    positions = await self._settle(workspace, positions, sent, results)
+                    applied += max(
+                        (w.changes.events for w, ok in zip(sent, results, strict=True) if ok),
+                        default=0,
+                    )
+                    if not all(results):  # another writer moved a checkpoint: re-read from there
                         reading.cancel()
-                        position = await self._moved(workspace, position)
-                        reading = asyncio.create_task(read(position))
-                        writing = None
+                        reading = asyncio.create_task(read(min(positions.values())))
                         continue
                 if not events:
                     return applied
-                sent = changes
-                writing = asyncio.create_task(
-                    self.views.apply(workspace, changes, expected=position)
-                )
+                sent = writes
+                writing = asyncio.create_task(self.views.apply_all(workspace, writes))
         finally:
             reading.cancel()
             for task in (reading, writing):

@@ -1,4 +1,4 @@
-"""Run status as a pure fold: run lifecycle events in, run and stage row changes out.
+"""The ``run_status`` projection's pure fold: runs, their stages, run counts and dead letters.
 
 A run's status follows its lifecycle, the same way ``stageline.actors.decide``
 folds it: ``processing`` from submission, ``retrying`` while a failed attempt
@@ -10,13 +10,16 @@ attempt runs, ``retrying`` between a failed attempt and the next, and ends
 ``completed``, ``failed``, ``skipped`` (its fallback applied) or
 ``compensated`` (its effects reversed).
 
-Only streams named ``run-<run id>`` matter for these handlers; the run id is
-taken from the stream name.
+Only streams named ``run-<run id>`` matter for the run handlers; the run id is
+taken from the stream name. Dead letters (``dead_letters.py``) are folded in
+the same projection and written by the same query: a run's dead letter counts
+its stage's stored attempts, which only the run-status view holds, so both
+move with one checkpoint and are rebuilt together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -37,9 +40,9 @@ from stageline.actors.events import (
     StageStarted,
 )
 from stageline.events import RecordedEvent
-from stageline.events.keys import run_stream
 from stageline.projections import dead_letters
-from stageline.projections.changes import Batch, RunChange
+from stageline.projections.batch import RUN_STREAM_PREFIX, Handler, Handlers, fold_into
+from stageline.projections.changes import RunChange, RunStatusChanges
 
 __all__ = [
     "HANDLERS",
@@ -51,9 +54,8 @@ __all__ = [
     "STAGE_FIELDS",
     "RunStatus",
     "StageStatus",
+    "fold",
 ]
-
-RUN_STREAM_PREFIX = run_stream("")
 
 # Every key a change may carry: view adapters write exactly these properties.
 RUN_CREATED = ("pipeline", "pipeline_version", "status", "submitted_at", "seq")
@@ -94,8 +96,8 @@ class StageStatus(StrEnum):
     COMPENSATED = "compensated"
 
 
-Handler = Callable[[Batch, str, int, RecordedEvent, dict[str, Any]], None]
-"""``(batch, run id, event time in ms, event, upcast payload)``."""
+RunHandler = Handler[RunStatusChanges]
+"""``(changes, run id, event time in ms, event, upcast payload)``."""
 
 
 def _ms(value: Any) -> int | None:
@@ -132,7 +134,9 @@ def _error(d: dict[str, Any]) -> str:
 # a malformed event is rejected whole instead of being folded in halfway.
 
 
-def _run_submitted(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _run_submitted(
+    b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
+) -> None:
     created = {
         "pipeline": d["pipeline"],
         "pipeline_version": d["pipeline_version"],
@@ -149,7 +153,9 @@ def _run_submitted(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str
         b.stage(run_id, name, index).created = {"status": StageStatus.PENDING}
 
 
-def _stage_started(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _stage_started(
+    b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
+) -> None:
     name, index = d["stage"], d.get("index")
     run = b.run(run_id, at)
     run.fields["current_stage"] = name
@@ -168,7 +174,9 @@ def _stage_started(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str
     )
 
 
-def _stage_completed(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _stage_completed(
+    b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
+) -> None:
     name, index, metadata = d["stage"], d.get("index"), d.get("metadata")
     fields = {
         "status": StageStatus.COMPLETED,
@@ -182,7 +190,9 @@ def _stage_completed(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[s
     b.stage(run_id, name, index).fields.update(fields)
 
 
-def _stage_failed(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _stage_failed(
+    b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
+) -> None:
     name, index, will_retry = d["stage"], d.get("index"), bool(d.get("will_retry"))
     fields = {
         "status": StageStatus.RETRYING if will_retry else StageStatus.FAILED,
@@ -198,23 +208,31 @@ def _stage_failed(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str,
     b.stage(run_id, name, index).fields.update(fields)
 
 
-def _stage_skipped(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _stage_skipped(
+    b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
+) -> None:
     name, index, next_stage = d["stage"], d.get("index"), d["next_stage"]
     b.run(run_id, at).fields["current_stage"] = next_stage
     b.stage(run_id, name, index).fields.update(status=StageStatus.SKIPPED, retry_at=None)
 
 
-def _stage_compensated(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _stage_compensated(
+    b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
+) -> None:
     name, index = d["stage"], d.get("index")
     b.run(run_id, at)
     b.stage(run_id, name, index).fields.update(status=StageStatus.COMPENSATED, retry_at=None)
 
 
-def _run_completed(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _run_completed(
+    b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
+) -> None:
     _settle(b.run(run_id, at), RunStatus.COMPLETED, completed_at=at, ended_at=at)
 
 
-def _run_failed(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _run_failed(
+    b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
+) -> None:
     stage, error, dead_letter = d["stage"], _error(d), d.get("dead_letter")
     run = b.run(run_id, at)
     _settle(run, RunStatus.FAILED, error=error, dead_letter=dead_letter, ended_at=at)
@@ -222,17 +240,23 @@ def _run_failed(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, A
         dead_letters.open_for_run(b, run_id, e.stream, stage, error, dead_letter, at, e.position)
 
 
-def _run_cancelled(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _run_cancelled(
+    b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
+) -> None:
     reason = d.get("reason") or None
     _settle(b.run(run_id, at), RunStatus.CANCELLED, ended_at=at, reason=reason)
 
 
-def _run_compensated(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _run_compensated(
+    b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
+) -> None:
     reason = d.get("reason") or None
     _settle(b.run(run_id, at), RunStatus.COMPENSATED, ended_at=at, reason=reason)
 
 
-def _run_retried(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]) -> None:
+def _run_retried(
+    b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
+) -> None:
     name, index = d["stage"], d.get("index")
     _settle(
         b.run(run_id, at),
@@ -247,7 +271,7 @@ def _run_retried(b: Batch, run_id: str, at: int, e: RecordedEvent, d: dict[str, 
     b.stage(run_id, name, index).fields.update(status=StageStatus.PENDING, retry_at=None)
 
 
-HANDLERS: dict[str, Handler] = {
+HANDLERS: dict[str, RunHandler] = {
     RunSubmitted.topic: _run_submitted,
     StageStarted.topic: _stage_started,
     StageCompleted.topic: _stage_completed,
@@ -261,3 +285,21 @@ HANDLERS: dict[str, Handler] = {
     RunRetried.topic: _run_retried,
 }
 """Run lifecycle event type -> how it changes the view; a new lifecycle event adds one entry."""
+
+FOLD: Handlers[RunStatusChanges] = {
+    **{topic: (h, True) for topic, h in HANDLERS.items()},
+    **{topic: (h, False) for topic, h in dead_letters.HANDLERS.items()},
+}
+"""Every event type the projection folds: run lifecycle (run streams only) and dead letters."""
+
+
+def fold(events: Iterable[RecordedEvent]) -> RunStatusChanges:
+    """Fold a batch of log events (oldest first) into the ``run_status`` changes."""
+    out = fold_into(RunStatusChanges(), events, FOLD)
+    counts: dict[str, int] = {}
+    for run in out.runs.values():
+        if run.created is not None:
+            status = run.fields.get("status", run.created["status"])
+            counts[status] = counts.get(status, 0) + 1
+    out.counts = counts
+    return out

@@ -95,10 +95,11 @@ async def test_samples_complete_with_one_transition_per_stage(
     assert set((await wait_terminal(redis_store, workspace, runs)).values()) == {"RunCompleted"}
     for run_id in runs:
         counts = await transitions(redis_store, workspace, run_id)
-        for index in range(4):
+        stages = len(MEMORY_INGEST.stages)
+        for index in range(stages):
             assert counts[("StageStarted", index, 1)] == 1
             assert counts[("StageCompleted", index, 1)] == 1
-        assert sum(counts.values()) == 8
+        assert sum(counts.values()) == 2 * stages
     events = await redis_store.read_stream(workspace, keys.run_stream(runs[0]))
     types = [e.type for e in events]
     assert {"MemoryNormalized", "MemoryClassified", "EntityMentioned", "MemorySummarized"} <= set(
@@ -122,7 +123,7 @@ async def test_duplicate_commands_record_nothing_twice(
         workspace=workspace,
         run_id=result.run_id,
         pipeline="memory-ingest",
-        pipeline_version=1,
+        pipeline_version=MEMORY_INGEST.version,
         index=0,
         version=0,
         item=SAMPLES[0],
@@ -131,11 +132,11 @@ async def test_duplicate_commands_record_nothing_twice(
     await bus.publish([("normalize", first)] * 3)  # racing duplicates while the run flows
     await wait_terminal(redis_store, workspace, [result.run_id])
     await bus.publish([("normalize", first), ("classify", first)])  # late duplicates
-    for actor in ("normalize", "classify", "extract", "summarize"):
+    for actor in ("normalize", "classify", "extract", "discover", "summarize"):
         await idle(broker, actor)
     counts = await transitions(redis_store, workspace, result.run_id)
     assert set(counts.values()) == {1}
-    assert len(counts) == 8
+    assert len(counts) == 2 * len(MEMORY_INGEST.stages)
 
 
 async def test_redelivered_batch_after_a_crash_before_ack_is_harmless(
@@ -148,7 +149,7 @@ async def test_redelivered_batch_after_a_crash_before_ack_is_harmless(
             workspace=workspace,
             run_id=result.run_id,
             pipeline="memory-ingest",
-            pipeline_version=1,
+            pipeline_version=MEMORY_INGEST.version,
             index=0,
             version=0,
             item=SAMPLES[1],
@@ -254,7 +255,7 @@ async def test_command_for_a_pipeline_the_worker_lacks_is_dead_lettered_then_gua
         workspace=workspace,
         run_id="r-x",
         pipeline="unknown",
-        pipeline_version=1,
+        pipeline_version=MEMORY_INGEST.version,
         index=0,
         version=0,
         item={},

@@ -21,6 +21,7 @@ from click.testing import Result
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
+from stageline.actors.pipeline import PipelineCatalog
 from stageline.cli import app as cli_app
 from stageline.stack import Stack
 
@@ -149,16 +150,19 @@ async def test_duplicate_create_is_409(
 async def test_builtins_are_read_only(
     client: httpx.AsyncClient, stack: Stack, workspace: str, name: str
 ) -> None:
+    latest = PipelineCatalog().get(workspace, name)
     r = await client.get(f"/v1/pipelines/{name}")
     assert r.status_code == 200 and r.json()["builtin"] is True
-    assert r.json()["version"] == 1 and r.headers["ETag"] == '"1"'
+    assert r.json()["version"] == latest.version
+    assert r.headers["ETag"] == f'"{latest.version}"'
     assert_error(await client.post("/v1/pipelines", json=variant(name=name)), 409, "CONFLICT")
     assert_error(
         await client.put(f"/v1/pipelines/{name}", json=variant(name=name)), 409, "CONFLICT"
     )
     error = assert_error(await client.delete(f"/v1/pipelines/{name}"), 409, "CONFLICT")
     assert error["details"]["builtin"] is True
-    assert_error(await client.get(f"/v1/pipelines/{name}", params={"version": 2}), 404, "NOT_FOUND")
+    missing = {"version": latest.version + 1}
+    assert_error(await client.get(f"/v1/pipelines/{name}", params=missing), 404, "NOT_FOUND")
     assert await stack.store.head(workspace) == 0
 
 
@@ -407,7 +411,8 @@ async def test_the_cli_applies_lists_shows_and_deletes(
         assert r.exit_code == 0, r.output
         assert '"action": "updated"' in r.output and '"version": 2' in r.output
 
-        assert await stack.views.wait_for(workspace, await stack.store.head(workspace), 5)
+        head = await stack.store.head(workspace)
+        assert await stack.views.wait_for(workspace, head, 5, projection="pipelines")
         r = await cli("pipelines", "list")
         assert r.exit_code == 0, r.output
         row = next(line for line in r.output.splitlines() if "retrying" in line)

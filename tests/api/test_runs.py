@@ -9,9 +9,13 @@ from typing import Any
 import httpx
 from api_helpers import Projecting, assert_error, fields, submit
 
+from stageline.actors.builtin.memory import EntityMentioned
+from stageline.events import new_event
+from stageline.events.keys import pipeline_stream
+from stageline.projections import ENTITIES, RUN_STATUS, Projector
 from stageline.stack import Stack
 
-STAGES = ["normalize", "classify", "extract", "summarize"]
+STAGES = ["normalize", "classify", "extract", "discover", "summarize"]
 
 
 async def run_submitted_count(stack: Stack, workspace: str) -> int:
@@ -63,6 +67,42 @@ async def test_read_your_writes_with_min_position(client: httpx.AsyncClient) -> 
     assert stats.json()["total"] == 1
 
 
+async def test_each_read_waits_for_the_projection_it_reads(
+    stack: Stack, projector: Projecting, workspace: str, make_client: Callable[..., Any]
+) -> None:
+    mention = EntityMentioned(entity="Ada", entity_type="person", surface="Ada", start=0, end=3)
+    async with make_client(read_wait_seconds=0.2) as client, projector.paused():
+        await stack.store.append(workspace, "notes-1", [new_event(mention)])
+        deleted = {"type": "PipelineDeleted", "data": {"name": "mine", "version": 1}}
+        r = await client.post(
+            f"/v1/streams/{pipeline_stream('mine')}/events", json={"events": [deleted]}
+        )
+        assert r.status_code == 201, r.text
+        head = await stack.store.head(workspace)
+        # only run_status has caught up: the other views are still at 0
+        await Projector(stack.store, stack.views, projections=(RUN_STATUS,)).catch_up(workspace)
+        at = {"min_position": head}
+
+        for path in ("/v1/runs", "/v1/runs/stats", "/v1/dlq"):
+            assert (await client.get(path, params=at)).status_code == 200, path
+        for path, projection in (("/v1/entities", "entities"), ("/v1/pipelines", "pipelines")):
+            error = assert_error(await client.get(path, params=at), 503, "UNAVAILABLE")
+            assert error["details"] == {
+                "min_position": head,
+                "reached": 0,
+                "projection": projection,
+            }
+            assert projection in error["message"]
+        entity = await client.get("/v1/entities/person/Ada", params=at)
+        assert assert_error(entity, 503, "UNAVAILABLE")["details"]["projection"] == "entities"
+
+        await Projector(stack.store, stack.views, projections=(ENTITIES,)).catch_up(workspace)
+        r = await client.get("/v1/entities", params=at)
+        assert r.status_code == 200 and [e["name"] for e in r.json()["entities"]] == ["Ada"]
+        assert (await client.get("/v1/entities/person/Ada", params=at)).json()["mentions"] == 1
+        assert_error(await client.get("/v1/pipelines", params=at), 503, "UNAVAILABLE")
+
+
 async def test_min_position_not_reached_in_time_is_503_naming_the_position_reached(
     stack: Stack,
     projector: Projecting,
@@ -79,7 +119,11 @@ async def test_min_position_not_reached_in_time_is_503_naming_the_position_reach
                 accepted["status_url"], params={"min_position": accepted["position"]}
             )
             error = assert_error(r, 503, "UNAVAILABLE")
-            assert error["details"] == {"min_position": accepted["position"], "reached": reached}
+            assert error["details"] == {
+                "min_position": accepted["position"],
+                "reached": reached,
+                "projection": "run_status",
+            }
             assert str(reached) in error["message"]
             assert r.headers["Retry-After"] == "1"
             for path in ("/v1/runs", "/v1/runs/stats"):
@@ -152,7 +196,7 @@ async def test_list_filters_by_status_and_pages_with_a_cursor(client: httpx.Asyn
     failed = (await submit(client, "\x00\x01", wait=20)).json()
     assert failed["status"] == "failed"
     assert failed["error"]
-    assert [s["status"] for s in failed["stages"]] == ["failed"] + ["pending"] * 3
+    assert [s["status"] for s in failed["stages"]] == ["failed"] + ["pending"] * 4
 
     r = await client.get("/v1/runs", params={"status": "failed"})
     assert [run["id"] for run in r.json()["runs"]] == [failed["id"]]

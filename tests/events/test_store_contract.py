@@ -538,28 +538,31 @@ class StoreContract:
     ) -> None:
         await store.append(workspace, "s", evs(5))
         started = time.monotonic()
-        got = await store.tail(workspace, after=2, block_ms=5000)
+        got = await store.tail({workspace: 2}, block_ms=5000)
         assert time.monotonic() - started < 1
-        assert [e.position for e in got] == [3, 4, 5]
-        assert [e.position for e in await store.tail(workspace, after=0, limit=2)] == [1, 2]
+        assert [e.position for e in got[workspace]] == [3, 4, 5]
+        got = await store.tail({workspace: 0}, limit=2)
+        assert [e.position for e in got[workspace]] == [1, 2]
 
     async def test_tail_waits_block_ms_then_returns_nothing(
         self, store: EventStore, workspace: str
     ) -> None:
         await store.append(workspace, "s", evs(2))
         started = time.monotonic()
-        assert await store.tail(workspace, after=2, block_ms=300) == []
+        assert await store.tail({workspace: 2}, block_ms=300) == {}
         assert 0.25 <= time.monotonic() - started < 3
         started = time.monotonic()
-        never_waits = store.tail(f"{workspace}x", after=0, block_ms=0)
-        assert await asyncio.wait_for(never_waits, 5) == []
+        never_waits = store.tail({f"{workspace}x": 0}, block_ms=0)
+        assert await asyncio.wait_for(never_waits, 5) == {}
+        assert await store.tail({}, block_ms=10_000) == {}
         assert time.monotonic() - started < 0.5
 
     async def test_tail_wakes_up_on_a_concurrent_append(
         self, store: EventStore, peers: list[EventStore], workspace: str
     ) -> None:
         await store.append(workspace, "s", evs(1))
-        waiting = asyncio.create_task(store.tail(workspace, after=1, block_ms=10_000))
+        idle = f"{workspace}-idle"
+        waiting = asyncio.create_task(store.tail({idle: 0, workspace: 1}, block_ms=10_000))
         await asyncio.sleep(0.2)
         assert not waiting.done()
         started = time.monotonic()
@@ -567,7 +570,22 @@ class StoreContract:
 
         got = await asyncio.wait_for(waiting, 5)
         assert time.monotonic() - started < 2
-        assert got and got[0].position == 2 and got[0].data["n"] == 7
+        assert list(got) == [workspace]  # only the workspaces that have events
+        assert [(e.position, e.data["n"]) for e in got[workspace]] == [(2, 7), (3, 8)]
+
+    async def test_tail_reads_many_workspaces_at_once(
+        self, store: EventStore, workspace: str
+    ) -> None:
+        a, b, c = (f"{workspace}{n}" for n in "abc")
+        await store.append(a, "s", evs(3))
+        await store.append(b, "s", evs(2))
+        await store.append(c, "s", evs(1))
+        got = await store.tail({a: 1, b: 0, c: 1}, limit=1, block_ms=5000)
+        assert {ws: [e.position for e in events] for ws, events in got.items()} == {
+            a: [2],
+            b: [1],
+        }
+        assert all(e.workspace == ws for ws, events in got.items() for e in events)
 
     # -- fidelity ---------------------------------------------------------------
 
@@ -615,7 +633,7 @@ class StoreContract:
         assert before <= got.recorded_at <= datetime.now(UTC) + timedelta(seconds=5)
         # every read hands back the very same record
         assert (await store.read_log(workspace, after=1))[0] == got
-        assert (await store.tail(workspace, after=1, block_ms=10))[0] == got
+        assert (await store.tail({workspace: 1}, block_ms=10))[workspace][0] == got
         assert (await store.read_stream(workspace, "order-9", backwards=True))[0] == got
 
     async def test_defaults_round_trip(self, store: EventStore, workspace: str) -> None:
@@ -638,7 +656,7 @@ class StoreContract:
         assert {e.workspace for e in await store.read_stream(workspace, "s")} == {workspace}
         assert (await store.stream_version(workspace, "s"), await store.head(workspace)) == (1, 2)
         assert (await store.stream_version(other, "s"), await store.head(other)) == (0, 1)
-        assert await store.tail(other, after=1, block_ms=50) == []
+        assert await store.tail({other: 1}, block_ms=50) == {}
 
     async def test_dedup_is_per_workspace(self, store: EventStore, workspace: str) -> None:
         event = ev()

@@ -29,9 +29,11 @@ from stageline.actors.events import (
     StageStarted,
 )
 from stageline.events import DomainEvent, NewEvent, RecordedEvent, new_event
-from stageline.projections import FalkorDBViews
+from stageline.projections import ENTITIES, PIPELINES, RUN_STATUS, FalkorDBViews, Projection, Write
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+VIEWS: tuple[Projection[Any], ...] = (RUN_STATUS, ENTITIES, PIPELINES)
+"""The projections these helpers write and read back (others may be registered too)."""
 STAGES = ["fetch", "parse", "embed"]
 MENTIONS = [("person", "Ada Lovelace"), ("language", "Python")]
 """What a ``mentioned`` or ``undone`` run's parse stage mentions, once each."""
@@ -256,8 +258,32 @@ def raw(event_type: str, data: dict[str, Any], at: datetime = T0) -> NewEvent:
     return NewEvent(type=event_type, data=data, occurred_at=at)
 
 
-async def snapshot(views: FalkorDBViews, workspace: str) -> dict[str, Any]:
-    """Everything the views hold, through their readers."""
+async def write_views(
+    views: FalkorDBViews,
+    workspace: str,
+    events: list[RecordedEvent],
+    expected: int = 0,
+    projections: tuple[Projection[Any], ...] = VIEWS,
+) -> int:
+    """Fold ``events`` for each of ``projections`` and write them, all from ``expected``.
+
+    Asserts every write applied; returns the position written up to.
+    """
+    writes = [Write(p, p.fold(events), expected) for p in projections]
+    assert await views.apply_all(workspace, writes) == [True] * len(writes)
+    return events[-1].position
+
+
+async def view_of(views: FalkorDBViews, workspace: str, projection: str) -> dict[str, Any]:
+    """Everything one projection's view holds, through its readers."""
+    if projection == ENTITIES.name:
+        return {
+            "entities": await views.entities(workspace, limit=10_000),
+            "mentions": [await views.entity(workspace, t, n) for t, n in MENTIONS],
+        }
+    if projection == PIPELINES.name:
+        return {"pipelines": await views.pipelines(workspace)}
+    assert projection == RUN_STATUS.name
     runs, cursor = [], None
     while True:
         page, cursor = await views.list_runs(workspace, limit=7, cursor=cursor)
@@ -268,9 +294,15 @@ async def snapshot(views: FalkorDBViews, workspace: str) -> dict[str, Any]:
         "runs": {run["id"]: await views.get_run(workspace, run["id"]) for run in runs},
         "stats": await views.stats(workspace),
         "dead_letters": await views.list_dead_letters(workspace, status=None, limit=10_000),
-        "entities": await views.entities(workspace, limit=10_000),
-        "mentions": [await views.entity(workspace, t, n) for t, n in MENTIONS],
     }
+
+
+async def snapshot(views: FalkorDBViews, workspace: str) -> dict[str, Any]:
+    """Everything the views of ``VIEWS`` hold, through their readers."""
+    out: dict[str, Any] = {}
+    for projection in VIEWS:
+        out |= await view_of(views, workspace, projection.name)
+    return out
 
 
 async def counts_match_rows(views: FalkorDBViews, workspace: str) -> dict[str, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from stageline.projections import RunStatusChanges
+from stageline.projections import Changes, EntityChanges, RunStatusChanges
 from stageline.projections.run_status import RUN_ENDINGS
 
 
@@ -17,8 +17,22 @@ def empty() -> dict[str, Any]:
     return {"runs": {}, "stages": {}, "dead_letters": {}, "entities": {}, "counts": {}}
 
 
-def apply(view: dict[str, Any], changes: RunStatusChanges) -> None:
-    """Apply one batch's changes in the writer's order: dead letters first, then runs."""
+def apply(view: dict[str, Any], changes: Changes) -> None:
+    """Apply one batch's changes of ``run_status`` or ``entities`` as their writers do."""
+    if isinstance(changes, RunStatusChanges):
+        _run_status(view, changes)
+    else:
+        assert isinstance(changes, EntityChanges)
+        for e in changes.entities.values():
+            row = view["entities"].setdefault(
+                e.key, {"name": e.name, "type": e.type, "mentions": 0}
+            )
+            row["mentions"] += e.mentions
+    view["position"] = changes.position
+
+
+def _run_status(view: dict[str, Any], changes: RunStatusChanges) -> None:
+    """In the writer's order: dead letters first, then runs."""
     runs, stages, counts = view["runs"], view["stages"], view["counts"]
     for d in changes.dead_letters.values():
         row = view["dead_letters"].get(d.id)
@@ -50,12 +64,8 @@ def apply(view: dict[str, Any], changes: RunStatusChanges) -> None:
             row = stages[stage.key] = {"attempts": 0, **(stage.created or {})}
         row.update(stage.fields)
         row["attempts"] += stage.attempts
-    for e in changes.entities.values():
-        row = view["entities"].setdefault(e.key, {"name": e.name, "type": e.type, "mentions": 0})
-        row["mentions"] += e.mentions
     for status, n in changes.counts.items():
         counts[status] = counts.get(status, 0) + n
-    view["position"] = changes.position
 
 
 def strip_nulls(view: dict[str, Any]) -> dict[str, Any]:

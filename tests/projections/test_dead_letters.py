@@ -9,8 +9,8 @@ from reference_view import apply, empty
 
 from stageline.actors.events import DeadLetterDiscarded, RunFailed
 from stageline.events import new_event
-from stageline.projections import fold
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
+from stageline.projections.run_status import fold
 
 
 def test_a_run_that_gives_up_opens_a_dead_letter_counting_its_attempts() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from projection_helpers import MENTIONS, Clock, as_recorded, interleave, lifecycle, of_run
 from reference_view import apply, empty
 
-from stageline.projections import fold
+from stageline.projections.entities import fold
 
 
 def test_each_mention_adds_one_and_each_retraction_takes_it_back() -> None:

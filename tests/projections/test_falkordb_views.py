@@ -6,13 +6,35 @@ import asyncio
 import json
 
 import pytest
-from projection_helpers import STAGES, T0, Clock, as_recorded, interleave, lifecycle, raw
+from projection_helpers import (
+    MENTIONS,
+    STAGES,
+    T0,
+    Clock,
+    as_recorded,
+    interleave,
+    lifecycle,
+    of_run,
+    raw,
+    write_views,
+)
 
 from stageline.actors.events import RunFailed, RunSubmitted, StageCompleted, StageStarted
 from stageline.errors import InvalidArgument
 from stageline.events import new_event
-from stageline.projections import FalkorDBViews, connect, fold
+from stageline.events.keys import graph_name
+from stageline.projections import (
+    ENTITIES,
+    PIPELINES,
+    RUN_STATUS,
+    EntityChanges,
+    FalkorDBViews,
+    PipelineChanges,
+    Write,
+    connect,
+)
 from stageline.projections.falkordb_views import cypher_params
+from stageline.projections.run_status import fold
 
 NO_RUNS = {
     "processing": 0,
@@ -25,9 +47,7 @@ NO_RUNS = {
 
 
 async def project(views: FalkorDBViews, workspace: str, events: list, expected: int = 0) -> int:
-    changes = fold(events)
-    assert await views.apply(workspace, changes, expected=expected)
-    return changes.position
+    return await write_views(views, workspace, events, expected)
 
 
 async def test_a_projected_run_reads_back_with_its_stages(
@@ -75,12 +95,12 @@ async def test_a_projected_run_reads_back_with_its_stages(
 async def test_a_stale_checkpoint_applies_nothing(views: FalkorDBViews, workspace: str) -> None:
     lives = [lifecycle(f"r{i}", "retried", Clock()) for i in range(3)]
     changes = fold(as_recorded(interleave(lives)))
-    assert await views.apply(workspace, changes, expected=0)
+    assert await views.apply(workspace, RUN_STATUS, changes, expected=0)
     before = (await views.stats(workspace), await views.get_run(workspace, "r1"))
 
     # the same batch again, as a second projector (or a retry after a lost reply) would send it
-    assert not await views.apply(workspace, changes, expected=0)
-    assert not await views.apply(workspace, changes, expected=changes.position + 5)
+    assert not await views.apply(workspace, RUN_STATUS, changes, expected=0)
+    assert not await views.apply(workspace, RUN_STATUS, changes, expected=changes.position + 5)
 
     assert (await views.stats(workspace), await views.get_run(workspace, "r1")) == before
     assert before[0]["counts"]["completed"] == 3
@@ -93,7 +113,7 @@ async def test_a_batch_without_run_events_only_moves_the_checkpoint(
     views: FalkorDBViews, workspace: str
 ) -> None:
     events = as_recorded([("orders-1", raw("OrderPlaced", {"n": i})) for i in range(4)])
-    assert await views.apply(workspace, fold(events), expected=0)
+    assert await views.apply(workspace, RUN_STATUS, fold(events), expected=0)
     assert await views.checkpoint(workspace) == 4
     assert (await views.stats(workspace))["total"] == 0
 
@@ -212,6 +232,8 @@ async def test_a_workspace_never_projected_reads_as_empty(
     assert await views.get_dead_letter(workspace, "d1") is None
     assert await views.entities(workspace) == []
     assert await views.entity(workspace, "person", "Ada") is None
+    assert await views.pipelines(workspace) == []
+    assert await views.checkpoints(workspace) == {}
     assert not await views.wait_for(workspace, 1, timeout_s=0.05)
 
 
@@ -233,13 +255,89 @@ async def test_drop_removes_the_view_and_its_checkpoint(
     life = lifecycle("r1", "completed", Clock())
     await project(views, workspace, as_recorded([(life.stream, e) for e in life.events]))
 
-    await views.drop(workspace)
+    await views.drop(workspace, RUN_STATUS)
 
     assert await views.checkpoint(workspace) == 0
     assert await views.get_run(workspace, "r1") is None
     assert (await views.stats(workspace))["total"] == 0
     # and the next batch from position 0 is accepted
-    await project(views, workspace, as_recorded([(life.stream, e) for e in life.events]))
+    events = as_recorded([(life.stream, e) for e in life.events])
+    await write_views(views, workspace, events, projections=(RUN_STATUS,))
+    assert (await views.stats(workspace))["counts"]["completed"] == 1
+
+
+async def test_each_projection_moves_only_its_own_checkpoint(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    life = lifecycle("r1", "mentioned", Clock())
+    events = of_run(life)
+    head = events[-1].position
+
+    await write_views(views, workspace, events[:4], projections=(ENTITIES,))
+    assert await views.checkpoints(workspace) == {"entities": 4}
+    assert await views.get_run(workspace, "r1") is None
+    await write_views(views, workspace, events, projections=(RUN_STATUS,))
+    await write_views(views, workspace, events[4:], 4, projections=(ENTITIES,))
+
+    assert await views.checkpoints(workspace) == {"run_status": head, "entities": head}
+    assert await views.checkpoint(workspace, "pipelines") == 0
+    assert await views.wait_for(workspace, head, 0.1, projection="entities")
+    assert not await views.wait_for(workspace, 1, 0.05, projection="pipelines")
+    assert [e["mentions"] for e in await views.entities(workspace)] == [1, 1]
+    run = await views.get_run(workspace, "r1")
+    assert run is not None and run["status"] == "completed"
+
+
+async def test_writes_sent_together_are_each_guarded_on_their_own(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    life = lifecycle("r1", "mentioned", Clock())
+    events = of_run(life)
+    first = await write_views(views, workspace, events[:3])
+    later, empty = events[3:], EntityChanges(position=20, events=1)
+
+    applied = await views.apply_all(
+        workspace,
+        [
+            Write(RUN_STATUS, fold(later), first),
+            Write(ENTITIES, empty, first - 1),  # stale: refused
+            Write(PIPELINES, PipelineChanges(position=20, events=1), first),
+        ],
+    )
+    # the refused checkpoint move changed nothing, and a second try of the others is refused
+    again = await views.apply_all(
+        workspace,
+        [Write(RUN_STATUS, fold(later), first), Write(PIPELINES, PipelineChanges(), first)],
+    )
+
+    assert applied == [True, False, True]
+    assert again == [False, False]
+    assert await views.checkpoints(workspace) == {
+        "run_status": events[-1].position,
+        "entities": first,
+        "pipelines": 20,
+    }
+    run = await views.get_run(workspace, "r1")
+    assert run is not None and [s["attempts"] for s in run["stages"]] == [1, 1, 1]
+
+
+async def test_nodes_left_without_a_checkpoint_are_cleared_by_the_first_write(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    # an older version kept every view under the run_status checkpoint: the entities
+    # projection then finds mention counts but no checkpoint of its own
+    events = of_run(lifecycle("r1", "mentioned", Clock()))
+    await write_views(views, workspace, events)
+    graph = views.db.select_graph(graph_name(workspace))
+    await graph.query("MATCH (c:Checkpoint {projection: 'entities'}) DELETE c")
+    assert await views.checkpoint(workspace, "entities") == 0
+
+    await write_views(views, workspace, events, projections=(ENTITIES,))
+
+    assert [(e["key"], e["mentions"]) for e in await views.entities(workspace)] == [
+        (f"{t}/{n}", 1) for t, n in sorted(MENTIONS, key=lambda m: m[1])
+    ]
+    assert await views.checkpoint(workspace, "entities") == events[-1].position
     assert (await views.stats(workspace))["counts"]["completed"] == 1
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 from projection_helpers import (
     KINDS,
-    MENTIONS,
     STAGES,
     Clock,
     as_recorded,
@@ -21,13 +20,14 @@ from projection_helpers import (
     poison,
     raw,
     snapshot,
+    write_views,
 )
 
 from stageline.actors.builtin.memory import EntityMentioned, EntityMentionRetracted
 from stageline.actors.events import RunCancelled, RunCompensated, StageStarted
 from stageline.errors import InvalidArgument
 from stageline.events import RecordedEvent, new_event
-from stageline.projections import FalkorDBViews, fold
+from stageline.projections import RUN_STATUS, FalkorDBViews
 
 
 class Writer:
@@ -39,9 +39,8 @@ class Writer:
     async def __call__(self, events: list[RecordedEvent], batch_size: int | None = None) -> None:
         size = batch_size or len(events) or 1
         for start in range(0, len(events), size):
-            changes = fold(events[start : start + size])
-            assert await self.views.apply(self.workspace, changes, expected=self.position)
-            self.position = changes.position
+            batch = events[start : start + size]
+            self.position = await write_views(self.views, self.workspace, batch, self.position)
 
     def after(self, pairs: list) -> list[RecordedEvent]:
         """``(stream, event)`` pairs as the log entries following what was written."""
@@ -258,21 +257,32 @@ async def test_undo_brings_mention_counts_back_to_what_they_were(
         await views.entities(workspace, limit=0)
 
 
-async def test_drop_removes_dead_letters_and_entities_too(
+async def test_dropping_run_status_removes_its_dead_letters_and_nothing_else(
     views: FalkorDBViews, workspace: str
 ) -> None:
     clock = Clock()
     life = lifecycle("r1", "mentioned", clock)
     pairs = [(life.stream, e) for e in life.events] + poison("p1", clock)
-    await Writer(views, workspace)(as_recorded(pairs))
-    assert await views.entities(workspace)
+    events = as_recorded(pairs)
+    await Writer(views, workspace)(events)
+    entities = await views.entities(workspace)
+    assert entities
+    assert await views.list_dead_letters(workspace) != []
 
-    await views.drop(workspace)
+    await views.drop(workspace, RUN_STATUS)
 
+    assert await views.checkpoint(workspace, "run_status") == 0
     assert await views.list_dead_letters(workspace, status=None) == []
     assert await views.get_dead_letter(workspace, "p1") is None
-    assert await views.entities(workspace) == []
-    assert await views.entity(workspace, *MENTIONS[0]) is None
-    # the next batch from 0 builds them again
-    await Writer(views, workspace)(as_recorded([*pairs, ("x", raw("Other", {}))]))
+    assert await views.get_run(workspace, "r1") is None
+    assert (await views.stats(workspace))["total"] == 0
+    # the entities view and its checkpoint are another projection's
+    assert await views.entities(workspace) == entities
+    assert await views.checkpoint(workspace, "entities") == len(events)
+    # the next batch from 0 builds run_status again, and only it
+    more = as_recorded([*pairs, ("x", raw("Other", {}))])
+    await write_views(views, workspace, more, projections=(RUN_STATUS,))
     assert [d["id"] for d in await views.list_dead_letters(workspace)] == ["p1"]
+    assert await counts_match_rows(views, workspace) == {"completed": 1}
+    assert await views.entities(workspace) == entities
+    assert await views.checkpoint(workspace, "entities") == len(events)

@@ -14,7 +14,8 @@ from stageline.actors.events import RunCompleted
 from stageline.actors.pipeline import Pipeline, RetryPolicy, StageSpec
 from stageline.events import DomainEvent, RecordedEvent, new_event
 from stageline.events.keys import pipeline_stream
-from stageline.projections import FalkorDBViews, fold
+from stageline.projections import PIPELINES, FalkorDBViews
+from stageline.projections.pipeline_configs import fold
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -115,7 +116,7 @@ async def test_the_view_lists_live_configs_and_a_rebuild_equals_it(
     position = 0
     for event in HISTORY:  # one batch per event, as a live projector might
         changes = fold([event])
-        assert await views.apply(workspace, changes, expected=position)
+        assert await views.apply(workspace, PIPELINES, changes, expected=position)
         position = changes.position
     live = await views.pipelines(workspace)
     assert [(p["name"], p["version"], p["stages"]) for p in live] == [
@@ -124,7 +125,7 @@ async def test_the_view_lists_live_configs_and_a_rebuild_equals_it(
     ]
     assert live[0]["description"] == "v2"
     assert live[0]["updated_at"] == "2026-03-01T12:00:04.000Z"
-    await views.drop(workspace)
+    await views.drop(workspace, PIPELINES)
     assert await views.pipelines(workspace) == []
-    assert await views.apply(workspace, fold(HISTORY), expected=0)
+    assert await views.apply(workspace, PIPELINES, fold(HISTORY), expected=0)
     assert await views.pipelines(workspace) == live

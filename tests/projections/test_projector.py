@@ -1,16 +1,21 @@
-"""The projector over real stores and the real FalkorDB views: live, catching up, rebuilding."""
+"""The projector over real stores and the real FalkorDB views: live, catching up, rebuilding.
+
+Each projection has its own checkpoint: these tests also check that one can
+fall behind, catch up or be rebuilt while the others are left alone.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import pytest
 from projection_helpers import (
     KINDS,
     MENTIONS,
+    VIEWS,
     Clock,
     Lifecycle,
     interleave,
@@ -18,14 +23,29 @@ from projection_helpers import (
     poison,
     raw,
     snapshot,
+    view_of,
 )
 
+from stageline.actors.configs import PipelineDefined
 from stageline.actors.events import RunSubmitted
-from stageline.events import AppendRequest, EventStore, NewEvent
+from stageline.actors.pipeline import Pipeline, StageSpec
+from stageline.errors import InvalidArgument
+from stageline.events import AppendRequest, EventStore, NewEvent, new_event
+from stageline.events.keys import pipeline_stream
 from stageline.events.memory_store import MemoryEventStore
 from stageline.events.redis_store import RedisEventStore
-from stageline.projections import FalkorDBViews, Projector, RunStatus, RunStatusChanges
+from stageline.projections import (
+    ENTITIES,
+    RUN_STATUS,
+    FalkorDBViews,
+    Projection,
+    Projector,
+    RunStatus,
+    Write,
+)
 from stageline.projections.projector import next_delay
+
+NAMES = [p.name for p in VIEWS]
 
 
 @pytest.fixture
@@ -60,34 +80,63 @@ class OnlyWorkspace:
 
 
 class RecordingViews:
-    """The real views, noting each batch size and failing the writes ``fail`` picks.
+    """The real views, noting every write and failing the batches ``fail`` picks.
 
-    ``fail(n)`` for the n-th write returns None (write normally), "before" (raise
-    without writing) or "after" (write, then raise as if the reply were lost).
+    ``fail(n)`` for the n-th batch of writes returns None (write normally), "before"
+    (raise without writing) or "after" (write, then raise as if the reply were lost).
     """
 
     def __init__(self, views: FalkorDBViews, fail: Callable[[int], str | None] = lambda n: None):
         self.views, self.fail = views, fail
         self.batches: list[int] = []
+        """Per batch of writes sent, the most events one of them folded."""
+        self.writes: list[tuple[str, int, int]] = []
+        """Every write sent: (projection, expected checkpoint, new checkpoint)."""
+        self.applied: list[tuple[str, int, int]] = []
+        """The writes that applied."""
+        self.folded: list[int] = []
+        """Per write that applied, how many log events its changes folded."""
         self.failures = 0
 
-    async def apply(self, workspace: str, changes: RunStatusChanges, *, expected: int) -> bool:
-        self.batches.append(changes.events)
+    async def apply_all(self, workspace: str, writes: Sequence[Write]) -> list[bool]:
+        self.batches.append(max(w.changes.events for w in writes))
+        sent = [(w.projection.name, w.expected, w.changes.position) for w in writes]
+        self.writes += sent
         how = self.fail(len(self.batches))
         if how == "before":
             self.failures += 1
             raise ConnectionError("FalkorDB went away")
-        applied = await self.views.apply(workspace, changes, expected=expected)
+        applied = await self.views.apply_all(workspace, writes)
+        self.applied += [w for w, ok in zip(sent, applied, strict=True) if ok]
+        self.folded += [w.changes.events for w, ok in zip(writes, applied, strict=True) if ok]
         if how == "after":
             self.failures += 1
             raise ConnectionError("reply lost")
         return applied
 
-    async def checkpoint(self, workspace: str) -> int:
-        return await self.views.checkpoint(workspace)
+    async def checkpoints(self, workspace: str, names: Iterable[str]) -> dict[str, int]:
+        return await self.views.checkpoints(workspace, names)
 
-    async def drop(self, workspace: str) -> None:
-        await self.views.drop(workspace)
+    async def drop(self, workspace: str, projection: Projection[Any]) -> None:
+        await self.views.drop(workspace, projection)
+
+    def written(self) -> set[str]:
+        """The projections any applied write went to."""
+        return {name for name, _, _ in self.applied}
+
+    def exact(self) -> bool:
+        """Every applied write folded exactly the log events after its expected checkpoint.
+
+        (The log's positions are consecutive: none skipped, none folded twice.)
+        """
+        return all(
+            n == position - expected
+            for (_, expected, position), n in zip(self.applied, self.folded, strict=True)
+        )
+
+    def steps(self, name: str) -> list[tuple[int, int]]:
+        """The (expected, new) checkpoints of the projection's applied writes, in order."""
+        return [(e, p) for n, e, p in self.applied if n == name]
 
 
 KIND_ORDER = list(KINDS)  # run002 is "retried"
@@ -104,6 +153,10 @@ def scenario(runs_per_kind: int = 3) -> tuple[list[Lifecycle], list[tuple[str, N
     for i in range(0, len(pairs), 9):
         pairs.insert(i, ("orders-1", raw("OrderPlaced", {"n": i})))
     pairs.insert(5, ("run-run000", raw("Annotated", {"note": "not ours"})))
+    config = Pipeline(name="mine", stages=(StageSpec(name="n", actor="normalize"),))
+    pairs.insert(
+        len(pairs) // 2, (pipeline_stream("mine"), new_event(PipelineDefined.of(config, 1)))
+    )
     for n, closed in enumerate([None, "redriven", "discarded"]):
         pairs[len(pairs) * n // 3 : len(pairs) * n // 3] = poison(
             f"poison{n}", clock, closed=closed
@@ -142,6 +195,11 @@ def expect_scenario(view: dict[str, Any], lives: list[Lifecycle]) -> None:
     assert [(e["key"], e["mentions"]) for e in view["entities"]] == [
         (f"{t}/{name}", n) for t, name in sorted(MENTIONS, key=lambda m: m[1])
     ]
+    assert [(p["name"], p["stages"]) for p in view["pipelines"]] == [("mine", ["n"])]
+
+
+async def checkpoints(views: FalkorDBViews, workspace: str) -> dict[str, int]:
+    return await views.checkpoints(workspace, NAMES)
 
 
 @pytest.fixture
@@ -160,7 +218,7 @@ async def running() -> AsyncIterator[Callable[[Projector], asyncio.Event]]:
         await asyncio.wait_for(task, 5)
 
 
-async def test_the_live_view_equals_the_rebuilt_one(
+async def test_the_live_views_equal_the_rebuilt_ones(
     redis_store: RedisEventStore, views: FalkorDBViews, workspace: str, running: Any
 ) -> None:
     lives, pairs = scenario()
@@ -174,18 +232,134 @@ async def test_the_live_view_equals_the_rebuilt_one(
         await append_all(redis_store, workspace, pairs[start : start + 11])
         await asyncio.sleep(0.001)
     head = await redis_store.head(workspace)
-    assert await views.wait_for(workspace, head, timeout_s=20)
+    for name in NAMES:
+        assert await views.wait_for(workspace, head, timeout_s=20, projection=name)
     live = await snapshot(views, workspace)
-
-    result = await projector.rebuild(workspace, batch_size=1000)
-    rebuilt = await snapshot(views, workspace)
-
-    assert result.events == head == len(pairs)
     assert max(recording.batches[:-1]) <= 7
     assert len(recording.batches) > head // 7
-    assert rebuilt == live
     expect_scenario(live, lives)
-    assert await views.checkpoint(workspace) == head
+
+    assert head == len(pairs)
+    rebuilder = Projector(redis_store, views, batch_size=1000)
+    for name in NAMES:
+        result = await rebuilder.rebuild(workspace, name)
+        assert (result.projection, result.events) == (name, head)
+    results = await rebuilder.rebuild_all(workspace, batch_size=5)
+
+    assert await snapshot(views, workspace) == live
+    assert [r.projection for r in results] == [p.name for p in rebuilder.projections]
+    assert {r.events for r in results} == {head}
+    assert await checkpoints(views, workspace) == dict.fromkeys(NAMES, head)
+
+
+@pytest.mark.parametrize("rebuilt", NAMES)
+async def test_rebuilding_one_projection_leaves_the_others_alone(
+    redis_store: RedisEventStore, views: FalkorDBViews, workspace: str, rebuilt: str
+) -> None:
+    lives, pairs = scenario(runs_per_kind=2)
+    head = await append_all(redis_store, workspace, pairs)
+    await Projector(redis_store, views, batch_size=10).catch_up(workspace)
+    live = {name: await view_of(views, workspace, name) for name in NAMES}
+    others = [name for name in NAMES if name != rebuilt]
+    recording = RecordingViews(views)
+    rebuilder = Projector(redis_store, recording, batch_size=9)  # type: ignore[arg-type]
+    # the rebuild's first write, seen half-way: the drop emptied the view and its checkpoint
+    seen: dict[str, Any] = {}
+
+    async def first_write(workspace: str, writes: Sequence[Write]) -> list[bool]:
+        if not seen:
+            seen["view"] = await view_of(views, workspace, rebuilt)
+            seen["checkpoints"] = await checkpoints(views, workspace)
+        return await RecordingViews.apply_all(recording, workspace, writes)
+
+    recording.apply_all = first_write  # type: ignore[method-assign]
+
+    result = await rebuilder.rebuild(workspace, rebuilt)
+
+    assert result.events == head
+    assert recording.written() == {rebuilt}
+    assert recording.exact()
+    assert seen["view"] != live[rebuilt]
+    assert seen["checkpoints"] == {name: head for name in others}
+    for name in NAMES:
+        assert await view_of(views, workspace, name) == live[name]
+    assert await checkpoints(views, workspace) == dict.fromkeys(NAMES, head)
+    expect_scenario(await snapshot(views, workspace), lives)
+
+
+async def test_projections_behind_catch_up_without_rewriting_the_others(
+    redis_store: RedisEventStore, views: FalkorDBViews, workspace: str
+) -> None:
+    lives, pairs = scenario(runs_per_kind=2)
+    head = await append_all(redis_store, workspace, pairs)
+    # run_status is at the head, entities part of the way, pipelines never started
+    runs_only = Projector(redis_store, views, projections=(RUN_STATUS,), batch_size=10)
+    assert await runs_only.catch_up(workspace) == head
+    entities_only = Projector(redis_store, views, projections=(ENTITIES,), batch_size=13)
+    assert await entities_only.project_once(workspace) == 13
+    assert await checkpoints(views, workspace) == {"run_status": head, "entities": 13}
+    runs_view = await view_of(views, workspace, "run_status")
+
+    recording = RecordingViews(views)
+    projector = Projector(redis_store, recording, projections=VIEWS, batch_size=10)  # type: ignore[arg-type]
+    assert await projector.lag(workspace) == head
+    assert await projector.lag(workspace, "run_status") == 0
+    assert await projector.lag(workspace, "entities") == head - 13
+    assert await projector.catch_up(workspace) == head
+
+    assert recording.written() == {"entities", "pipelines"}
+    assert recording.exact()
+    ends = [min(start + 10, head) for start in range(0, head, 10)]
+    assert recording.steps("pipelines") == list(zip([0, *ends[:-1]], ends, strict=True))
+    # entities starts from its own checkpoint, inside the reads' second batch
+    assert recording.steps("entities") == list(zip([13, *ends[1:-1]], ends[1:], strict=True))
+    assert await checkpoints(views, workspace) == dict.fromkeys(NAMES, head)
+    assert await view_of(views, workspace, "run_status") == runs_view
+    expect_scenario(await snapshot(views, workspace), lives)
+    assert await projector.lag(workspace) == 0
+
+
+async def test_a_follower_finds_a_projection_moved_back_and_replays_only_it(
+    redis_store: RedisEventStore, views: FalkorDBViews, workspace: str, running: Any
+) -> None:
+    lives, pairs = scenario(runs_per_kind=2)
+    head = await append_all(redis_store, workspace, pairs[:-1])
+    recording = RecordingViews(views)
+    store = OnlyWorkspace(redis_store, workspace)
+    projector = Projector(store, recording, projections=VIEWS, batch_size=50, block_ms=50)  # type: ignore[arg-type]
+    running(projector)
+    for name in NAMES:
+        assert await views.wait_for(workspace, head, timeout_s=20, projection=name)
+
+    # behind the follower's back, the entities view is dropped (as a rebuild elsewhere does)
+    await views.drop(workspace, ENTITIES)
+    recording.applied.clear()
+    recording.folded.clear()
+    head = await append_all(redis_store, workspace, pairs[-1:])
+    for name in NAMES:
+        assert await views.wait_for(workspace, head, timeout_s=20, projection=name)
+
+    # the last event went to every projection; entities found its checkpoint gone and
+    # replayed the whole log from 0, the others got nothing twice
+    assert sorted(w for w in recording.applied if w[0] != "entities") == [
+        ("pipelines", head - 1, head),
+        ("run_status", head - 1, head),
+    ]
+    replayed = recording.steps("entities")
+    assert replayed[0][0] == 0 and replayed[-1][1] == head
+    assert [e for e, _ in replayed] == [0, *(p for _, p in replayed[:-1])]
+    assert recording.exact()
+    expect_scenario(await snapshot(views, workspace), lives)
+
+
+async def test_an_unknown_projection_is_refused_with_the_names_it_could_be(
+    redis_store: RedisEventStore, views: FalkorDBViews, workspace: str
+) -> None:
+    projector = Projector(redis_store, views, projections=VIEWS)
+    with pytest.raises(InvalidArgument, match="projections: run_status, entities, pipelines"):
+        await projector.rebuild(workspace, "nope")
+    with pytest.raises(InvalidArgument):
+        await projector.lag(workspace, "nope")
 
 
 @pytest.mark.parametrize("store_kind", ["redis", "memory"])
@@ -200,6 +374,8 @@ async def test_catch_up_project_once_and_lag(
     assert await projector.lag(workspace) == head
     assert await projector.project_once(workspace) == 10
     assert await projector.lag(workspace) == head - 10
+    for name in NAMES:
+        assert await projector.lag(workspace, name) == head - 10
     assert await projector.catch_up(workspace) == head - 10
     assert await projector.lag(workspace) == 0
     assert await projector.catch_up(workspace) == 0
@@ -215,10 +391,16 @@ async def test_failed_writes_are_retried_never_skipped_nor_doubled(
     store = OnlyWorkspace(redis_store, workspace)
     running(Projector(store, flaky, batch_size=5, block_ms=50, rescan_s=0.02))  # type: ignore[arg-type]
 
-    assert await views.wait_for(workspace, head, timeout_s=20)
+    for name in NAMES:
+        assert await views.wait_for(workspace, head, timeout_s=20, projection=name)
 
     assert flaky.failures == 3
     expect_scenario(await snapshot(views, workspace), lives)
+    # every projection's writes follow on from each other: none skipped, none twice
+    assert flaky.exact()
+    for name in NAMES:
+        steps = flaky.steps(name)
+        assert [e for e, _ in steps] == [0, *(p for _, p in steps[:-1])]
 
 
 async def test_two_projectors_on_one_workspace_apply_each_batch_once(
@@ -233,7 +415,7 @@ async def test_two_projectors_on_one_workspace_apply_each_batch_once(
 
     await asyncio.gather(one.catch_up(workspace), two.catch_up(workspace), one.catch_up(workspace))
 
-    assert await views.checkpoint(workspace) == head
+    assert await checkpoints(views, workspace) == dict.fromkeys(NAMES, head)
     expect_scenario(await snapshot(views, workspace), lives)
 
 
@@ -246,7 +428,7 @@ async def test_a_malformed_event_does_not_stall_the_view(
 
     await Projector(redis_store, views).catch_up(workspace)
 
-    assert await views.checkpoint(workspace) == head
+    assert await checkpoints(views, workspace) == dict.fromkeys(NAMES, head)
     assert await views.get_run(workspace, "bad") is None
     expect_scenario(await snapshot(views, workspace), lives)
 

@@ -19,8 +19,13 @@ from stageline.actors.events import (
     StageStarted,
 )
 from stageline.events import RecordedEvent, new_event
-from stageline.projections import fold
-from stageline.projections.run_status import RUN_CREATED, RUN_FIELDS, STAGE_CREATED, STAGE_FIELDS
+from stageline.projections.run_status import (
+    RUN_CREATED,
+    RUN_FIELDS,
+    STAGE_CREATED,
+    STAGE_FIELDS,
+    fold,
+)
 
 MS0 = int(T0.timestamp() * 1000)
 

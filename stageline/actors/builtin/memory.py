@@ -6,17 +6,26 @@ Pure and deterministic: the same item always yields the same output and events.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
-from functools import cache
-from importlib import resources
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from stageline.actors.stage import ActorRegistry, StageContext, StageError, StageResult
 from stageline.events.envelope import DomainEvent, RecordedEvent
+from stageline.ontology.discover import candidates
+from stageline.ontology.events import (
+    PatternMatched,
+    PatternMatchRetracted,
+    PatternProposalRetracted,
+    PatternProposed,
+)
+from stageline.ontology.model import PatternState, View, pattern_id
+from stageline.ontology.seed import seed_view
+
+OntologyLoader = Callable[[str], Awaitable[View]]
+"""Workspace -> the patterns it matches now (``ontology.store.OntologyCache.view``)."""
 
 
 class MemoryNormalized(DomainEvent, frozen=True, kw_only=True):
@@ -44,6 +53,7 @@ class EntityMentioned(DomainEvent, frozen=True, kw_only=True):
     surface: str
     start: int
     end: int
+    pattern_id: str | None = None
 
 
 class EntityMentionRetracted(DomainEvent, frozen=True, kw_only=True):
@@ -130,52 +140,119 @@ def classify(item: dict[str, Any], ctx: StageContext) -> StageResult:
     )
 
 
-@cache
-def seed_ontology() -> dict[str, Any]:
-    """The shipped seed ontology: entity types and surface patterns."""
-    raw = resources.files("stageline.data").joinpath("seed_ontology.json").read_text()
-    ontology: dict[str, Any] = json.loads(raw)
-    return ontology
-
-
-@cache
-def _matcher() -> tuple[re.Pattern[str], dict[str, tuple[str, str]]]:
-    patterns = seed_ontology()["patterns"]
-    by_surface = {p["name"].lower(): (p["name"], p["entity_type"]) for p in patterns}
-    alternation = "|".join(re.escape(s) for s in sorted(by_surface, key=len, reverse=True))
-    return re.compile(rf"\b(?:{alternation})\b", re.I), by_surface
+def _view(ctx: StageContext) -> View:
+    """The patterns the workspace matches with, as loaded for this call (the seed by default)."""
+    return ctx.state if isinstance(ctx.state, View) else seed_view()
 
 
 def extract(item: dict[str, Any], ctx: StageContext) -> StageResult:
-    """Record a mention for every seed pattern found in the text (longest match first)."""
-    pattern, by_surface = _matcher()
+    """Record a mention for every known pattern in the text (longest match first), and one
+    ``PatternMatched`` per pattern with its count: the evidence the ontology's rules use."""
+    view = _view(ctx)
     events: list[DomainEvent] = []
-    entities: list[dict[str, str]] = []
-    for m in pattern.finditer(item["text"]):
-        name, entity_type = by_surface[m.group(0).lower()]
+    entities: list[dict[str, Any]] = []
+    matched: dict[str, tuple[PatternState, int]] = {}
+    for m in view.regex.finditer(item["text"]) if view.regex is not None else ():
+        p = view.by_surface[m.group(0).casefold()]
         events.append(
             EntityMentioned(
-                entity=name,
-                entity_type=entity_type,
+                entity=p.name,
+                entity_type=p.entity_type,
                 surface=m.group(0),
                 start=m.start(),
                 end=m.end(),
+                pattern_id=p.id,
             )
         )
-        entities.append({"entity": name, "type": entity_type})
+        entities.append(
+            {"entity": p.name, "type": p.entity_type, "start": m.start(), "end": m.end()}
+        )
+        matched[p.id] = (p, matched[p.id][1] + 1 if p.id in matched else 1)
+    for p, count in matched.values():
+        events.append(
+            PatternMatched(
+                pattern_id=p.id,
+                name=p.name,
+                entity_type=p.entity_type,
+                source=p.source,  # type: ignore[arg-type]
+                is_global=p.is_global,
+                mentions=count,
+                established=p.established,
+            )
+        )
     return StageResult(
-        output={"entities": entities}, events=events, metadata={"mentions": len(entities)}
+        output={"entities": entities},
+        events=events,
+        metadata={"mentions": len(entities), "patterns": len(matched)},
     )
 
 
 def retract_mentions(effects: Sequence[RecordedEvent]) -> list[DomainEvent]:
-    """Compensate ``extract``: retract each mention it recorded."""
-    return [
-        EntityMentionRetracted(
-            compensates=str(e.event_id), entity=e.data["entity"], entity_type=e.data["entity_type"]
+    """Compensate ``extract``: retract each mention and each pattern match it recorded."""
+    out: list[DomainEvent] = []
+    for e in effects:
+        if e.type == EntityMentioned.topic:
+            out.append(
+                EntityMentionRetracted(
+                    compensates=str(e.event_id),
+                    entity=e.data["entity"],
+                    entity_type=e.data["entity_type"],
+                )
+            )
+        elif e.type == PatternMatched.topic:
+            out.append(
+                PatternMatchRetracted(
+                    compensates=str(e.event_id),
+                    pattern_id=e.data["pattern_id"],
+                    mentions=e.data["mentions"],
+                    established=e.data["established"],
+                )
+            )
+    return out
+
+
+def discover(item: dict[str, Any], ctx: StageContext) -> StageResult:
+    """Propose a candidate pattern for every capitalized name no known pattern covers.
+
+    The ontology reactor adds each candidate as a ``discovered`` pattern (and
+    its type, if new) and promotes it once enough distinct runs saw it.
+    """
+    view = _view(ctx)
+    text = item["text"]
+    if isinstance(item.get("entities"), list):
+        # what extract matched, not what this view knows: a pattern added between the two
+        # stages was not matched by this run, so proposing it again counts as a sighting
+        covered = [(e["start"], e["end"]) for e in item["entities"] if "start" in e]
+    elif view.regex is not None:
+        covered = [(m.start(), m.end()) for m in view.regex.finditer(text)]
+    else:
+        covered = []
+    found = [c for c in candidates(text, covered) if view.types.get(c.entity_type) != "rejected"]
+    events: list[DomainEvent] = [
+        PatternProposed(
+            pattern_id=pattern_id(c.name, c.entity_type),
+            name=c.name,
+            entity_type=c.entity_type,
+            confidence=c.confidence,
+            rule=c.rule,
+            start=c.start,
+            end=c.end,
         )
+        for c in found
+    ]
+    return StageResult(
+        output={"candidates": [{"name": c.name, "type": c.entity_type} for c in found]},
+        events=events,
+        metadata={"candidates": len(found)},
+    )
+
+
+def retract_proposals(effects: Sequence[RecordedEvent]) -> list[DomainEvent]:
+    """Compensate ``discover``: retract each proposal it recorded."""
+    return [
+        PatternProposalRetracted(compensates=str(e.event_id), pattern_id=e.data["pattern_id"])
         for e in effects
-        if e.type == EntityMentioned.topic
+        if e.type == PatternProposed.topic
     ]
 
 
@@ -257,10 +334,15 @@ def summarize(item: dict[str, Any], ctx: StageContext) -> StageResult:
     )
 
 
-def register(actors: ActorRegistry) -> ActorRegistry:
-    """Add the memory-ingest stages to ``actors``."""
+def register(actors: ActorRegistry, ontology: OntologyLoader | None = None) -> ActorRegistry:
+    """Add the memory-ingest stages to ``actors``.
+
+    ``ontology`` loads a workspace's current patterns for ``extract`` and
+    ``discover``; without it they match the seed ontology only.
+    """
     actors.register("normalize", normalize)
     actors.register("classify", classify)
-    actors.register("extract", extract, compensate=retract_mentions)
+    actors.register("extract", extract, compensate=retract_mentions, load=ontology)
+    actors.register("discover", discover, compensate=retract_proposals, load=ontology)
     actors.register("summarize", summarize)
     return actors

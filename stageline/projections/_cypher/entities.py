@@ -1,0 +1,34 @@
+"""The ``entities`` projection's Cypher: one ``(:Entity)`` node per entity, its net mentions.
+
+A batch's row per entity: ``[key, name, type, mentions delta]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stageline.projections._cypher import graph_writer
+from stageline.projections.changes import EntityChanges
+
+__all__ = ["ENTITIES", "GET_ENTITY", "WRITER", "write_params"]
+
+_ROWS = """CALL {
+  UNWIND $entities AS row
+  MERGE (e:Entity {key: row[0]})
+  ON CREATE SET e.name = row[1], e.type = row[2], e.mentions = 0
+  SET e.mentions = e.mentions + row[3]
+}"""
+
+
+def write_params(changes: EntityChanges) -> dict[str, Any]:
+    """The row parameters of the write for a batch's changes."""
+    return {"entities": [[e.key, e.name, e.type, e.mentions] for e in changes.entities.values()]}
+
+
+WRITER = graph_writer(
+    rows=_ROWS, params=write_params, nodes=("Entity",), indexes=(("Entity", "key"),)
+)
+
+GET_ENTITY = "MATCH (e:Entity {key: $key}) RETURN properties(e)"
+ENTITIES = """MATCH (e:Entity) WHERE e.mentions > 0
+RETURN properties(e) ORDER BY e.mentions DESC, e.name LIMIT $limit"""
