@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from projection_helpers import (
     KINDS,
     MENTIONS,
@@ -74,6 +75,19 @@ class OnlyWorkspace:
 
     async def workspaces(self) -> list[str]:
         return [ws for ws in await self._store.workspaces() if ws == self._workspace]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class OnlyWorkspaces:
+    """The store, showing ``run`` only ``workspaces``."""
+
+    def __init__(self, store: EventStore, workspaces: Iterable[str]) -> None:
+        self._store, self._workspaces = store, set(workspaces)
+
+    async def workspaces(self) -> list[str]:
+        return [ws for ws in await self._store.workspaces() if ws in self._workspaces]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -462,6 +476,31 @@ async def test_run_finds_a_new_workspace_and_follows_it_closely(
     run = await views.get_run(workspace, "r1")
     assert run is not None
     assert run["status"] == "completed"
+
+
+async def test_run_follows_many_workspaces_on_a_few_connections(
+    own_url: str, views: FalkorDBViews, workspace: str, running: Any
+) -> None:
+    # one blocking read per workspace would need 60 connections; the pool has 4
+    store = RedisEventStore(aioredis.Redis.from_url(own_url, max_connections=4))
+    names = [f"{workspace}-{n}" for n in range(60)]
+    try:
+        projector = Projector(OnlyWorkspaces(store, names), views, block_ms=200, rescan_s=0.05)  # type: ignore[arg-type]
+        running(projector)
+        lives = [lifecycle(f"r{n}", "completed", Clock()) for n in range(len(names))]
+        heads = {}
+        for ws, life in zip(names, lives, strict=True):
+            heads[ws] = (await store.append(ws, life.stream, life.events)).position
+        await asyncio.sleep(0.3)  # every workspace is followed and idle: reads block
+        for ws, life in zip(names, lives, strict=True):  # and each wakes up on an append
+            more = lifecycle(f"{life.run_id}-more", "completed", Clock())
+            heads[ws] = (await store.append(ws, more.stream, more.events)).position
+        for ws, head in heads.items():
+            assert await views.wait_for(ws, head, timeout_s=20), ws
+            run = await views.get_run(ws, f"{lives[names.index(ws)].run_id}-more")
+            assert run is not None and run["status"] == "completed"
+    finally:
+        await store.close()
 
 
 def test_retry_delays_grow_and_are_capped() -> None:
