@@ -397,6 +397,8 @@ class Projector:
                 events = await reading
                 if events:
                     reading = asyncio.create_task(read(events[-1].position))
+                    # let the next read and the writes before go out: the fold holds the loop
+                    await asyncio.sleep(0)
                 ahead = dict(positions)
                 if writing is not None:  # as it will be once the writes in flight land
                     ahead.update((w.projection.name, w.changes.position) for w in sent)
