@@ -162,7 +162,7 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
 
 
 _INDEXES = [
-    ("Run", "id"), ("Run", "status"), ("Run", "seq"), ("Stage", "key"), ("Stage", "run_id"),
+    ("Run", "id"), ("Run", "status"), ("Run", "seq"), ("Stage", "key"),
     ("DeadLetter", "id"), ("DeadLetter", "status"),
 ]  # fmt: skip
 
