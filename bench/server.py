@@ -1,0 +1,61 @@
+"""The bench's own embedded Redis + FalkorDB server, and housekeeping on it."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from stageline.embedded import EmbeddedServer
+from stageline.events import keys
+
+
+@contextlib.contextmanager
+def embedded(appendfsync: str = "everysec") -> Iterator[tuple[str, Path]]:
+    """Start a fresh embedded server in a temporary directory; its URL and the directory.
+
+    The directory is short (unix socket paths are limited to ~107 bytes) and
+    removed afterwards, with the AOF the benchmark wrote.
+    """
+    root = Path(tempfile.mkdtemp(prefix="slb-", dir="/tmp"))
+    server = EmbeddedServer(root / "srv", appendfsync=appendfsync)  # type: ignore[arg-type]
+    try:
+        url = server.start()
+        yield url, root
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def drop_workspace(client: aioredis.Redis, workspace: str, *prefixes: str) -> int:
+    """Delete every key of ``workspace`` (its log, stream indexes, views graph; and keys
+    under ``prefixes`` with its hash tag), so repetitions do not pile up in memory."""
+    patterns = [f"{keys.PREFIX}:{{{workspace}}}:*", *(f"{p}:{{{workspace}}}:*" for p in prefixes)]
+    deleted = 0
+    for pattern in patterns:
+        batch: list[Any] = []
+        async for key in client.scan_iter(match=pattern, count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                deleted += await client.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += await client.unlink(*batch)
+    await client.srem(keys.WORKSPACES, workspace)
+    return deleted
+
+
+async def used_memory(client: aioredis.Redis) -> int:
+    info: Any = await client.info("memory")
+    return int(info["used_memory"])
+
+
+async def memory_usage(client: aioredis.Redis, key: str) -> int:
+    """MEMORY USAGE with every element counted (SAMPLES 0)."""
+    value: Any = await client.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0")
+    return int(value or 0)
