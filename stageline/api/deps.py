@@ -26,19 +26,23 @@ __all__ = [
 ]
 
 
-def get_stack(request: Request) -> Stack:
+# The dependencies are ``async def`` though they never wait: FastAPI runs a plain
+# ``def`` dependency in its thread pool, a thread hop per dependency per request.
+
+
+async def get_stack(request: Request) -> Stack:
     stack: Stack | None = getattr(request.app.state, "stack", None)
     if stack is None:
         raise Unavailable("the API has no connection to the store yet")
     return stack
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_workspace(
+async def get_workspace(
     request: Request,
     x_workspace: Annotated[
         str | None,
@@ -50,11 +54,12 @@ def get_workspace(
 ) -> str:
     """The request's workspace: ``X-Workspace``, else the configured default (400 if malformed)."""
     if x_workspace is None:
-        return get_settings(request).workspace
+        settings: Settings = request.app.state.settings
+        return settings.workspace
     return check_workspace(x_workspace)
 
 
-def get_correlation_id(request: Request) -> str:
+async def get_correlation_id(request: Request) -> str:
     """The id the middleware gave this request (echoed in ``X-Correlation-ID``)."""
     return correlation_of(request.scope) or ""
 
