@@ -26,7 +26,6 @@ from stageline.events.keys import GLOBAL_WORKSPACE, ONTOLOGY_STREAM
 from stageline.events.store import MAX_EVENTS_PER_APPEND, EventStore
 from stageline.ontology.model import Ontology, Rules
 from stageline.ontology.policy import react
-from stageline.ontology.store import OntologyStore
 from stageline.projections.projector import next_delay
 
 __all__ = ["OntologyReactor"]
@@ -51,7 +50,6 @@ class OntologyReactor:
         self.rules = rules
         self.batch_size = batch_size
         self.rescan_s = rescan_s
-        self.ontologies = OntologyStore(store)
 
     async def run(self, stop: asyncio.Event) -> None:
         """React in every workspace, old and new, until ``stop`` is set.
@@ -120,8 +118,12 @@ class OntologyReactor:
                     failed(ws, exc)
 
     async def _load(self, workspace: str) -> Ontology:
-        """A private fold of the stream (seeded first if new), not shared with anyone."""
-        await self.ontologies.current(workspace)  # seeds a new workspace
+        """A private fold of the stream, not shared with anyone.
+
+        Not seeded here: a workspace whose runs never use the ontology keeps
+        none, and one whose stages do was seeded by them before any event the
+        rules act on (an append from a fold that missed the seed clashes and refolds).
+        """
         ontology = Ontology()
         events = await self.store.read_stream(workspace, ONTOLOGY_STREAM)
         for e in events:

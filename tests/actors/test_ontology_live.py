@@ -19,6 +19,7 @@ from stageline.actors.operations import RunOperations
 from stageline.actors.pipeline import MEMORY_INGEST, PipelineCatalog
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
+from stageline.events.envelope import NewEvent
 from stageline.events.keys import ONTOLOGY_STREAM
 from stageline.events.redis_store import RedisEventStore
 from stageline.ontology.model import Ontology, Rules, pattern_id
@@ -153,6 +154,18 @@ async def test_samples_discover_promote_and_undo_demotes_only_what_the_run_alone
         assert state.types["event"].status == "provisional"  # 2 mentions < 3
     finally:
         await stopped(stop, tasks)
+
+
+async def test_a_workspace_that_never_uses_the_ontology_is_given_none(rig: Rig) -> None:
+    await rig.store.append(rig.workspace, "orders-1", [NewEvent(type="OrderPlaced", data={})])
+    r = reactor(rig)
+    stop, tasks = await running(r)
+    try:
+        state = await rig.settle(r)
+    finally:
+        await stopped(stop, tasks)
+    assert state.version == -1
+    assert await _stream(rig) == []
 
 
 async def test_two_reactors_at_once_decide_everything_once(rig: Rig, worker: Worker) -> None:
