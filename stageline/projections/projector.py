@@ -83,6 +83,8 @@ def _position(event: RecordedEvent) -> int:
 
 MAX_CATCHING_UP = 4
 """How many workspaces with a backlog ``Projector.run`` replays at once, each by its own task."""
+MAX_WRITING = 8
+"""How many workspaces' batches ``Projector.run`` writes at once (each takes a connection)."""
 
 
 class _Following:
@@ -94,6 +96,7 @@ class _Following:
         self.catching_up: dict[str, asyncio.Task[int]] = {}
         self.failures: dict[str, int] = {}
         self.retry_at: dict[str, float] = {}
+        self.writing = asyncio.Semaphore(MAX_WRITING)
 
     def failed(self, workspace: str, exc: BaseException, now: float) -> None:
         """Leave ``workspace`` alone for a growing delay; its positions are read again after."""
@@ -195,7 +198,7 @@ class Projector:
                     for ws in after:
                         follow.failed(ws, exc, loop.time())
                     continue
-                # every workspace's writes at once, each shielded: the guards keep them exact
+                # the workspaces' writes side by side (MAX_WRITING at a time), each shielded
                 await asyncio.gather(
                     *(self._step(follow, ws, events) for ws, events in batches.items())
                 )
@@ -213,6 +216,8 @@ class Projector:
             return
         for ws in workspaces:
             follow.positions.setdefault(ws, None)
+        for ws in follow.positions.keys() - set(workspaces) - follow.catching_up.keys():
+            del follow.positions[ws]  # its log is gone
 
     async def _ready(self, follow: _Following, now: float) -> dict[str, int]:
         """The workspaces to read now, each with the position to read after."""
@@ -233,7 +238,8 @@ class Projector:
         positions = follow.positions[workspace]
         assert positions is not None
         try:
-            positions = await self._apply(workspace, events, positions)
+            async with follow.writing:
+                positions = await self._apply(workspace, events, positions)
         except Exception as exc:
             follow.failed(workspace, exc, asyncio.get_running_loop().time())
             return

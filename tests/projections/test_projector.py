@@ -44,7 +44,7 @@ from stageline.projections import (
     RunStatus,
     Write,
 )
-from stageline.projections.projector import next_delay
+from stageline.projections.projector import MAX_WRITING, next_delay
 
 NAMES = [p.name for p in VIEWS]
 
@@ -484,23 +484,47 @@ async def test_run_follows_many_workspaces_on_a_few_connections(
     # one blocking read per workspace would need 60 connections; the pool has 4
     store = RedisEventStore(aioredis.Redis.from_url(own_url, max_connections=4))
     names = [f"{workspace}-{n}" for n in range(60)]
+    counting = CountingViews(views)
     try:
-        projector = Projector(OnlyWorkspaces(store, names), views, block_ms=200, rescan_s=0.05)  # type: ignore[arg-type]
+        projector = Projector(OnlyWorkspaces(store, names), counting, block_ms=200, rescan_s=0.05)  # type: ignore[arg-type]
         running(projector)
         lives = [lifecycle(f"r{n}", "completed", Clock()) for n in range(len(names))]
         heads = {}
         for ws, life in zip(names, lives, strict=True):
             heads[ws] = (await store.append(ws, life.stream, life.events)).position
         await asyncio.sleep(0.3)  # every workspace is followed and idle: reads block
-        for ws, life in zip(names, lives, strict=True):  # and each wakes up on an append
-            more = lifecycle(f"{life.run_id}-more", "completed", Clock())
-            heads[ws] = (await store.append(ws, more.stream, more.events)).position
+        mores = [lifecycle(f"{life.run_id}-more", "completed", Clock()) for life in lives]
+        requests = [
+            AppendRequest(ws, m.stream, m.events) for ws, m in zip(names, mores, strict=True)
+        ]
+        for ws, result in zip(names, await store.append_batch(requests), strict=True):
+            assert not isinstance(result, Exception)  # all at once: the reads wake up on them
+            heads[ws] = result.position
         for ws, head in heads.items():
             assert await views.wait_for(ws, head, timeout_s=20), ws
             run = await views.get_run(ws, f"{lives[names.index(ws)].run_id}-more")
             assert run is not None and run["status"] == "completed"
+        assert 1 < counting.most <= MAX_WRITING  # side by side, and bounded
     finally:
         await store.close()
+
+
+class CountingViews:
+    """The real views, counting the most batches of writes in flight at once."""
+
+    def __init__(self, views: FalkorDBViews) -> None:
+        self.views, self.now, self.most = views, 0, 0
+
+    async def apply_all(self, workspace: str, writes: Sequence[Write]) -> list[bool]:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            return await self.views.apply_all(workspace, writes)
+        finally:
+            self.now -= 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.views, name)
 
 
 def test_retry_delays_grow_and_are_capped() -> None:
