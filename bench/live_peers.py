@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -17,7 +14,7 @@ from bench import faststream_app as fs
 from bench.context import Context
 from bench.data import TEXT
 from bench.live_stageline import CONCURRENCY, REPO
-from bench.procs import Child, bench_env
+from bench.procs import Child, bench_env, run_module
 from bench.stats import percentiles
 from stageline.events.redis_store import connect
 
@@ -118,15 +115,4 @@ async def eventsourcing_live(ctx: Context, runs: int, latency_seconds: float) ->
         "latency_seconds": latency_seconds,
     }
     env = bench_env(ctx.url, {"PYTHONPATH": str(REPO)})
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "bench.es_live", json.dumps(params)],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"es_live failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
+    return await run_module("bench.es_live", params, env, cwd=REPO)

@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import redis.asyncio as aioredis
 
 from bench import data
 from bench.context import Context
-from bench.procs import READY, Child, bench_env
+from bench.procs import READY, Child, bench_env, cpu_seconds
 from bench.server import drop_workspace, used_memory
 from bench.stats import percentiles
 from bench.tracker import Tracker
@@ -40,17 +39,6 @@ MODES = {
     "up": "one `stageline up` process",
     "split": "`stageline worker` + `stageline projector` processes",
 }
-
-
-def _cpu(pids: dict[str, int]) -> dict[str, float]:
-    out = {}
-    for name, pid in pids.items():
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[name] = t.user + t.system
-        except psutil.Error:
-            out[name] = float("nan")
-    return out
 
 
 async def _commandstats(client: aioredis.Redis) -> dict[str, tuple[int, int]]:
@@ -146,13 +134,13 @@ class StagelineLive:
                 await self._submit(ws, i, started)
 
         pids = {c.name: c.pid for c in self.children} | await self._server_and_self()
-        cpu0, stats0 = _cpu(pids), await _commandstats(self.client)
+        cpu0, stats0 = cpu_seconds(pids), await _commandstats(self.client)
         async with Tracker(self.store, self.views, ws, poll_s=0.005) as tracker:
             t0 = time.perf_counter()
             await asyncio.gather(*(one(i) for i in range(runs)))
             submitted = time.perf_counter() - t0
             seen = await tracker.wait_visible(list(started), timeout)
-        cpu1, stats1 = _cpu(pids), await _commandstats(self.client)
+        cpu1, stats1 = cpu_seconds(pids), await _commandstats(self.client)
         after = await used_memory(self.client)
         calls = {k: stats1[k][0] - stats0.get(k, (0, 0))[0] for k in stats1}
         usec = {k: stats1[k][1] - stats0.get(k, (0, 0))[1] for k in stats1}

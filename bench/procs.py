@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +13,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -82,6 +85,36 @@ class Child:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
+    """The CPU time (user + system) each process has used so far, by name; NaN if it is gone."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+            out[name] = times.user + times.system
+        except psutil.Error:
+            out[name] = float("nan")
+    return out
+
+
+async def run_module(
+    module: str, params: Mapping[str, Any], env: Mapping[str, str], cwd: Path | None = None
+) -> dict[str, Any]:
+    """Run ``python -m module <params as JSON>`` to its end; the JSON of its last output line."""
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", module, json.dumps(params)],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -13,20 +13,15 @@ and the server used meanwhile is kept as detail. Beside it, the same reads strai
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import subprocess
-import sys
 import time
 from typing import Any
-
-import psutil
 
 from bench import data
 from bench.context import Context
 from bench.figures import Scenario
 from bench.live_stageline import REPO, free_port
-from bench.procs import READY, Child, bench_env
+from bench.procs import READY, Child, bench_env, cpu_seconds, run_module
 from bench.rebuild import write_log
 from bench.server import drop_workspace
 from bench.stats import percentiles
@@ -43,32 +38,12 @@ API = "stageline API (uvicorn, one process)"
 DIRECT = "FalkorDB direct (no HTTP, sequential)"
 
 
-def _cpu(pids: dict[str, int]) -> dict[str, float]:
-    out = {}
-    for name, pid in pids.items():
-        try:
-            times = psutil.Process(pid).cpu_times()
-            out[name] = times.user + times.system
-        except psutil.Error:
-            out[name] = float("nan")
-    return out
-
-
 async def loadgen(params: dict[str, Any], pids: dict[str, int]) -> dict[str, Any]:
     env = bench_env("", {"PYTHONPATH": str(REPO)})
-    before, started = _cpu(pids), time.perf_counter()
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "bench.loadgen", json.dumps(params)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"loadgen failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    before, started = cpu_seconds(pids), time.perf_counter()
+    result = await run_module("bench.loadgen", params, env)
     elapsed = time.perf_counter() - started  # includes the load generator's start-up
-    after = _cpu(pids)
+    after = cpu_seconds(pids)
     result["cpu_percent_of"] = {k: round(100 * (after[k] - before[k]) / elapsed) for k in pids}
     return result
 

@@ -20,10 +20,6 @@ follow an SQLite application). Warm-ups use a small separate log.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +27,7 @@ from typing import Any
 from bench import data
 from bench.context import Context
 from bench.figures import Scenario, repeat_round_robin
-from bench.procs import bench_env
+from bench.procs import bench_env, run_module
 from bench.server import drop_workspace
 from stageline.events.redis_store import RedisEventStore, connect
 from stageline.projections.falkordb_views import FalkorDBViews
@@ -57,17 +53,9 @@ async def write_log(store: RedisEventStore, ws: str, runs: int) -> float:
 
 async def es_process(runs: int, warm_runs: int, ctx: Context) -> dict[str, Any]:
     params = {"runs": runs, "warm_runs": warm_runs, "warmup": ctx.warmup, "repeat": ctx.repeat}
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "bench.es_rebuild", json.dumps(params)],
-        env=bench_env(ctx.url, {"PYTHONPATH": str(REPO)}),
-        capture_output=True,
-        text=True,
+    return await run_module(
+        "bench.es_rebuild", params, bench_env(ctx.url, {"PYTHONPATH": str(REPO)})
     )
-    if proc.returncode != 0:
-        raise RuntimeError(f"es_rebuild failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
 
 
 async def run(ctx: Context) -> Scenario:
