@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from projection_helpers import (
@@ -33,6 +34,7 @@ from stageline.projections import (
     Write,
     connect,
 )
+from stageline.projections._cypher import run_status as qr
 from stageline.projections.falkordb_views import cypher_params
 from stageline.projections.run_status import fold
 
@@ -214,6 +216,35 @@ async def test_stats_count_runs_and_take_percentiles_of_completed_stages(
     # sorted 10, 10, 10, 20 .. 100: p50 halfway between 40 and 50, p95 at 90 + 0.45 * 10
     assert stats["stages"]["fetch"] == {"count": 12, "p50_ms": 45.0, "p95_ms": pytest.approx(94.5)}
     assert stats["stages"]["embed"] == {"count": 10, "p50_ms": 1.0, "p95_ms": 1.0}
+
+
+async def test_concurrent_stats_at_one_checkpoint_scan_the_stages_once(
+    views: FalkorDBViews, workspace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    lives = [lifecycle(f"r{i}", "completed", clock, durations=[10.0, 5.0, 1.0]) for i in range(4)]
+    changes = fold(as_recorded(interleave(lives)))
+    assert await views.apply(workspace, RUN_STATUS, changes, expected=0)
+    scans = 0
+    read = views._read
+
+    async def counting(ws: str, query: str, params: Any = None) -> Any:
+        nonlocal scans
+        scans += query == qr.DURATIONS
+        return await read(ws, query, params)
+
+    monkeypatch.setattr(views, "_read", counting)
+    first = await asyncio.gather(*(views.stats(workspace) for _ in range(10)))
+    assert scans == 1
+    assert all(s == first[0] for s in first)
+    assert first[0]["stages"]["fetch"]["count"] == 4
+
+    # a new checkpoint is read afresh, with what it brought
+    more = [lifecycle("r9", "completed", clock, durations=[30.0, 5.0, 1.0])]
+    later = fold(as_recorded(interleave(more), changes.position + 1))
+    assert await views.apply(workspace, RUN_STATUS, later, expected=changes.position)
+    assert (await views.stats(workspace))["stages"]["fetch"]["count"] == 5
+    assert scans == 2
 
 
 async def test_a_workspace_never_projected_reads_as_empty(
