@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,8 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from api_helpers import assert_error, fields, run_events, submit
+from api_helpers import assert_error, fields, run_events, served, submit
 from fastapi import FastAPI
 from typer.testing import CliRunner, Result
 
@@ -786,26 +783,6 @@ async def test_an_imported_export_reproduces_the_status(
 
 
 # -- the CLI, over HTTP against this package's stack ---------------------------------
-
-
-@asynccontextmanager
-async def served(app: FastAPI) -> AsyncIterator[str]:
-    """``app`` on a real port, in this event loop, for clients in other threads."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            assert not task.done(), "the API did not start"
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 Cli = Callable[..., Awaitable[Result]]

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import yaml
-from api_helpers import assert_error, fields, head, run_events, until_event, until_status
+from api_helpers import assert_error, fields, head, run_events, served, until_event, until_status
 from click.testing import Result
 from fastapi import FastAPI
 from typer.testing import CliRunner
@@ -366,26 +361,6 @@ async def test_deleting_a_config_mid_run_does_not_break_the_run(
 
 
 # -- the CLI, over HTTP against this package's stack ---------------------------------
-
-
-@asynccontextmanager
-async def served(app: FastAPI) -> AsyncIterator[str]:
-    """``app`` on a real port, in this event loop, for clients in other threads."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    server = uvicorn.Server(config)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            assert not task.done(), "the API did not start"
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_the_cli_applies_lists_shows_and_deletes(

@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from itertools import pairwise
 from typing import Any
 
-import msgspec
+from projection_helpers import T0, logged
 
 from stageline.actors.events import RunCompleted, RunFailed
-from stageline.events import DomainEvent, RecordedEvent, new_event
+from stageline.events import DomainEvent, RecordedEvent
 from stageline.events.keys import ONTOLOGY_STREAM
 from stageline.ontology.events import (
     EntityTypeAdded,
@@ -31,7 +30,6 @@ from stageline.ontology.model import pattern_id
 from stageline.projections.ontology import BUCKET_RUNS, COUNTERS, OntologyChanges
 from stageline.projections.patterns import IMPORT_REASON, PatternChanges
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 ONT = ONTOLOGY_STREAM
 
 A = pattern_id("Alice", "person")
@@ -47,32 +45,6 @@ R = pattern_id("R2-D2", "robot")
 def ms(position: int) -> int:
     """The event time (ms) of the event at ``position`` in a ``logged`` history."""
     return int((T0 + timedelta(seconds=position)).timestamp() * 1000)
-
-
-def logged(pairs: Sequence[tuple[str, DomainEvent]], first: int = 1) -> list[RecordedEvent]:
-    """(stream, payload) pairs as consecutive log entries, a second apart."""
-    versions: Counter[str] = Counter()
-    out = []
-    for position, (stream, payload) in enumerate(pairs, first):
-        event = new_event(payload, occurred_at=T0 + timedelta(seconds=position))
-        out.append(
-            RecordedEvent(
-                event_id=event.event_id,
-                type=event.type,
-                schema_version=event.schema_version,
-                stream=stream,
-                version=versions[stream],
-                position=position,
-                workspace="w",
-                occurred_at=event.occurred_at,
-                recorded_at=event.occurred_at,
-                correlation_id=None,
-                causation_id=None,
-                data=msgspec.to_builtins(payload),
-            )
-        )
-        versions[stream] += 1
-    return out
 
 
 def added(pid_name: str, entity_type: str, source: str, confidence: float = 1.0) -> PatternAdded:

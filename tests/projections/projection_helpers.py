@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -317,3 +318,29 @@ async def counts_match_rows(views: FalkorDBViews, workspace: str) -> dict[str, i
     by_rows = Counter(run["status"] for run in runs)
     assert counts == {status: by_rows.get(status, 0) for status in counts}
     return {status: n for status, n in counts.items() if n}
+
+
+def logged(pairs: Sequence[tuple[str, DomainEvent]], first: int = 1) -> list[RecordedEvent]:
+    """(stream, payload) pairs as consecutive log entries, a second apart."""
+    versions: Counter[str] = Counter()
+    out = []
+    for position, (stream, payload) in enumerate(pairs, first):
+        event = new_event(payload, occurred_at=T0 + timedelta(seconds=position))
+        out.append(
+            RecordedEvent(
+                event_id=event.event_id,
+                type=event.type,
+                schema_version=event.schema_version,
+                stream=stream,
+                version=versions[stream],
+                position=position,
+                workspace="w",
+                occurred_at=event.occurred_at,
+                recorded_at=event.occurred_at,
+                correlation_id=None,
+                causation_id=None,
+                data=msgspec.to_builtins(payload),
+            )
+        )
+        versions[stream] += 1
+    return out

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
 import pytest
+from projection_helpers import logged
 
 from stageline.actors.configs import PipelineDefined, PipelineDeleted
 from stageline.actors.events import RunCompleted
 from stageline.actors.pipeline import Pipeline, RetryPolicy, StageSpec
-from stageline.events import DomainEvent, RecordedEvent, new_event
+from stageline.events import RecordedEvent
 from stageline.events.keys import pipeline_stream
 from stageline.projections import PIPELINES, FalkorDBViews
 from stageline.projections.pipeline_configs import fold
-
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def definition(name: str, *stages: str, description: str = "") -> Pipeline:
@@ -25,32 +21,6 @@ def definition(name: str, *stages: str, description: str = "") -> Pipeline:
         StageSpec(name=s, actor="normalize", retry=RetryPolicy(max_retries=1)) for s in stages
     )
     return Pipeline(name=name, description=description, stages=specs)
-
-
-def logged(pairs: list[tuple[str, DomainEvent]]) -> list[RecordedEvent]:
-    """(stream, payload) pairs as log entries: stream versions counted per stream."""
-    versions: Counter[str] = Counter()
-    out = []
-    for position, (stream, payload) in enumerate(pairs, 1):
-        event = new_event(payload, occurred_at=T0 + timedelta(seconds=position))
-        out.append(
-            RecordedEvent(
-                event_id=event.event_id,
-                type=event.type,
-                schema_version=event.schema_version,
-                stream=stream,
-                version=versions[stream],
-                position=position,
-                workspace="w",
-                occurred_at=event.occurred_at,
-                recorded_at=event.occurred_at,
-                correlation_id=None,
-                causation_id=None,
-                data=msgspec.to_builtins(payload),
-            )
-        )
-        versions[stream] += 1
-    return out
 
 
 A, B = pipeline_stream("alpha"), pipeline_stream("beta")
