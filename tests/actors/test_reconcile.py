@@ -68,25 +68,32 @@ async def worker(redis_store: RedisEventStore, redis_url: str) -> AsyncIterator[
     await w.stop()
 
 
-async def test_a_run_whose_first_command_was_lost_is_re_driven_to_completion(
-    worker: Worker, bus: CommandBus, redis_store: RedisEventStore, workspace: str
-) -> None:
+async def submitted_only(
+    store: RedisEventStore, bus: CommandBus, workspace: str, text: str
+) -> tuple[str, Reconciler]:
+    """A run with only its RunSubmitted, and a reconciler that always finds it stale."""
     run_id = str(uuid.uuid4())
-    # the submit appended RunSubmitted, then died before publishing the first command
     event = new_event(
         RunSubmitted(
             pipeline="memory-ingest",
             pipeline_version=1,
             stages=MEMORY_INGEST.stage_names,
-            input={"text": "Bob in Paris"},
+            input={"text": text},
         )
     )
-    await redis_store.append(workspace, keys.run_stream(run_id), [event], NO_STREAM)
+    await store.append(workspace, keys.run_stream(run_id), [event], NO_STREAM)
 
     async def stale(ws: str, idle_since_ms: int, limit: int) -> list[str]:
         return [run_id]
 
-    reconciler = Reconciler(redis_store, bus, stale, pipeline_of, idle_seconds=0)
+    return run_id, Reconciler(store, bus, stale, pipeline_of, idle_seconds=0)
+
+
+async def test_a_run_whose_first_command_was_lost_is_re_driven_to_completion(
+    worker: Worker, bus: CommandBus, redis_store: RedisEventStore, workspace: str
+) -> None:
+    # the submit appended RunSubmitted, then died before publishing the first command
+    run_id, reconciler = await submitted_only(redis_store, bus, workspace, "Bob in Paris")
     assert await reconciler.pass_once(workspace) == 1
     assert await wait_terminal(redis_store, workspace, [run_id]) == {run_id: "RunCompleted"}
     assert set((await transitions(redis_store, workspace, run_id)).values()) == {1}
@@ -100,21 +107,7 @@ async def test_a_run_whose_first_command_was_lost_is_re_driven_to_completion(
 async def test_nudging_a_healthy_run_records_nothing_twice(
     worker: Worker, bus: CommandBus, redis_store: RedisEventStore, workspace: str
 ) -> None:
-    run_id = str(uuid.uuid4())
-    event = new_event(
-        RunSubmitted(
-            pipeline="memory-ingest",
-            pipeline_version=1,
-            stages=MEMORY_INGEST.stage_names,
-            input={"text": "Alice"},
-        )
-    )
-    await redis_store.append(workspace, keys.run_stream(run_id), [event], NO_STREAM)
-
-    async def stale(ws: str, idle_since_ms: int, limit: int) -> list[str]:
-        return [run_id]
-
-    reconciler = Reconciler(redis_store, bus, stale, pipeline_of, idle_seconds=0)
+    run_id, reconciler = await submitted_only(redis_store, bus, workspace, "Alice")
     for _ in range(5):  # a burst of nudges racing the run itself
         await reconciler.pass_once(workspace)
     await wait_terminal(redis_store, workspace, [run_id])
