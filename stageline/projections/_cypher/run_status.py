@@ -1,12 +1,15 @@
 """The ``run_status`` projection's Cypher: runs, stages, run counts and dead letters.
 
-``(:Run)-[:HAS_STAGE]->(:Stage)`` nodes, a ``(:Counts {name: 'runs'})`` node
-with one property per run status, and ``(:DeadLetter)`` nodes. The rows a
-batch is sent as:
+``(:Run)`` and ``(:Stage)`` nodes, a stage naming its run by ``run_id`` (an
+indexed property, not an edge: an update finds a stage by its key alone,
+where a path ``MERGE`` walked the run's edges), a ``(:Counts {name: 'runs'})``
+node with one property per run status, and ``(:DeadLetter)`` nodes. The rows
+a batch is sent as, a map holding only the fields the batch set (a null value
+removes the property):
 
-- run: ``[id, *RUN_FIELDS]``, a soft status as ``[value, true]``; a new run's row adds
-  ``[created values, stage rows]``
-- stage: ``[key, run_id, name, attempts, created values or null, *STAGE_FIELDS]``
+- run: ``[id, fields but status, status]``, ``status`` null (unchanged), ``[value]`` or,
+  when soft, ``[value, true]``; a new run's row adds ``[created values, stage rows]``
+- stage: ``[key, run_id, name, attempts, fields]``
 - new dead letter: ``[id, stage key or null, deliveries, created values, *DEAD_LETTER_FIELDS]``
 - other dead letter: ``[id, *DEAD_LETTER_FIELDS]``
 """
@@ -18,51 +21,39 @@ from typing import Any
 from stageline.projections._cypher import assign, fields, graph_writer
 from stageline.projections.changes import RunStatusChanges
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
-from stageline.projections.run_status import (
-    RUN_CREATED,
-    RUN_ENDINGS,
-    RUN_FIELDS,
-    STAGE_CREATED,
-    STAGE_FIELDS,
-    RunStatus,
-)
+from stageline.projections.run_status import RUN_CREATED, RUN_ENDINGS, STAGE_CREATED, RunStatus
 
 __all__ = ["WRITER", "list_dead_letters", "write_params"]
 
-_R, _S = 1, 5  # where the fields start in run and stage rows
-_NEW = _R + len(RUN_FIELDS)  # a new run's created values, then its stages
-_STATUS = _R + RUN_FIELDS.index("status")
+_NEW = 3  # where a new run's created values sit in its row, its stage rows after them
 _D = 4  # where the fields start in a new dead letter's row (1 in the others')
 
 
 _ENDINGS = "[" + ", ".join(f"'{s}'" for s in sorted(RUN_ENDINGS)) + "]"
 
-
-def _soft(cell: str, name: str) -> str | None:
-    # a soft status ([value, true]) leaves an ending be
-    return f"size({cell}) > 1 AND r.status IN {_ENDINGS}" if name == "status" else None
-
-
-def _stage_merge() -> str:
-    created = "".join(f", s.{f} = st[4][{i}]" for i, f in enumerate(STAGE_CREATED))
-    return (
-        "MERGE (r)-[:HAS_STAGE]->(s:Stage {key: st[0]})"
-        f" ON CREATE SET s.run_id = st[1], s.name = st[2], s.attempts = 0{created}"
-        f" SET s.attempts = s.attempts + st[3], {assign('s', 'st', STAGE_FIELDS, _S)}"
-    )
+# a soft status ([value, true]) leaves an ending be
+_SET_RUN = (
+    "SET r += row[1], r.status = CASE WHEN row[2] IS NULL"
+    f" OR (size(row[2]) > 1 AND r.status IN {_ENDINGS}) THEN r.status ELSE row[2][0] END"
+)
+_STAGE_CREATED = "".join(f", s.{f} = st[4][{i}]" for i, f in enumerate(STAGE_CREATED))
 
 
-def _stage_create() -> str:
-    # FalkorDB: a SET right after CREATE does not see the new node's properties
-    # (CREATE (n) SET n.x = 0 SET n.x = n.x + 1 leaves x null), so every value
-    # is computed from the row alone
-    props = {"key": "st[0]", "run_id": "st[1]", "name": "st[2]", "attempts": "st[3]"}
-    props |= {f: f"st[4][{i}]" for i, f in enumerate(STAGE_CREATED)}
-    for i, f in enumerate(STAGE_FIELDS, _S):
-        default = props.get(f, "null")
-        props[f] = f"CASE WHEN st[{i}] IS NULL THEN {default} ELSE st[{i}][0] END"
-    body = ", ".join(f"{k}: {v}" for k, v in props.items())
-    return f"CREATE (r)-[:HAS_STAGE]->(:Stage {{{body}}})"
+_STAGE_MERGE = (
+    "MERGE (s:Stage {key: st[0]})"
+    f" ON CREATE SET s.run_id = st[1], s.name = st[2], s.attempts = 0{_STAGE_CREATED}"
+    " SET s += st[5], s.attempts = s.attempts + st[3]"
+)
+
+
+# FalkorDB: a SET right after CREATE does not see the new node's properties
+# (CREATE (n) SET n.x = 0 SET n.x = n.x + 1 leaves x null), so a new stage's
+# values come from the row alone; `+=` reads nothing
+_STAGE_CREATE = (
+    "CREATE (s:Stage {key: st[0], run_id: st[1], name: st[2], attempts: st[3]"
+    + "".join(f", {f}: st[4][{i}]" for i, f in enumerate(STAGE_CREATED))
+    + "}) SET s += st[5]"
+)
 
 
 def _count(i: int, status: str) -> str:
@@ -77,7 +68,8 @@ def _count(i: int, status: str) -> str:
 # this batch (the batch's own are in the row). A run is created only by the batch
 # holding its RunSubmitted: its seq is that event's position, which is how a
 # repeated RunSubmitted is told from the first. Stages of a new run are CREATEd
-# (MERGE costs twice as much), others MERGEd.
+# (MERGE costs twice as much), others found by their key. A stage of a run the
+# view does not hold (no RunSubmitted) is not written.
 _ROWS = f"""CALL {{
   UNWIND $new_dead_letters AS row
   OPTIONAL MATCH (s:Stage {{key: row[1]}})
@@ -95,23 +87,23 @@ CALL {{
   UNWIND $new_runs AS row
   MERGE (r:Run {{id: row[0]}})
   ON CREATE SET {", ".join(f"r.{f} = row[{_NEW}][{i}]" for i, f in enumerate(RUN_CREATED))}
-  SET {assign("r", "row", RUN_FIELDS, _R, _soft)}
+  {_SET_RUN}
   WITH r, row, r.seq = row[{_NEW}][{RUN_CREATED.index("seq")}] AS fresh
   UNWIND row[{_NEW + 1}] AS st
-  FOREACH (_ IN CASE WHEN fresh THEN [1] ELSE [] END | {_stage_create()})
-  FOREACH (_ IN CASE WHEN fresh THEN [] ELSE [1] END | {_stage_merge()})
+  FOREACH (_ IN CASE WHEN fresh THEN [1] ELSE [] END | {_STAGE_CREATE})
+  FOREACH (_ IN CASE WHEN fresh THEN [] ELSE [1] END | {_STAGE_MERGE})
 }}
 CALL {{
   UNWIND $runs AS row
   MATCH (r:Run {{id: row[0]}})
   WITH r, row, r.status AS before
-  SET {assign("r", "row", RUN_FIELDS, _R, _soft)}
+  {_SET_RUN}
   RETURN collect(CASE WHEN before <> r.status THEN [before, r.status] END) AS moves
 }}
 CALL {{
   UNWIND $stages AS st
-  MATCH (r:Run {{id: st[1]}})
-  {_stage_merge()}
+  MATCH (:Run {{id: st[1]}})
+  {_STAGE_MERGE}
 }}
 MERGE (n:Counts {{name: 'runs'}})
 SET {", ".join(_count(i, s) for i, s in enumerate(RunStatus))}"""
@@ -124,14 +116,17 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
     stages: list[list[Any]] = []
     nested: dict[str, list[list[Any]]] = {}
     for run in changes.runs.values():
-        row: list[Any] = [run.run_id, *fields(run.fields, RUN_FIELDS)]
-        if run.soft:
-            row[_STATUS] = [run.fields["status"], True]
+        values = run.fields
+        status = values.get("status")
+        if status is not None:
+            values = {k: v for k, v in values.items() if k != "status"}
+            status = [status, True] if run.soft else [status]
         if run.created is None:
-            runs.append(row)
+            runs.append([run.run_id, values, status])
         else:
             nested[run.run_id] = []
-            new_runs.append([*row, [run.created.get(k) for k in RUN_CREATED], nested[run.run_id]])
+            created = [run.created.get(k) for k in RUN_CREATED]
+            new_runs.append([run.run_id, values, status, created, nested[run.run_id]])
     for stage in changes.stages.values():
         c = stage.created
         stage_row = [
@@ -140,7 +135,7 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
             stage.name,
             stage.attempts,
             None if c is None else [c.get(k) for k in STAGE_CREATED],
-            *fields(stage.fields, STAGE_FIELDS),
+            stage.fields,
         ]
         nested.get(stage.run_id, stages).append(stage_row)
     new_dead_letters, dead_letters = [], []
@@ -162,7 +157,7 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
 
 
 _INDEXES = [
-    ("Run", "id"), ("Run", "status"), ("Run", "seq"), ("Stage", "key"),
+    ("Run", "id"), ("Run", "status"), ("Run", "seq"), ("Stage", "key"), ("Stage", "run_id"),
     ("DeadLetter", "id"), ("DeadLetter", "status"),
 ]  # fmt: skip
 
@@ -176,7 +171,7 @@ WRITER = graph_writer(
 # -- reads --------------------------------------------------------------------------
 
 GET_RUN = """MATCH (r:Run {id: $id})
-OPTIONAL MATCH (r)-[:HAS_STAGE]->(s:Stage)
+OPTIONAL MATCH (s:Stage {run_id: $id})
 RETURN properties(r), collect(properties(s))"""
 COUNTS = "MATCH (n:Counts {name: 'runs'}) RETURN properties(n)"
 DURATIONS = """MATCH (s:Stage) WHERE s.status = 'completed'
