@@ -7,9 +7,9 @@ node with one property per run status, and ``(:DeadLetter)`` nodes. The rows
 a batch is sent as, a map holding only the fields the batch set (a null value
 removes the property):
 
-- run: ``[id, fields but status, status]``, ``status`` null (unchanged), ``[value]`` or,
-  when soft, ``[value, true]``; a new run's row adds ``[created values, stage rows]``
-- stage: ``[key, run_id, name, attempts, fields]``
+- run: ``[id, fields but status, status, stage rows]``, ``status`` null (unchanged),
+  ``[value]`` or, when soft, ``[value, true]``; a new run's row adds its created values
+- stage (in its run's row): ``[key, run_id, name, attempts, created values or null, fields]``
 - new dead letter: ``[id, stage key or null, deliveries, created values, *DEAD_LETTER_FIELDS]``
 - other dead letter: ``[id, *DEAD_LETTER_FIELDS]``
 """
@@ -25,7 +25,7 @@ from stageline.projections.run_status import RUN_CREATED, RUN_ENDINGS, STAGE_CRE
 
 __all__ = ["WRITER", "list_dead_letters", "write_params"]
 
-_NEW = 3  # where a new run's created values sit in its row, its stage rows after them
+_STAGES, _NEW = 3, 4  # where a run's stage rows and a new run's created values sit in its row
 _D = 4  # where the fields start in a new dead letter's row (1 in the others')
 
 
@@ -68,8 +68,9 @@ def _count(i: int, status: str) -> str:
 # this batch (the batch's own are in the row). A run is created only by the batch
 # holding its RunSubmitted: its seq is that event's position, which is how a
 # repeated RunSubmitted is told from the first. Stages of a new run are CREATEd
-# (MERGE costs twice as much), others found by their key. A stage of a run the
-# view does not hold (no RunSubmitted) is not written.
+# (MERGE costs twice as much), others found by their key. A stage comes in its
+# run's row (every event that changes a stage changes its run's updated_at), so a
+# stage of a run the view does not hold (no RunSubmitted) is not written.
 _ROWS = f"""CALL {{
   UNWIND $new_dead_letters AS row
   OPTIONAL MATCH (s:Stage {{key: row[1]}})
@@ -89,7 +90,7 @@ CALL {{
   ON CREATE SET {", ".join(f"r.{f} = row[{_NEW}][{i}]" for i, f in enumerate(RUN_CREATED))}
   {_SET_RUN}
   WITH r, row, r.seq = row[{_NEW}][{RUN_CREATED.index("seq")}] AS fresh
-  UNWIND row[{_NEW + 1}] AS st
+  UNWIND row[{_STAGES}] AS st
   FOREACH (_ IN CASE WHEN fresh THEN [1] ELSE [] END | {_STAGE_CREATE})
   FOREACH (_ IN CASE WHEN fresh THEN [] ELSE [1] END | {_STAGE_MERGE})
 }}
@@ -98,12 +99,8 @@ CALL {{
   MATCH (r:Run {{id: row[0]}})
   WITH r, row, r.status AS before
   {_SET_RUN}
+  FOREACH (st IN row[{_STAGES}] | {_STAGE_MERGE})
   RETURN collect(CASE WHEN before <> r.status THEN [before, r.status] END) AS moves
-}}
-CALL {{
-  UNWIND $stages AS st
-  MATCH (:Run {{id: st[1]}})
-  {_STAGE_MERGE}
 }}
 MERGE (n:Counts {{name: 'runs'}})
 SET {", ".join(_count(i, s) for i, s in enumerate(RunStatus))}"""
@@ -113,7 +110,6 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
     """The row parameters of the write for a batch's changes."""
     new_runs: list[list[Any]] = []
     runs: list[list[Any]] = []
-    stages: list[list[Any]] = []
     nested: dict[str, list[list[Any]]] = {}
     for run in changes.runs.values():
         values = run.fields
@@ -121,23 +117,25 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
         if status is not None:
             values = {k: v for k, v in values.items() if k != "status"}
             status = [status, True] if run.soft else [status]
+        row = [run.run_id, values, status, nested.setdefault(run.run_id, [])]
         if run.created is None:
-            runs.append([run.run_id, values, status])
+            runs.append(row)
         else:
-            nested[run.run_id] = []
-            created = [run.created.get(k) for k in RUN_CREATED]
-            new_runs.append([run.run_id, values, status, created, nested[run.run_id]])
+            new_runs.append([*row, [run.created.get(k) for k in RUN_CREATED]])
     for stage in changes.stages.values():
         c = stage.created
-        stage_row = [
-            stage.key,
-            stage.run_id,
-            stage.name,
-            stage.attempts,
-            None if c is None else [c.get(k) for k in STAGE_CREATED],
-            stage.fields,
-        ]
-        nested.get(stage.run_id, stages).append(stage_row)
+        if stage.run_id not in nested:  # handlers change the run with its stage: never
+            runs.append([stage.run_id, {}, None, nested.setdefault(stage.run_id, [])])
+        nested[stage.run_id].append(
+            [
+                stage.key,
+                stage.run_id,
+                stage.name,
+                stage.attempts,
+                None if c is None else [c.get(k) for k in STAGE_CREATED],
+                stage.fields,
+            ]
+        )
     new_dead_letters, dead_letters = [], []
     for d in changes.dead_letters.values():
         cells = fields(d.fields, DEAD_LETTER_FIELDS)
@@ -151,7 +149,6 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
         "dead_letters": dead_letters,
         "new_runs": new_runs,
         "runs": runs,
-        "stages": stages,
         "counts": [changes.counts.get(status, 0) for status in RunStatus],
     }
 
