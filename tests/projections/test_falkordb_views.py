@@ -163,9 +163,11 @@ def test_cypher_params_use_json_only_where_cypher_reads_it_the_same() -> None:
     assert cypher_params({"a": [1, None, "x"], "b": 2.5}) == 'CYPHER a=[1,null,"x"] b=2.5 '
     # JSON map keys are quoted, Cypher's are not: keys that are names lose their quotes
     assert cypher_params({"m": [{"k": "v", "n": None}, {}]}) == 'CYPHER m=[{k:"v",n:null},{}] '
-    # ... and a key that is not a name, or a string holding '":', takes the client's encoder
+    # strings that look like keys stay as they are; a key that is not a name takes the
+    # client's encoder
+    assert cypher_params({"m": {"k": 'a"b": {"c":'}}) == 'CYPHER m={k:"a\\"b\\": {\\"c\\":"} '
+    assert cypher_params({"m": {"k": "x\\", "n": 1}}) == 'CYPHER m={k:"x\\\\",n:1} '
     assert cypher_params({"m": {"k-1": "v"}}) == 'CYPHER m={`k-1`:"v"} '
-    assert cypher_params({"m": {"k": 'a"b": {"c":'}}) == 'CYPHER m={`k`:"a\\"b\\": {\\"c\\":"} '
     # Cypher has no \u escapes: strings JSON would escape so take it too
     assert cypher_params({"s": "a\x01"}) == 'CYPHER s="a\x01" '
 
@@ -175,6 +177,7 @@ async def test_maps_in_parameters_reach_the_server_as_sent(
 ) -> None:
     sent = [
         {"k": 'x"y', "m": '{"a": [1, "b"]}', "n": None, "b": "back\\slash\\", "f": 1.5},
+        {"k": 'x\\":', "l": ["a\\", {"in": '"'}], "e": ""},
         {"weird key": 1, "ok": "é"},
         {"k": "a\x01", "z": "🎉"},
     ]

@@ -9,7 +9,8 @@ removes the property):
 
 - run: ``[id, fields but status, status, stage rows]``, ``status`` null (unchanged),
   ``[value]`` or, when soft, ``[value, true]``; a new run's row adds its created values
-- stage (in its run's row): ``[key, run_id, name, attempts, created values or null, fields]``
+- stage (in its run's row): ``[key, run_id, name, attempts, created values or null, fields]``;
+  in a new run's row it adds ``[value of each of _STAGE_VALUES]``
 - new dead letter: ``[id, stage key or null, deliveries, created values, *DEAD_LETTER_FIELDS]``
 - other dead letter: ``[id, *DEAD_LETTER_FIELDS]``
 """
@@ -21,7 +22,13 @@ from typing import Any
 from stageline.projections._cypher import assign, fields, graph_writer
 from stageline.projections.changes import RunStatusChanges
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
-from stageline.projections.run_status import RUN_CREATED, RUN_ENDINGS, STAGE_CREATED, RunStatus
+from stageline.projections.run_status import (
+    RUN_CREATED,
+    RUN_ENDINGS,
+    STAGE_CREATED,
+    STAGE_FIELDS,
+    RunStatus,
+)
 
 __all__ = ["WRITER", "list_dead_letters", "write_params"]
 
@@ -36,6 +43,7 @@ _SET_RUN = (
     "SET r += row[1], r.status = CASE WHEN row[2] IS NULL"
     f" OR (size(row[2]) > 1 AND r.status IN {_ENDINGS}) THEN r.status ELSE row[2][0] END"
 )
+_STAGE_VALUES = tuple(dict.fromkeys((*STAGE_CREATED, *STAGE_FIELDS)))
 _STAGE_CREATED = "".join(f", s.{f} = st[4][{i}]" for i, f in enumerate(STAGE_CREATED))
 
 
@@ -46,13 +54,13 @@ _STAGE_MERGE = (
 )
 
 
-# FalkorDB: a SET right after CREATE does not see the new node's properties
-# (CREATE (n) SET n.x = 0 SET n.x = n.x + 1 leaves x null), so a new stage's
-# values come from the row alone; `+=` reads nothing
+# A new run's stages are created with every value in the pattern: a SET after the
+# CREATE costs as much again (and, in FalkorDB, would not see the new node's properties:
+# CREATE (n) SET n.x = 0 SET n.x = n.x + 1 leaves x null). A null value stores nothing.
 _STAGE_CREATE = (
     "CREATE (s:Stage {key: st[0], run_id: st[1], name: st[2], attempts: st[3]"
-    + "".join(f", {f}: st[4][{i}]" for i, f in enumerate(STAGE_CREATED))
-    + "}) SET s += st[5]"
+    + "".join(f", {f}: st[6][{i}]" for i, f in enumerate(_STAGE_VALUES))
+    + "})"
 )
 
 
@@ -122,20 +130,23 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
             runs.append(row)
         else:
             new_runs.append([*row, [run.created.get(k) for k in RUN_CREATED]])
+    fresh = {row[0] for row in new_runs}
     for stage in changes.stages.values():
         c = stage.created
         if stage.run_id not in nested:  # handlers change the run with its stage: never
             runs.append([stage.run_id, {}, None, nested.setdefault(stage.run_id, [])])
-        nested[stage.run_id].append(
-            [
-                stage.key,
-                stage.run_id,
-                stage.name,
-                stage.attempts,
-                None if c is None else [c.get(k) for k in STAGE_CREATED],
-                stage.fields,
-            ]
-        )
+        row = [
+            stage.key,
+            stage.run_id,
+            stage.name,
+            stage.attempts,
+            None if c is None else [c.get(k) for k in STAGE_CREATED],
+            stage.fields,
+        ]
+        if stage.run_id in fresh:  # the stage's values, if its run is new
+            values = stage.fields if c is None else c | stage.fields
+            row.append([values.get(k) for k in _STAGE_VALUES])
+        nested[stage.run_id].append(row)
     new_dead_letters, dead_letters = [], []
     for d in changes.dead_letters.values():
         cells = fields(d.fields, DEAD_LETTER_FIELDS)
