@@ -44,12 +44,17 @@ class OntologyReactor:
         *,
         batch_size: int = 1000,
         rescan_s: float = 0.5,
+        pause_s: float = 0.1,
     ) -> None:
         self.store = store
         self.client = client
         self.rules = rules
         self.batch_size = batch_size
         self.rescan_s = rescan_s
+        self.pause_s = pause_s
+        """How long to wait after reading a batch that did not fill: the rules are in no
+        hurry, and a read costs about the same for one event as for hundreds, so a busy
+        log is read a few times a second rather than once per append."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """React in every workspace, old and new, until ``stop`` is set.
@@ -116,6 +121,9 @@ class OntologyReactor:
                     failures.pop(ws, None)
                 except Exception as exc:
                     failed(ws, exc)
+            if self.pause_s > 0 and all(len(e) < self.batch_size for e in batches.values()):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.pause_s)
 
     async def _load(self, workspace: str) -> Ontology:
         """A private fold of the stream, not shared with anyone.

@@ -212,3 +212,36 @@ async def _stream(rig: Rig) -> list[Any]:
 
 def _count(events: list[Any], topic: str) -> int:
     return sum(1 for e in events if e.type == topic)
+
+
+class CountingReads:
+    """The store, counting the reads of the log that brought events."""
+
+    def __init__(self, store: RedisEventStore) -> None:
+        self.store, self.reads = store, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def tail(self, after: Any, **kwargs: Any) -> Any:
+        batches = await self.store.tail(after, **kwargs)
+        self.reads += bool(batches)
+        return batches
+
+
+async def test_a_busy_log_is_read_a_few_times_a_second_not_once_per_append(rig: Rig) -> None:
+    store = CountingReads(rig.store)
+    r = OntologyReactor(store, rig.client, RULES, rescan_s=0.05, pause_s=0.2)  # type: ignore[arg-type]
+    stop, tasks = await running(r)
+    try:
+        await rig.store.append(rig.workspace, "other", [NewEvent(type="Noted", data={})])
+        await rig.settle(r)
+        reads = store.reads
+        for i in range(30):  # one append every ~10 ms
+            await rig.store.append(rig.workspace, "other", [NewEvent(type="Noted", data={"i": i})])
+            await asyncio.sleep(0.01)
+        await rig.settle(r)
+        # ~0.3-0.5 s of appends, a read at most every 0.2 s; one read per append without the pause
+        assert 1 <= store.reads - reads <= 5
+    finally:
+        await stopped(stop, tasks)
