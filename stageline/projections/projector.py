@@ -85,6 +85,11 @@ MAX_CATCHING_UP = 4
 """How many workspaces with a backlog ``Projector.run`` replays at once, each by its own task."""
 MAX_WRITING = 8
 """How many workspaces' batches ``Projector.run`` writes at once (each takes a connection)."""
+REBUILD_BATCH = 10_000
+"""Events a rebuild folds into one write, unless asked for another size (at least the
+projector's batch). A live log interleaves the events of the runs in flight, and each batch
+holding a run writes it again: at 10,000 events a run is written about half as often as
+at 1,000, and a write takes ~0.1 s of the server's time."""
 
 
 class _Following:
@@ -349,9 +354,8 @@ class Projector:
         started = time.perf_counter()
         await self.views.drop(workspace, p)
         head = await self.store.head(workspace)
-        events = await self._replay(
-            workspace, (p,), until=head, batch_size=batch_size or self.batch_size
-        )
+        batch_size = batch_size or max(self.batch_size, REBUILD_BATCH)
+        events = await self._replay(workspace, (p,), until=head, batch_size=batch_size)
         result = RebuildResult(p.name, events=events, seconds=time.perf_counter() - started)
         log.info(
             "projector.rebuilt",
