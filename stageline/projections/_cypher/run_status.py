@@ -9,8 +9,7 @@ removes the property):
 
 - run: ``[id, fields but status, status, stage rows]``, ``status`` null (unchanged),
   ``[value]`` or, when soft, ``[value, true]``; a new run's row adds its created values
-- stage (in its run's row): ``[key, run_id, name, attempts, created values or null, fields]``;
-  in a new run's row it adds ``[value of each of _STAGE_VALUES]``
+- stage (in its run's row): ``[key, run_id, name, attempts, created values or null, fields]``
 - new dead letter: ``[id, stage key or null, deliveries, created values, *DEAD_LETTER_FIELDS]``
 - other dead letter: ``[id, *DEAD_LETTER_FIELDS]``
 """
@@ -54,12 +53,17 @@ _STAGE_MERGE = (
 )
 
 
-# A new run's stages are created with every value in the pattern: a SET after the
-# CREATE costs as much again (and, in FalkorDB, would not see the new node's properties:
-# CREATE (n) SET n.x = 0 SET n.x = n.x + 1 leaves x null). A null value stores nothing.
+# A new run's stages are created with every value in the CREATE: a SET after it costs
+# as much again (and, in FalkorDB, would not see the new node's properties: CREATE (n)
+# SET n.x = 0 SET n.x = n.x + 1 leaves x null). A null value stores nothing.
 _STAGE_CREATE = (
     "CREATE (s:Stage {key: st[0], run_id: st[1], name: st[2], attempts: st[3]"
-    + "".join(f", {f}: st[6][{i}]" for i, f in enumerate(_STAGE_VALUES))
+    + "".join(
+        f", {f}: coalesce(st[5].{f}, st[4][{STAGE_CREATED.index(f)}])"
+        if f in STAGE_CREATED
+        else f", {f}: st[5].{f}"
+        for f in _STAGE_VALUES
+    )
     + "})"
 )
 
@@ -130,23 +134,14 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
             runs.append(row)
         else:
             new_runs.append([*row, [run.created.get(k) for k in RUN_CREATED]])
-    fresh = {row[0] for row in new_runs}
     for stage in changes.stages.values():
         c = stage.created
         if stage.run_id not in nested:  # handlers change the run with its stage: never
             runs.append([stage.run_id, {}, None, nested.setdefault(stage.run_id, [])])
-        row = [
-            stage.key,
-            stage.run_id,
-            stage.name,
-            stage.attempts,
-            None if c is None else [c.get(k) for k in STAGE_CREATED],
-            stage.fields,
-        ]
-        if stage.run_id in fresh:  # the stage's values, if its run is new
-            values = stage.fields if c is None else c | stage.fields
-            row.append([values.get(k) for k in _STAGE_VALUES])
-        nested[stage.run_id].append(row)
+        created = None if c is None else [c.get(k) for k in STAGE_CREATED]
+        nested[stage.run_id].append(
+            [stage.key, stage.run_id, stage.name, stage.attempts, created, stage.fields]
+        )
     new_dead_letters, dead_letters = [], []
     for d in changes.dead_letters.values():
         cells = fields(d.fields, DEAD_LETTER_FIELDS)
