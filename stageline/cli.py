@@ -8,6 +8,13 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from stageline.cli_http import (
@@ -287,6 +294,19 @@ ProjectionName = Annotated[
 ]
 
 
+def _progress() -> Progress:
+    """A progress bar on the console (left out when it is not a terminal)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("events"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
 @projections_app.command("rebuild")
 def projections_rebuild(workspace: Workspace = None, projection: ProjectionName = None) -> None:
     """Drop projections' views and replay them from position 0 of the log.
@@ -308,7 +328,13 @@ def projections_rebuild(workspace: Workspace = None, projection: ProjectionName 
         try:
             projector = stack.projector()
             for name in [projection] if projection else NAMES:
-                result = await projector.rebuild(ws, name)
+                with _progress() as bar:
+                    task = bar.add_task(f"rebuilding {name}", total=None)
+
+                    def report(position: int, head: int, task: Any = task, bar: Any = bar) -> None:
+                        bar.update(task, completed=position, total=head)
+
+                    result = await projector.rebuild(ws, name, progress=report)
                 console.print(
                     f"rebuilt {name} in {ws}: {result.events} events in {result.seconds:.2f}s "
                     f"({result.rate:,.0f} events/s)"

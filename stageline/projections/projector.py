@@ -19,7 +19,7 @@ import asyncio
 import bisect
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -341,7 +341,12 @@ class Projector:
         return max(head - positions[self.projection(projection).name], 0)
 
     async def rebuild(
-        self, workspace: str, projection: str, *, batch_size: int | None = None
+        self,
+        workspace: str,
+        projection: str,
+        *,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> RebuildResult:
         """Drop one projection's view and replay the log into it from 0 up to its current head.
 
@@ -349,13 +354,17 @@ class Projector:
         projector running elsewhere meanwhile finds this checkpoint gone and
         replays too; the guard lets each batch land once, so ``events`` counts
         the batches this call wrote, which may then be fewer than the log holds.
+        ``progress(position, head)`` is called once the replay starts and after
+        every batch written.
         """
         p = self.projection(projection)
         started = time.perf_counter()
         await self.views.drop(workspace, p)
         head = await self.store.head(workspace)
         batch_size = batch_size or max(self.batch_size, REBUILD_BATCH)
-        events = await self._replay(workspace, (p,), until=head, batch_size=batch_size)
+        events = await self._replay(
+            workspace, (p,), until=head, batch_size=batch_size, progress=progress
+        )
         result = RebuildResult(p.name, events=events, seconds=time.perf_counter() - started)
         log.info(
             "projector.rebuilt",
@@ -381,8 +390,12 @@ class Projector:
         *,
         until: int,
         batch_size: int,
+        progress: Callable[[int, int], None] | None = None,
     ) -> int:
         """Project the log up to position ``until``; how many events this call applied.
+
+        ``progress(position, until)`` is told where the projections stand, at the start
+        and after each batch's writes.
 
         An event counts once if any projection applied it. Three batches are in
         flight at once: one being written, the next being folded, the one after
@@ -398,6 +411,8 @@ class Projector:
             )
 
         positions = await self._load(workspace, projections)
+        if progress is not None:
+            progress(min(min(positions.values()), until), until)
         applied = 0
         reading = asyncio.create_task(read(min(positions.values())))
         writing: asyncio.Task[list[bool]] | None = None
@@ -421,6 +436,8 @@ class Projector:
                         (w.changes.events for w, ok in zip(sent, results, strict=True) if ok),
                         default=0,
                     )
+                    if progress is not None:
+                        progress(min(min(positions.values()), until), until)
                     if not all(results):  # another writer moved a checkpoint: re-read from there
                         reading.cancel()
                         reading = asyncio.create_task(read(min(positions.values())))

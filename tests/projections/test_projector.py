@@ -288,9 +288,14 @@ async def test_rebuilding_one_projection_leaves_the_others_alone(
 
     recording.apply_all = first_write  # type: ignore[method-assign]
 
-    result = await rebuilder.rebuild(workspace, rebuilt)
+    reports: list[tuple[int, int]] = []
+    result = await rebuilder.rebuild(
+        workspace, rebuilt, batch_size=9, progress=lambda *report: reports.append(report)
+    )
 
     assert result.events == head
+    # where the rebuild stands: from 0, after each batch of 9, up to the head
+    assert reports == [(min(n, head), head) for n in range(0, head + 9, 9)]
     assert recording.written() == {rebuilt}
     assert recording.exact()
     assert seen["view"] != live[rebuilt]
