@@ -1,61 +1,118 @@
--- Atomic append of events to one stream and to its workspace log.
--- KEYS[1] stream hash: n = length, <version> = log position, i:<event id> = version
--- KEYS[2] workspace log (Redis Stream, entry ids 0-<position>)
--- ARGV[1] stream name, ARGV[2] expected version (-2 any, -1 no stream, >= 0 exact)
--- ARGV[3..] event id (16 bytes), stored blob, repeated
--- Returns {1, last version, recorded ms, v1, p1, v2, p2, ...} in input order,
--- or {0, actual version} on a version clash (nothing written).
-local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
-local expected = tonumber(ARGV[2])
-local out = {1, 0, 0}
-local fresh = 0
-local known = {}
-for i = 3, #ARGV, 2 do
-  local v = redis.call('HGET', KEYS[1], 'i:' .. ARGV[i])
-  if v then
-    known[i] = tonumber(v)
-  else
-    fresh = fresh + 1
-  end
-end
-if fresh > 0 then
-  if (expected == -1 and n > 0) or (expected >= 0 and expected ~= n - 1) then
-    return {0, n - 1}
-  end
-end
+-- Atomic appends of events to streams of one workspace and to its log, one after another.
+-- KEYS[1] workspace log (Redis Stream, entry ids 0-<position>)
+-- KEYS[1 + r] stream hash of request r: n = length, <version> = log position, i:<event id> = version
+-- ARGV, per request in order: stream name, expected version (-2 any, -1 no stream, >= 0 exact),
+--   event count k, then k times: 'i:' .. event id (16 bytes), stored blob
+-- Each request sees the ones before it. Returns one flat array, per request in order:
+--   0, actual version: a version clash (nothing of that request written);
+--   1, last version, first position: every event new (versions and positions run on by one);
+--   2 (every event known) or 3 (some), version, then k times version, position in input order.
+local log = KEYS[1]
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local fields = {}
-for i = 3, #ARGV, 2 do
-  local v = known[i]
-  if v then
-    out[#out + 1] = v
-    out[#out + 1] = tonumber(redis.call('HGET', KEYS[1], tostring(v)))
+local out = {}
+local o = 0
+local a = 1
+-- the log position of the entry this call added last: 0-* entries run on by one
+local p = nil
+local function add(stream, version, blob)
+  local id = redis.call('XADD', log, '0-*', 's', stream, 'v', version, 't', ms, 'e', blob)
+  if p then
+    p = p + 1
   else
-    local id = redis.call('XADD', KEYS[2], '0-*', 's', ARGV[1], 'v', n, 't', ms, 'e', ARGV[i + 1])
-    local p = tonumber(string.match(id, '-(%d+)$'))
-    fields[#fields + 1] = tostring(n)
-    fields[#fields + 1] = p
-    fields[#fields + 1] = 'i:' .. ARGV[i]
-    fields[#fields + 1] = n
-    out[#out + 1] = n
-    out[#out + 1] = p
-    n = n + 1
+    p = tonumber(string.match(id, '-(%d+)$'))
   end
+  return p
 end
-if fresh > 0 then
-  redis.call('HSET', KEYS[1], 'n', n, unpack(fields))
-end
-out[2] = n - 1
-out[3] = ms
-if fresh == 0 then
-  -- a retry of an append that landed: answer with where its events are, not the head,
-  -- so a caller that appends on from this version cannot skip a writer in between
-  out[1] = 2
-  local last = -1
-  for i = 4, #out, 2 do
-    if out[i] > last then last = out[i] end
+for r = 2, #KEYS do
+  local key = KEYS[r]
+  local stream = ARGV[a]
+  local expected = tonumber(ARGV[a + 1])
+  local first = a + 3
+  local last = a + 1 + 2 * tonumber(ARGV[a + 2])
+  a = last + 2
+  local got
+  if expected == -1 and not redis.call('HGET', key, 'n') then
+    -- a stream without events holds no event id either
+    got = {false}
+    for i = first, last, 2 do got[#got + 1] = false end
+  elseif first == last then
+    got = redis.call('HMGET', key, 'n', ARGV[first])
+  else
+    local fields = {'n'}
+    for i = first, last, 2 do
+      fields[#fields + 1] = ARGV[i]
+    end
+    got = redis.call('HMGET', key, unpack(fields))
   end
-  out[2] = last
+  local n = tonumber(got[1] or '0')
+  local fresh = 0
+  for j = 2, #got do
+    if not got[j] then fresh = fresh + 1 end
+  end
+  if fresh > 0 and ((expected == -1 and n > 0) or (expected >= 0 and expected ~= n - 1)) then
+    out[o + 1] = 0
+    out[o + 2] = n - 1
+    o = o + 2
+  elseif fresh == #got - 1 then
+    if first == last then
+      redis.call('HSET', key, 'n', n + 1, n, add(stream, n, ARGV[first + 1]), ARGV[first], n)
+      n = n + 1
+    else
+      local index = {'n', n + fresh}
+      local x = 2
+      for i = first, last, 2 do
+        index[x + 1] = n
+        index[x + 2] = add(stream, n, ARGV[i + 1])
+        index[x + 3] = ARGV[i]
+        index[x + 4] = n
+        x = x + 4
+        n = n + 1
+      end
+      redis.call('HSET', key, unpack(index))
+    end
+    out[o + 1] = 1
+    out[o + 2] = n - 1
+    out[o + 3] = p - fresh + 1
+    o = o + 3
+  else
+    local index = {'n', n + fresh}
+    local x = 2
+    local head = o + 2
+    local highest = -1
+    out[o + 1] = 2
+    o = o + 2
+    local j = 2
+    for i = first, last, 2 do
+      local v = got[j]
+      j = j + 1
+      if v then
+        v = tonumber(v)
+        out[o + 1] = v
+        out[o + 2] = tonumber(redis.call('HGET', key, v))
+        if v > highest then highest = v end
+      else
+        add(stream, n, ARGV[i + 1])
+        index[x + 1] = n
+        index[x + 2] = p
+        index[x + 3] = ARGV[i]
+        index[x + 4] = n
+        x = x + 4
+        out[o + 1] = n
+        out[o + 2] = p
+        n = n + 1
+      end
+      o = o + 2
+    end
+    if fresh > 0 then
+      redis.call('HSET', key, unpack(index))
+      out[head - 1] = 3
+      out[head] = n - 1
+    else
+      -- a retry of an append that landed: answer with where its events are, not the head,
+      -- so a caller that appends on from this version cannot skip a writer in between
+      out[head] = highest
+    end
+  end
 end
 return out

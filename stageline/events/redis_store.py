@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import NoScriptError, ResponseError
@@ -18,11 +19,14 @@ from stageline.events.store import (
     MAX_EVENTS_PER_APPEND,
     AppendRequest,
     AppendResult,
-    check_append,
+    check_request,
 )
 
 __all__ = [
+    "BYTES_PER_CALL",
     "CONNECT_TIMEOUT_SECONDS",
+    "EVENTS_PER_CALL",
+    "FIRST_CALL_EVENTS",
     "MAX_EVENTS_PER_APPEND",
     "RedisEventStore",
     "connect",
@@ -69,13 +73,196 @@ def _script(name: str) -> str:
     return resources.files("stageline.events").joinpath(name).read_text()
 
 
+EVENTS_PER_CALL = 1000
+"""Most events one run of the append script takes (a few ms of server time)."""
+FIRST_CALL_EVENTS = 100
+"""Most events the first call of a batch takes; each next may take twice as many as the
+one before, up to ``EVENTS_PER_CALL``: the server starts on the first while the client
+encodes the next."""
+BYTES_PER_CALL = 4 << 20
+"""A run of the append script takes no more requests once its arguments pass this size."""
+
+
+def _valid_workspace(name: str) -> bool:
+    try:
+        keys.check_workspace(name, internal=True)
+    except InvalidArgument:
+        return False
+    return True
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+class _Call:
+    """One run of the append script: requests of one workspace, applied in order.
+
+    The command is packed as requests are added: redis-py's packer is pure
+    Python, and an append has two arguments per event.
+    """
+
+    __slots__ = ("args", "count", "events", "indexes", "keys", "requests", "size", "workspace")
+
+    def __init__(self, workspace: str) -> None:
+        """Raises ``InvalidArgument`` for a bad workspace name."""
+        keys.check_workspace(workspace, internal=True)
+        self.workspace = workspace
+        self.keys = [_bulk(keys.log_key(workspace).encode())]
+        self.args: list[bytes] = []  # the script's ARGV, packed
+        self.count = 0  # of ARGV
+        self.requests: list[AppendRequest] = []
+        self.indexes: list[int] = []  # of each request in its batch
+        self.events = 0
+        self.size = 0
+
+    def add(self, index: int, request: AppendRequest) -> None:
+        """Check and encode ``request`` into this call, or raise ``InvalidArgument`` adding nothing."""
+        check_request(request)
+        events = request.events
+        args = self.args
+        added = len(args)
+        stream = request.stream.encode()
+        expected = b"%d" % request.expected_version
+        count = b"%d" % len(events)
+        args.append(
+            b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+            % (len(stream), stream, len(expected), expected, len(count), count)
+        )
+        size = 0
+        try:
+            for event in events:
+                blob = codec.encode(event)
+                size += len(blob)
+                args.append(
+                    b"$18\r\ni:%b\r\n$%d\r\n%b\r\n" % (event.event_id.bytes, len(blob), blob)
+                )
+        except BaseException:
+            del args[added:]
+            raise
+        self.keys.append(_bulk(keys.stream_key(self.workspace, request.stream).encode()))
+        self.count += 3 + 2 * len(events)
+        self.requests.append(request)
+        self.indexes.append(index)
+        self.events += len(events)
+        self.size += size
+
+    def pack(self, sha: str) -> bytes:
+        nkeys = len(self.keys)
+        return b"".join(
+            [
+                b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + nkeys + self.count),
+                _bulk(sha.encode()),
+                _bulk(b"%d" % nkeys),
+                *self.keys,
+                *self.args,
+            ]
+        )
+
+    def results(self, reply: list[int] | Exception, out: list[AppendResult | Exception]) -> None:
+        """Each request's outcome into its place in ``out``, from the script's reply (see
+        append.lua) or the error the whole call met."""
+        if isinstance(reply, Exception):
+            for i in self.indexes:
+                out[i] = reply
+            return
+        at = 0
+        for i, request in zip(self.indexes, self.requests, strict=True):
+            status = reply[at]
+            if status == 0:
+                out[i] = ConcurrencyError(request.stream, request.expected_version, reply[at + 1])
+                at += 2
+            elif status == 1:
+                last, first = reply[at + 1], reply[at + 2]
+                count = len(request.events)
+                out[i] = AppendResult(
+                    stream=request.stream,
+                    version=last,
+                    versions=list(range(last - count + 1, last + 1)),
+                    positions=list(range(first, first + count)),
+                    deduplicated=False,
+                )
+                at += 3
+            else:
+                end = at + 2 + 2 * len(request.events)
+                out[i] = AppendResult(
+                    stream=request.stream,
+                    version=reply[at + 1],
+                    versions=reply[at + 2 : end : 2],
+                    positions=reply[at + 3 : end : 2],
+                    deduplicated=status == 2,
+                )
+                at = end
+
+
+def _calls(
+    requests: Sequence[AppendRequest], out: list[AppendResult | Exception]
+) -> Iterator[_Call]:
+    """The script calls that apply ``requests``, each as soon as it is full.
+
+    A workspace's requests go in order into its calls, and its calls come in
+    order; a request that cannot be stored gets its ``InvalidArgument`` in
+    ``out`` instead.
+    """
+    filling: dict[str, _Call] = {}
+    limit = min(FIRST_CALL_EVENTS, EVENTS_PER_CALL)
+    for i, request in enumerate(requests):
+        workspace = request.workspace
+        call = filling.get(workspace)
+        if call is not None and (
+            call.events + len(request.events) > limit or call.size > BYTES_PER_CALL
+        ):
+            yield call
+            call = None
+            limit = min(2 * limit, EVENTS_PER_CALL)
+        try:
+            if call is None:
+                call = filling[workspace] = _Call(workspace)
+            call.add(i, request)
+        except InvalidArgument as exc:
+            out[i] = exc
+    for call in filling.values():
+        if call.requests:
+            yield call
+
+
+async def _exchange(
+    conn: AbstractConnection, sha: str, calls: Iterator[_Call], sent: list[_Call]
+) -> list[Any]:
+    """Send every call of ``sent`` then of ``calls`` (moved to ``sent``), then read the replies.
+
+    Each call is written as soon as it is packed, so the server runs it while
+    the next is encoded. An error reply is returned in its place.
+    """
+    try:
+        for call in sent:  # a try again on a new connection
+            await conn.send_packed_command(call.pack(sha))
+        for call in calls:
+            sent.append(call)
+            await conn.send_packed_command(call.pack(sha))
+        replies: list[Any] = []
+        for _ in sent:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        # e.g. an event that fails to encode with other than InvalidArgument: the
+        # replies of the calls sent are never read, so the connection is unusable
+        await conn.disconnect(nowait=True)
+        raise
+
+
 class RedisEventStore:
     """Stores every workspace's log in Redis (or FalkorDB, which is Redis plus a module).
 
     Per workspace: one Redis Stream holding the log (entry id ``0-<position>``)
     and one small hash per stream mapping versions to positions and event ids
     to versions. Appends and stream reads are Lua scripts, so each is atomic and
-    a single round trip.
+    a single round trip. A batch of appends runs the append script once per
+    workspace (a few times for a big batch), each run applying its requests one
+    after another, each request with its own version check and idempotency.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
@@ -93,37 +280,6 @@ class RedisEventStore:
 
     # -- appends ----------------------------------------------------------------
 
-    @staticmethod
-    def _args(request: AppendRequest) -> tuple[list[str], list[Any]]:
-        check_append(request)
-        args: list[Any] = [request.stream, request.expected_version]
-        for event in request.events:
-            args.append(event.event_id.bytes)
-            args.append(codec.encode(event))
-        return [
-            keys.stream_key(request.workspace, request.stream),
-            keys.log_key(request.workspace),
-        ], args
-
-    @staticmethod
-    def _result(request: AppendRequest, reply: list[int]) -> AppendResult:
-        if reply[0] == 0:
-            raise ConcurrencyError(request.stream, request.expected_version, int(reply[1]))
-        pairs = reply[3:]
-        return AppendResult(
-            stream=request.stream,
-            version=int(reply[1]),
-            versions=[int(v) for v in pairs[0::2]],
-            positions=[int(p) for p in pairs[1::2]],
-            deduplicated=reply[0] == 2,
-        )
-
-    async def _remember(self, workspaces: set[str]) -> None:
-        new = workspaces - self._known_workspaces
-        if new:
-            await self.client.sadd(keys.WORKSPACES, *new)
-            self._known_workspaces |= new
-
     async def append(
         self,
         workspace: str,
@@ -131,58 +287,68 @@ class RedisEventStore:
         events: Sequence[NewEvent],
         expected_version: int = ANY,
     ) -> AppendResult:
-        request = AppendRequest(workspace, stream, events, expected_version)
-        script_keys, args = self._args(request)
+        call = _Call(workspace)
+        call.add(0, AppendRequest(workspace, stream, events, expected_version))
         await self._remember({workspace})
-        reply = await self._append(keys=script_keys, args=args)
-        return self._result(request, reply)
+        _, [reply] = await self._run(iter([call]))
+        out: list[AppendResult | Exception] = [None]  # type: ignore[list-item]
+        call.results(reply, out)
+        if isinstance(out[0], Exception):
+            raise out[0]
+        return out[0]
 
     async def append_batch(
         self, requests: Sequence[AppendRequest]
     ) -> list[AppendResult | Exception]:
         out: list[AppendResult | Exception] = [None] * len(requests)  # type: ignore[list-item]
-        calls: list[tuple[int, list[str], list[Any]]] = []
-        for i, request in enumerate(requests):
-            try:
-                script_keys, args = self._args(request)
-            except InvalidArgument as exc:
-                out[i] = exc
-                continue
-            calls.append((i, script_keys, args))
-        if not calls:
+        if not requests:
             return out
-        await self._remember({requests[i].workspace for i, _, _ in calls})
-        replies = await self._evalsha_many(calls)
-        for (i, _, _), reply in zip(calls, replies, strict=True):
-            if isinstance(reply, Exception):
-                out[i] = reply
-                continue
-            try:
-                out[i] = self._result(requests[i], reply)
-            except ConcurrencyError as exc:
-                out[i] = exc
+        await self._remember({r.workspace for r in requests})
+        calls, replies = await self._run(_calls(requests, out))
+        for call, reply in zip(calls, replies, strict=True):
+            call.results(reply, out)
         return out
 
-    async def _evalsha_many(self, calls: list[tuple[int, list[str], list[Any]]]) -> list[Any]:
-        """Run the append script once per call, pipelined, in one round trip.
+    async def _remember(self, workspaces: set[str]) -> None:
+        new = workspaces - self._known_workspaces
+        if new:
+            # names no append can use are never listed
+            new = {ws for ws in new if _valid_workspace(ws)}
+        if new:
+            await self.client.sadd(keys.WORKSPACES, *new)
+            self._known_workspaces |= new
 
-        EVALSHA straight away: redis-py's pipelined scripts ask SCRIPT EXISTS
-        first, a second round trip on every batch. A server that lost its script
-        cache (any restart) answers NOSCRIPT without running anything, so those
-        calls are simply sent again after loading the script.
+    async def _run(self, calls: Iterator[_Call]) -> tuple[list[_Call], list[Any]]:
+        """Run the append script once per call, in one round trip: the calls and their replies.
+
+        EVALSHA straight away, without asking SCRIPT EXISTS first: a server that
+        lost its script cache (any restart) answers NOSCRIPT without running
+        anything, so those calls are simply sent again after loading the script.
+        An error reply is returned in its call's place.
         """
-        sha = self._append.sha
-        pipe = self.client.pipeline(transaction=False)
-        for _, script_keys, args in calls:
-            pipe.evalsha(sha, len(script_keys), *script_keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        sent, replies = await self._round_trip(calls)
         missing = [n for n, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             await self.client.script_load(self._append.script)
-            again = await self._evalsha_many([calls[n] for n in missing])
+            _, again = await self._run(iter([sent[n] for n in missing]))
             for n, reply in zip(missing, again, strict=True):
                 replies[n] = reply
-        return replies
+        return sent, replies
+
+    async def _round_trip(self, calls: Iterator[_Call]) -> tuple[list[_Call], list[Any]]:
+        """``_exchange`` on a pooled connection; a lost one is retried as redis-py retries a
+        pipeline (every append is safe to repeat)."""
+        sha = self._append.sha
+        sent: list[_Call] = []
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            replies = await conn.retry.call_with_retry(
+                lambda: _exchange(conn, sha, calls, sent), lambda _error, *_: conn.disconnect()
+            )
+        finally:
+            await pool.release(conn)
+        return sent, replies
 
     # -- reads ------------------------------------------------------------------
 

@@ -66,7 +66,7 @@ def _unquote_keys(text: bytes) -> bytes | None:
     whose quote is not escaped (an even run of backslashes before it), and the last
     quote before the cut opens the key.
     """
-    out = []
+    out: list[bytes] = []
     parts = text.split(b'":')
     head = parts[0]
     for part in parts[1:]:
@@ -95,9 +95,9 @@ def cypher_params(params: Mapping[str, Any]) -> str:
     """
     parts = ["CYPHER"]
     for name, value in params.items():
-        text: bytes | None = msgspec.json.encode(value)
-        if b'{"' in text:  # inside JSON strings '"' is always escaped: '{"' opens a map
-            text = _unquote_keys(text)
+        encoded = msgspec.json.encode(value)
+        # inside JSON strings '"' is always escaped: '{"' opens a map
+        text = _unquote_keys(encoded) if b'{"' in encoded else encoded
         if text is None or b"\\u" in text:
             parts.append(f"{name}={stringify_param_value(value)}")
         else:

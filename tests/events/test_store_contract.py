@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 
-from stageline.errors import ConcurrencyError, InvalidArgument, InvalidEvent
+from stageline.errors import ConcurrencyError, InvalidArgument, InvalidEvent, StagelineError
 from stageline.events import (
     ANY,
     NO_STREAM,
@@ -65,6 +65,64 @@ async def snapshot(store: EventStore, workspace: str, stream: str) -> tuple[Any,
         [e.event_id for e in await store.read_stream(workspace, stream)],
         await log_ids(store, workspace),
     )
+
+
+def outcome(result: AppendResult | Exception) -> Any:
+    """An append's outcome, comparable across workspaces and stores."""
+    if isinstance(result, StagelineError):
+        return (type(result).__name__, result.message, result.details)
+    return result
+
+
+async def mixed_appends(
+    store: EventStore, workspace: str, *, batched: bool
+) -> tuple[list[Any], list[tuple[Any, ...]]]:
+    """Appends of every kind to three streams of ``workspace`` and two of a second
+    workspace, after a little history, as one ``append_batch`` or one ``append`` at a
+    time: each request's ``outcome``, and both logs. Fresh events every call, the
+    same data and plan."""
+    other = f"{workspace}-2"
+    known, known_other, fresh = evs(2, start=-2), ev(-3), evs(20, start=100)
+    unreadable = NewEvent(type="x", data={1: "int key"})
+    await store.append(workspace, "s1", known, NO_STREAM)
+    await store.append(other, "s1", [known_other], NO_STREAM)
+    requests = [
+        AppendRequest(workspace, "s1", fresh[0:2], 1),
+        AppendRequest(workspace, "s2", [fresh[2]], NO_STREAM),
+        AppendRequest(workspace, "s1", [fresh[3]], 1),  # clash: at 3 now
+        AppendRequest(workspace, "s1", known, 0),  # a retry that landed before
+        AppendRequest(other, "s1", [known_other], NO_STREAM),  # the same, elsewhere
+        AppendRequest(workspace, "s1", [known[1], fresh[4]], 3),  # half a retry
+        AppendRequest(workspace, "bad name", [fresh[5]]),
+        AppendRequest(other, "s2", fresh[6:9], NO_STREAM),
+        AppendRequest(workspace, "s2", [fresh[9]], 0),  # on top of the batch's own append
+        AppendRequest(workspace, "s2", [fresh[2]], NO_STREAM),  # a retry of that one
+        AppendRequest(workspace, "s3", [fresh[10], fresh[10]]),
+        AppendRequest(workspace, "s3", []),
+        AppendRequest(workspace, "s2", [fresh[18], unreadable, fresh[19]], 1),
+        AppendRequest(workspace, "s2", [fresh[11]], 7),  # clash: at 1
+        AppendRequest("bad workspace", "s1", [fresh[12]]),
+        AppendRequest(workspace, "s3", fresh[13:16], ANY),
+        AppendRequest(other, "s1", [fresh[16]], 0),
+        AppendRequest(workspace, "s1", [fresh[17]], NO_STREAM),  # clash: at 4
+    ]
+    if batched:
+        results = await store.append_batch(requests)
+    else:
+        results = []
+        for r in requests:
+            try:
+                results.append(
+                    await store.append(r.workspace, r.stream, r.events, r.expected_version)
+                )
+            except StagelineError as exc:
+                results.append(exc)
+    logs = [
+        (ws == other, e.stream, e.version, e.position, e.data["n"])
+        for ws in (workspace, other)
+        for e in await store.read_log(ws)
+    ]
+    return [outcome(r) for r in results], logs
 
 
 class ItemPacked(DomainEvent, frozen=True, kw_only=True):
@@ -422,6 +480,51 @@ class StoreContract:
         assert [e.data["n"] for e in await store.read_stream(workspace, "a")] == [0, 1, 3]
         assert await store.head(workspace) == 6
         assert await store.head(other) == 1
+
+    async def test_append_batch_answers_as_appends_one_after_another(
+        self, store: EventStore, workspace: str
+    ) -> None:
+        expected, expected_logs = await mixed_appends(store, f"{workspace}seq", batched=False)
+        got, logs = await mixed_appends(store, workspace, batched=True)
+
+        assert got == expected
+        assert logs == expected_logs
+
+        def ok(versions: list[int], positions: list[int], version: int, dedup: bool) -> Any:
+            return AppendResult("", version, versions, positions, dedup)
+
+        def shape(o: Any) -> Any:  # results without their stream names, errors by kind
+            if isinstance(o, AppendResult):
+                return msgspec.structs.replace(o, stream="")
+            return o[0]
+
+        assert [shape(o) for o in got] == [
+            ok([2, 3], [3, 4], 3, False),
+            ok([0], [5], 0, False),
+            "ConcurrencyError",
+            ok([0, 1], [1, 2], 1, True),
+            ok([0], [1], 0, True),
+            ok([1, 4], [2, 6], 4, False),
+            "InvalidArgument",
+            ok([0, 1, 2], [2, 3, 4], 2, False),
+            ok([1], [7], 1, False),
+            ok([0], [5], 0, True),
+            "InvalidArgument",
+            "InvalidArgument",
+            "InvalidEvent",
+            "ConcurrencyError",
+            "InvalidArgument",
+            ok([0, 1, 2], [8, 9, 10], 2, False),
+            ok([1], [5], 1, False),
+            "ConcurrencyError",
+        ]
+        assert [
+            o[1] for o in got if not isinstance(o, AppendResult) and o[0] == "ConcurrencyError"
+        ] == [
+            "stream 's1' is at version 3, expected 1",
+            "stream 's2' is at version 1, expected 7",
+            "stream 's1' is at version 4, expected -1",
+        ]
 
     async def test_append_batch_of_many_requests(self, store: EventStore, workspace: str) -> None:
         requests = [AppendRequest(workspace, f"s{i}", evs(3), NO_STREAM) for i in range(200)]
