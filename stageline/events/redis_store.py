@@ -83,6 +83,14 @@ BYTES_PER_CALL = 4 << 20
 """A run of the append script takes no more requests once its arguments pass this size."""
 
 
+_FIELDS = [b"s", b"v", b"t", b"e"]
+"""A log entry's fields: stream, version, recorded time (ms), the encoded event."""
+
+
+def _as_sent(response: Any, **options: Any) -> Any:
+    return response
+
+
 def _valid_workspace(name: str) -> bool:
     try:
         keys.check_workspace(name, internal=True)
@@ -267,6 +275,11 @@ class RedisEventStore:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
+        # the log's reads on the same connections, their replies as the server sent them:
+        # redis-py would turn each entry's fields into a dict, which decoding does not need
+        self._entries = aioredis.Redis(connection_pool=client.connection_pool)
+        for command in ("XRANGE", "XREAD"):
+            self._entries.set_response_callback(command, _as_sent)
         self._append = client.register_script(_script("append.lua"))
         self._read = client.register_script(_script("read_stream.lua"))
         self._known_workspaces: set[str] = set()
@@ -354,16 +367,20 @@ class RedisEventStore:
 
     @staticmethod
     def _decode(workspace: str, entry: Any) -> RecordedEvent:
+        """A log entry as the server sends it: ``[id, [b"s", stream, b"v", version, ...]]``."""
         entry_id, fields = entry
-        if isinstance(fields, list):
-            fields = dict(zip(fields[0::2], fields[1::2], strict=True))
+        if fields[0::2] == _FIELDS:  # as append.lua writes them
+            _, stream, _, version, _, recorded, _, blob = fields
+        else:
+            named = dict(zip(fields[0::2], fields[1::2], strict=True))
+            stream, version, recorded, blob = (named[k] for k in _FIELDS)
         return codec.decode(
-            fields[b"e"],
+            blob,
             workspace=workspace,
-            stream=fields[b"s"].decode(),
-            version=int(fields[b"v"]),
-            position=int(entry_id.rsplit(b"-", 1)[1]),
-            recorded_ms=int(fields[b"t"]),
+            stream=stream.decode(),
+            version=int(version),
+            position=int(entry_id[2:]),  # ids are 0-<position>
+            recorded_ms=int(recorded),
         )
 
     async def read_stream(
@@ -401,7 +418,7 @@ class RedisEventStore:
     ) -> list[RecordedEvent]:
         if limit <= 0:
             return []
-        entries: Any = await self.client.xrange(
+        entries: Any = await self._entries.xrange(
             keys.log_key(workspace), min=f"(0-{max(after, 0)}", max="+", count=limit
         )
         return [self._decode(workspace, e) for e in entries]
@@ -416,12 +433,13 @@ class RedisEventStore:
         }
         # XREAD BLOCK 0 would wait forever; and a read must never outwait the socket
         block = min(block_ms, int((SOCKET_TIMEOUT_SECONDS - 1) * 1000)) if block_ms > 0 else None
-        reply: Any = await self.client.xread(streams, count=limit, block=block)
+        reply: Any = await self._entries.xread(streams, count=limit, block=block)
         if not reply:
             return {}
         workspaces = {keys.log_key(ws).encode(): ws for ws in after}
         out = {}
-        for key, entries in reply:
+        # a map of log key to entries (RESP3), or a list of [key, entries] pairs (RESP2)
+        for key, entries in reply.items() if isinstance(reply, dict) else reply:
             ws = workspaces[key]
             out[ws] = [self._decode(ws, e) for e in entries]
         return out
