@@ -24,6 +24,7 @@ from bench.figures import Scenario
 from bench.server import embedded
 from stageline.events.redis_store import connect
 from stageline.logs import configure_logging
+from stageline.serve import tune_gc
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[Scenario]]] = {
     "append": append.run,
@@ -165,6 +166,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     configure_logging("WARNING", "json")
+    tune_gc()  # as stageline's own processes do (the peers run here get it too)
     # SIGTERM unwinds like Ctrl-C: the processes and the server we started are stopped
     signal.signal(signal.SIGTERM, _interrupt)
     if args.redis_url:

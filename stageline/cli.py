@@ -58,6 +58,9 @@ def _settings() -> Settings:
 
 
 def _run(coro: Any) -> Any:
+    from stageline.serve import tune_gc
+
+    tune_gc()
     try:
         return asyncio.run(coro)
     except StagelineError as exc:

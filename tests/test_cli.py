@@ -296,3 +296,20 @@ def test_rebuilding_an_unknown_projection_names_the_known_ones(redis_url: str) -
     assert result.exit_code == 2
     assert "no projection named 'nope'" in result.output
     assert ", ".join(NAMES) in result.output.replace("\n", "")
+
+
+def test_commands_run_with_the_tuned_garbage_collector() -> None:
+    import gc
+
+    from stageline import cli
+    from stageline.serve import GC_GEN0_THRESHOLD
+
+    before = gc.get_threshold()
+
+    async def threshold() -> tuple[int, int, int]:
+        return gc.get_threshold()
+
+    try:
+        assert cli._run(threshold())[0] == GC_GEN0_THRESHOLD != before[0]
+    finally:
+        gc.set_threshold(*before)
