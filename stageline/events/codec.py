@@ -12,7 +12,7 @@ from stageline.errors import InvalidEvent
 from stageline.events.envelope import NewEvent, RecordedEvent
 
 
-class _Stored(msgspec.Struct, array_like=True):
+class _Stored(msgspec.Struct, array_like=True, gc=False):  # short-lived, holds no cycle
     event_id: uuid.UUID  # stored as its 16 bytes; msgspec makes the UUID (3x faster than uuid)
     type: str
     schema_version: int
