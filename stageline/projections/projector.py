@@ -19,6 +19,7 @@ import asyncio
 import bisect
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -77,6 +78,12 @@ def _consume(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
+def _cancel(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+        task.add_done_callback(_consume)
+
+
 def _position(event: RecordedEvent) -> int:
     return event.position
 
@@ -85,6 +92,8 @@ MAX_CATCHING_UP = 4
 """How many workspaces with a backlog ``Projector.run`` replays at once, each by its own task."""
 MAX_WRITING = 8
 """How many workspaces' batches ``Projector.run`` writes at once (each takes a connection)."""
+READ_AHEAD = 2
+"""Batches a replay has read or is reading ahead of the one it folds."""
 REBUILD_BATCH = 10_000
 """Events a rebuild folds into one write, unless asked for another size (at least the
 projector's batch). A live log interleaves the events of the runs in flight, and each batch
@@ -395,42 +404,57 @@ class Projector:
         """Project the log up to position ``until``; how many events this call applied.
 
         ``progress(position, until)`` is told where the projections stand, at the start
-        and after each batch's writes.
+        and after each batch's writes. An event counts once if any projection applied it.
 
-        An event counts once if any projection applied it. Three batches are in
-        flight at once: one being written, the next being folded, the one after
-        being read, so Python, Redis and FalkorDB overlap. A batch is only sent
-        once the writes before it have succeeded; the next one is folded
-        expecting they will.
+        Python decodes and folds while the server reads and writes: the next
+        ``READ_AHEAD`` batches are read by position ahead of the fold (the log's
+        positions follow one another), and the next batch is folded while the one
+        before is written, expecting that write to land. Writes go one at a time,
+        each guarded by the checkpoint the one before leaves; once one is refused
+        (another writer moved a checkpoint) the replay goes on from the stored
+        checkpoints.
         """
-
-        async def read(after: int) -> list[RecordedEvent]:
-            limit = min(batch_size, until - after)
-            return (
-                await self.store.read_log(workspace, after=after, limit=limit) if limit > 0 else []
-            )
-
         positions = await self._load(workspace, projections)
-        if progress is not None:
-            progress(min(min(positions.values()), until), until)
         applied = 0
-        reading = asyncio.create_task(read(min(positions.values())))
-        writing: asyncio.Task[list[bool]] | None = None
-        sent: list[Write] = []
+        reads: deque[tuple[int, asyncio.Task[list[RecordedEvent]]]] = deque()
+        writing: tuple[list[Write], asyncio.Task[list[bool]]] | None = None
         try:
-            while True:
-                events = await reading
-                if events:
-                    reading = asyncio.create_task(read(events[-1].position))
-                    # let the next read and the writes before go out: the fold holds the loop
-                    await asyncio.sleep(0)
-                ahead = dict(positions)
-                if writing is not None:  # as it will be once the writes in flight land
-                    ahead.update((w.projection.name, w.changes.position) for w in sent)
-                writes = self._fold(workspace, events, ahead, projections)
-                if writing is not None:
-                    results = await asyncio.shield(writing)
+            while True:  # from where the views stand
+                if progress is not None:
+                    progress(min(min(positions.values()), until), until)
+                ahead = dict(positions)  # as they will be once the writes folded land
+                after = min(positions.values())
+                folded: list[Write] | None = None
+                moved = False
+                while not moved:
+                    while len(reads) < READ_AHEAD and after < until:
+                        limit = min(batch_size, until - after)
+                        read = self.store.read_log(workspace, after=after, limit=limit)
+                        reads.append((after + limit, asyncio.create_task(read)))
+                        after += limit
+                    if reads and folded is None:
+                        end, reading = reads.popleft()
+                        events = await reading
+                        last = events[-1].position if events else until
+                        if last != end:  # a gap in the log: read on after what came
+                            _cancel(task for _, task in reads)
+                            reads.clear()
+                            after = last
+                        batch = self._fold(workspace, events, ahead, projections)
+                        ahead.update((w.projection.name, w.changes.position) for w in batch)
+                        folded = batch or None
+                    if writing is None:
+                        if folded is not None:
+                            task = asyncio.create_task(self.views.apply_all(workspace, folded))
+                            writing, folded = (folded, task), None
+                        elif not reads:
+                            return applied
+                        continue
+                    if folded is None and reads:
+                        continue  # fold the next batch while this one is written
+                    sent, task = writing
                     writing = None
+                    results = await asyncio.shield(task)
                     positions = await self._settle(workspace, positions, sent, results)
                     applied += max(
                         (w.changes.events for w, ok in zip(sent, results, strict=True) if ok),
@@ -438,16 +462,9 @@ class Projector:
                     )
                     if progress is not None:
                         progress(min(min(positions.values()), until), until)
-                    if not all(results):  # another writer moved a checkpoint: re-read from there
-                        reading.cancel()
-                        reading = asyncio.create_task(read(min(positions.values())))
-                        continue
-                if not events:
-                    return applied
-                sent = writes
-                writing = asyncio.create_task(self.views.apply_all(workspace, writes))
+                    moved = not all(results)  # then the batch folded after it is of no use
+                _cancel(task for _, task in reads)
+                reads.clear()
         finally:
-            reading.cancel()
-            for task in (reading, writing):
-                if task is not None:  # a failure we are not raising is not worth a warning
-                    task.add_done_callback(_consume)
+            # a failure we are not raising is not worth a warning
+            _cancel([*(t for _, t in reads), *([writing[1]] if writing else [])])
