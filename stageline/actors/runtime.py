@@ -2,17 +2,23 @@
 
 Every transition is appended with the run's expected version, so a duplicated
 or redelivered command can never record a transition twice; a clash is
-resolved by reading the run and asking ``decide``. A failed attempt is
-retried later through the durable scheduler, never slept on; when retries are
-spent the stage's effects are compensated and its fallback applies.
+resolved by reading the run and asking ``decide``. A marked stage's
+``StageStarted`` is appended before it runs; an unmarked one's goes with its
+result, in one append, and if the run moved meanwhile the result is dropped
+and the command decided like a start that clashed (when it is still to run,
+it starts again, marked). A failed attempt is retried later through the
+durable scheduler, never slept on; when retries are spent the stage's effects
+are compensated and its fallback applies. The batch's entries are acknowledged
+in the step that hands its runs on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,7 +55,6 @@ from stageline.actors.events import (
 )
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
 from stageline.actors.retry import next_delay
-from stageline.actors.schedule import Scheduler
 from stageline.actors.stage import ActorRegistry, StageContext, StageError, StageResult
 from stageline.errors import ConcurrencyError, InvalidArgument, StagelineError
 from stageline.events import keys
@@ -75,8 +80,13 @@ class _Attempt:
     outcome: StageResult | BaseException | None = None
     duration_ms: float = 0.0
     events: list[NewEvent] = field(default_factory=list)
+    opening: list[NewEvent] = field(default_factory=list)  # StageStarted, if not yet recorded
     hand_on: StageCommand | None = None  # sent once the result is recorded
     retry_at: float | None = None  # or: the same stage comes back then
+
+
+_Run = tuple[StageCommand, Pipeline, StageSpec]
+_Start = tuple[StageCommand, Pipeline, StageSpec, Begin]
 
 
 @dataclass
@@ -94,7 +104,6 @@ class StageRuntime:
         catalog: PipelineCatalog,
         actors: ActorRegistry,
         bus: CommandBus,
-        scheduler: Scheduler,
         dead_letters: DeadLetters,
         *,
         clock: Callable[[], float] = time.time,
@@ -105,56 +114,99 @@ class StageRuntime:
         self.catalog = catalog
         self.actors = actors
         self.bus = bus
-        self.scheduler = scheduler
         self.dead_letters = dead_letters
         self.clock = clock
         self.abandon_grace = abandon_grace
         self.max_abandoned = max_abandoned
 
-    async def handle(self, actor: str, batch: Sequence[StageCommand]) -> None:
-        """Process a batch; raises only on infrastructure failure (the batch stays pending)."""
+    async def handle(
+        self,
+        actor: str,
+        batch: Sequence[StageCommand],
+        *,
+        ack: Sequence[bytes] = (),
+        redelivered: bool = False,
+    ) -> None:
+        """Process a batch; raises only on infrastructure failure (the batch stays pending).
+
+        ``ack`` names the batch's entries on ``actor``'s channel: they are
+        acknowledged in the same step that hands the runs on, never before.
+        A ``redelivered`` batch (one a worker may have died on) records every
+        start before running it, so a command that kills its workers is
+        abandoned and given up like any lost attempt.
+        """
         out = _Batch()
         # the actor's state (e.g. the ontology) first: failing to load it records nothing
-        workspaces = sorted({c.workspace for c in batch})
-        loaded = await asyncio.gather(*(self.actors.load(actor, ws) for ws in workspaces))
-        states = dict(zip(workspaces, loaded, strict=True))
-        attempts = await self._begin(actor, batch, out)
-        await asyncio.gather(*(self._run(a, states) for a in attempts))
-        await self._plan(attempts)
-        await self._finish(attempts, out)
-        await self.bus.publish(out.forwards)
-        await self.scheduler.schedule(out.deferred)
+        states: dict[str, Any] = {}
+        if self.actors.has_state(actor):
+            workspaces = sorted({c.workspace for c in batch})
+            loaded = await asyncio.gather(*(self.actors.load(actor, ws) for ws in workspaces))
+            states = dict(zip(workspaces, loaded, strict=True))
+        attempts = await self._begin(actor, batch, out, mark=redelivered)
+        while attempts:
+            await self._run(attempts, states)
+            await self._plan(attempts)
+            moved = await self._finish(attempts, out)
+            # unmarked attempts the run moved under: decided as a start that clashed; those
+            # to begin are started with a marker this time, and run again
+            todo, attempts = await self._decide_start(actor, moved, out)
+            attempts += await self._start(actor, todo, out)
+        await self.bus.publish(out.forwards, scheduled=out.deferred, ack=(actor, ack))
 
     # -- start ------------------------------------------------------------------
 
     async def _begin(
-        self, actor: str, batch: Sequence[StageCommand], out: _Batch
+        self, actor: str, batch: Sequence[StageCommand], out: _Batch, *, mark: bool
     ) -> list[_Attempt]:
-        todo: list[tuple[StageCommand, Begin]] = [(c, Begin(c.version, c.attempt)) for c in batch]
+        """The batch's attempts: unmarked ones as they are, marked ones once their start is
+        recorded (or decided otherwise)."""
         # workspace configs this process has not seen yet: loaded once, then dict lookups
         await self.catalog.prefetch((c.workspace, c.pipeline, c.pipeline_version) for c in batch)
+        attempts: list[_Attempt] = []
+        todo: list[_Start] = []
+        for command in batch:
+            try:
+                pipeline = self.catalog.get(
+                    command.workspace, command.pipeline, command.pipeline_version
+                )
+                spec = pipeline.stage(command.index)
+            except (StagelineError, IndexError) as exc:  # e.g. a pipeline this worker lacks
+                await self.dead_letters.add(
+                    command.workspace,
+                    actor,
+                    raw=commands.encode(command),
+                    error=f"cannot run this command: {exc}",
+                    deliveries=1,
+                    command=command,
+                )
+                continue
+            if mark or self.actors.marks_start(spec.actor):
+                todo.append((command, pipeline, spec, Begin(command.version, command.attempt)))
+                continue
+            # recorded with the result, in one append at the command's version
+            started = self._started(command, spec, command.attempt)
+            attempts.append(
+                _Attempt(
+                    command,
+                    pipeline,
+                    spec,
+                    command.attempt,
+                    command.version,
+                    str(started.event_id),
+                    opening=[started],
+                )
+            )
+        return attempts + await self._start(actor, todo, out)
+
+    async def _start(self, actor: str, todo: list[_Start], out: _Batch) -> list[_Attempt]:
+        """Append each attempt's ``StageStarted``; returns the attempts to run (or decided)."""
         attempts: list[_Attempt] = []
         for _ in range(_MAX_ROUNDS):
             if not todo:
                 break
-            prepared: list[tuple[StageCommand, Pipeline, StageSpec, Begin, NewEvent]] = []
+            prepared: list[tuple[_Start, NewEvent]] = []
             requests: list[AppendRequest] = []
-            for command, begin in todo:
-                try:
-                    pipeline = self.catalog.get(
-                        command.workspace, command.pipeline, command.pipeline_version
-                    )
-                    spec = pipeline.stage(command.index)
-                except (StagelineError, IndexError) as exc:  # e.g. a pipeline this worker lacks
-                    await self.dead_letters.add(
-                        command.workspace,
-                        actor,
-                        raw=commands.encode(command),
-                        error=f"cannot run this command: {exc}",
-                        deliveries=1,
-                        command=command,
-                    )
-                    continue
+            for command, pipeline, spec, begin in todo:
                 events = []
                 if begin.abandoned is not None:
                     failed = StageFailed(
@@ -166,20 +218,17 @@ class StageRuntime:
                         will_retry=True,
                     )
                     events.append(self._event(failed, command))
-                started = self._event(
-                    StageStarted(stage=spec.name, index=command.index, attempt=begin.attempt),
-                    command,
-                )
+                started = self._started(command, spec, begin.attempt)
                 events.append(started)
-                prepared.append((command, pipeline, spec, begin, started))
+                prepared.append(((command, pipeline, spec, begin), started))
                 requests.append(
                     AppendRequest(
                         command.workspace, keys.run_stream(command.run_id), events, begin.version
                     )
                 )
             results = await self.store.append_batch(requests)
-            clashed: list[tuple[StageCommand, Pipeline, StageSpec]] = []
-            for (command, pipeline, spec, begin, started), result in zip(
+            clashed: list[_Run] = []
+            for ((command, pipeline, spec, begin), started), result in zip(
                 prepared, results, strict=True
             ):
                 if isinstance(result, ConcurrencyError):
@@ -197,65 +246,104 @@ class StageRuntime:
                             str(started.event_id),
                         )
                     )
-            todo = []
-            states = await self._states([c for c, _, _ in clashed])
-            for (command, pipeline, spec), state in zip(clashed, states, strict=True):
-                decision = decide_start(
-                    state,
-                    command.index,
-                    attempt=command.attempt,
-                    now=self.clock(),
-                    timeout=spec.timeout_seconds,
-                    grace=self.abandon_grace,
-                    max_abandoned=self.max_abandoned,
-                )
-                if isinstance(decision, Begin):
-                    todo.append((command, decision))
-                elif isinstance(decision, GiveUp):
-                    # not run: its result is the lost attempt's failure, the stage's last
-                    attempts.append(
-                        _Attempt(
-                            command,
-                            pipeline,
-                            spec,
-                            decision.attempt,
-                            decision.version,
-                            decision.started_id or "",
-                            outcome=AttemptAbandoned(ABANDONED),
-                        )
-                    )
-                elif isinstance(decision, Defer):
-                    out.deferred.append(
-                        (decision.until, keys.stage_channel(actor), commands.encode(command))
-                    )
-                else:
-                    self._settle(command, pipeline, decision, out)
-        for command, _ in todo:  # the run kept moving under us: look again shortly
+            todo, decided = await self._decide_start(actor, clashed, out)
+            attempts += decided
+        for command, *_ in todo:  # the run kept moving under us: look again shortly
             log.info("stage.start_unsettled", **_context(command))
             out.deferred.append(
                 (self.clock() + 1.0, keys.stage_channel(actor), commands.encode(command))
             )
         return attempts
 
+    async def _decide_start(
+        self, actor: str, clashed: list[_Run], out: _Batch
+    ) -> tuple[list[_Start], list[_Attempt]]:
+        """Read the runs the commands found moved on: the starts to try again, and the
+        attempts decided without running."""
+        todo: list[_Start] = []
+        decided: list[_Attempt] = []
+        if not clashed:
+            return todo, decided
+        states = await self._states([c for c, _, _ in clashed])
+        for (command, pipeline, spec), state in zip(clashed, states, strict=True):
+            decision = decide_start(
+                state,
+                command.index,
+                attempt=command.attempt,
+                now=self.clock(),
+                timeout=spec.timeout_seconds,
+                grace=self.abandon_grace,
+                max_abandoned=self.max_abandoned,
+            )
+            if isinstance(decision, Begin):
+                todo.append((command, pipeline, spec, decision))
+            elif isinstance(decision, GiveUp):
+                # not run: its result is the lost attempt's failure, the stage's last
+                decided.append(
+                    _Attempt(
+                        command,
+                        pipeline,
+                        spec,
+                        decision.attempt,
+                        decision.version,
+                        decision.started_id or "",
+                        outcome=AttemptAbandoned(ABANDONED),
+                    )
+                )
+            elif isinstance(decision, Defer):
+                out.deferred.append(
+                    (decision.until, keys.stage_channel(actor), commands.encode(command))
+                )
+            else:
+                self._settle(command, pipeline, decision, out)
+        return todo, decided
+
+    def _started(self, command: StageCommand, spec: StageSpec, attempt: int) -> NewEvent:
+        return self._event(
+            StageStarted(stage=spec.name, index=command.index, attempt=attempt), command
+        )
+
     # -- run --------------------------------------------------------------------
 
-    async def _run(self, a: _Attempt, states: dict[str, Any]) -> None:
-        if a.outcome is not None:  # decided without running (a lost last attempt)
-            return
-        c = a.command
-        started = time.perf_counter()
+    async def _run(self, attempts: list[_Attempt], states: dict[str, Any]) -> None:
+        """Run each attempt's stage: plain functions in turn, coroutines concurrently.
+
+        A plain function holds the event loop until it returns, so no timeout
+        could interrupt it; only what a stage returns to await runs under one.
+        """
+        waiting = []
+        for a in attempts:
+            if a.outcome is not None:  # decided without running (a lost last attempt)
+                continue
+            c = a.command
+            ctx = StageContext(
+                c.workspace,
+                c.run_id,
+                a.spec.name,
+                a.attempt,
+                a.spec.params,
+                c.correlation_id,
+                states.get(c.workspace),
+            )
+            started = time.perf_counter()
+            result: StageResult | Awaitable[StageResult] | Exception
+            try:
+                result = self.actors.function(a.spec.actor)(dict(c.item), ctx)
+            except Exception as exc:
+                result = exc
+            if not isinstance(result, StageResult) and inspect.isawaitable(result):
+                waiting.append(self._wait(a, result, started))
+            else:
+                a.outcome = result
+                a.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if waiting:
+            await asyncio.gather(*waiting)
+
+    @staticmethod
+    async def _wait(a: _Attempt, result: Awaitable[StageResult], started: float) -> None:
         try:
             async with asyncio.timeout(a.spec.timeout_seconds):
-                ctx = StageContext(
-                    c.workspace,
-                    c.run_id,
-                    a.spec.name,
-                    a.attempt,
-                    a.spec.params,
-                    c.correlation_id,
-                    states.get(c.workspace),
-                )
-                a.outcome = await self.actors.call(a.spec.actor, dict(c.item), ctx)
+                a.outcome = await result
         except TimeoutError:
             a.outcome = TimeoutError(f"stage exceeded its timeout of {a.spec.timeout_seconds}s")
         except Exception as exc:
@@ -383,15 +471,20 @@ class StageRuntime:
 
     # -- record -----------------------------------------------------------------
 
-    async def _finish(self, attempts: list[_Attempt], out: _Batch) -> None:
+    async def _finish(self, attempts: list[_Attempt], out: _Batch) -> list[_Run]:
+        """Append each attempt's result; returns the unmarked attempts the run moved under."""
+        moved: list[_Run] = []
         todo = [(a, a.version) for a in attempts]
         for _ in range(_MAX_ROUNDS):
             if not todo:
-                return
+                return moved
             results = await self.store.append_batch(
                 [
                     AppendRequest(
-                        a.command.workspace, keys.run_stream(a.command.run_id), a.events, version
+                        a.command.workspace,
+                        keys.run_stream(a.command.run_id),
+                        a.opening + a.events,
+                        version,
                     )
                     for a, version in todo
                 ]
@@ -400,7 +493,10 @@ class StageRuntime:
             unstorable: list[tuple[_Attempt, int]] = []
             for (a, version), result in zip(todo, results, strict=True):
                 if isinstance(result, ConcurrencyError):
-                    clashed.append(a)
+                    if a.opening:  # never started: its result describes nothing recorded
+                        moved.append((a.command, a.pipeline, a.spec))
+                    else:
+                        clashed.append(a)
                 elif isinstance(result, InvalidArgument):
                     # the stage's output or events cannot be stored: this attempt fails
                     # for good, the rest of the batch goes on
@@ -423,6 +519,7 @@ class StageRuntime:
                 todo.append((a, version))
         for a, _ in todo:
             log.warning("stage.finish_unsettled", **_context(a.command), attempt=a.attempt)
+        return moved
 
     def _follow_up(self, a: _Attempt, version: int, out: _Batch) -> None:
         c = a.command

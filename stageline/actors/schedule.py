@@ -31,6 +31,11 @@ return #due
 """
 
 
+def scheduled_entry(channel: str, payload: bytes) -> bytes:
+    """The scheduled set's member for ``payload`` due on ``channel``."""
+    return channel.encode() + b"\0" + payload
+
+
 class Scheduler:
     """Holds commands until they are due, then puts them on their channels."""
 
@@ -46,7 +51,7 @@ class Scheduler:
             return
         await self.client.zadd(
             keys.SCHEDULED,
-            {channel.encode() + b"\0" + payload: due for due, channel, payload in items},
+            {scheduled_entry(channel, payload): due for due, channel, payload in items},
         )
 
     async def move_due(self, now: float | None = None, limit: int = 500) -> int:

@@ -61,6 +61,7 @@ class ActorRegistry:
         self._actors: dict[str, StageFn] = {}
         self._compensators: dict[str, Compensator] = {}
         self._loaders: dict[str, Loader] = {}
+        self._marked: set[str] = set()
 
     def register(
         self,
@@ -69,16 +70,36 @@ class ActorRegistry:
         *,
         compensate: Compensator | None = None,
         load: Loader | None = None,
+        mark_start: bool | None = None,
     ) -> None:
         """Add an actor; ``compensate`` turns its recorded effects into compensating events,
-        ``load`` gives it ``StageContext.state`` for the workspace before each call."""
+        ``load`` gives it ``StageContext.state`` for the workspace before each call.
+
+        ``mark_start`` records ``StageStarted`` in an append of its own before
+        the stage runs: the run shows the stage running, and a duplicate
+        command waits for the attempt instead of running the stage as well.
+        Unmarked, ``StageStarted`` is appended with the result (one append,
+        one round trip fewer), which suits short stages that may run twice: a
+        duplicate runs the stage too, and only its append loses. The default
+        marks coroutine functions, not plain ones: a plain function holds the
+        event loop while it runs, so it must be short, and no timeout can stop
+        it. Commands a worker may have died on (claimed ones) are always marked.
+        """
         if name in self._actors:
             raise ValueError(f"actor {name!r} is already registered")
         self._actors[name] = fn
+        if mark_start is None:
+            mark_start = _is_async(fn)
+        if mark_start:
+            self._marked.add(name)
         if compensate is not None:
             self._compensators[name] = compensate
         if load is not None:
             self._loaders[name] = load
+
+    def has_state(self, name: str) -> bool:
+        """Whether the actor has a ``load`` hook."""
+        return name in self._loaders
 
     async def load(self, name: str, workspace: str) -> Any:
         """The actor's state for ``workspace``, None if it has no ``load`` hook."""
@@ -103,8 +124,16 @@ class ActorRegistry:
     def names(self) -> set[str]:
         return set(self._actors)
 
-    async def call(self, name: str, item: dict[str, Any], ctx: StageContext) -> StageResult:
-        result = self._actors[name](item, ctx)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+    def marks_start(self, name: str) -> bool:
+        """Whether the actor's attempts record ``StageStarted`` before they run."""
+        return name in self._marked or name not in self._actors
+
+    def function(self, name: str) -> StageFn:
+        """The stage function registered as ``name``."""
+        return self._actors[name]
+
+
+def _is_async(fn: object) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    )

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import structlog
+from faststream import AckPolicy
 from faststream.redis import RedisBroker, StreamSub
 from redis.asyncio.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -134,7 +135,6 @@ class Worker:
             catalog,
             actors,
             self.bus,
-            self.scheduler,
             self.dead_letters,
             abandon_grace=cfg.abandon_grace_seconds,
             max_abandoned=cfg.max_deliveries,
@@ -167,11 +167,16 @@ class Worker:
                 consumer=cfg.consumer,
                 batch=True,
                 max_records=cfg.batch_size,
-                polling_interval=cfg.poll_ms,
+                # the claimer pauses this long after finding nothing to claim: nothing can be
+                # claimable before claim_idle_ms, so a tenth of it delays a claim by <= 10%
+                polling_interval=cfg.poll_ms if claim is None else claim_poll_ms(cfg),
                 min_idle_time=claim,
             )
             handler = self._handler(actor, claimed=claim is not None)
-            self.broker.subscriber(stream=sub, parser=_parse, decoder=_decode)(handler)
+            # acknowledged by the runtime, in the step that hands the batch's runs on
+            self.broker.subscriber(
+                stream=sub, parser=_parse, decoder=_decode, ack_policy=AckPolicy.MANUAL
+            )(handler)
 
     def _handler(self, actor: str, *, claimed: bool) -> Any:
         async def handle(batch: Any) -> None:
@@ -185,7 +190,8 @@ class Worker:
 
         Entries that cannot be handled (undecodable, or ``claimed`` and
         delivered too often) are dead-lettered and acknowledged first, so a
-        failure of the rest of the batch never brings them back.
+        failure of the rest of the batch never brings them back. The rest are
+        acknowledged by the runtime together with the commands they hand on.
         """
         deliveries = await self._deliveries(actor, entries) if claimed else {}
         limit = self.config.max_deliveries
@@ -208,7 +214,12 @@ class Worker:
         if not good:
             return
         try:
-            await self.runtime.handle(actor, [e.command for e in good if e.command is not None])
+            await self.runtime.handle(
+                actor,
+                [e.command for e in good if e.command is not None],
+                ack=[e.entry_id for e in good],
+                redelivered=claimed,
+            )
         except _UNREACHABLE:
             # Redis failed, not the commands: an outage must not turn them into poison
             await self._uncount(actor, good, deliveries)
@@ -411,6 +422,11 @@ class CappedTimeouts(PipelineCatalog):
 
     def names(self, workspace: str) -> list[str]:
         return self.catalog.names(workspace)
+
+
+def claim_poll_ms(config: WorkerConfig) -> int:
+    """How long a claimer waits after a scan of the pending entries found nothing."""
+    return max(config.poll_ms, config.claim_idle_ms // 10)
 
 
 def _valid_workspace(workspace: str) -> bool:

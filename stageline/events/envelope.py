@@ -7,6 +7,7 @@ a store; ``RecordedEvent`` is what every read returns.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,6 +23,25 @@ NO_STREAM = -1
 """Expected version: the stream must not exist yet."""
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+_V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_V4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+_SAFETY = uuid.SafeUUID.unknown
+
+
+def uuid4() -> uuid.UUID:
+    """A random (version 4) UUID, as ``uuid.uuid4()`` makes it, at a third of the cost.
+
+    ``uuid.UUID()`` validates its argument in Python (~1.6 µs, most of an event's
+    cost); the value built here is valid by construction. The bytes come from
+    ``os.urandom``, as ``uuid.uuid4()``'s do: an id must not be guessable, or a
+    client could take the id of an event not yet appended and have it dropped.
+    """
+    value = (int.from_bytes(os.urandom(16)) & _V4_CLEAR) | _V4_SET
+    u = object.__new__(uuid.UUID)
+    object.__setattr__(u, "int", value)
+    object.__setattr__(u, "is_safe", _SAFETY)
+    return u
 
 
 class DomainEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,7 +68,7 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     type: str
     data: Any
-    event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = msgspec.field(default_factory=uuid4)
     schema_version: int = 1
     occurred_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
     correlation_id: str | None = None
@@ -84,7 +104,7 @@ def new_event(
     return NewEvent(
         type=payload.topic,
         data=payload,
-        event_id=event_id or uuid.uuid4(),
+        event_id=event_id or uuid4(),
         schema_version=payload.schema_version,
         occurred_at=occurred_at or datetime.now(UTC),
         correlation_id=correlation_id,

@@ -143,10 +143,10 @@ async def test_command_that_fails_every_worker_lands_in_the_dead_letters(
     w = make_worker(redis_store, redis_url, "w-crash", claim_idle_ms=100, max_deliveries=3)
     handle = w.runtime.handle
 
-    async def crashing(actor: str, batch: Sequence[StageCommand]) -> None:
+    async def crashing(actor: str, batch: Sequence[StageCommand], **kw: Any) -> None:
         if any(c.item.get("poison") for c in batch):
             raise RuntimeError("worker crashed on this command")
-        await handle(actor, batch)
+        await handle(actor, batch, **kw)
 
     w.runtime.handle = crashing  # type: ignore[method-assign]
     await w.start()
@@ -193,10 +193,10 @@ async def test_batch_whose_appends_fail_on_a_lost_store_stays_pending_and_is_cla
     failures = 0
     handle = w.runtime.handle
 
-    async def counting(actor: str, batch: Sequence[StageCommand]) -> None:
+    async def counting(actor: str, batch: Sequence[StageCommand], **kw: Any) -> None:
         nonlocal failures
         try:
-            await handle(actor, batch)
+            await handle(actor, batch, **kw)
         except Exception:
             failures += 1
             raise

@@ -1,0 +1,240 @@
+"""How the runtime records an attempt: its start with its result, or on its own first."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from actor_helpers import transitions
+
+from stageline.actors import commands
+from stageline.actors.channels import CommandBus
+from stageline.actors.commands import StageCommand
+from stageline.actors.events import RunCompleted
+from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
+from stageline.actors.stage import ActorRegistry, StageContext, StageResult
+from stageline.actors.submit import Submitter
+from stageline.actors.worker import Worker, WorkerConfig, claim_poll_ms
+from stageline.events import keys
+from stageline.events.envelope import ANY, NewEvent, new_event, uuid4
+from stageline.events.redis_store import RedisEventStore
+from stageline.events.store import AppendRequest, AppendResult
+
+
+class RecordingStore:
+    """The store, noting the event types of every ``append_batch`` call, request by request."""
+
+    def __init__(self, store: RedisEventStore) -> None:
+        self.store = store
+        self.calls: list[list[list[str]]] = []
+
+    async def append_batch(
+        self, requests: Sequence[AppendRequest]
+    ) -> list[AppendResult | Exception]:
+        self.calls.append([[e.type for e in r.events] for r in requests])
+        return await self.store.append_batch(requests)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+class Setup:
+    """A worker (not started: its runtime is called directly) for a plain stage and an async one."""
+
+    def __init__(self, store: RedisEventStore, url: str, broker: aioredis.Redis) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.plain, self.coro = f"plain-{tag}", f"coro-{tag}"
+        self.runs = 0
+        actors = ActorRegistry()
+        actors.register(self.plain, self._plain)
+        actors.register(self.coro, self._coro)
+        self.pipeline = Pipeline(
+            name=f"rt-{tag}",
+            stages=(
+                StageSpec(name="plain", actor=self.plain),
+                StageSpec(name="coro", actor=self.coro),
+            ),
+        )
+        catalog = PipelineCatalog([self.pipeline])
+        self.worker = Worker(store, url, catalog, actors, WorkerConfig(consumer=f"rt-{tag}"))
+        self.store = RecordingStore(store)
+        self.worker.runtime.store = self.store
+        self.submitter = Submitter(store, catalog, CommandBus(broker))
+        self.broker = broker
+
+    def _plain(self, item: dict[str, Any], ctx: StageContext) -> StageResult:
+        self.runs += 1
+        return StageResult(output={"plain": True})
+
+    async def _coro(self, item: dict[str, Any], ctx: StageContext) -> StageResult:
+        await asyncio.sleep(0)
+        return StageResult(output={"coro": True})
+
+    async def submit(self, workspace: str) -> StageCommand:
+        run = await self.submitter.submit(workspace, self.pipeline.name, {"text": "x"})
+        return StageCommand(
+            workspace=workspace, run_id=run.run_id, pipeline=self.pipeline.name,
+            pipeline_version=1, index=0, version=0, item={"text": "x"},
+        )  # fmt: skip
+
+    async def handed_on(self) -> list[StageCommand]:
+        """The commands waiting on the async stage's channel."""
+        entries = await self.broker.xrange(keys.stage_channel(self.coro))
+        return [commands.decode(fields[b"__data__"]) for _, fields in entries]
+
+    async def close(self) -> None:
+        await self.broker.delete(keys.stage_channel(self.coro))
+        await self.worker.client.aclose()
+
+
+@pytest.fixture
+async def broker(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def setup(
+    redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis
+) -> AsyncIterator[Setup]:
+    s = Setup(redis_store, redis_url, broker)
+    yield s
+    await s.close()
+
+
+async def test_plain_stage_records_its_start_with_its_result_in_one_append(
+    setup: Setup, redis_store: RedisEventStore, workspace: str
+) -> None:
+    command = await setup.submit(workspace)
+    await setup.worker.runtime.handle(setup.plain, [command])
+    assert setup.store.calls == [[["StageStarted", "StageCompleted"]]]
+    [next_command] = await setup.handed_on()
+    assert next_command.index == 1 and next_command.version == 2
+
+    await setup.worker.runtime.handle(setup.coro, [next_command])  # marked: start, then result
+    assert setup.store.calls[1:] == [[["StageStarted"]], [["StageCompleted", "RunCompleted"]]]
+    events = await redis_store.read_stream(workspace, keys.run_stream(command.run_id))
+    assert [e.type for e in events] == [
+        "RunSubmitted", "StageStarted", "StageCompleted", "StageStarted", "StageCompleted",
+        "RunCompleted",
+    ]  # fmt: skip
+
+
+async def test_redelivered_command_records_its_start_before_it_runs(
+    setup: Setup, workspace: str
+) -> None:
+    command = await setup.submit(workspace)
+    await setup.worker.runtime.handle(setup.plain, [command], redelivered=True)
+    assert setup.store.calls == [[["StageStarted"]], [["StageCompleted"]]]
+
+
+async def test_unmarked_attempt_the_run_moved_under_is_decided_then_started_marked(
+    setup: Setup, redis_store: RedisEventStore, workspace: str
+) -> None:
+    command = await setup.submit(workspace)
+    stream = keys.run_stream(command.run_id)
+    # the run moved past the command's version without starting the stage (a client's own event)
+    note = NewEvent(type="NoteAdded", data={"text": "by hand"})
+    await redis_store.append(workspace, stream, [note], ANY)
+
+    await setup.worker.runtime.handle(setup.plain, [command])
+
+    assert setup.store.calls == [
+        [["StageStarted", "StageCompleted"]],  # at version 0: clashes, nothing recorded
+        [["StageStarted"]],  # decide_start: begin at version 1, marked
+        [["StageCompleted"]],
+    ]
+    assert setup.runs == 2  # its first result described nothing recorded: dropped
+    counts = await transitions(redis_store, workspace, command.run_id)
+    assert counts == {("StageStarted", 0, 1): 1, ("StageCompleted", 0, 1): 1}
+    [next_command] = await setup.handed_on()
+    assert next_command.version == 3
+
+
+async def test_duplicate_of_an_unmarked_attempt_records_nothing_twice(
+    setup: Setup, redis_store: RedisEventStore, workspace: str
+) -> None:
+    command = await setup.submit(workspace)
+    await asyncio.gather(
+        setup.worker.runtime.handle(setup.plain, [command]),
+        setup.worker.runtime.handle(setup.plain, [command]),
+    )
+    counts = await transitions(redis_store, workspace, command.run_id)
+    assert counts == {("StageStarted", 0, 1): 1, ("StageCompleted", 0, 1): 1}
+
+
+async def test_plain_function_returning_an_awaitable_runs_under_the_stage_timeout(
+    redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis, workspace: str
+) -> None:
+    actors = ActorRegistry()
+
+    def lazy(item: dict[str, Any], ctx: StageContext) -> Any:
+        return asyncio.sleep(5, result=StageResult())
+
+    actor = f"lazy-{uuid.uuid4().hex[:8]}"
+    actors.register(actor, lazy, mark_start=True)
+    pipeline = Pipeline(name=f"lazy-{uuid.uuid4().hex[:8]}", stages=(
+        StageSpec(name="lazy", actor=actor, timeout_seconds=0.1),
+    ))  # fmt: skip
+    catalog = PipelineCatalog([pipeline])
+    worker = Worker(redis_store, redis_url, catalog, actors, WorkerConfig(consumer="lazy"))
+    try:
+        run = await Submitter(redis_store, catalog, CommandBus(broker)).submit(
+            workspace, pipeline.name, {}
+        )
+        command = StageCommand(
+            workspace=workspace, run_id=run.run_id, pipeline=pipeline.name, pipeline_version=1,
+            index=0, version=0, item={},
+        )  # fmt: skip
+        await asyncio.wait_for(worker.runtime.handle(actor, [command]), 3)
+        events = await redis_store.read_stream(workspace, keys.run_stream(run.run_id))
+        failed = [e for e in events if e.type == "StageFailed"]
+        assert failed and "exceeded its timeout" in failed[0].data["error"]
+    finally:
+        await broker.delete(keys.stage_channel(actor))
+        await worker.client.aclose()
+
+
+def test_coroutine_functions_are_marked_and_plain_ones_are_not_unless_asked() -> None:
+    actors = ActorRegistry()
+
+    def plain(item: dict[str, Any], ctx: StageContext) -> StageResult:
+        return StageResult()
+
+    async def coro(item: dict[str, Any], ctx: StageContext) -> StageResult:
+        return StageResult()
+
+    class Callable:
+        async def __call__(self, item: dict[str, Any], ctx: StageContext) -> StageResult:
+            return StageResult()
+
+    actors.register("plain", plain)
+    actors.register("coro", coro)
+    actors.register("callable", Callable())
+    actors.register("plain-marked", plain, mark_start=True)
+    actors.register("coro-unmarked", coro, mark_start=False)
+    marked = {name for name in actors.names() if actors.marks_start(name)}
+    assert marked == {"coro", "callable", "plain-marked"}
+    assert actors.marks_start("unknown")  # fails as a stage: the careful path
+
+
+def test_claimer_pauses_a_tenth_of_the_claim_idle_time_after_an_empty_scan() -> None:
+    assert claim_poll_ms(WorkerConfig(poll_ms=100, claim_idle_ms=30_000)) == 3_000
+    assert claim_poll_ms(WorkerConfig(poll_ms=20, claim_idle_ms=100)) == 20
+
+
+def test_event_ids_are_random_version_4_uuids() -> None:
+    ids = {uuid4() for _ in range(1000)} | {new_event_id() for _ in range(1000)}
+    assert len(ids) == 2000
+    for u in ids:
+        assert u.version == 4 and u.variant == uuid.RFC_4122
+        assert uuid.UUID(str(u)) == u and hash(uuid.UUID(str(u))) == hash(u)
+
+
+def new_event_id() -> uuid.UUID:
+    return new_event(RunCompleted()).event_id
