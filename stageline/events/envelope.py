@@ -63,7 +63,7 @@ class DomainEvent(msgspec.Struct, frozen=True, kw_only=True):
 E = TypeVar("E", bound=DomainEvent)
 
 
-class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
+class NewEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event not yet appended: the store assigns version, position and recorded_at."""
 
     type: str
@@ -75,8 +75,13 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     causation_id: str | None = None
 
 
-class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One immutable entry of the log, as every read returns it."""
+class RecordedEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One immutable entry of the log, as every read returns it.
+
+    Events (new and recorded) are not tracked by the garbage collector
+    (``gc=False``): they never refer back to themselves, and a busy process
+    makes thousands a second, each of which would count towards a collection.
+    """
 
     event_id: uuid.UUID
     type: str
