@@ -31,7 +31,7 @@ from bench.procs import bench_env, run_module
 from bench.server import drop_workspace
 from stageline.events.redis_store import RedisEventStore, connect
 from stageline.projections.falkordb_views import FalkorDBViews
-from stageline.projections.projector import Projector
+from stageline.projections.projector import REBUILD_BATCH, Projector
 
 EVENTS = 1_000_000
 RUNS_PER_ROUND_TRIP = 200
@@ -69,7 +69,7 @@ async def run(ctx: Context) -> Scenario:
     s.params = {
         "runs": runs,
         "events": runs * data.EVENTS_PER_RUN,
-        "projector_batch": projector.batch_size,
+        "rebuild_batch": max(projector.batch_size, REBUILD_BATCH),
         "warmup_events": warm_runs * data.EVENTS_PER_RUN,
     }
     ws, warm_ws = ctx.workspace("rebuild"), ctx.workspace("rebuild-warm")
