@@ -18,13 +18,6 @@ from stageline.events import keys
 
 
 @pytest.fixture
-async def broker(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def actors(broker: aioredis.Redis) -> AsyncIterator[list[str]]:
     """Three actors of this test only; their channels are deleted afterwards."""
     names = [f"hand-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]

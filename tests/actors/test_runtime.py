@@ -92,13 +92,6 @@ class Setup:
 
 
 @pytest.fixture
-async def broker(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def setup(
     redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis
 ) -> AsyncIterator[Setup]:

@@ -62,13 +62,6 @@ CATALOG = PipelineCatalog([MEMORY_INGEST, SLOW, FAILING])
 
 
 @pytest.fixture
-async def broker(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 def submitter(redis_store: RedisEventStore, broker: aioredis.Redis) -> Submitter:
     return Submitter(redis_store, CATALOG, CommandBus(broker))
 
