@@ -9,7 +9,8 @@ and the command decided like a start that clashed (when it is still to run,
 it starts again, marked). A failed attempt is retried later through the
 durable scheduler, never slept on; when retries are spent the stage's effects
 are compensated and its fallback applies. The batch's entries are acknowledged
-in the step that hands its runs on.
+in the step that hands its runs on. What each attempt records is planned by
+the pure functions of ``stageline.actors.attempt``; this module does the I/O.
 """
 
 from __future__ import annotations
@@ -17,23 +18,29 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 import structlog
 
 from stageline.actors import commands
+from stageline.actors.attempt import (
+    ABANDONED,
+    Attempt,
+    AttemptAbandoned,
+    abandoned_event,
+    plan_give_up,
+    plan_retry,
+    plan_success,
+    retry_delay,
+    started_event,
+)
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
-from stageline.actors.compensation import compensate_stage
 from stageline.actors.deadletters import DeadLetters
 from stageline.actors.decide import (
     ABANDON_GRACE_SECONDS,
-    ABANDONED_ERROR,
     Begin,
     Defer,
     Drop,
@@ -45,20 +52,11 @@ from stageline.actors.decide import (
     decide_start,
     fold_run,
 )
-from stageline.actors.events import (
-    RunCompleted,
-    RunFailed,
-    StageCompleted,
-    StageFailed,
-    StageSkipped,
-    StageStarted,
-)
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
-from stageline.actors.retry import next_delay
-from stageline.actors.stage import ActorRegistry, StageContext, StageError, StageResult
+from stageline.actors.stage import ActorRegistry, StageContext, StageResult
 from stageline.errors import ConcurrencyError, InvalidArgument, StagelineError
 from stageline.events import keys
-from stageline.events.envelope import DomainEvent, NewEvent, RecordedEvent, new_event
+from stageline.events.envelope import NewEvent
 from stageline.events.store import AppendRequest, EventStore
 
 log = structlog.get_logger(__name__)
@@ -66,23 +64,6 @@ log = structlog.get_logger(__name__)
 # clash -> read -> decide rounds per batch; a start still unsettled then is deferred, a
 # result still unsettled leaves its attempt in flight (abandoned or reconciled later)
 _MAX_ROUNDS = 4
-_MAX_ERROR_CHARS = 2000
-
-
-@dataclass
-class _Attempt:
-    command: StageCommand
-    pipeline: Pipeline
-    spec: StageSpec
-    attempt: int
-    version: int
-    started_id: str
-    outcome: StageResult | BaseException | None = None
-    duration_ms: float = 0.0
-    events: list[NewEvent] = field(default_factory=list)
-    opening: list[NewEvent] = field(default_factory=list)  # StageStarted, if not yet recorded
-    hand_on: StageCommand | None = None  # sent once the result is recorded
-    retry_at: float | None = None  # or: the same stage comes back then
 
 
 _Run = tuple[StageCommand, Pipeline, StageSpec]
@@ -157,12 +138,12 @@ class StageRuntime:
 
     async def _begin(
         self, actor: str, batch: Sequence[StageCommand], out: _Batch, *, mark: bool
-    ) -> list[_Attempt]:
+    ) -> list[Attempt]:
         """The batch's attempts: unmarked ones as they are, marked ones once their start is
         recorded (or decided otherwise)."""
         # workspace configs this process has not seen yet: loaded once, then dict lookups
         await self.catalog.prefetch((c.workspace, c.pipeline, c.pipeline_version) for c in batch)
-        attempts: list[_Attempt] = []
+        attempts: list[Attempt] = []
         todo: list[_Start] = []
         for command in batch:
             try:
@@ -184,9 +165,9 @@ class StageRuntime:
                 todo.append((command, pipeline, spec, Begin(command.version, command.attempt)))
                 continue
             # recorded with the result, in one append at the command's version
-            started = self._started(command, spec, command.attempt)
+            started = started_event(command, spec, command.attempt)
             attempts.append(
-                _Attempt(
+                Attempt(
                     command,
                     pipeline,
                     spec,
@@ -198,9 +179,9 @@ class StageRuntime:
             )
         return attempts + await self._start(actor, todo, out)
 
-    async def _start(self, actor: str, todo: list[_Start], out: _Batch) -> list[_Attempt]:
+    async def _start(self, actor: str, todo: list[_Start], out: _Batch) -> list[Attempt]:
         """Append each attempt's ``StageStarted``; returns the attempts to run (or decided)."""
-        attempts: list[_Attempt] = []
+        attempts: list[Attempt] = []
         for _ in range(_MAX_ROUNDS):
             if not todo:
                 break
@@ -209,16 +190,8 @@ class StageRuntime:
             for command, pipeline, spec, begin in todo:
                 events = []
                 if begin.abandoned is not None:
-                    failed = StageFailed(
-                        stage=spec.name,
-                        index=command.index,
-                        attempt=begin.abandoned,
-                        error_type=ABANDONED_ERROR,
-                        error=ABANDONED,
-                        will_retry=True,
-                    )
-                    events.append(self._event(failed, command))
-                started = self._started(command, spec, begin.attempt)
+                    events.append(abandoned_event(command, spec, begin.abandoned))
+                started = started_event(command, spec, begin.attempt)
                 events.append(started)
                 prepared.append(((command, pipeline, spec, begin), started))
                 requests.append(
@@ -237,7 +210,7 @@ class StageRuntime:
                     raise result
                 else:
                     attempts.append(
-                        _Attempt(
+                        Attempt(
                             command,
                             pipeline,
                             spec,
@@ -257,11 +230,11 @@ class StageRuntime:
 
     async def _decide_start(
         self, actor: str, clashed: list[_Run], out: _Batch
-    ) -> tuple[list[_Start], list[_Attempt]]:
+    ) -> tuple[list[_Start], list[Attempt]]:
         """Read the runs the commands found moved on: the starts to try again, and the
         attempts decided without running."""
         todo: list[_Start] = []
-        decided: list[_Attempt] = []
+        decided: list[Attempt] = []
         if not clashed:
             return todo, decided
         states = await self._states([c for c, _, _ in clashed])
@@ -280,7 +253,7 @@ class StageRuntime:
             elif isinstance(decision, GiveUp):
                 # not run: its result is the lost attempt's failure, the stage's last
                 decided.append(
-                    _Attempt(
+                    Attempt(
                         command,
                         pipeline,
                         spec,
@@ -298,14 +271,9 @@ class StageRuntime:
                 self._settle(command, pipeline, decision, out)
         return todo, decided
 
-    def _started(self, command: StageCommand, spec: StageSpec, attempt: int) -> NewEvent:
-        return self._event(
-            StageStarted(stage=spec.name, index=command.index, attempt=attempt), command
-        )
-
     # -- run --------------------------------------------------------------------
 
-    async def _run(self, attempts: list[_Attempt], states: dict[str, Any]) -> None:
+    async def _run(self, attempts: list[Attempt], states: dict[str, Any]) -> None:
         """Run each attempt's stage: plain functions in turn, coroutines concurrently.
 
         A plain function holds the event loop until it returns, so no timeout
@@ -340,7 +308,7 @@ class StageRuntime:
             await asyncio.gather(*waiting)
 
     @staticmethod
-    async def _wait(a: _Attempt, result: Awaitable[StageResult], started: float) -> None:
+    async def _wait(a: Attempt, result: Awaitable[StageResult], started: float) -> None:
         try:
             async with asyncio.timeout(a.spec.timeout_seconds):
                 a.outcome = await result
@@ -352,126 +320,28 @@ class StageRuntime:
 
     # -- decide what to record --------------------------------------------------
 
-    async def _plan(self, attempts: list[_Attempt]) -> None:
-        exhausted: list[_Attempt] = []
+    async def _plan(self, attempts: list[Attempt]) -> None:
+        exhausted: list[Attempt] = []
         for a in attempts:
             if isinstance(a.outcome, StageResult):
-                self._plan_success(a, a.outcome)
+                plan_success(a, a.outcome)
                 continue
-            given_up = isinstance(a.outcome, AttemptAbandoned)  # decided, not retried
-            delay = None if given_up else next_delay(a.attempt, _permanent(a.outcome), a.spec.retry)
+            delay = retry_delay(a)
             if delay is None:
                 exhausted.append(a)
             else:
-                a.retry_at = self.clock() + delay
-                a.events = [self._failed(a, will_retry=True), *self._effects(a)]
+                plan_retry(a, self.clock() + delay)
         if exhausted:
             states = await self._states([a.command for a in exhausted])
             for a, state in zip(exhausted, states, strict=True):
                 self._plan_give_up(a, state)
 
-    def _plan_success(self, a: _Attempt, result: StageResult) -> None:
-        c, spec = a.command, a.spec
-        completed = self._event(
-            StageCompleted(
-                stage=spec.name,
-                index=c.index,
-                attempt=a.attempt,
-                duration_ms=a.duration_ms,
-                output=result.output,
-                metadata=result.metadata,
-            ),
-            c,
-            a.started_id,
-        )
-        a.events = [completed, *(self._event(e, c, a.started_id) for e in result.events)]
-        item = {**c.item, **result.output}
-        self._continue_at(a, c.index + 1, item, str(completed.event_id))
-
-    def _plan_give_up(self, a: _Attempt, state: RunState) -> None:
-        c, spec = a.command, a.spec
-        failed = self._failed(a, will_retry=False)
-        effects = self._effects(a)
-        compensations = compensate_stage(
-            state,
-            c.index,
-            self.actors.compensator(spec.actor),
-            reason="retries_exhausted",
-            extra=[_recorded(e, c.workspace) for e in effects],
-        )
-        a.events = [failed, *effects, *(self._event(e, c, a.started_id) for e in compensations)]
-        fallback = spec.retry.fallback
-        if fallback is None:
-            error_type, message = _describe(a.outcome)
-            dead_letter = uuid.uuid4()
-            a.events.append(
-                self._event(
-                    RunFailed(
-                        stage=spec.name,
-                        error_type=error_type,
-                        error=message,
-                        dead_letter=str(dead_letter),
-                    ),
-                    c,
-                    str(failed.event_id),
-                    event_id=dead_letter,
-                )
-            )
-            return
-        target = c.index + 1 if fallback == "skip" else a.pipeline.stage_names.index(fallback)
-        skipped = self._event(
-            StageSkipped(
-                stage=spec.name,
-                index=c.index,
-                reason=f"retries exhausted; fallback {fallback}",
-                next_stage=a.pipeline.stage_names[target]
-                if target < len(a.pipeline.stages)
-                else None,
-                next_index=target,
-            ),
-            c,
-            str(failed.event_id),
-        )
-        a.events.append(skipped)
-        self._continue_at(a, target, dict(c.item), str(skipped.event_id))
-
-    def _continue_at(self, a: _Attempt, index: int, item: dict[str, Any], cause: str) -> None:
-        """After this attempt's events, the run goes on at ``index`` (or completes)."""
-        c = a.command
-        if index >= len(a.pipeline.stages):
-            a.events.append(self._event(RunCompleted(), c, cause))
-        else:
-            a.hand_on = c.to(index, -1, item, cause)
-
-    def _failed(self, a: _Attempt, *, will_retry: bool) -> NewEvent:
-        error_type, message = _describe(a.outcome)
-        return self._event(
-            StageFailed(
-                stage=a.spec.name,
-                index=a.command.index,
-                attempt=a.attempt,
-                error_type=error_type,
-                error=message,
-                duration_ms=a.duration_ms,
-                will_retry=will_retry,
-                retry_at=datetime.fromtimestamp(a.retry_at, UTC)
-                if will_retry and a.retry_at
-                else None,
-                permanent=_permanent(a.outcome),
-            ),
-            a.command,
-            a.started_id,
-        )
-
-    def _effects(self, a: _Attempt) -> list[NewEvent]:
-        """Effects a failed attempt reported before failing: recorded so they can be undone."""
-        if isinstance(a.outcome, StageError):
-            return [self._event(e, a.command, a.started_id) for e in a.outcome.events]
-        return []
+    def _plan_give_up(self, a: Attempt, state: RunState) -> None:
+        plan_give_up(a, state, self.actors.compensator(a.spec.actor))
 
     # -- record -----------------------------------------------------------------
 
-    async def _finish(self, attempts: list[_Attempt], out: _Batch) -> list[_Run]:
+    async def _finish(self, attempts: list[Attempt], out: _Batch) -> list[_Run]:
         """Append each attempt's result; returns the unmarked attempts the run moved under."""
         moved: list[_Run] = []
         todo = [(a, a.version) for a in attempts]
@@ -489,8 +359,8 @@ class StageRuntime:
                     for a, version in todo
                 ]
             )
-            clashed: list[_Attempt] = []
-            unstorable: list[tuple[_Attempt, int]] = []
+            clashed: list[Attempt] = []
+            unstorable: list[tuple[Attempt, int]] = []
             for (a, version), result in zip(todo, results, strict=True):
                 if isinstance(result, ConcurrencyError):
                     if a.opening:  # never started: its result describes nothing recorded
@@ -521,7 +391,7 @@ class StageRuntime:
             log.warning("stage.finish_unsettled", **_context(a.command), attempt=a.attempt)
         return moved
 
-    def _follow_up(self, a: _Attempt, version: int, out: _Batch) -> None:
+    def _follow_up(self, a: Attempt, version: int, out: _Batch) -> None:
         c = a.command
         if a.hand_on is not None:
             nxt = a.hand_on.to(a.hand_on.index, version, a.hand_on.item, a.hand_on.cause)
@@ -551,59 +421,6 @@ class StageRuntime:
             *(self.store.read_stream(c.workspace, keys.run_stream(c.run_id)) for c in batch)
         )
         return [fold_run(events) for events in streams]
-
-    @staticmethod
-    def _event(
-        payload: DomainEvent,
-        command: StageCommand,
-        cause: str | None = None,
-        *,
-        event_id: uuid.UUID | None = None,
-    ) -> NewEvent:
-        return new_event(
-            payload,
-            event_id=event_id,
-            correlation_id=command.correlation_id,
-            causation_id=cause if cause is not None else command.cause,
-        )
-
-
-ABANDONED = "no result within the stage timeout; worker presumed lost"
-
-
-class AttemptAbandoned(Exception):  # its name is decide.ABANDONED_ERROR
-    """Attempts of a stage kept being lost with their workers: the stage gave up."""
-
-
-def _permanent(outcome: object) -> bool:
-    """Whether a failure can never succeed on retry (unstorable output never will)."""
-    if isinstance(outcome, StageError):
-        return outcome.permanent
-    return isinstance(outcome, InvalidArgument)
-
-
-def _describe(outcome: object) -> tuple[str, str]:
-    error = outcome if isinstance(outcome, BaseException) else RuntimeError("no outcome")
-    return type(error).__name__, str(error)[:_MAX_ERROR_CHARS]
-
-
-def _recorded(event: NewEvent, workspace: str) -> RecordedEvent:
-    """A not-yet-appended effect, shaped like a recorded one for compensators."""
-    data = event.data if isinstance(event.data, dict) else msgspec.to_builtins(event.data)
-    return RecordedEvent(
-        event_id=event.event_id,
-        type=event.type,
-        schema_version=event.schema_version,
-        stream="",
-        version=-1,
-        position=0,
-        workspace=workspace,
-        occurred_at=event.occurred_at,
-        recorded_at=event.occurred_at,
-        correlation_id=event.correlation_id,
-        causation_id=event.causation_id,
-        data=data,
-    )
 
 
 def _context(command: StageCommand) -> dict[str, Any]:

@@ -1,0 +1,242 @@
+"""One attempt at a stage, and what it records: pure, no I/O.
+
+An ``Attempt`` carries a stage command through a batch: its outcome once run,
+then the events to append at its run's version and what follows once they are
+recorded (the next stage's command, or the time the same stage comes back).
+The functions here plan those events from the outcome; the caller passes in
+the clock's reading, the run's state and the stage's compensator, and does the
+reading and appending itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from stageline.actors.commands import StageCommand
+from stageline.actors.compensation import compensate_stage
+from stageline.actors.decide import ABANDONED_ERROR, RunState
+from stageline.actors.events import (
+    RunCompleted,
+    RunFailed,
+    StageCompleted,
+    StageFailed,
+    StageSkipped,
+    StageStarted,
+)
+from stageline.actors.pipeline import Pipeline, StageSpec
+from stageline.actors.retry import next_delay
+from stageline.actors.stage import Compensator, StageError, StageResult
+from stageline.errors import InvalidArgument
+from stageline.events.envelope import DomainEvent, NewEvent, RecordedEvent, new_event
+
+_MAX_ERROR_CHARS = 2000
+
+ABANDONED = "no result within the stage timeout; worker presumed lost"
+
+
+class AttemptAbandoned(Exception):  # its name is decide.ABANDONED_ERROR
+    """Attempts of a stage kept being lost with their workers: the stage gave up."""
+
+
+@dataclass
+class Attempt:
+    """One attempt at a command's stage: its outcome, then what it records and what follows."""
+
+    command: StageCommand
+    pipeline: Pipeline
+    spec: StageSpec
+    attempt: int
+    version: int
+    started_id: str
+    outcome: StageResult | BaseException | None = None
+    duration_ms: float = 0.0
+    events: list[NewEvent] = field(default_factory=list)
+    opening: list[NewEvent] = field(default_factory=list)  # StageStarted, if not yet recorded
+    hand_on: StageCommand | None = None  # sent once the result is recorded
+    retry_at: float | None = None  # or: the same stage comes back then
+
+
+def stage_event(
+    payload: DomainEvent,
+    command: StageCommand,
+    cause: str | None = None,
+    *,
+    event_id: uuid.UUID | None = None,
+) -> NewEvent:
+    """``payload`` as an event of ``command``'s run, caused by ``cause`` (or the command's)."""
+    return new_event(
+        payload,
+        event_id=event_id,
+        correlation_id=command.correlation_id,
+        causation_id=cause if cause is not None else command.cause,
+    )
+
+
+def started_event(command: StageCommand, spec: StageSpec, attempt: int) -> NewEvent:
+    """The ``StageStarted`` of ``attempt`` at ``command``'s stage."""
+    return stage_event(StageStarted(stage=spec.name, index=command.index, attempt=attempt), command)
+
+
+def abandoned_event(command: StageCommand, spec: StageSpec, attempt: int) -> NewEvent:
+    """The ``StageFailed`` of a lost ``attempt``, recorded before the stage starts again."""
+    failed = StageFailed(
+        stage=spec.name,
+        index=command.index,
+        attempt=attempt,
+        error_type=ABANDONED_ERROR,
+        error=ABANDONED,
+        will_retry=True,
+    )
+    return stage_event(failed, command)
+
+
+def retry_delay(a: Attempt) -> float | None:
+    """Seconds until a failed attempt's stage is tried again, or None: it gives up."""
+    if isinstance(a.outcome, AttemptAbandoned):  # decided, not retried
+        return None
+    return next_delay(a.attempt, _permanent(a.outcome), a.spec.retry)
+
+
+def plan_retry(a: Attempt, retry_at: float) -> None:
+    """Plan a failed attempt's events: the stage comes back at ``retry_at``."""
+    a.retry_at = retry_at
+    a.events = [_failed(a, will_retry=True), *_effects(a)]
+
+
+def plan_success(a: Attempt, result: StageResult) -> None:
+    """Plan a successful attempt's events and hand the run on to the next stage."""
+    c, spec = a.command, a.spec
+    completed = stage_event(
+        StageCompleted(
+            stage=spec.name,
+            index=c.index,
+            attempt=a.attempt,
+            duration_ms=a.duration_ms,
+            output=result.output,
+            metadata=result.metadata,
+        ),
+        c,
+        a.started_id,
+    )
+    a.events = [completed, *(stage_event(e, c, a.started_id) for e in result.events)]
+    item = {**c.item, **result.output}
+    _continue_at(a, c.index + 1, item, str(completed.event_id))
+
+
+def plan_give_up(a: Attempt, state: RunState, compensator: Compensator | None) -> None:
+    """Plan the events of an attempt whose stage gives up: its effects compensated, then
+    the run failed, or carried on at the stage's fallback."""
+    c, spec = a.command, a.spec
+    failed = _failed(a, will_retry=False)
+    effects = _effects(a)
+    compensations = compensate_stage(
+        state,
+        c.index,
+        compensator,
+        reason="retries_exhausted",
+        extra=[_recorded(e, c.workspace) for e in effects],
+    )
+    a.events = [failed, *effects, *(stage_event(e, c, a.started_id) for e in compensations)]
+    fallback = spec.retry.fallback
+    if fallback is None:
+        error_type, message = _describe(a.outcome)
+        dead_letter = uuid.uuid4()
+        a.events.append(
+            stage_event(
+                RunFailed(
+                    stage=spec.name,
+                    error_type=error_type,
+                    error=message,
+                    dead_letter=str(dead_letter),
+                ),
+                c,
+                str(failed.event_id),
+                event_id=dead_letter,
+            )
+        )
+        return
+    target = c.index + 1 if fallback == "skip" else a.pipeline.stage_names.index(fallback)
+    skipped = stage_event(
+        StageSkipped(
+            stage=spec.name,
+            index=c.index,
+            reason=f"retries exhausted; fallback {fallback}",
+            next_stage=a.pipeline.stage_names[target] if target < len(a.pipeline.stages) else None,
+            next_index=target,
+        ),
+        c,
+        str(failed.event_id),
+    )
+    a.events.append(skipped)
+    _continue_at(a, target, dict(c.item), str(skipped.event_id))
+
+
+def _continue_at(a: Attempt, index: int, item: dict[str, Any], cause: str) -> None:
+    """After this attempt's events, the run goes on at ``index`` (or completes)."""
+    c = a.command
+    if index >= len(a.pipeline.stages):
+        a.events.append(stage_event(RunCompleted(), c, cause))
+    else:
+        a.hand_on = c.to(index, -1, item, cause)
+
+
+def _failed(a: Attempt, *, will_retry: bool) -> NewEvent:
+    error_type, message = _describe(a.outcome)
+    return stage_event(
+        StageFailed(
+            stage=a.spec.name,
+            index=a.command.index,
+            attempt=a.attempt,
+            error_type=error_type,
+            error=message,
+            duration_ms=a.duration_ms,
+            will_retry=will_retry,
+            retry_at=datetime.fromtimestamp(a.retry_at, UTC) if will_retry and a.retry_at else None,
+            permanent=_permanent(a.outcome),
+        ),
+        a.command,
+        a.started_id,
+    )
+
+
+def _effects(a: Attempt) -> list[NewEvent]:
+    """Effects a failed attempt reported before failing: recorded so they can be undone."""
+    if isinstance(a.outcome, StageError):
+        return [stage_event(e, a.command, a.started_id) for e in a.outcome.events]
+    return []
+
+
+def _permanent(outcome: object) -> bool:
+    """Whether a failure can never succeed on retry (unstorable output never will)."""
+    if isinstance(outcome, StageError):
+        return outcome.permanent
+    return isinstance(outcome, InvalidArgument)
+
+
+def _describe(outcome: object) -> tuple[str, str]:
+    error = outcome if isinstance(outcome, BaseException) else RuntimeError("no outcome")
+    return type(error).__name__, str(error)[:_MAX_ERROR_CHARS]
+
+
+def _recorded(event: NewEvent, workspace: str) -> RecordedEvent:
+    """A not-yet-appended effect, shaped like a recorded one for compensators."""
+    data = event.data if isinstance(event.data, dict) else msgspec.to_builtins(event.data)
+    return RecordedEvent(
+        event_id=event.event_id,
+        type=event.type,
+        schema_version=event.schema_version,
+        stream="",
+        version=-1,
+        position=0,
+        workspace=workspace,
+        occurred_at=event.occurred_at,
+        recorded_at=event.occurred_at,
+        correlation_id=event.correlation_id,
+        causation_id=event.causation_id,
+        data=data,
+    )
