@@ -66,6 +66,9 @@ async def _stageline(ctx: Context, s: Scenario, mode: str, runs: int, seconds: f
         lat = await live.latency(rate, seconds)
         ctx.log(
             f"  {system} at {rate:,.0f} runs/s: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms"
+            f" (submit to RunCompleted appended: p50 {lat['to_appended_p50']:.1f}, p99"
+            f" {lat['to_appended_p99']:.1f}; appended to visible: p50"
+            f" {lat['appended_to_visible_p50']:.1f}, p99 {lat['appended_to_visible_p99']:.1f})"
         )
         _latency_figures(s, system, lat)
         ctx.shared.setdefault("live_memory_per_event", {})[mode] = statistics.median(memory)

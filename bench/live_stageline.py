@@ -116,10 +116,14 @@ class StagelineLive:
         await self.store.close()
         await self.client.aclose()
 
-    async def _submit(self, ws: str, i: int, started: dict[str, float]) -> None:
-        at = time.perf_counter()
+    async def _submit(
+        self, ws: str, i: int, started: dict[str, float], wall: dict[str, float] | None = None
+    ) -> None:
+        at, clock = time.perf_counter(), time.time()
         result = await self.submitter.submit(ws, data.PIPELINE.name, data.item(i))
         started[result.run_id] = at
+        if wall is not None:
+            wall[result.run_id] = clock
 
     async def throughput(self, runs: int, timeout: float = 600) -> Throughput:
         """Submit ``runs`` runs (64 at a time) and wait until the view shows them all."""
@@ -159,11 +163,14 @@ class StagelineLive:
         return {"redis-server": int(info["process_id"]), "bench (submitter, tracker)": os.getpid()}
 
     async def latency(self, rate: float, seconds: float, timeout: float = 600) -> dict[str, float]:
-        """Submit at ``rate`` runs/s for ``seconds``; submit-to-visible percentiles (ms)."""
+        """Submit at ``rate`` runs/s for ``seconds``; submit-to-visible percentiles (ms), and
+        the same split at each run's ``RunCompleted``: submit to appended (the actors'
+        part, from the server's clock) and appended to visible (the projector's)."""
         ws = self.ctx.workspace("live-latency")
         self.workspaces.append(ws)
         count = max(10, round(rate * seconds))
         started: dict[str, float] = {}
+        wall: dict[str, float] = {}
         tasks = []
         async with Tracker(self.store, self.views, ws) as tracker:
             t0 = time.perf_counter()
@@ -171,9 +178,20 @@ class StagelineLive:
                 delay = t0 + i / rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(self._submit(ws, i, started)))
+                tasks.append(asyncio.create_task(self._submit(ws, i, started, wall)))
             await asyncio.gather(*tasks)
             offered = count / (time.perf_counter() - t0)
             seen = await tracker.wait_visible(list(started), timeout)
-        lat = percentiles([(seen[r] - at) * 1000 for r, at in started.items()])
-        return {"rate": rate, "offered": offered, **lat}
+        total = {r: (seen[r] - at) * 1000 for r, at in started.items()}
+        appended = {r: (tracker.recorded[r] - wall[r]) * 1000 for r in started}
+        lat = percentiles(list(total.values()))
+        split = {
+            f"{part}_{k}": v
+            for part, values in (
+                ("to_appended", list(appended.values())),
+                ("appended_to_visible", [total[r] - appended[r] for r in started]),
+            )
+            for k, v in percentiles(values).items()
+            if k in ("p50", "p99")
+        }
+        return {"rate": rate, "offered": offered, **lat, **split}

@@ -32,6 +32,7 @@ class Tracker:
         self.views = views
         self.workspace = workspace
         self.completed: dict[str, int] = {}  # run id -> position of its RunCompleted
+        self.recorded: dict[str, float] = {}  # run id -> when its RunCompleted was appended
         self.failed: list[str] = []
         self.events = 0
         self._times: list[float] = []  # observation times, with the checkpoints seen then
@@ -60,7 +61,9 @@ class Tracker:
             events = await self.store.read_log(self.workspace, after=after, limit=PAGE)
             for e in events:
                 if e.type == "RunCompleted":
-                    self.completed[e.stream.removeprefix("run-")] = e.position
+                    run_id = e.stream.removeprefix("run-")
+                    self.completed[run_id] = e.position
+                    self.recorded[run_id] = e.recorded_at.timestamp()
                 elif e.type == "RunFailed":
                     self.failed.append(e.stream)
             if events:
