@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         default=1_048_576, ge=1024, description="Largest accepted request body."
     )
     max_text_chars: int = Field(default=100_000, ge=1, description="Largest memory item text.")
+    actors: str = Field(
+        default="",
+        description=(
+            "Your own stage actors and pipelines: comma-separated `module:function` entries,"
+            " each called once at start-up with (ActorRegistry, PipelineCatalog)."
+        ),
+    )
     log_level: str = Field(default="INFO")
     log_format: Literal["auto", "json", "console"] = Field(default="auto")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -25,7 +27,7 @@ from stageline.actors.stage import ActorRegistry
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.embedded import EmbeddedServer
-from stageline.errors import NotFound
+from stageline.errors import InvalidArgument, NotFound
 from stageline.events.redis_store import RedisEventStore, connect
 from stageline.ontology.model import Rules
 from stageline.ontology.reactor import OntologyReactor
@@ -60,6 +62,7 @@ class Stack:
     @classmethod
     async def open(cls, settings: Settings, *, embedded: bool = True) -> Stack:
         """Connect to ``settings.redis_url``, or start the embedded server when it is unset."""
+        installs = [_installer(entry) for entry in settings.actors.split(",") if entry.strip()]
         server = None
         store_url = settings.redis_url
         if store_url is None:
@@ -74,6 +77,8 @@ class Stack:
         ontology = OntologyStore(store)
         actors = default_actors(ontology.view)
         catalog = PipelineCatalog()
+        for install in installs:
+            install(actors, catalog)
         pipelines = PipelineConfigs(store, actors.names, [p.name for p in catalog.builtins()])
         catalog.source = pipelines  # workspace configs: loaded from their streams, then cached
         bus = CommandBus(broker_client)
@@ -149,3 +154,17 @@ class Stack:
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
             log.info("embedded.stopped", data_dir=str(self.server.data_dir))
+
+
+def _installer(entry: str) -> Callable[[ActorRegistry, PipelineCatalog], None]:
+    """The function a ``STAGELINE_ACTORS`` entry (``module:function``) names."""
+    module_name, _, name = entry.strip().partition(":")
+    try:
+        if not module_name or not name:
+            raise ValueError("expected module:function")
+        install = getattr(importlib.import_module(module_name), name)
+        if not callable(install):
+            raise TypeError(f"{name} is not a function")
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise InvalidArgument(f"STAGELINE_ACTORS entry {entry.strip()!r}: {exc}") from exc
+    return install

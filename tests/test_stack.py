@@ -1,0 +1,47 @@
+"""The composition root: what ``Stack.open`` builds from the settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
+from stageline.actors.stage import ActorRegistry, StageContext, StageResult
+from stageline.errors import InvalidArgument
+from stageline.settings import Settings
+from stageline.stack import Stack
+
+MINE = Pipeline(
+    name="mine",
+    version=1,
+    description="A pipeline of the user's own stage.",
+    stages=(StageSpec(name="shout", actor="shout"),),
+)
+
+
+def shout(item: dict[str, object], ctx: StageContext) -> StageResult:
+    return StageResult(output={"shouted": str(item.get("text", "")).upper()})
+
+
+def install(actors: ActorRegistry, catalog: PipelineCatalog) -> None:
+    actors.register("shout", shout)
+    catalog.add(MINE)
+
+
+async def test_user_actors_and_pipelines_are_installed_from_the_settings(redis_url: str) -> None:
+    stack = await Stack.open(Settings(redis_url=redis_url, actors=f" {__name__}:install, "))
+    try:
+        assert "shout" in stack.actors.names()
+        assert "normalize" in stack.actors.names()  # the built-ins stay
+        assert MINE in stack.catalog.builtins()
+    finally:
+        await stack.close()
+
+
+@pytest.mark.parametrize(
+    "entry", ["no_such_module_here:install", f"{__name__}:nothing", f"{__name__}:MINE", "install"]
+)
+async def test_a_bad_actors_entry_fails_before_anything_starts(entry: str) -> None:
+    # no server: the entry is refused before the stack connects or starts one
+    settings = Settings(redis_url="unix:///nonexistent/redis.sock", actors=entry)
+    with pytest.raises(InvalidArgument, match="STAGELINE_ACTORS entry"):
+        await Stack.open(settings)
