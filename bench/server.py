@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,14 @@ async def drop_workspace(client: aioredis.Redis, workspace: str, *prefixes: str)
 
 
 async def used_memory(client: aioredis.Redis) -> int:
-    info: Any = await client.info("memory")
-    return int(info["used_memory"])
+    """``INFO used_memory`` once the server has freed what was unlinked before (``UNLINK``
+    frees in the background: a delta taken meanwhile can even come out negative)."""
+    deadline = time.monotonic() + 10
+    while True:
+        info: Any = await client.info("memory")
+        if not int(info.get("lazyfree_pending_objects", 0)) or time.monotonic() > deadline:
+            return int(info["used_memory"])
+        await asyncio.sleep(0.02)
 
 
 async def memory_usage(client: aioredis.Redis, key: str) -> int:
