@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 import structlog
@@ -37,22 +36,14 @@ def scheduled_entry(channel: str, payload: bytes) -> bytes:
 
 
 class Scheduler:
-    """Holds commands until they are due, then puts them on their channels."""
+    """Puts held commands on their channels once they are due (``CommandBus.publish`` holds
+    them, as ``scheduled_entry`` members of the set)."""
 
     def __init__(self, client: aioredis.Redis, *, channel_maxlen: int, poll_seconds: float = 0.1):
         self.client = client
         self.channel_maxlen = channel_maxlen
         self.poll_seconds = poll_seconds
         self._move = client.register_script(_MOVE_DUE)
-
-    async def schedule(self, items: Sequence[tuple[float, str, bytes]]) -> None:
-        """Deliver each ``(due epoch seconds, channel, payload)`` at its due time."""
-        if not items:
-            return
-        await self.client.zadd(
-            keys.SCHEDULED,
-            {scheduled_entry(channel, payload): due for due, channel, payload in items},
-        )
 
     async def move_due(self, now: float | None = None, limit: int = 500) -> int:
         """Move what is due now; returns how many entries were moved."""
