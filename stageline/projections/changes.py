@@ -92,14 +92,14 @@ class DeadLetterChange:
     """What one batch does to one dead letter.
 
     ``created`` is applied only to a new entry, whose ``deliveries`` is then
-    the stored ``attempts`` of the stage keyed ``stage_key`` (0 if none) plus
+    the stored ``attempts`` of the stage ``stage`` (run id, stage name; 0 if none) plus
     ``deliveries``: a run's dead letter counts its stage's attempts up to the
     failure, which the batch alone may not hold.
     """
 
     id: str
     created: dict[str, Any] | None = None
-    stage_key: str | None = None
+    stage: tuple[str, str] | None = None
     deliveries: int = 0
     fields: dict[str, Any] = field(default_factory=dict)
 

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 # Every key a change may carry: view adapters write exactly these properties
-# (and ``deliveries``, computed from the change's ``stage_key`` and ``deliveries``).
+# (and ``deliveries``, computed from the change's ``stage`` and ``deliveries``).
 # ``seq`` is the log position of the event that opened the entry: it orders the list.
 DEAD_LETTER_CREATED = ("kind", "stream", "actor", "stage", "run_id", "error", "created_at", "seq")
 DEAD_LETTER_FIELDS = ("status", "closed_at", "reason")
@@ -75,7 +75,7 @@ def open_for_run(
         "seq": position,
     }
     started = b.stages.get((run_id, stage))
-    change.stage_key = f"{run_id}/{stage}"
+    change.stage = (run_id, stage)
     change.deliveries = started.attempts if started is not None else 0
     change.fields.setdefault("status", DeadLetterStatus.OPEN)
 

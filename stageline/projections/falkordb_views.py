@@ -2,7 +2,7 @@
 
 Each projection (``registry.PROJECTIONS``) keeps its own nodes and its own
 ``(:Checkpoint {projection: <name>})`` node holding the last log position it
-applied: run status as ``(:Run)`` and ``(:Stage {run_id})`` nodes, a ``(:Counts
+applied: run status as ``(:Run)`` nodes holding their stages in arrays, a ``(:Counts
 {name: 'runs'})`` node and ``(:DeadLetter)`` nodes (``run_status``); entity
 mentions as ``(:Entity)`` nodes (``entities``); pipeline configs as
 ``(:PipelineConfig)`` nodes (``pipelines``). A batch of a projection's changes
@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
+import structlog
 from falkordb.asyncio import FalkorDB
 from falkordb.helpers import stringify_param_value
 from redis.exceptions import ResponseError
@@ -53,14 +54,25 @@ from stageline.projections.run_status import (
 
 __all__ = ["FalkorDBViews", "connect", "cypher_params"]
 
+log = structlog.get_logger("stageline.projections")
 
-_NAMES: set[bytes] = set()
-"""Map keys found to be plain names (``_unquote_keys`` checks each new one once)."""
+
+_KEYS: dict[bytes, bytes] = {}
+"""Map keys as JSON writes them -> as Cypher does (``_unquote_keys`` checks each new one once)."""
+
+
+def _cypher_key(key: bytes) -> bytes | None:
+    if key.replace(b"_", b"a").isalnum() and key.isascii() and not key[:1].isdigit():
+        return key
+    if not key or b"\\" in key or b"`" in key:  # a JSON escape, or what a Cypher name cannot hold
+        return None
+    return b"`" + key + b"`"
 
 
 def _unquote_keys(text: bytes) -> bytes | None:
-    """JSON ``text`` with its map keys unquoted (``{"status":1}`` -> ``{status:1}``), as
-    Cypher reads maps; None if a key is not a plain name.
+    """JSON ``text`` with its map keys as Cypher reads them (``{"status":1}`` ->
+    ``{status:1}``, ``{"a.b":1}`` -> ``{`a.b`:1}``); None if a key holds a JSON escape
+    or a backtick.
 
     A string followed by ``:`` is a key, and only a key: the text is cut at each ``":``
     whose quote is not escaped (an even run of backslashes before it), and the last
@@ -75,11 +87,13 @@ def _unquote_keys(text: bytes) -> bytes | None:
             continue
         cut = head.rindex(b'"')
         key = head[cut + 1 :]
-        if key not in _NAMES:
-            if not (key.replace(b"_", b"a").isalnum() and key.isascii() and not key[:1].isdigit()):
+        name = _KEYS.get(key)
+        if name is None:
+            name = _cypher_key(key)
+            if name is None:
                 return None
-            _NAMES.add(key)
-        out += (head[:cut], key, b":")
+            _KEYS[key] = name
+        out += (head[:cut], name, b":")
         head = part
     out.append(head)
     return b"".join(out)
@@ -143,6 +157,7 @@ def connect(url: str) -> FalkorDB:
 
 _RUN_KEYS = tuple(dict.fromkeys(("id", *RUN_CREATED, *RUN_FIELDS)))
 _STAGE_KEYS = tuple(dict.fromkeys(("name", "attempts", *STAGE_CREATED, *STAGE_FIELDS)))
+_STAGE_TIMES = ("started_at", "ended_at", "retry_at")
 _DEAD_LETTER_KEYS = tuple(
     k for k in ("id", *DEAD_LETTER_CREATED, "deliveries", *DEAD_LETTER_FIELDS) if k != "seq"
 )
@@ -184,11 +199,16 @@ def _run_dict(props: Mapping[str, Any]) -> dict[str, Any]:
     return _shape(props, _RUN_KEYS, ("submitted_at", "updated_at", "completed_at", "ended_at"))
 
 
-def _stage_dict(props: Mapping[str, Any]) -> dict[str, Any]:
-    out = _shape(props, _STAGE_KEYS, ("started_at", "ended_at", "retry_at"))
-    if out["metadata"] is not None:
-        out["metadata"] = msgspec.json.decode(out["metadata"])
-    return out
+def _stages(props: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A run's stages in pipeline order, from its node's properties."""
+    stages = []
+    for name, attempts in zip(props.get("stages", ()), props.get("stage_attempts", ()), strict=True):
+        values = {f: props.get(qr.stage_property(name, f)) for f in _STAGE_KEYS}
+        out = _shape(values | {"name": name, "attempts": attempts}, _STAGE_KEYS, _STAGE_TIMES)
+        if out["metadata"] is not None:
+            out["metadata"] = msgspec.json.decode(out["metadata"])
+        stages.append(out)
+    return sorted(stages, key=lambda s: (s["index"] is None, s["index"]))
 
 
 def _dead_letter_dict(props: Mapping[str, Any]) -> dict[str, Any]:
@@ -233,6 +253,13 @@ class FalkorDBViews:
         if not missing:
             return
         graph = self.db.select_graph(graph_name(workspace))
+        for p in missing:
+            for label in p.writer.outdated:
+                if await self._read(workspace, f"MATCH (n:{label}) RETURN 1 LIMIT 1"):
+                    # written by an older stageline, in a shape this one cannot read
+                    log.warning("views.outdated_dropped", workspace=workspace, projection=p.name)
+                    await graph.query(cypher_params({"projection": p.name}) + p.writer.drop)
+                    break
         for statement in dict.fromkeys(
             [_cypher.CHECKPOINT_INDEX, *(i for p in missing for i in p.writer.indexes)]
         ):
@@ -351,8 +378,7 @@ class FalkorDBViews:
         if not rows:
             return None
         run = _run_dict(rows[0][0])
-        stages = sorted(rows[0][1], key=lambda s: (s.get("index") is None, s.get("index")))
-        run["stages"] = [_stage_dict(s) for s in stages]
+        run["stages"] = _stages(rows[0][0])
         return run
 
     async def stale_runs(self, workspace: str, idle_since_ms: int, limit: int = 500) -> list[str]:

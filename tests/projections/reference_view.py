@@ -39,7 +39,7 @@ def _run_status(view: dict[str, Any], changes: RunStatusChanges) -> None:
         if row is None:
             if d.created is None:
                 continue  # closing an entry never seen
-            stage = stages.get(d.stage_key) if d.stage_key else None
+            stage = stages.get("/".join(d.stage)) if d.stage else None
             deliveries = (stage["attempts"] if stage else 0) + d.deliveries
             row = view["dead_letters"][d.id] = {**d.created, "deliveries": deliveries}
         row.update(d.fields)

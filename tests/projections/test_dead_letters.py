@@ -31,7 +31,7 @@ def test_a_run_that_gives_up_opens_a_dead_letter_counting_its_attempts() -> None
         "created_at": int(events[-1].occurred_at.timestamp() * 1000),
         "seq": events[-1].position,
     }
-    assert (entry.stage_key, entry.deliveries, entry.fields) == ("r1/parse", 2, {"status": "open"})
+    assert (entry.stage, entry.deliveries, entry.fields) == (("r1", "parse"), 2, {"status": "open"})
     assert changes.runs["r1"].fields["dead_letter"] == life.dead_letter
 
 
@@ -86,7 +86,7 @@ def test_a_poison_command_is_an_entry_of_the_dead_letters_stream() -> None:
         "created_at": int(events[0].occurred_at.timestamp() * 1000),
         "seq": 1,
     }
-    assert (p1.stage_key, p1.deliveries, p1.fields) == (None, 5, {"status": "open"})
+    assert (p1.stage, p1.deliveries, p1.fields) == (None, 5, {"status": "open"})
     assert (p2.fields["status"], p2.fields["reason"]) == ("discarded", "junk")
 
 

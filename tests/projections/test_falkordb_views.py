@@ -459,3 +459,29 @@ async def test_connect_reaches_the_embedded_server(redis_url: str) -> None:
         assert isinstance(await db.list_graphs(), list)
     finally:
         await db.connection.aclose()
+
+
+async def test_a_view_an_older_version_wrote_is_dropped_to_be_rebuilt(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    # stageline 0.1 kept a node per stage, which these reads cannot use
+    first, second = lifecycle("r1", "completed", Clock()), lifecycle("r2", "completed", Clock())
+    events = of_run(first)
+    position = await write_views(views, workspace, events, projections=(RUN_STATUS, ENTITIES))
+    graph = views.db.select_graph(graph_name(workspace))
+    await graph.query("CREATE (:Stage {key: 'r1/fetch', run_id: 'r1', attempts: 1})")
+    later = as_recorded([(second.stream, e) for e in second.events], first_position=position + 1)
+    restarted = FalkorDBViews(views.db)  # a new process checks the stored shape once
+
+    # the next write finds the run-status view gone; the other projections stand
+    writes = [Write(p, p.fold(later), position) for p in (RUN_STATUS, ENTITIES)]
+    assert await restarted.apply_all(workspace, writes) == [False, True]
+    assert await restarted.checkpoint(workspace) == 0
+    assert await restarted.checkpoint(workspace, "entities") == later[-1].position
+    assert (await graph.ro_query("MATCH (n:Stage) RETURN count(n)")).result_set == [[0]]
+
+    # replayed from position 0 (as the projector then does), it reads back whole
+    assert await write_views(restarted, workspace, events + later, projections=(RUN_STATUS,))
+    run = await restarted.get_run(workspace, "r1")
+    assert run is not None and [s["name"] for s in run["stages"]] == STAGES
+    assert (await restarted.stats(workspace))["counts"]["completed"] == 2

@@ -71,6 +71,7 @@ def graph_writer(
     params: Callable[[C], dict[str, Any]],
     nodes: Iterable[str],
     indexes: Iterable[tuple[str, str]] = (),
+    outdated: Iterable[str] = (),
 ) -> GraphWriter[C]:
     """A projection's writer.
 
@@ -79,9 +80,11 @@ def graph_writer(
     ``CALL {}`` so that an empty list cannot end the query); ``params`` builds
     its parameters from the changes; ``nodes`` are the node patterns the
     projection owns (``"Run"``, ``"Counts {name: 'runs'}"``), which its drop
-    deletes; ``indexes`` are ``(label, property)`` pairs to index.
+    deletes; ``indexes`` are ``(label, property)`` pairs to index; ``outdated`` are
+    labels only an older version of the projection wrote (its drop deletes them too).
     """
-    nodes = tuple(nodes)
+    outdated = tuple(outdated)
+    nodes = (*nodes, *outdated)
     first = _first_guard(nodes)
     done = "RETURN c.position"
     drop = "".join(f"CALL {{ MATCH (n:{node}) DETACH DELETE n }}\n" for node in nodes)
@@ -95,6 +98,7 @@ def graph_writer(
         params=params,
         nodes=nodes,
         indexes=tuple(f"CREATE INDEX FOR (n:{label}) ON (n.{prop})" for label, prop in indexes),
+        outdated=outdated,
     )
 
 
