@@ -74,28 +74,29 @@ def _unquote_keys(text: bytes) -> bytes | None:
     ``{status:1}``, ``{"a.b":1}`` -> ``{`a.b`:1}``); None if a key holds a JSON escape
     or a backtick.
 
-    A string followed by ``:`` is a key, and only a key: the text is cut at each ``":``
-    whose quote is not escaped (an even run of backslashes before it), and the last
-    quote before the cut opens the key.
+    The text is cut at each quote; a quote after an odd run of backslashes is escaped,
+    inside a string. A string is a key where the text after it starts with ``:``.
     """
-    out: list[bytes] = []
-    parts = text.split(b'":')
-    head = parts[0]
-    for part in parts[1:]:
-        if head[-1:] == b"\\" and (len(head) - len(head.rstrip(b"\\"))) % 2:
-            head += b'":' + part  # an escaped quote, inside a string
-            continue
-        cut = head.rindex(b'"')
-        key = head[cut + 1 :]
-        name = _KEYS.get(key)
-        if name is None:
-            name = _cypher_key(key)
-            if name is None:
-                return None
-            _KEYS[key] = name
-        out += (head[:cut], name, b":")
-        head = part
-    out.append(head)
+    parts = text.split(b'"')
+    out = [parts[0]]
+    i, end = 1, len(parts) - 1
+    while i < end:
+        string = parts[i]
+        while (len(string) - len(string.rstrip(b"\\"))) % 2:  # an escaped quote: read on
+            i += 1
+            string += b'"' + parts[i]
+        after = parts[i + 1]
+        if after[:1] == b":":
+            key = _KEYS.get(string)
+            if key is None:
+                key = _cypher_key(string)
+                if key is None:
+                    return None
+                _KEYS[string] = key
+            out += (key, after)
+        else:
+            out += (b'"', string, b'"', after)
+        i += 2
     return b"".join(out)
 
 

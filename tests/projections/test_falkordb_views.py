@@ -168,6 +168,11 @@ def test_cypher_params_use_json_only_where_cypher_reads_it_the_same() -> None:
     assert cypher_params({"m": {"k": 'a"b": {"c":'}}) == 'CYPHER m={k:"a\\"b\\": {\\"c\\":"} '
     assert cypher_params({"m": {"k": "x\\", "n": 1}}) == 'CYPHER m={k:"x\\\\",n:1} '
     assert cypher_params({"m": {"k-1": "v"}}) == 'CYPHER m={`k-1`:"v"} '
+    # a string starting with ':' after another is not a key, nor are the quotes around it
+    assert cypher_params({"m": {"stage.a-1.x": ["v", ":b", "c"]}}) == (
+        'CYPHER m={`stage.a-1.x`:["v",":b","c"]} '
+    )
+    assert cypher_params({"m": {":k": 1, "k": ["a,", ":b"]}}) == 'CYPHER m={`:k`:1,k:["a,",":b"]} '
     # Cypher has no \u escapes: strings JSON would escape so take it too
     assert cypher_params({"s": "a\x01"}) == 'CYPHER s="a\x01" '
 
@@ -178,7 +183,7 @@ async def test_maps_in_parameters_reach_the_server_as_sent(
     sent = [
         {"k": 'x"y', "m": '{"a": [1, "b"]}', "n": None, "b": "back\\slash\\", "f": 1.5},
         {"k": 'x\\":', "l": ["a\\", {"in": '"'}], "e": ""},
-        {"weird key": 1, "ok": "é"},
+        {"weird key": 1, "ok": "é", "stage.a-b.c": ["v", ":b", ","], "1x": {":": "x"}},
         {"k": "a\x01", "z": "🎉"},
     ]
     graph = views.db.select_graph(graph_name(workspace))

@@ -25,6 +25,7 @@ The rows a batch is sent as:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from stageline.projections._cypher import assign, fields, graph_writer
@@ -39,14 +40,15 @@ _D = 4  # where the fields start in a new dead letter's row (1 in the others')
 
 
 def stage_property(stage: str, field: str) -> str:
-    """The run's property holding one field of one of its stages.
+    """The run's property holding one field of one of its stages."""
+    return _prefix(stage) + field
 
-    FalkorDB names cannot hold a backtick: the name's ``%`` and backticks are
-    %-escaped (as ``_ESCAPED`` does in Cypher).
-    """
-    if "`" in stage or "%" in stage:
-        stage = stage.replace("%", "%25").replace("`", "%60")
-    return f"stage.{stage}.{field}"
+
+@functools.lru_cache(maxsize=4096)
+def _prefix(stage: str) -> str:
+    # FalkorDB names cannot hold a backtick: the stage name's % and backticks are
+    # %-escaped (as _ESCAPED does in Cypher)
+    return f"stage.{stage.replace('%', '%25').replace('`', '%60')}."
 
 
 _ESCAPED = "replace(replace(name, '%', '%25'), '`', '%60')"
@@ -126,7 +128,7 @@ SET {", ".join(_count(i, s) for i, s in enumerate(RunStatus))}"""
 def _stage_rows(stages: list[StageChange]) -> tuple[dict[str, Any], list[str], Any]:
     """A run's stages' fields (by property), their names, and the attempts each adds (None if
     none does)."""
-    values = {stage_property(s.name, f): v for s in stages for f, v in s.fields.items()}
+    values = {_prefix(s.name) + f: v for s in stages for f, v in s.fields.items()}
     attempts = [s.attempts for s in stages]
     return values, [s.name for s in stages], attempts if any(attempts) else None
 
