@@ -53,14 +53,20 @@ async def drop_workspace(client: aioredis.Redis, workspace: str, *prefixes: str)
 
 
 async def used_memory(client: aioredis.Redis) -> int:
-    """``INFO used_memory`` once the server has freed what was unlinked before (``UNLINK``
-    frees in the background: a delta taken meanwhile can even come out negative)."""
+    """``INFO used_memory`` once the server has freed what was deleted before: ``UNLINK``
+    frees in the background, and FalkorDB frees a deleted graph in a thread of its own,
+    so a delta taken meanwhile can even come out negative. Settled means no lazy free
+    pending and the same figure twice, 50 ms apart."""
     deadline = time.monotonic() + 10
+    last = None
     while True:
         info: Any = await client.info("memory")
-        if not int(info.get("lazyfree_pending_objects", 0)) or time.monotonic() > deadline:
-            return int(info["used_memory"])
-        await asyncio.sleep(0.02)
+        used = int(info["used_memory"])
+        pending = int(info.get("lazyfree_pending_objects", 0))
+        if (not pending and used == last) or time.monotonic() > deadline:
+            return used
+        last = None if pending else used
+        await asyncio.sleep(0.05)
 
 
 async def memory_usage(client: aioredis.Redis, key: str) -> int:
