@@ -43,7 +43,7 @@ from stageline.projections.changes import Changes
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
 from stageline.projections.pipeline_configs import PIPELINE_FIELDS
 from stageline.projections.projection import Projection, Write
-from stageline.projections.registry import NAMES, RUN_STATUS
+from stageline.projections.registry import NAMES, PROJECTIONS, RUN_STATUS
 from stageline.projections.run_status import (
     RUN_CREATED,
     RUN_FIELDS,
@@ -203,7 +203,9 @@ def _run_dict(props: Mapping[str, Any]) -> dict[str, Any]:
 def _stages(props: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A run's stages in pipeline order, from its node's properties."""
     stages = []
-    for name, attempts in zip(props.get("stages", ()), props.get("stage_attempts", ()), strict=True):
+    for name, attempts in zip(
+        props.get("stages", ()), props.get("stage_attempts", ()), strict=True
+    ):
         values = {f: props.get(qr.stage_property(name, f)) for f in _STAGE_KEYS}
         out = _shape(values | {"name": name, "attempts": attempts}, _STAGE_KEYS, _STAGE_TIMES)
         if out["metadata"] is not None:
@@ -239,6 +241,8 @@ class FalkorDBViews:
     def __init__(self, db: FalkorDB) -> None:
         self.db = db
         self._ready: set[tuple[str, str]] = set()
+        self._checked: set[tuple[str, str]] = set()
+        """(workspace, projection) pairs checked for a view in an outdated shape."""
         self._durations: dict[str, tuple[int, asyncio.Future[list[list[Any]]]]] = {}
         """Per workspace: the run-status checkpoint and the stage durations read at it."""
 
@@ -253,14 +257,8 @@ class FalkorDBViews:
         missing = [p for p in projections if (workspace, p.name) not in self._ready]
         if not missing:
             return
+        await self._drop_outdated(workspace, missing)
         graph = self.db.select_graph(graph_name(workspace))
-        for p in missing:
-            for label in p.writer.outdated:
-                if await self._read(workspace, f"MATCH (n:{label}) RETURN 1 LIMIT 1"):
-                    # written by an older stageline, in a shape this one cannot read
-                    log.warning("views.outdated_dropped", workspace=workspace, projection=p.name)
-                    await graph.query(cypher_params({"projection": p.name}) + p.writer.drop)
-                    break
         for statement in dict.fromkeys(
             [_cypher.CHECKPOINT_INDEX, *(i for p in missing for i in p.writer.indexes)]
         ):
@@ -270,6 +268,21 @@ class FalkorDBViews:
                 if "already indexed" not in str(exc):
                     raise
         self._ready.update((workspace, p.name) for p in missing)
+
+    async def _drop_outdated(self, workspace: str, projections: Iterable[Projection[Any]]) -> None:
+        """Drop, once per process, each view an older stageline wrote in a shape this one
+        cannot read (it holds a node the projection's writer lists as ``outdated``): its
+        checkpoint then reads 0, and the projector rebuilds it from the log."""
+        for p in projections:
+            if (workspace, p.name) in self._checked:
+                continue
+            for label in p.writer.outdated:
+                if await self._read(workspace, f"MATCH (n:{label}) RETURN 1 LIMIT 1"):
+                    log.warning("views.outdated_dropped", workspace=workspace, projection=p.name)
+                    graph = self.db.select_graph(graph_name(workspace))
+                    await graph.query(cypher_params({"projection": p.name}) + p.writer.drop)
+                    break
+            self._checked.add((workspace, p.name))
 
     async def _read(
         self, workspace: str, query: str, params: dict[str, Any] | None = None
@@ -352,9 +365,12 @@ class FalkorDBViews:
     async def checkpoints(self, workspace: str, names: Iterable[str] = NAMES) -> dict[str, int]:
         """The stored checkpoints of the projections ``names``, by name, in one query.
 
-        A projection that has written nothing yet is missing (its checkpoint is 0).
+        A projection that has written nothing yet is missing (its checkpoint is 0), and so
+        is one whose view an older stageline wrote (it is dropped, to be rebuilt).
         """
-        rows = await self._read(workspace, _cypher.CHECKPOINTS, {"names": list(names)})
+        names = list(names)
+        await self._drop_outdated(workspace, [p for p in PROJECTIONS if p.name in names])
+        rows = await self._read(workspace, _cypher.CHECKPOINTS, {"names": names})
         return {str(name): int(position) for name, position in rows}
 
     async def wait_for(

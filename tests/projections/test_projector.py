@@ -32,7 +32,7 @@ from stageline.actors.events import RunSubmitted
 from stageline.actors.pipeline import Pipeline, StageSpec
 from stageline.errors import InvalidArgument
 from stageline.events import AppendRequest, EventStore, NewEvent, new_event
-from stageline.events.keys import pipeline_stream
+from stageline.events.keys import graph_name, pipeline_stream
 from stageline.events.memory_store import MemoryEventStore
 from stageline.events.redis_store import RedisEventStore
 from stageline.projections import (
@@ -537,3 +537,21 @@ def test_retry_delays_grow_and_are_capped() -> None:
     assert delays[0] == 0.05
     assert delays == sorted(delays)
     assert delays[-1] == 5.0
+
+
+async def test_a_caught_up_view_an_older_version_wrote_is_rebuilt_when_the_projector_starts(
+    redis_store: RedisEventStore, views: FalkorDBViews, workspace: str
+) -> None:
+    _, pairs = scenario(runs_per_kind=1)
+    head = await append_all(redis_store, workspace, pairs)
+    await Projector(redis_store, views, batch_size=10).catch_up(workspace)
+    live = {name: await view_of(views, workspace, name) for name in NAMES}
+    # as an earlier stageline left it: a node per stage (this one stands for them), caught up
+    graph = views.db.select_graph(graph_name(workspace))
+    await graph.query("CREATE (:Stage {key: 'r/a', run_id: 'r', attempts: 1})")
+
+    restarted = FalkorDBViews(views.db)  # a new process, with no event to project
+    assert await Projector(redis_store, restarted, batch_size=10).catch_up(workspace) == head
+
+    assert {name: await view_of(restarted, workspace, name) for name in NAMES} == live
+    assert (await graph.ro_query("MATCH (n:Stage) RETURN count(n)")).result_set == [[0]]
