@@ -20,7 +20,13 @@ from projection_helpers import (
     write_views,
 )
 
-from stageline.actors.events import RunFailed, RunSubmitted, StageCompleted, StageStarted
+from stageline.actors.events import (
+    RunFailed,
+    RunSubmitted,
+    StageCompleted,
+    StageSkipped,
+    StageStarted,
+)
 from stageline.errors import InvalidArgument
 from stageline.events import new_event
 from stageline.events.keys import graph_name
@@ -414,7 +420,11 @@ async def test_stage_events_for_unknown_runs_or_stages(
         [("run-r1", new_event(StageStarted(stage="late", index=6), occurred_at=clock()))],
         first_position=position + 1,
     )
-    await project(views, workspace, later, expected=position)
+    position = await project(views, workspace, later, expected=position)
+    # and in a batch of its own, one only skipped (no attempt)
+    skipped = StageSkipped(stage="skip", index=7, reason="r", next_stage="a", next_index=0)
+    last = as_recorded([("run-r1", new_event(skipped, occurred_at=clock()))], position + 1)
+    await project(views, workspace, last, expected=position)
 
     run = await views.get_run(workspace, "r1")
     assert run is not None
@@ -422,6 +432,7 @@ async def test_stage_events_for_unknown_runs_or_stages(
         ("a", "pending", 0),
         ("extra", "active", 1),
         ("late", "active", 1),
+        ("skip", "skipped", 0),
     ]
     assert await views.get_run(workspace, "ghost") is None
 
@@ -432,7 +443,8 @@ async def test_a_repeated_submission_in_a_later_batch_keeps_the_run(
     life = lifecycle("r1", "completed", Clock())
     events = as_recorded([(life.stream, e) for e in life.events])
     position = await project(views, workspace, events)
-    again = RunSubmitted(pipeline="p2", pipeline_version=1, stages=STAGES, input={})
+    # a stage it did not name before is added, pending; the others stand
+    again = RunSubmitted(pipeline="p2", pipeline_version=1, stages=[*STAGES, "late"], input={})
     restart = StageStarted(stage="parse", index=1, attempt=2)
     later = as_recorded(
         [(life.stream, new_event(again, occurred_at=T0)), (life.stream, new_event(restart))],
@@ -443,11 +455,12 @@ async def test_a_repeated_submission_in_a_later_batch_keeps_the_run(
     run = await views.get_run(workspace, "r1")
     assert run is not None
     assert (run["pipeline"], run["status"], run["seq"]) == ("ingest", "completed", 1)
-    # the stages are the first submission's, and the later batch's stage event still counts
-    assert [(s["status"], s["attempts"]) for s in run["stages"]] == [
-        ("completed", 1),
-        ("active", 2),
-        ("completed", 1),
+    # the first submission's stages stand, and the later batch's stage event still counts
+    assert [(s["name"], s["status"], s["attempts"]) for s in run["stages"]] == [
+        (STAGES[0], "completed", 1),
+        (STAGES[1], "active", 2),
+        (STAGES[2], "completed", 1),
+        ("late", "pending", 0),
     ]
 
 

@@ -13,12 +13,15 @@ run's own, in one map, without a lookup per stage.
 
 The rows a batch is sent as:
 
-- run: ``[id, fields, status, stages, attempts]``: the fields the batch set, the
-  run's (but its status) and its stages' (``stage.<name>.<field>``), a null value
-  removing the property; ``status`` null (unchanged), ``[value]`` or, when soft,
-  ``[value, true]``; the names of the stages the batch changed (one the run does
-  not hold yet is added), and the attempts it added to each (null if none).
-  A new run's row adds its created values and its stages' created fields.
+- run: ``[id, fields, status, stages, attempts, created]``: the fields the batch
+  set, the run's (but its status) and its stages' (``stage.<name>.<field>``), a
+  null value removing the property; ``status`` null (unchanged), ``[value]`` or,
+  when soft, ``[value, true]``; the names of the stages the batch changed (one the
+  run does not hold yet is added), the attempts it added to each (null if none),
+  and each one's created values but those the batch sets (null unless the batch
+  holds the run's ``RunSubmitted``). A new run's row adds its created values, and
+  its stages' created values in one map, for a run it creates (whose stages are
+  written whole, where a repeated submission's are added one at a time).
 - new dead letter: ``[id, [run id, stage] or null, deliveries, created values, *DEAD_LETTER_FIELDS]``
 - other dead letter: ``[id, *DEAD_LETTER_FIELDS]``
 """
@@ -35,7 +38,7 @@ from stageline.projections.run_status import RUN_CREATED, RUN_ENDINGS, RunStatus
 
 __all__ = ["WRITER", "list_dead_letters", "stage_property", "write_params"]
 
-_NAMES, _ATTEMPTS, _NEW, _NEW_STAGES = 3, 4, 5, 6  # where they sit in a run's row
+_NAMES, _ATTEMPTS, _CREATED, _NEW, _FIRST = 3, 4, 5, 6, 7  # where they sit in a run's row
 _D = 4  # where the fields start in a new dead letter's row (1 in the others')
 
 
@@ -62,15 +65,22 @@ _SET_RUN = (
     f" OR (size(row[2]) > 1 AND r.status IN {_ENDINGS}) THEN r.status ELSE row[2][0] END"
 )
 
-# stages the run does not hold yet are added (no attempts), then attempts are added
-_STAGES = f"""CALL {{ WITH r, row WITH r, row WHERE size(row[{_NAMES}]) > 0
-    WITH r, row, [n IN row[{_NAMES}] WHERE NOT n IN r.stages] AS extra
-    SET r.stages = r.stages + extra, r.stage_attempts = r.stage_attempts + [n IN extra | 0]
-    WITH r, row WHERE row[{_ATTEMPTS}] IS NOT NULL
-    SET r.stage_attempts = [i IN range(0, size(r.stages) - 1) | reduce(a = r.stage_attempts[i],
-      j IN range(0, size(row[{_NAMES}]) - 1) |
-      CASE WHEN row[{_NAMES}][j] = r.stages[i] THEN a + row[{_ATTEMPTS}][j] ELSE a END)]
-  }}"""
+
+# An existing run's stages: those it does not hold yet are added one by one, with no
+# attempts and their created values (row[_CREATED], aligned with the names; the batch's
+# own fields are in the run's map), then attempts are added. Inline, not in a CALL (in
+# which a WHERE leaving no row undoes the SETs before it), and each step in a FOREACH
+# that a run with nothing to change skips: a SET writes even an unchanged value.
+def _stages(fresh: str) -> str:
+    n, a, c = _NAMES, _ATTEMPTS, _CREATED
+    return f"""FOREACH (i IN CASE WHEN {fresh} THEN [] ELSE
+      [i IN range(0, size(row[{n}]) - 1) WHERE NOT row[{n}][i] IN r.stages] END |
+    SET r.stages = r.stages + row[{n}][i], r.stage_attempts = r.stage_attempts + 0,
+      r += coalesce(row[{c}][i], {{}}))
+  FOREACH (_ IN CASE WHEN {fresh} OR row[{a}] IS NULL THEN [] ELSE [1] END |
+    SET r.stage_attempts = [i IN range(0, size(r.stages) - 1) | reduce(t = r.stage_attempts[i],
+      j IN range(0, size(row[{n}]) - 1) |
+      CASE WHEN row[{n}][j] = r.stages[i] THEN t + row[{a}][j] ELSE t END)])"""
 
 
 def _count(i: int, status: str) -> str:
@@ -105,20 +115,19 @@ CALL {{
 CALL {{
   UNWIND $new_runs AS row
   MERGE (r:Run {{id: row[0]}})
-  ON CREATE SET r += row[{_NEW_STAGES}], r.stages = row[{_NAMES}],
+  ON CREATE SET r += row[{_FIRST}], r.stages = row[{_NAMES}],
     r.stage_attempts = coalesce(row[{_ATTEMPTS}], [n IN row[{_NAMES}] | 0]),
     {", ".join(f"r.{f} = row[{_NEW}][{i}]" for i, f in enumerate(RUN_CREATED))}
+  WITH r, row, r.seq = row[{_NEW}][{RUN_CREATED.index("seq")}] AS fresh
+  {_stages("fresh")}
   {_SET_RUN}
-  WITH r, row WHERE r.seq <> row[{_NEW}][{RUN_CREATED.index("seq")}]
-  {_STAGES}
 }}
 CALL {{
   UNWIND $runs AS row
   MATCH (r:Run {{id: row[0]}})
   WITH r, row, r.status AS before
   {_SET_RUN}
-  WITH r, row, before
-  {_STAGES}
+  {_stages("false")}
   RETURN collect(CASE WHEN before <> r.status THEN [before, r.status] END) AS moves
 }}
 MERGE (n:Counts {{name: 'runs'}})
@@ -149,16 +158,18 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
             status = [status, True] if run.soft else [status]
         row = [run_id, values, status, names, attempts]
         if run.created is None:
-            runs.append(row)
+            runs.append([*row, None])
         else:
+            # a stage's created values, but those the batch sets (they go in the run's map)
+            first = [
+                {_prefix(s.name) + f: v for f, v in (s.created or {}).items() if f not in s.fields}
+                for s in stages
+            ]
             created = [run.created.get(k) for k in RUN_CREATED]
-            first = {
-                stage_property(s.name, f): v for s in stages for f, v in (s.created or {}).items()
-            }
-            new_runs.append([*row, created, first])
+            new_runs.append([*row, first, created, {k: v for m in first for k, v in m.items()}])
     for run_id in [r for r in by_run if r not in changes.runs]:  # handlers change both: never
         values, names, attempts = _stage_rows(by_run[run_id])
-        runs.append([run_id, values, None, names, attempts])
+        runs.append([run_id, values, None, names, attempts, None])
     new_dead_letters, dead_letters = [], []
     for d in changes.dead_letters.values():
         cells = fields(d.fields, DEAD_LETTER_FIELDS)
