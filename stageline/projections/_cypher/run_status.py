@@ -95,9 +95,9 @@ def _count(i: int, status: str) -> str:
 # this batch (the batch's own are in the row). A run is created only by the batch
 # holding its RunSubmitted, with its stages: its seq is that event's position, which
 # is how a repeated RunSubmitted is told from the first (whose stages stand; one it
-# did not name is added). A stage comes in its run's row (every event that changes a stage
-# changes its run's updated_at), so a stage of a run the view does not hold (no
-# RunSubmitted) is not written.
+# did not name is added, pending). A stage comes in its run's row (every event that
+# changes a stage changes its run's updated_at), so a stage of a run the view does not
+# hold (no RunSubmitted) is not written.
 _ROWS = f"""CALL {{
   UNWIND $new_dead_letters AS row
   OPTIONAL MATCH (r:Run {{id: row[1][0]}})
