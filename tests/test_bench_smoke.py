@@ -53,7 +53,12 @@ def test_bench_runs_every_scenario_and_writes_its_results(tmp_path: Path) -> Non
         assert scenario["figures"], f"{name} measured nothing: {scenario['notes']}"
         for key, fig in scenario["figures"].items():
             assert fig["samples"], f"{name}: {key} has no sample"
-            assert all(math.isfinite(v) and v > 0 for v in fig["samples"]), (name, key, fig)
+            assert all(math.isfinite(v) for v in fig["samples"]), (name, key, fig)
+            # at this scale an INFO used_memory delta (600 events, ~180 KB) is within what
+            # the server's background frees move (negative in some full-suite runs); the
+            # per-event MEMORY USAGE figures beside it are exact, and checked
+            if not fig["variant"].startswith("INFO used_memory delta"):
+                assert all(v > 0 for v in fig["samples"]), (name, key, fig)
         for ratio in scenario["ratios"]:
             assert ratio["value"] is not None and ratio["value"] > 0, (name, ratio)
     for name, systems in PEERS.items():
