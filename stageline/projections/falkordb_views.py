@@ -2,10 +2,11 @@
 
 Each projection (``registry.PROJECTIONS``) keeps its own nodes and its own
 ``(:Checkpoint {projection: <name>})`` node holding the last log position it
-applied: run status as ``(:Run)`` nodes holding their stages in arrays, a ``(:Counts
-{name: 'runs'})`` node and ``(:DeadLetter)`` nodes (``run_status``); entity
-mentions as ``(:Entity)`` nodes (``entities``); pipeline configs as
-``(:PipelineConfig)`` nodes (``pipelines``). A batch of a projection's changes
+applied: run status as ``(:Run)`` nodes that hold their stages too (``stages``,
+``stage_attempts``, ``stage.<name>.<field>``), a ``(:Counts {name: 'runs'})``
+node and ``(:DeadLetter)`` nodes (``run_status``); entity mentions as
+``(:Entity)`` nodes (``entities``); pipeline configs as ``(:PipelineConfig)``
+nodes (``pipelines``). A batch of a projection's changes
 and its checkpoint are written by one query, guarded by the checkpoint the
 writer expects: FalkorDB runs a graph's write queries one at a time, so a
 batch is applied exactly once or not at all. The writes of several
@@ -158,6 +159,7 @@ def connect(url: str) -> FalkorDB:
 
 _RUN_KEYS = tuple(dict.fromkeys(("id", *RUN_CREATED, *RUN_FIELDS)))
 _STAGE_KEYS = tuple(dict.fromkeys(("name", "attempts", *STAGE_CREATED, *STAGE_FIELDS)))
+_STAGE_FIELDS = tuple(k for k in _STAGE_KEYS if k not in ("name", "attempts"))
 _STAGE_TIMES = ("started_at", "ended_at", "retry_at")
 _DEAD_LETTER_KEYS = tuple(
     k for k in ("id", *DEAD_LETTER_CREATED, "deliveries", *DEAD_LETTER_FIELDS) if k != "seq"
@@ -206,7 +208,7 @@ def _stages(props: Mapping[str, Any]) -> list[dict[str, Any]]:
     for name, attempts in zip(
         props.get("stages", ()), props.get("stage_attempts", ()), strict=True
     ):
-        values = {f: props.get(qr.stage_property(name, f)) for f in _STAGE_KEYS}
+        values = {f: props.get(qr.stage_property(name, f)) for f in _STAGE_FIELDS}
         out = _shape(values | {"name": name, "attempts": attempts}, _STAGE_KEYS, _STAGE_TIMES)
         if out["metadata"] is not None:
             out["metadata"] = msgspec.json.decode(out["metadata"])
