@@ -124,22 +124,16 @@ class PipelineChange:
 
 @dataclass(slots=True)
 class RunStatusChanges(Changes):
-    """The ``run_status`` projection's changes: runs, their stages, run counts, dead letters.
+    """The ``run_status`` projection's changes: runs, their stages and dead letters.
 
     Handlers get or start one change per key through ``run``, ``stage`` and
-    ``dead_letter``.
+    ``dead_letter``. The run counts are the writer's: it moves them as the rows'
+    statuses move (only a run's stored row knows where it stood before the batch).
     """
 
     runs: dict[str, RunChange] = field(default_factory=dict)
     stages: dict[tuple[str, str], StageChange] = field(default_factory=dict)
     dead_letters: dict[str, DeadLetterChange] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    """Per run status, how many runs *created by this batch* end it there.
-
-    Runs that existed before the batch move their count in the writer, from
-    the status stored on their row to the one in ``fields``: the batch alone
-    cannot know where such a run stood (retrying? completed?), the row does.
-    """
 
     @property
     def has_rows(self) -> bool:

@@ -295,11 +295,4 @@ FOLD: Handlers[RunStatusChanges] = {
 
 def fold(events: Iterable[RecordedEvent]) -> RunStatusChanges:
     """Fold a batch of log events (oldest first) into the ``run_status`` changes."""
-    out = fold_into(RunStatusChanges(), events, FOLD)
-    counts: dict[str, int] = {}
-    for run in out.runs.values():
-        if run.created is not None:
-            status = run.fields.get("status", run.created["status"])
-            counts[status] = counts.get(status, 0) + 1
-    out.counts = counts
-    return out
+    return fold_into(RunStatusChanges(), events, FOLD)

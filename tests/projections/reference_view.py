@@ -45,16 +45,18 @@ def _run_status(view: dict[str, Any], changes: RunStatusChanges) -> None:
         row.update(d.fields)
     for run in changes.runs.values():
         row = runs.get(run.run_id)
+        before = None if row is None else row["status"]  # a run it creates counts as a move
         if row is None:
             if run.created is None:
                 continue  # an unknown run is never created by a later event
             row = runs[run.run_id] = dict(run.created)
-        before, fields = row["status"], dict(run.fields)
-        if run.soft and before in RUN_ENDINGS:
+        fields = dict(run.fields)
+        if run.soft and row["status"] in RUN_ENDINGS:
             del fields["status"]
         row.update(fields)
-        if run.created is None and row["status"] != before:
-            counts[before] = counts.get(before, 0) - 1
+        if row["status"] != before:
+            if before is not None:
+                counts[before] = counts.get(before, 0) - 1
             counts[row["status"]] = counts.get(row["status"], 0) + 1
     for stage in changes.stages.values():
         if stage.run_id not in runs:
@@ -64,8 +66,6 @@ def _run_status(view: dict[str, Any], changes: RunStatusChanges) -> None:
             row = stages[stage.key] = {"attempts": 0, **(stage.created or {})}
         row.update(stage.fields)
         row["attempts"] += stage.attempts
-    for status, n in changes.counts.items():
-        counts[status] = counts.get(status, 0) + n
 
 
 def strip_nulls(view: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from projection_helpers import (
     T0,
     Clock,
     as_recorded,
+    counts_match_rows,
     interleave,
     lifecycle,
     of_run,
@@ -462,6 +463,7 @@ async def test_a_repeated_submission_in_a_later_batch_keeps_the_run(
         (STAGES[2], "completed", 1),
         ("late", "pending", 0),
     ]
+    assert await counts_match_rows(views, workspace) == {"completed": 1}
 
 
 def test_connect_refuses_urls_it_cannot_honour() -> None:

@@ -83,12 +83,12 @@ def _stages(fresh: str) -> str:
       CASE WHEN row[{n}][j] = r.stages[i] THEN t + row[{a}][j] ELSE t END)])"""
 
 
-def _count(i: int, status: str) -> str:
-    # runs created by the batch come counted ($counts); the others move from their stored status
+def _count(status: str) -> str:
+    # each move is [from, to]: a run the batch created comes from null
     moved = (
         f"size([m IN moves WHERE m[1] = '{status}']) - size([m IN moves WHERE m[0] = '{status}'])"
     )
-    return f"n.{status} = coalesce(n.{status}, 0) + $counts[{i}] + {moved}"
+    return f"n.{status} = coalesce(n.{status}, 0) + {moved}"
 
 
 # Dead letters come first: a run's entry counts its stage's attempts stored before
@@ -97,7 +97,9 @@ def _count(i: int, status: str) -> str:
 # is how a repeated RunSubmitted is told from the first (whose stages stand; one it
 # did not name is added, pending). A stage comes in its run's row (every event that
 # changes a stage changes its run's updated_at), so a stage of a run the view does not
-# hold (no RunSubmitted) is not written.
+# hold (no RunSubmitted) is not written. The counts follow the runs' moves: a run the
+# batch created counts where the batch leaves it, a repeated RunSubmitted's run only if
+# its status moved.
 _ROWS = f"""CALL {{
   UNWIND $new_dead_letters AS row
   OPTIONAL MATCH (r:Run {{id: row[1][0]}})
@@ -119,8 +121,10 @@ CALL {{
     r.stage_attempts = coalesce(row[{_ATTEMPTS}], [n IN row[{_NAMES}] | 0]),
     {", ".join(f"r.{f} = row[{_NEW}][{i}]" for i, f in enumerate(RUN_CREATED))}
   WITH r, row, r.seq = row[{_NEW}][{RUN_CREATED.index("seq")}] AS fresh
+  WITH r, row, fresh, CASE WHEN fresh THEN null ELSE r.status END AS before
   {_stages("fresh")}
   {_SET_RUN}
+  RETURN collect(CASE WHEN fresh OR before <> r.status THEN [before, r.status] END) AS born
 }}
 CALL {{
   UNWIND $runs AS row
@@ -128,10 +132,11 @@ CALL {{
   WITH r, row, r.status AS before
   {_SET_RUN}
   {_stages("false")}
-  RETURN collect(CASE WHEN before <> r.status THEN [before, r.status] END) AS moves
+  RETURN collect(CASE WHEN before <> r.status THEN [before, r.status] END) AS moved
 }}
+WITH c, born + moved AS moves
 MERGE (n:Counts {{name: 'runs'}})
-SET {", ".join(_count(i, s) for i, s in enumerate(RunStatus))}"""
+SET {", ".join(_count(s) for s in RunStatus)}"""
 
 
 def _stage_rows(stages: list[StageChange]) -> tuple[dict[str, Any], list[str], Any]:
@@ -183,7 +188,6 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
         "dead_letters": dead_letters,
         "new_runs": new_runs,
         "runs": runs,
-        "counts": [changes.counts.get(status, 0) for status in RunStatus],
     }
 
 
