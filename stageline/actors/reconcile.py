@@ -1,8 +1,8 @@
 """Re-drives runs that stopped moving, so no run waits forever for a lost command.
 
 A run can be left without any command in flight: a crash or broker outage
-between an append and the publish that should follow it (submit, retry, a
-hand-off after clash rounds ran out). The reconciler looks for runs that are
+between an append and the publish that should follow it (submit, a delayed
+retry, a hand-off decided after a clash, any hand-off with a separate broker). The reconciler looks for runs that are
 not finished and have had no new event for a while, and nudges each: it sends
 a command for the run's current stage at a deliberately stale version, so the
 worker's start append clashes and ``decide_start`` picks what to do from the

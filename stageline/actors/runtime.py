@@ -9,7 +9,9 @@ and the command decided like a start that clashed (when it is still to run,
 it starts again, marked). A failed attempt is retried later through the
 durable scheduler, never slept on; when retries are spent the stage's effects
 are compensated and its fallback applies. The batch's entries are acknowledged
-in the step that hands its runs on. What each attempt records is planned by
+in the step that hands its runs on: with an outbox (the channels on the store's
+server), a result's own append hands its run on and acknowledges its command;
+what is left goes in one step at the end of the batch. What each attempt records is planned by
 the pure functions of ``stageline.actors.attempt``; this module does the I/O.
 """
 
@@ -57,7 +59,7 @@ from stageline.actors.stage import ActorRegistry, StageContext, StageResult
 from stageline.errors import ConcurrencyError, InvalidArgument, StagelineError
 from stageline.events import keys
 from stageline.events.envelope import NewEvent
-from stageline.events.store import AppendRequest, EventStore
+from stageline.events.store import AppendRequest, EventStore, Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -74,8 +76,13 @@ _Start = tuple[StageCommand, Pipeline, StageSpec, Begin]
 class _Batch:
     """What one batch leaves behind to send once its appends are done."""
 
+    actor: str = ""
     forwards: list[tuple[str, StageCommand]] = field(default_factory=list)
     deferred: list[tuple[float, str, bytes]] = field(default_factory=list)
+    entries: dict[int, bytes] = field(default_factory=dict)
+    """``id()`` of each command -> its entry on the actor's channel."""
+    acked: set[bytes] = field(default_factory=set)
+    """Entries acknowledged by the append that recorded their result."""
 
 
 class StageRuntime:
@@ -90,7 +97,12 @@ class StageRuntime:
         clock: Callable[[], float] = time.time,
         abandon_grace: float = ABANDON_GRACE_SECONDS,
         max_abandoned: int | None = 5,
+        outbox: bool = False,
     ) -> None:
+        """``outbox``: the store can write the bus's channels in its appends (a Redis store on
+        the broker's server), so a result's append hands its run on and acknowledges its
+        command in the same atomic step, and the batch needs no round trip of its own for it.
+        """
         self.store = store
         self.catalog = catalog
         self.actors = actors
@@ -99,6 +111,7 @@ class StageRuntime:
         self.clock = clock
         self.abandon_grace = abandon_grace
         self.max_abandoned = max_abandoned
+        self.outbox = outbox
 
     async def handle(
         self,
@@ -116,7 +129,8 @@ class StageRuntime:
         start before running it, so a command that kills its workers is
         abandoned and given up like any lost attempt.
         """
-        out = _Batch()
+        entries = dict(zip(map(id, batch), ack, strict=True)) if self.outbox and ack else {}
+        out = _Batch(actor, entries=entries)
         # the actor's state (e.g. the ontology) first: failing to load it records nothing
         states: dict[str, Any] = {}
         if self.actors.has_state(actor):
@@ -132,7 +146,8 @@ class StageRuntime:
             # to begin are started with a marker this time, and run again
             todo, attempts = await self._decide_start(actor, moved, out)
             attempts += await self._start(actor, todo, out)
-        await self.bus.publish(out.forwards, scheduled=out.deferred, ack=(actor, ack))
+        unacked = [e for e in ack if e not in out.acked] if out.acked else ack
+        await self.bus.publish(out.forwards, scheduled=out.deferred, ack=(actor, unacked))
 
     # -- start ------------------------------------------------------------------
 
@@ -348,20 +363,20 @@ class StageRuntime:
         for _ in range(_MAX_ROUNDS):
             if not todo:
                 return moved
-            results = await self.store.append_batch(
-                [
-                    AppendRequest(
-                        a.command.workspace,
-                        keys.run_stream(a.command.run_id),
-                        a.opening + a.events,
-                        version,
-                    )
-                    for a, version in todo
-                ]
-            )
+            requests = [
+                AppendRequest(
+                    a.command.workspace,
+                    keys.run_stream(a.command.run_id),
+                    a.opening + a.events,
+                    version,
+                    self._outbox(a, version, out),
+                )
+                for a, version in todo
+            ]
+            results = await self.store.append_batch(requests)
             clashed: list[Attempt] = []
             unstorable: list[tuple[Attempt, int]] = []
-            for (a, version), result in zip(todo, results, strict=True):
+            for (a, version), request, result in zip(todo, requests, results, strict=True):
                 if isinstance(result, ConcurrencyError):
                     if a.opening:  # never started: its result describes nothing recorded
                         moved.append((a.command, a.pipeline, a.spec))
@@ -374,6 +389,11 @@ class StageRuntime:
                     unstorable.append((a, version))
                 elif isinstance(result, Exception):
                     raise result
+                elif request.outbox is not None and result.version == version + len(
+                    request.events
+                ):  # every event new, so the outbox was written (see append.lua)
+                    if request.outbox.ack is not None:
+                        out.acked.add(request.outbox.ack[2])
                 else:
                     self._follow_up(a, result.version, out)
             todo = []
@@ -390,6 +410,23 @@ class StageRuntime:
         for a, _ in todo:
             log.warning("stage.finish_unsettled", **_context(a.command), attempt=a.attempt)
         return moved
+
+    def _outbox(self, a: Attempt, version: int, out: _Batch) -> Outbox | None:
+        """What the append of ``a``'s result at ``version`` writes with it when every event
+        is new: the command handing its run on, and the acknowledgement of its own. None when
+        the store cannot, or when the attempt's follow-up waits in the scheduler."""
+        entry = out.entries.get(id(a.command))
+        if entry is None or version < 0:
+            return None
+        follow = _Batch()
+        self._follow_up(a, version + len(a.opening) + len(a.events), follow)
+        if follow.deferred:
+            return None
+        return Outbox(
+            [(keys.stage_channel(n), commands.encode(c)) for n, c in follow.forwards],
+            maxlen=self.bus.maxlen,
+            ack=(keys.stage_channel(out.actor), keys.stage_group(out.actor), entry),
+        )
 
     def _follow_up(self, a: Attempt, version: int, out: _Batch) -> None:
         c = a.command

@@ -10,7 +10,7 @@ from stageline.events.envelope import (
     new_event,
     registry,
 )
-from stageline.events.store import AppendRequest, AppendResult, EventStore
+from stageline.events.store import AppendRequest, AppendResult, EventStore, Outbox
 
 __all__ = [
     "ANY",
@@ -21,6 +21,7 @@ __all__ = [
     "EventRegistry",
     "EventStore",
     "NewEvent",
+    "Outbox",
     "RecordedEvent",
     "new_event",
     "registry",

@@ -1,9 +1,14 @@
 -- Atomic appends of events to streams of one workspace and to its log, one after another.
 -- KEYS[1] workspace log (Redis Stream, entry ids 0-<position>)
 -- KEYS[1 + r] stream hash of request r: n = length, <version> = log position, i:<event id> = version
--- ARGV, per request in order: stream name, expected version (-2 any, -1 no stream, >= 0 exact),
---   event count k, then k times: 'i:' .. event id (16 bytes), stored blob
--- Each request sees the ones before it. Returns one flat array, per request in order:
+-- KEYS[R + 1 + j] the streams outboxes write to, j = 1.. (R = ARGV[1], the number of requests)
+-- ARGV[1] R, then per request in order: stream name, expected version (-2 any, -1 no stream,
+--   >= 0 exact), event count k, then k times: 'i:' .. event id (16 bytes), stored blob; then
+--   its outbox: m entries to add (0 for none), [maxlen, m times: j, payload], and the j of a
+--   stream to acknowledge an entry of (0 for none), [group, entry id].
+-- Each request sees the ones before it. A request whose events are all new (status 1) also
+-- writes its outbox: the entries (field __data__, the stream trimmed to maxlen of acknowledged
+-- entries), then the acknowledgement. Returns one flat array, per request in order:
 --   0, actual version: a version clash (nothing of that request written);
 --   1, last version, first position: every event new (versions and positions run on by one);
 --   2 (every event known) or 3 (some), version, then k times version, position in input order.
@@ -12,7 +17,8 @@ local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 local o = 0
-local a = 1
+local R = tonumber(ARGV[1])
+local a = 2
 -- the log position of the entry this call added last: 0-* entries run on by one
 local p = nil
 local function add(stream, version, blob)
@@ -24,13 +30,34 @@ local function add(stream, version, blob)
   end
   return p
 end
-for r = 2, #KEYS do
+-- the outbox of the request whose arguments end before ARGV[at]; returns where the next begins
+local function outbox(at, write)
+  local m = tonumber(ARGV[at])
+  local i = at + 1
+  if m > 0 then
+    local maxlen = ARGV[i]
+    i = i + 1
+    for _ = 1, m do
+      if write then
+        redis.call('XADD', KEYS[R + 1 + tonumber(ARGV[i])], 'MAXLEN', '=', maxlen, 'ACKED', '*',
+                   '__data__', ARGV[i + 1])
+      end
+      i = i + 2
+    end
+  end
+  local acked = tonumber(ARGV[i])
+  if acked == 0 then return i + 1 end
+  if write then redis.call('XACK', KEYS[R + 1 + acked], ARGV[i + 1], ARGV[i + 2]) end
+  return i + 3
+end
+for r = 2, R + 1 do
   local key = KEYS[r]
   local stream = ARGV[a]
   local expected = tonumber(ARGV[a + 1])
   local first = a + 3
   local last = a + 1 + 2 * tonumber(ARGV[a + 2])
-  a = last + 2
+  local tail = last + 2
+  a = outbox(tail, false)
   local got
   if expected == -1 and not redis.call('HGET', key, 'n') then
     -- a stream without events holds no event id either
@@ -71,6 +98,7 @@ for r = 2, #KEYS do
       end
       redis.call('HSET', key, unpack(index))
     end
+    outbox(tail, true)
     out[o + 1] = 1
     out[o + 2] = n - 1
     out[o + 3] = p - fresh + 1

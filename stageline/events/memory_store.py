@@ -100,6 +100,10 @@ class MemoryEventStore:
     ) -> list[AppendResult | Exception]:
         out: list[AppendResult | Exception] = []
         for request in requests:
+            if request.outbox is not None:
+                # the caller's mistake, not bad input: it must not pass for a refused event
+                out.append(TypeError("the memory store takes no outbox"))
+                continue
             try:
                 out.append(
                     await self.append(

@@ -19,6 +19,7 @@ from stageline.events.store import (
     MAX_EVENTS_PER_APPEND,
     AppendRequest,
     AppendResult,
+    Outbox,
     check_request,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "RedisEventStore",
     "connect",
     "retry_policy",
+    "same_server",
 ]
 
 _PAGE = 1000
@@ -67,6 +69,18 @@ def connect(url: str) -> aioredis.Redis:
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
         retry=retry_policy(),
     )
+
+
+def same_server(a: aioredis.Redis, b: aioredis.Redis) -> bool:
+    """Whether two clients reach the same server and database as the same user, so one
+    script can write for both."""
+
+    def where(client: aioredis.Redis) -> tuple[Any, ...]:
+        kw = client.connection_pool.connection_kwargs
+        at = kw.get("path"), kw.get("host"), kw.get("port", 6379), int(kw.get("db") or 0)
+        return *at, kw.get("username")
+
+    return where(a) == where(b)
 
 
 def _script(name: str) -> str:
@@ -110,7 +124,9 @@ class _Call:
     Python, and an append has two arguments per event.
     """
 
-    __slots__ = ("args", "count", "events", "indexes", "keys", "requests", "size", "workspace")
+    __slots__ = (
+        "args", "count", "events", "indexes", "keys", "outboxes", "requests", "size", "workspace",
+    )  # fmt: skip
 
     def __init__(self, workspace: str) -> None:
         """Raises ``InvalidArgument`` for a bad workspace name."""
@@ -121,6 +137,7 @@ class _Call:
         self.count = 0  # of ARGV
         self.requests: list[AppendRequest] = []
         self.indexes: list[int] = []  # of each request in its batch
+        self.outboxes: dict[str, int] = {}  # the streams outboxes write to -> their j
         self.events = 0
         self.size = 0
 
@@ -145,24 +162,50 @@ class _Call:
                 args.append(
                     b"$18\r\ni:%b\r\n$%d\r\n%b\r\n" % (event.event_id.bytes, len(blob), blob)
                 )
+            tail, extra = self._outbox(request.outbox)
         except BaseException:
             del args[added:]
             raise
+        args.append(tail)
         self.keys.append(_bulk(keys.stream_key(self.workspace, request.stream).encode()))
-        self.count += 3 + 2 * len(events)
+        self.count += 3 + 2 * len(events) + extra
         self.requests.append(request)
         self.indexes.append(index)
         self.events += len(events)
-        self.size += size
+        self.size += size + len(tail)
+
+    def _outbox(self, outbox: Outbox | None) -> tuple[bytes, int]:
+        """A request's outbox arguments (see append.lua), packed, and how many there are."""
+        if outbox is None:
+            return b"$1\r\n0\r\n$1\r\n0\r\n", 2
+        slots = self.outboxes
+        out = [_bulk(b"%d" % len(outbox.entries))]
+        if outbox.entries:
+            out.append(_bulk(b"%d" % outbox.maxlen))
+            for key, payload in outbox.entries:
+                out += (_bulk(b"%d" % slots.setdefault(key, len(slots) + 1)), _bulk(payload))
+        if outbox.ack is None:
+            out.append(_bulk(b"0"))
+        else:
+            key, group, entry_id = outbox.ack
+            out += (
+                _bulk(b"%d" % slots.setdefault(key, len(slots) + 1)),
+                _bulk(group.encode()),
+                _bulk(entry_id),
+            )
+        return b"".join(out), len(out)
 
     def pack(self, sha: str) -> bytes:
-        nkeys = len(self.keys)
+        extra = [_bulk(key.encode()) for key in self.outboxes]
+        nkeys = len(self.keys) + len(extra)
         return b"".join(
             [
-                b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + nkeys + self.count),
+                b"*%d\r\n$7\r\nEVALSHA\r\n" % (4 + nkeys + self.count),
                 _bulk(sha.encode()),
                 _bulk(b"%d" % nkeys),
                 *self.keys,
+                *extra,
+                _bulk(b"%d" % len(self.requests)),
                 *self.args,
             ]
         )

@@ -15,11 +15,27 @@ MAX_EVENTS_PER_APPEND = 1000
 """Largest append any store takes (the Redis script unpacks 4 hash fields per event)."""
 
 
+class Outbox(msgspec.Struct, frozen=True):
+    """What an append also writes, in the same atomic step, when every one of its events is
+    new: entries added to other streams of the store's server (a transactional outbox), and
+    one entry of a consumer group acknowledged. An append that clashes or repeats one that
+    landed writes none of it."""
+
+    entries: Sequence[tuple[str, bytes]] = ()
+    """``(stream key, payload)``: each added as its ``__data__`` field."""
+    maxlen: int = 10_000
+    """Each stream is trimmed to this many entries, of those every group acknowledged."""
+    ack: tuple[str, str, bytes] | None = None
+    """``(stream key, group, entry id)``."""
+
+
 class AppendRequest(msgspec.Struct, frozen=True):
     workspace: str
     stream: str
     events: Sequence[NewEvent]
     expected_version: int = ANY
+    outbox: Outbox | None = None
+    """Only the Redis store takes one (its streams are on the same server)."""
 
 
 class AppendResult(msgspec.Struct, frozen=True):

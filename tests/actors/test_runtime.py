@@ -87,7 +87,7 @@ class Setup:
         return [commands.decode(fields[b"__data__"]) for _, fields in entries]
 
     async def close(self) -> None:
-        await self.broker.delete(keys.stage_channel(self.coro))
+        await self.broker.delete(keys.stage_channel(self.coro), keys.stage_channel(self.plain))
         await self.worker.client.aclose()
 
 
@@ -116,6 +116,72 @@ async def test_plain_stage_records_its_start_with_its_result_in_one_append(
         "RunSubmitted", "StageStarted", "StageCompleted", "StageStarted", "StageCompleted",
         "RunCompleted",
     ]  # fmt: skip
+
+
+class Publishes:
+    """The bus's ``publish`` calls: forwards (by index), scheduled count, acknowledged ids."""
+
+    def __init__(self, bus: CommandBus) -> None:
+        self.calls: list[tuple[list[int], int, list[bytes]]] = []
+        publish = bus.publish
+
+        async def spy(items: Any, *, scheduled: Any = (), ack: Any = None) -> None:
+            self.calls.append(([c.index for _, c in items], len(scheduled), list(ack[1])))
+            await publish(items, scheduled=scheduled, ack=ack)
+
+        bus.publish = spy  # type: ignore[method-assign]
+
+
+async def read_entries(setup: Setup, copies: int = 1) -> tuple[list[StageCommand], list[bytes]]:
+    """The plain stage's channel read by its group, the submitter's command on it ``copies``
+    times: the commands and their entry ids."""
+    channel, group = keys.stage_channel(setup.plain), keys.stage_group(setup.plain)
+    await setup.worker.bus.ensure_groups([setup.plain])  # at 0: the submitter's entry too
+    [(_, submitted)] = await setup.broker.xrange(channel)
+    for _ in range(copies - 1):
+        await setup.broker.xadd(channel, submitted)
+    [(_, entries)] = await setup.broker.xreadgroup(group, "t", {channel: ">"})
+    assert len(entries) == copies
+    return [commands.decode(f[b"__data__"]) for _, f in entries], [e for e, _ in entries]
+
+
+async def pending(setup: Setup) -> int:
+    channel, group = keys.stage_channel(setup.plain), keys.stage_group(setup.plain)
+    return int((await setup.broker.xpending(channel, group))["pending"])
+
+
+async def test_a_result_append_hands_the_run_on_and_acknowledges_its_command(
+    setup: Setup, workspace: str
+) -> None:
+    await setup.submit(workspace)
+    batch, entries = await read_entries(setup)
+    published = Publishes(setup.worker.runtime.bus)
+
+    await setup.worker.runtime.handle(setup.plain, batch, ack=entries)
+
+    assert setup.worker.runtime.outbox  # the channels are on the store's server
+    assert setup.store.calls == [[["StageStarted", "StageCompleted"]]]
+    [next_command] = await setup.handed_on()
+    assert (next_command.index, next_command.version) == (1, 2)
+    assert await pending(setup) == 0
+    assert published.calls == [([], 0, [])]  # nothing left to send: no round trip
+
+
+async def test_a_command_whose_append_lost_is_acknowledged_once_decided(
+    setup: Setup, workspace: str
+) -> None:
+    await setup.submit(workspace)
+    batch, entries = await read_entries(setup, copies=2)  # delivered twice, in one batch
+    published = Publishes(setup.worker.runtime.bus)
+
+    await setup.worker.runtime.handle(setup.plain, batch, ack=entries)
+
+    # one append wins, hands on and acknowledges its entry; the other clashes and is decided
+    # (its stage is done: hand on again, as a lost hand-off would need), then sent and
+    # acknowledged with the batch's last step
+    assert [c.version for c in await setup.handed_on()] == [2, 2]
+    assert published.calls == [([1], 0, entries[1:])]
+    assert await pending(setup) == 0
 
 
 async def test_redelivered_command_records_its_start_before_it_runs(

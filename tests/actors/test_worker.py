@@ -22,7 +22,7 @@ from stageline.actors.events import StageStarted
 from stageline.actors.pipeline import MEMORY_INGEST, Pipeline, PipelineCatalog, StageSpec
 from stageline.actors.stage import ActorRegistry, StageContext, StageResult
 from stageline.actors.submit import Submitter
-from stageline.actors.worker import Worker, WorkerConfig
+from stageline.actors.worker import Worker, WorkerConfig, _StreamSub
 from stageline.errors import Conflict
 from stageline.events import keys
 from stageline.events.envelope import new_event
@@ -301,3 +301,15 @@ def test_command_wire_format_round_trips() -> None:
         item={"a": [1]},
     )
     assert commands.decode(commands.encode(command)) == command
+
+
+def test_a_subscription_is_read_as_it_is_without_a_prefix() -> None:
+    # FastStream adds the broker's prefix to a subscription for every read, by copying it
+    sub = _StreamSub("stageline:actor:a", group="g", consumer="c", batch=True)
+    assert sub.add_prefix("") is sub
+    prefixed = sub.add_prefix("p:")
+    assert (prefixed.name, prefixed.group, sub.name) == (
+        "p:stageline:actor:a",
+        "g",
+        "stageline:actor:a",
+    )

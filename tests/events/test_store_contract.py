@@ -33,8 +33,8 @@ from stageline.events import (
     registry,
 )
 from stageline.events.memory_store import MemoryEventStore
-from stageline.events.redis_store import RedisEventStore
-from stageline.events.store import MAX_EVENTS_PER_APPEND
+from stageline.events.redis_store import RedisEventStore, connect, same_server
+from stageline.events.store import MAX_EVENTS_PER_APPEND, Outbox
 
 PEERS = 20
 
@@ -881,3 +881,56 @@ async def test_both_stores_record_identical_events(
     from_redis = [comparable(e) for e in await redis_store.read_log(workspace)]
     assert len(from_memory) == 3
     assert from_memory == from_redis
+
+
+async def test_an_outbox_is_written_with_an_append_whose_events_are_all_new(
+    redis_store: RedisEventStore, workspace: str
+) -> None:
+    channel, other, group = f"ob-{workspace}", f"ob2-{workspace}", "g"
+    client = redis_store.client
+    await client.xgroup_create(channel, group, id="0", mkstream=True)
+    await client.xadd(channel, {"__data__": b"cmd"})
+    [(_, [(entry, _)])] = await client.xreadgroup(group, "c", {channel: ">"}, count=1)
+    outbox = Outbox([(other, b"next"), (channel, b"again")], ack=(channel, group, entry))
+    first = [NewEvent(type="A", data={})]
+
+    # a clash writes nothing of it
+    clash = AppendRequest(workspace, "s", first, 3, outbox)
+    [refused] = await redis_store.append_batch([clash])
+    assert isinstance(refused, ConcurrencyError)
+    assert await client.xlen(other) == 0
+    assert (await client.xpending(channel, group))["pending"] == 1
+
+    request = AppendRequest(workspace, "s", first, NO_STREAM, outbox)
+    plain = AppendRequest(workspace, "t", [NewEvent(type="B", data={})], NO_STREAM)
+    [done, alongside] = await redis_store.append_batch([request, plain])
+    assert isinstance(done, AppendResult) and isinstance(alongside, AppendResult)
+    assert (done.version, alongside.version) == (0, 0)
+    assert [f[b"__data__"] for _, f in await client.xrange(other)] == [b"next"]
+    assert [f[b"__data__"] for _, f in await client.xrange(channel)] == [b"cmd", b"again"]
+    assert (await client.xpending(channel, group))["pending"] == 0
+
+    # a retry of the append that landed writes it no second time
+    [again] = await redis_store.append_batch([request])
+    assert isinstance(again, AppendResult) and again.deduplicated
+    assert await client.xlen(other) == 1
+    await client.delete(channel, other)
+
+
+async def test_the_memory_store_refuses_an_outbox(workspace: str) -> None:
+    store = MemoryEventStore()
+    request = AppendRequest(workspace, "s", [NewEvent(type="A", data={})], NO_STREAM, Outbox())
+    [refused] = await store.append_batch([request])
+    assert isinstance(refused, TypeError)
+    assert await store.read_log(workspace) == []
+
+
+def test_same_server_means_same_address_database_and_user() -> None:
+    def same(a: str, b: str) -> bool:
+        return same_server(connect(a), connect(b))
+
+    assert same("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/0")
+    assert same("unix:///tmp/s.sock", "unix:///tmp/s.sock")
+    assert not same("unix:///tmp/s.sock", "unix:///tmp/t.sock")
+    assert not same("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/1")
+    assert not same("redis://u:p@127.0.0.1:6379", "redis://127.0.0.1:6379")
