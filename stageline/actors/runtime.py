@@ -11,8 +11,9 @@ durable scheduler, never slept on; when retries are spent the stage's effects
 are compensated and its fallback applies. The batch's entries are acknowledged
 in the step that hands its runs on: with an outbox (the channels on the store's
 server), a result's own append hands its run on and acknowledges its command;
-what is left goes in one step at the end of the batch. What each attempt records is planned by
-the pure functions of ``stageline.actors.attempt``; this module does the I/O.
+what is left goes in one step at the end of the batch. What each attempt
+records is planned by the pure functions of ``stageline.actors.attempt``; this
+module does the I/O.
 """
 
 from __future__ import annotations
