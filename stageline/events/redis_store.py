@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -99,6 +100,12 @@ BYTES_PER_CALL = 4 << 20
 
 _FIELDS = [b"s", b"v", b"t", b"e"]
 """A log entry's fields: stream, version, recorded time (ms), the encoded event."""
+
+
+def _in_order(fields: list[bytes]) -> list[bytes]:
+    """A log entry's fields in ``_FIELDS`` order, whatever order they came in."""
+    named = dict(zip(fields[0::2], fields[1::2], strict=True))
+    return [x for k in _FIELDS for x in (k, named[k])]
 
 
 def _as_sent(response: Any, **options: Any) -> Any:
@@ -409,22 +416,37 @@ class RedisEventStore:
     # -- reads ------------------------------------------------------------------
 
     @staticmethod
-    def _decode(workspace: str, entry: Any) -> RecordedEvent:
-        """A log entry as the server sends it: ``[id, [b"s", stream, b"v", version, ...]]``."""
-        entry_id, fields = entry
-        if fields[0::2] == _FIELDS:  # as append.lua writes them
-            _, stream, _, version, _, recorded, _, blob = fields
-        else:
-            named = dict(zip(fields[0::2], fields[1::2], strict=True))
-            stream, version, recorded, blob = (named[k] for k in _FIELDS)
-        return codec.decode(
-            blob,
-            workspace=workspace,
-            stream=stream.decode(),
-            version=int(version),
-            position=int(entry_id[2:]),  # ids are 0-<position>
-            recorded_ms=int(recorded),
-        )
+    def _decode(workspace: str, entries: Sequence[Any]) -> list[RecordedEvent]:
+        """Log entries as the server sends them: ``[id, [b"s", stream, b"v", version, ...]]``.
+
+        Their events are decoded by one call, and the entries recorded in the same
+        millisecond (most of a busy log's) share one ``recorded_at``.
+        """
+        rows = [f if f[0::2] == _FIELDS else _in_order(f) for _, f in entries]
+        stored = codec.decode_many([f[7] for f in rows])
+        out = []
+        times: dict[bytes, datetime] = {}
+        for (entry_id, _), f, s in zip(entries, rows, stored, strict=True):
+            recorded_at = times.get(f[5])
+            if recorded_at is None:
+                recorded_at = times[f[5]] = datetime.fromtimestamp(int(f[5]) / 1000, UTC)
+            out.append(
+                RecordedEvent(
+                    event_id=s.event_id,
+                    type=s.type,
+                    schema_version=s.schema_version,
+                    stream=f[1].decode(),
+                    version=int(f[3]),
+                    position=int(entry_id[2:]),  # ids are 0-<position>
+                    workspace=workspace,
+                    occurred_at=s.occurred_at,
+                    recorded_at=recorded_at,
+                    correlation_id=s.correlation_id,
+                    causation_id=s.causation_id,
+                    data=s.data,
+                )
+            )
+        return out
 
     async def read_stream(
         self,
@@ -445,7 +467,7 @@ class RedisEventStore:
         while limit is None or len(out) < limit:
             count = _PAGE if limit is None else min(_PAGE, limit - len(out))
             reply = await self._read(keys=script_keys, args=[first, count, 1 if backwards else 0])
-            page = [self._decode(workspace, e) for e in reply[1:]]
+            page = self._decode(workspace, reply[1:])
             out.extend(page)
             if len(page) < count:
                 break
@@ -464,7 +486,7 @@ class RedisEventStore:
         entries: Any = await self._entries.xrange(
             keys.log_key(workspace), min=f"(0-{max(after, 0)}", max="+", count=limit
         )
-        return [self._decode(workspace, e) for e in entries]
+        return self._decode(workspace, entries)
 
     async def tail(
         self, after: Mapping[str, int], *, limit: int = 1000, block_ms: int = 1000
@@ -484,7 +506,7 @@ class RedisEventStore:
         # a map of log key to entries (RESP3), or a list of [key, entries] pairs (RESP2)
         for key, entries in reply.items() if isinstance(reply, dict) else reply:
             ws = workspaces[key]
-            out[ws] = [self._decode(ws, e) for e in entries]
+            out[ws] = self._decode(ws, entries)
         return out
 
     async def head(self, workspace: str) -> int:

@@ -29,6 +29,8 @@ from stageline.events import (
     EventStore,
     NewEvent,
     RecordedEvent,
+    codec,
+    keys,
     new_event,
     registry,
 )
@@ -881,6 +883,30 @@ async def test_both_stores_record_identical_events(
     from_redis = [comparable(e) for e in await redis_store.read_log(workspace)]
     assert len(from_memory) == 3
     assert from_memory == from_redis
+
+
+async def test_a_log_entry_reads_whatever_the_order_of_its_fields(
+    redis_store: RedisEventStore, workspace: str
+) -> None:
+    events = [NewEvent(type="A", data={"n": n}) for n in range(3)]
+    await redis_store.append(workspace, "s", events[:2], NO_STREAM)
+    # an entry written with its fields in another order, between two the script wrote
+    blob = codec.encode(events[2])
+    fields = {"e": blob, "t": "1700000000123", "v": "0", "s": "other"}
+    await redis_store.client.xadd(keys.log_key(workspace), fields, id="0-3")
+    await redis_store.append(workspace, "s", [NewEvent(type="B", data={})], 1)
+
+    log = await redis_store.read_log(workspace)
+    assert [(e.type, e.stream, e.version, e.position) for e in log] == [
+        ("A", "s", 0, 1),
+        ("A", "s", 1, 2),
+        ("A", "other", 0, 3),
+        ("B", "s", 2, 4),
+    ]
+    assert log[2].event_id == events[2].event_id and log[2].data == {"n": 2}
+    assert log[2].recorded_at == datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)
+    assert log[0].recorded_at == log[1].recorded_at  # one append, one time
+    assert log[1].recorded_at <= log[3].recorded_at
 
 
 async def test_an_outbox_is_written_with_an_append_whose_events_are_all_new(

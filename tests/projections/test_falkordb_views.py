@@ -180,6 +180,10 @@ def test_cypher_params_use_json_only_where_cypher_reads_it_the_same() -> None:
         'CYPHER m={`stage.a-1.x`:["v",":b","c"]} '
     )
     assert cypher_params({"m": {":k": 1, "k": ["a,", ":b"]}}) == 'CYPHER m={`:k`:1,k:["a,",":b"]} '
+    # nor a string starting with ':' as a value, beside keys ending as what may precede one
+    assert cypher_params({"m": {"k": ":", "j:": 2, "[": [{"a,": "{"}]}}) == (
+        'CYPHER m={k:":",`j:`:2,`[`:[{`a,`:"{"}]} '
+    )
     # Cypher has no \u escapes: strings JSON would escape so take it too
     assert cypher_params({"s": "a\x01"}) == 'CYPHER s="a\x01" '
 
@@ -192,6 +196,7 @@ async def test_maps_in_parameters_reach_the_server_as_sent(
         {"k": 'x\\":', "l": ["a\\", {"in": '"'}], "e": ""},
         {"weird key": 1, "ok": "é", "stage.a-b.c": ["v", ":b", ","], "1x": {":": "x"}},
         {"k": "a\x01", "z": "🎉"},
+        {"k": ":", "j:": 2, "[": [{"a,": "{", "b": ":x"}], "stage.a.b": [":", "a"]},
     ]
     graph = views.db.select_graph(graph_name(workspace))
     for value in sent:
