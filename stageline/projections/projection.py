@@ -8,11 +8,12 @@ query's parameters, which the FalkorDB adapter sends.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from stageline.events import RecordedEvent
 from stageline.projections.changes import Changes
+from stageline.projections.cypher_params import cypher_params
 
 __all__ = ["GraphWriter", "Projection", "Write"]
 
@@ -72,10 +73,25 @@ class Projection(Generic[C]):
     writer: GraphWriter[C]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Write:
     """One projection's changes to write, guarded by the checkpoint the writer ``expected``."""
 
     projection: Projection[Any]
     changes: Changes
     expected: int
+    _query: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def query(self) -> str:
+        """The query writing the changes, its parameters in its header; built once (a replay
+        builds the next batch's while the server writes the one before)."""
+        if self._query is None:
+            changes = self.changes
+            text, rows = self.projection.writer.query(changes, self.expected)
+            params: dict[str, Any] = {
+                "projection": self.projection.name,
+                "expected": self.expected,
+                "position": changes.position,
+            }
+            self._query = cypher_params(params | rows) + text
+        return self._query

@@ -408,8 +408,8 @@ class Projector:
 
         Python decodes and folds while the server reads and writes: the next
         ``READ_AHEAD`` batches are read by position ahead of the fold (the log's
-        positions follow one another), and the next batch is folded while the one
-        before is written, expecting that write to land. Writes go one at a time,
+        positions follow one another), and the next batch is folded, and its query
+        built, while the one before is written, expecting that write to land. Writes go one at a time,
         each guarded by the checkpoint the one before leaves; once one is refused
         (another writer moved a checkpoint) the replay goes on from the stored
         checkpoints.
@@ -441,6 +441,8 @@ class Projector:
                             reads.clear()
                             after = last
                         batch = self._fold(workspace, events, ahead, projections)
+                        for write in batch:
+                            write.query()  # built now, while the server writes the one before
                         ahead.update((w.projection.name, w.changes.position) for w in batch)
                         folded = batch or None
                     if writing is None:

@@ -42,7 +42,7 @@ from stageline.projections import (
     connect,
 )
 from stageline.projections._cypher import run_status as qr
-from stageline.projections.falkordb_views import cypher_params
+from stageline.projections.cypher_params import cypher_params
 from stageline.projections.run_status import fold
 
 NO_RUNS = {
