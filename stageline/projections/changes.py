@@ -67,6 +67,10 @@ class RunChange:
     without knowing where it stood before: a run that has ended stays ended
     until an event that reopens it (``RunRetried``), as the runtime sees it.
     """
+    new: bool = False
+    """The batch holds the first event of the run's stream (its ``RunSubmitted`` at
+    version 0): no batch before wrote the run, so no ``None`` in ``fields`` has anything
+    to remove."""
 
 
 @dataclass(slots=True)

@@ -149,6 +149,7 @@ def _run_submitted(
     if run.created is not None:
         return  # a second RunSubmitted for the same run: the first one stands
     run.created = created
+    run.new = e.version == 0
     for index, name in stages:
         b.stage(run_id, name, index).created = {"status": StageStatus.PENDING}
 

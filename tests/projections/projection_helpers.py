@@ -228,15 +228,27 @@ def interleave(lives: list[Lifecycle], seed: int = 7) -> list[tuple[str, NewEven
     return out
 
 
-def as_recorded(pairs: list[tuple[str, NewEvent]], first_position: int = 1) -> list[RecordedEvent]:
-    """Number (stream, event) pairs as consecutive log positions, as a store would, without one."""
+def as_recorded(
+    pairs: list[tuple[str, NewEvent]],
+    first_position: int = 1,
+    after: Sequence[RecordedEvent] = (),
+) -> list[RecordedEvent]:
+    """Number (stream, event) pairs as consecutive log positions and stream versions, as a
+    store would, without one; the versions of the streams of ``after`` go on from it."""
+    versions: Counter[str] = Counter()
+    for e in after:
+        versions[e.stream] = max(versions[e.stream], e.version + 1)
+    numbered = []
+    for stream, _ in pairs:
+        numbered.append(versions[stream])
+        versions[stream] += 1
     return [
         RecordedEvent(
             event_id=event.event_id,
             type=event.type,
             schema_version=event.schema_version,
             stream=stream,
-            version=0,
+            version=numbered[i],
             position=first_position + i,
             workspace="w",
             occurred_at=event.occurred_at,

@@ -455,6 +455,7 @@ async def test_a_repeated_submission_in_a_later_batch_keeps_the_run(
     later = as_recorded(
         [(life.stream, new_event(again, occurred_at=T0)), (life.stream, new_event(restart))],
         first_position=position + 1,
+        after=events,
     )
     await project(views, workspace, later, expected=position)
 
@@ -468,6 +469,8 @@ async def test_a_repeated_submission_in_a_later_batch_keeps_the_run(
         (STAGES[2], "completed", 1),
         ("late", "pending", 0),
     ]
+    # the restart clears what the first attempt left, though its batch holds a submission
+    assert (run["stages"][1]["ended_at"], run["stages"][1]["duration_ms"]) == (None, None)
     assert await counts_match_rows(views, workspace) == {"completed": 1}
 
 

@@ -39,7 +39,7 @@ def then(events: list[RecordedEvent], *payloads: Any) -> list[RecordedEvent]:
     """``payloads`` appended to the same run's stream after ``events``, 5 ms apart."""
     clock = Clock(events[-1].occurred_at)
     pairs = [(events[-1].stream, new_event(p, occurred_at=clock())) for p in payloads]
-    return as_recorded(pairs, first_position=events[-1].position + 1)
+    return as_recorded(pairs, first_position=events[-1].position + 1, after=events)
 
 
 def counts(*batches: list[RecordedEvent]) -> dict[str, int]:
@@ -272,6 +272,16 @@ def test_a_repeated_submission_in_a_later_batch_counts_the_run_once() -> None:
 
     assert counts(events, again) == {"completed": 1}
     assert counts(events[:1], again) == {"processing": 1}
+
+
+def test_a_run_is_new_to_the_view_only_from_the_first_event_of_its_stream() -> None:
+    # then nothing stored can need its nulls, and the writer leaves them out
+    events = of_run(lifecycle("r1", "completed", Clock()))
+    again = then(events, RunSubmitted(pipeline="p", pipeline_version=1, stages=["a"], input={}))
+
+    assert fold(events).runs["r1"].new
+    assert not fold(events[1:]).runs["r1"].new
+    assert not fold(again).runs["r1"].new
 
 
 def test_endings_after_an_ending_move_the_run_again() -> None:

@@ -15,7 +15,8 @@ The rows a batch is sent as:
 
 - run: ``[id, fields, status, stages, attempts, created]``: the fields the batch
   set, the run's (but its status) and its stages' (``stage.<name>.<field>``), a
-  null value removing the property; ``status`` null (unchanged), ``[value]`` or,
+  null value removing the property (left out for a run new to the view, whose
+  ``RunSubmitted`` opens its stream: it has nothing to remove); ``status`` null (unchanged), ``[value]`` or,
   when soft, ``[value, true]``; the names of the stages the batch changed (one the
   run does not hold yet is added), the attempts it added to each (null if none),
   and each one's created values but those the batch sets (null unless the batch
@@ -139,10 +140,17 @@ MERGE (n:Counts {{name: 'runs'}})
 SET {", ".join(_count(s) for s in RunStatus)}"""
 
 
-def _stage_rows(stages: list[StageChange]) -> tuple[dict[str, Any], list[str], Any]:
-    """A run's stages' fields (by property), their names, and the attempts each adds (None if
-    none does)."""
-    values = {_prefix(s.name) + f: v for s in stages for f, v in s.fields.items()}
+def _stage_rows(
+    stages: list[StageChange], nulls: bool = True
+) -> tuple[dict[str, Any], list[str], Any]:
+    """A run's stages' fields (by property; without those set to None unless ``nulls``),
+    their names, and the attempts each adds (None if none does)."""
+    values = {
+        _prefix(s.name) + f: v
+        for s in stages
+        for f, v in s.fields.items()
+        if nulls or v is not None
+    }
     attempts = [s.attempts for s in stages]
     return values, [s.name for s in stages], attempts if any(attempts) else None
 
@@ -156,9 +164,13 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
     runs: list[list[Any]] = []
     for run_id, run in changes.runs.items():
         stages = by_run.get(run_id, [])
-        values, names, attempts = _stage_rows(stages)
+        # a null only removes a property: a new run has none to remove
+        nulls = not run.new
+        values, names, attempts = _stage_rows(stages, nulls)
         status = run.fields.get("status")
-        values.update((k, v) for k, v in run.fields.items() if k != "status")
+        values.update(
+            (k, v) for k, v in run.fields.items() if k != "status" and (nulls or v is not None)
+        )
         if status is not None:
             status = [status, True] if run.soft else [status]
         row = [run_id, values, status, names, attempts]
