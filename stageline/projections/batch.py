@@ -39,27 +39,34 @@ def fold_into(changes: C, events: Iterable[RecordedEvent], handlers: Handlers[C]
     ``ValueError``, ``InvalidEvent``) is skipped and its position noted in
     ``changes.rejected``: one bad event must not stall a view forever.
     """
-    get, upcast = handlers.get, registry.upcast
+    upcast = registry.upcast
+    # per type: its handler, whether on run streams only, and the version its payload
+    # needs no upcasting from (an unregistered type's payload never does)
+    table = {
+        topic: (handler, on_run, cls.schema_version if (cls := registry.get(topic)) else 0)
+        for topic, (handler, on_run) in handlers.items()
+    }
+    get = table.get
     prefix = RUN_STREAM_PREFIX
     cut = len(prefix)
-    count, last = 0, None
-    for e in events:
-        count += 1
-        last = e
+    count, e = 0, None
+    for count, e in enumerate(events, 1):  # noqa: B007 (read after the loop)
         entry = get(e.type)
         if entry is None:
             continue
-        handler, on_run = entry
+        handler, on_run, current = entry
         key = e.stream
         if on_run:
             if not key.startswith(prefix):
                 continue
             key = key[cut:]
         try:
-            # upcast the raw dict: converting whole payloads we barely read would cost more
-            data = upcast(e.type, e.schema_version, e.data)
+            # the raw dict: converting whole payloads we barely read would cost more
+            data = e.data
+            if e.schema_version < current:
+                data = upcast(e.type, e.schema_version, data)
             handler(changes, key, int(e.occurred_at.timestamp() * 1000), e, data)
         except (KeyError, TypeError, ValueError, InvalidEvent):
             changes.rejected.append(e.position)
-    changes.events, changes.position = count, last.position if last is not None else 0
+    changes.events, changes.position = count, e.position if e is not None else 0
     return changes

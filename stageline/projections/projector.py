@@ -94,11 +94,13 @@ MAX_WRITING = 8
 """How many workspaces' batches ``Projector.run`` writes at once (each takes a connection)."""
 READ_AHEAD = 2
 """Batches a replay has read or is reading ahead of the one it folds."""
-REBUILD_BATCH = 10_000
+REBUILD_BATCH = 20_000
 """Events a rebuild folds into one write, unless asked for another size (at least the
 projector's batch). A live log interleaves the events of the runs in flight, and each batch
 holding a run writes it again: at 10,000 events a run is written about half as often as
-at 1,000, and a write takes ~0.1 s of the server's time."""
+at 1,000. On a 240k-event live-shaped log, 20,000 against 10,000 took the server 1.75-1.9 s
+of CPU instead of 2.2-2.3 s (66-76k events/s against 56-70k) for 17 MB more peak memory;
+runs written one after another rebuild as fast either way."""
 
 
 class _Following:
