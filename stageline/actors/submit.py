@@ -1,4 +1,9 @@
-"""Submitting a run: one ``RunSubmitted`` append, then the first stage's command."""
+"""Submitting a run: one ``RunSubmitted`` append, and the first stage's command.
+
+When the channels live on the store's server, the command is written by the append
+itself (its outbox): one round trip, and no crash can leave a run recorded but never
+handed on. Otherwise, and when the append repeats one that landed, it is published after.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,16 @@ from typing import Any
 
 import msgspec
 
+from stageline.actors import commands
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
 from stageline.actors.events import RunSubmitted
 from stageline.actors.pipeline import PipelineCatalog
 from stageline.errors import ConcurrencyError, Conflict
 from stageline.events import keys
-from stageline.events.envelope import NO_STREAM, new_event
-from stageline.events.store import EventStore
+from stageline.events.envelope import NO_STREAM, NewEvent, new_event
+from stageline.events.redis_store import RedisEventStore, same_server
+from stageline.events.store import AppendRequest, AppendResult, EventStore, Outbox
 
 _NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4b7f-9a51-2c4e0d7b9e13")
 
@@ -33,6 +40,7 @@ class Submitter:
         self.store = store
         self.catalog = catalog
         self.bus = bus
+        self._outbox = isinstance(store, RedisEventStore) and same_server(store.client, bus.client)
 
     async def submit(
         self,
@@ -68,10 +76,24 @@ class Submitter:
             event_id=uuid.uuid5(_NAMESPACE, f"submit\0{run_id}"),
             correlation_id=correlation_id or run_id,
         )
+        first_actor = pipeline.stages[0].actor
+        command = StageCommand(
+            workspace=workspace,
+            run_id=run_id,
+            pipeline=pipeline.name,
+            pipeline_version=pipeline.version,
+            index=0,
+            version=0,  # RunSubmitted's, as the stream must not exist yet
+            item=item,
+            correlation_id=event.correlation_id,
+            cause=str(event.event_id),
+        )
         try:
-            result = await self.store.append(workspace, stream, [event], NO_STREAM)
+            result, handed_on = await self._append(workspace, stream, event, first_actor, command)
         except ConcurrencyError as exc:
             raise Conflict("run id already in use", run_id=run_id) from exc
+        if handed_on:
+            return SubmitResult(run_id, stream, result.position, False)
         if result.deduplicated:
             first = (await self.store.read_stream(workspace, stream, limit=1))[0]
             if first.data.get("input") != msgspec.to_builtins(item) or (
@@ -86,16 +108,25 @@ class Submitter:
             pipeline = await self.catalog.resolve(
                 workspace, pipeline.name, first.data.get("pipeline_version", pipeline.version)
             )
-        command = StageCommand(
-            workspace=workspace,
-            run_id=run_id,
-            pipeline=pipeline.name,
-            pipeline_version=pipeline.version,
-            index=0,
-            version=result.version,
-            item=item,
-            correlation_id=event.correlation_id,
-            cause=str(event.event_id),
-        )
-        await self.bus.publish([(pipeline.stages[0].actor, command)])
+            first_actor = pipeline.stages[0].actor
+            command = msgspec.structs.replace(command, pipeline_version=pipeline.version)
+        await self.bus.publish([(first_actor, command)])
         return SubmitResult(run_id, stream, result.position, result.deduplicated)
+
+    async def _append(
+        self, workspace: str, stream: str, event: NewEvent, actor: str, command: StageCommand
+    ) -> tuple[AppendResult, bool]:
+        """Append ``RunSubmitted``, and whether ``command`` went to ``actor``'s channel in
+        the same step (through the outbox, written only when the event is new)."""
+        try:
+            payload = commands.encode(command) if self._outbox else None
+        except (TypeError, ValueError):  # nor can the event be stored: the append says why
+            payload = None
+        if payload is None:
+            return await self.store.append(workspace, stream, [event], NO_STREAM), False
+        outbox = Outbox([(keys.stage_channel(actor), payload)], maxlen=self.bus.maxlen)
+        request = AppendRequest(workspace, stream, [event], NO_STREAM, outbox)
+        [result] = await self.store.append_batch([request])
+        if isinstance(result, Exception):
+            raise result
+        return result, not result.deduplicated
