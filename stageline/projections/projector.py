@@ -411,10 +411,10 @@ class Projector:
         Python decodes and folds while the server reads and writes: the next
         ``READ_AHEAD`` batches are read by position ahead of the fold (the log's
         positions follow one another), and the next batch is folded, and its query
-        built, while the one before is written, expecting that write to land. Writes go one at a time,
-        each guarded by the checkpoint the one before leaves; once one is refused
-        (another writer moved a checkpoint) the replay goes on from the stored
-        checkpoints.
+        built, while the one before is written, expecting that write to land.
+        Writes go one at a time, each guarded by the checkpoint the one before
+        leaves; once one is refused (another writer moved a checkpoint) the replay
+        goes on from the stored checkpoints.
         """
         positions = await self._load(workspace, projections)
         applied = 0

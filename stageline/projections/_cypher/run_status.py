@@ -14,15 +14,16 @@ run's own, in one map, without a lookup per stage.
 The rows a batch is sent as:
 
 - run: ``[id, fields, status, stages, attempts, created]``: the fields the batch
-  set, the run's (but its status) and its stages' (``stage.<name>.<field>``), a
-  null value removing the property (left out for a run new to the view, whose
-  ``RunSubmitted`` opens its stream: it has nothing to remove); ``status`` null (unchanged), ``[value]`` or,
-  when soft, ``[value, true]``; the names of the stages the batch changed (one the
-  run does not hold yet is added), the attempts it added to each (null if none),
-  and each one's created values but those the batch sets (null unless the batch
-  holds the run's ``RunSubmitted``). A new run's row adds its created values, and
-  its stages' created values in one map, for a run it creates (whose stages are
-  written whole, where a repeated submission's are added one at a time).
+  set, the run's (but its status) and its stages' (``stage.<name>.<field>``), a null
+  value removing the property (left out for a run new to the view, whose
+  ``RunSubmitted`` opens its stream: it has nothing to remove); ``status`` null
+  (unchanged), ``[value]`` or, when soft, ``[value, true]``; the names of the stages
+  the batch changed (one the run does not hold yet is added), the attempts it added
+  to each (null if none), and each one's created values but those the batch sets
+  (null unless the batch holds the run's ``RunSubmitted``). A new run's row adds its
+  created values, and its stages' created values in one map, for a run it creates
+  (whose stages are written whole, where a repeated submission's are added one at a
+  time).
 - new dead letter: ``[id, [run id, stage] or null, deliveries, created values, *DEAD_LETTER_FIELDS]``
 - other dead letter: ``[id, *DEAD_LETTER_FIELDS]``
 """
