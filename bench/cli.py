@@ -23,8 +23,8 @@ from bench.context import Context
 from bench.figures import Scenario
 from bench.server import embedded
 from stageline.events.redis_store import connect
+from stageline.gctune import tune_gc
 from stageline.logs import configure_logging
-from stageline.serve import tune_gc
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[Scenario]]] = {
     "append": append.run,

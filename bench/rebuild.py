@@ -2,7 +2,9 @@
 
 stageline: a log is written once (pipelined ``append_batch``), then
 ``Projector.rebuild(workspace, "run_status")`` drops the view and replays the
-log into FalkorDB from position 0, once per repetition. Two logs of the same
+log into FalkorDB from position 0, once per repetition, its batches folded by a
+``FoldPool`` of ``STAGELINE_REBUILD_WORKERS`` processes as ``stageline projections
+rebuild`` folds them. Two logs of the same
 runs: one with each run's 12 events one after another, and one shaped like
 the log the live pipeline writes, where the events of a few hundred runs in
 flight interleave (``data.interleaved_batches``). The second is what a real
@@ -31,7 +33,9 @@ from bench.procs import bench_env, run_module
 from bench.server import drop_workspace
 from stageline.events.redis_store import RedisEventStore, connect
 from stageline.projections.falkordb_views import FalkorDBViews
+from stageline.projections.fold_pool import FoldPool
 from stageline.projections.projector import REBUILD_BATCH, Projector
+from stageline.settings import Settings
 
 EVENTS = 1_000_000
 RUNS_PER_ROUND_TRIP = 200
@@ -65,11 +69,13 @@ async def run(ctx: Context) -> Scenario:
     store = RedisEventStore.from_url(ctx.url)
     client = connect(ctx.url)
     views = FalkorDBViews.from_url(ctx.url)
-    projector = Projector(store, views)
+    workers = Settings().rebuild_workers  # as `stageline projections rebuild` takes it
+    projector = Projector(store, views, fold_pool=FoldPool(ctx.url, workers) if workers else None)
     s.params = {
         "runs": runs,
         "events": runs * data.EVENTS_PER_RUN,
         "rebuild_batch": max(projector.batch_size, REBUILD_BATCH),
+        "rebuild_workers": workers,
         "warmup_events": warm_runs * data.EVENTS_PER_RUN,
     }
     ws, warm_ws = ctx.workspace("rebuild"), ctx.workspace("rebuild-warm")
@@ -137,7 +143,8 @@ async def run(ctx: Context) -> Scenario:
     s.ratio("runs one after another: stageline / eventsourcing projection runner", sl, es)
     s.notes.append(
         "stageline's figure includes dropping the old view; the log is read from Redis and "
-        "the view written to FalkorDB (one server, two cores shared with the bench process). "
+        "the view written to FalkorDB (one server, two cores shared with the bench process and "
+        "the rebuild's fold processes). "
         "eventsourcing's log and view are both Python objects, in a process of their own "
         "(es_rebuild.py says why). eventsourcing folds each event into a dict whatever the "
         "order, so its log is written run by run."

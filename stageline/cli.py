@@ -58,7 +58,7 @@ def _settings() -> Settings:
 
 
 def _run(coro: Any) -> Any:
-    from stageline.serve import tune_gc
+    from stageline.gctune import tune_gc
 
     tune_gc()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -96,6 +97,14 @@ class Settings(BaseSettings):
     )
     projection_batch: int = Field(
         default=1000, ge=1, le=20_000, description="Events per projector write."
+    )
+    rebuild_workers: int = Field(
+        default_factory=lambda: (os.cpu_count() or 1) + 1,
+        ge=0,
+        le=64,
+        description="Processes that fold a long rebuild's batches while the rebuilding process "
+        "writes them (0: it folds them itself). Default: one more than the CPUs, as each also "
+        "waits on its reads.",
     )
     read_wait_seconds: float = Field(
         default=5.0, ge=0, le=60, description="Longest a read waits for min_position."

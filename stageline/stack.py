@@ -33,6 +33,7 @@ from stageline.ontology.model import Rules
 from stageline.ontology.reactor import OntologyReactor
 from stageline.ontology.store import OntologyStore
 from stageline.projections.falkordb_views import FalkorDBViews
+from stageline.projections.fold_pool import FoldPool
 from stageline.projections.projector import Projector
 from stageline.settings import Settings
 
@@ -118,7 +119,11 @@ class Stack:
         return Worker(self.store, self.broker_url, self.catalog, self.actors, config)
 
     def projector(self) -> Projector:
-        return Projector(self.store, self.views, batch_size=self.settings.projection_batch)
+        workers = self.settings.rebuild_workers
+        pool = FoldPool(self.store_url, workers) if workers else None
+        return Projector(
+            self.store, self.views, batch_size=self.settings.projection_batch, fold_pool=pool
+        )
 
     def ontology_reactor(self) -> OntologyReactor:
         """Applies the ontology's rules; runs beside the projector."""

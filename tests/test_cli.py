@@ -302,7 +302,7 @@ def test_commands_run_with_the_tuned_garbage_collector() -> None:
     import gc
 
     from stageline import cli
-    from stageline.serve import GC_GEN0_THRESHOLD
+    from stageline.gctune import GC_GEN0_THRESHOLD
 
     before = gc.get_threshold()
 

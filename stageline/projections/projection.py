@@ -82,6 +82,15 @@ class Write:
     expected: int
     _query: str | None = field(default=None, init=False, repr=False, compare=False)
 
+    @classmethod
+    def built(
+        cls, projection: Projection[Any], changes: Changes, expected: int, query: str
+    ) -> Write:
+        """A write whose query was built elsewhere (by a rebuild's worker process)."""
+        write = cls(projection, changes, expected)
+        write._query = query
+        return write
+
     def query(self) -> str:
         """The query writing the changes, its parameters in its header; built once (a replay
         builds the next batch's while the server writes the one before)."""

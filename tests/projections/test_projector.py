@@ -32,7 +32,7 @@ from stageline.actors.events import RunSubmitted
 from stageline.actors.pipeline import Pipeline, StageSpec
 from stageline.errors import InvalidArgument
 from stageline.events import AppendRequest, EventStore, NewEvent, new_event
-from stageline.events.keys import graph_name, pipeline_stream
+from stageline.events.keys import graph_name, log_key, pipeline_stream
 from stageline.events.memory_store import MemoryEventStore
 from stageline.events.redis_store import RedisEventStore
 from stageline.projections import (
@@ -44,7 +44,8 @@ from stageline.projections import (
     RunStatus,
     Write,
 )
-from stageline.projections.projector import MAX_WRITING, next_delay
+from stageline.projections.fold_pool import Folded, FoldPool
+from stageline.projections.projector import MAX_WRITING, POOLED_MIN_BATCHES, next_delay
 
 NAMES = [p.name for p in VIEWS]
 
@@ -266,17 +267,25 @@ async def test_the_live_views_equal_the_rebuilt_ones(
     assert await checkpoints(views, workspace) == dict.fromkeys(NAMES, head)
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["in-process", "pooled"])
 @pytest.mark.parametrize("rebuilt", NAMES)
 async def test_rebuilding_one_projection_leaves_the_others_alone(
-    redis_store: RedisEventStore, views: FalkorDBViews, workspace: str, rebuilt: str
+    redis_store: RedisEventStore,
+    views: FalkorDBViews,
+    own_url: str,
+    workspace: str,
+    rebuilt: str,
+    pooled: bool,
 ) -> None:
     lives, pairs = scenario(runs_per_kind=2)
     head = await append_all(redis_store, workspace, pairs)
+    assert head >= POOLED_MIN_BATCHES * 9
     await Projector(redis_store, views, batch_size=10).catch_up(workspace)
     live = {name: await view_of(views, workspace, name) for name in NAMES}
     others = [name for name in NAMES if name != rebuilt]
     recording = RecordingViews(views)
-    rebuilder = Projector(redis_store, recording, batch_size=9)  # type: ignore[arg-type]
+    pool = FoldPool(own_url, 2) if pooled else None
+    rebuilder = Projector(redis_store, recording, batch_size=9, fold_pool=pool)  # type: ignore[arg-type]
     # the rebuild's first write, seen half-way: the drop emptied the view and its checkpoint
     seen: dict[str, Any] = {}
 
@@ -284,6 +293,7 @@ async def test_rebuilding_one_projection_leaves_the_others_alone(
         if not seen:
             seen["view"] = await view_of(views, workspace, rebuilt)
             seen["checkpoints"] = await checkpoints(views, workspace)
+            seen["folded elsewhere"] = isinstance(writes[0].changes, Folded)
         return await RecordingViews.apply_all(recording, workspace, writes)
 
     recording.apply_all = first_write  # type: ignore[method-assign]
@@ -298,6 +308,7 @@ async def test_rebuilding_one_projection_leaves_the_others_alone(
     assert reports == [(min(n, head), head) for n in range(0, head + 9, 9)]
     assert recording.written() == {rebuilt}
     assert recording.exact()
+    assert seen["folded elsewhere"] == pooled
     assert seen["view"] != live[rebuilt]
     assert seen["checkpoints"] == {name: head for name in others}
     for name in NAMES:
@@ -369,6 +380,56 @@ async def test_a_follower_finds_a_projection_moved_back_and_replays_only_it(
     assert [e for e, _ in replayed] == [0, *(p for _, p in replayed[:-1])]
     assert recording.exact()
     expect_scenario(await snapshot(views, workspace), lives)
+
+
+async def test_a_pooled_rebuild_folds_a_log_that_skips_positions_once(
+    redis_store: RedisEventStore, views: FalkorDBViews, own_url: str, workspace: str
+) -> None:
+    _, pairs = scenario(runs_per_kind=2)
+    head = await append_all(redis_store, workspace, pairs)
+    # entries gone from the log (no append leaves a hole, but a hand may): each range a
+    # worker reads then holds fewer events than positions, and must not read on into the next
+    deleted = [f"0-{p}".encode() for p in range(3, head, 7)]
+    assert await redis_store.client.xdel(log_key(workspace), *deleted) == len(deleted)
+    await Projector(redis_store, views, batch_size=5).catch_up(workspace)
+    live = await snapshot(views, workspace)
+
+    recording = RecordingViews(views)
+    pooled = Projector(redis_store, recording, fold_pool=FoldPool(own_url, 2))  # type: ignore[arg-type]
+    results = await pooled.rebuild_all(workspace, batch_size=5)
+
+    assert recording.applied == recording.writes  # each range's write expects the one before
+    assert await snapshot(views, workspace) == live
+    assert {r.events for r in results} == {head - len(deleted)}
+    assert await checkpoints(views, workspace) == dict.fromkeys(NAMES, head)
+
+
+async def test_a_pooled_rebuild_refused_by_another_writer_reads_on_from_its_checkpoint(
+    redis_store: RedisEventStore, views: FalkorDBViews, own_url: str, workspace: str
+) -> None:
+    _, pairs = scenario(runs_per_kind=2)
+    head = await append_all(redis_store, workspace, pairs)
+    await Projector(redis_store, views, batch_size=10).catch_up(workspace)
+    live = await snapshot(views, workspace)
+    other = Projector(redis_store, views, projections=(RUN_STATUS,), batch_size=4)
+    recording = RecordingViews(views)
+
+    async def raced(workspace: str, writes: Sequence[Write]) -> list[bool]:
+        if len(recording.batches) == 2:  # before the rebuild's third write, another lands
+            assert await other.project_once(workspace) == 4
+        return await RecordingViews.apply_all(recording, workspace, writes)
+
+    recording.apply_all = raced  # type: ignore[method-assign]
+    rebuilder = Projector(redis_store, recording, fold_pool=FoldPool(own_url, 2))  # type: ignore[arg-type]
+    result = await rebuilder.rebuild(workspace, RUN_STATUS.name, batch_size=6)
+
+    steps = recording.steps(RUN_STATUS.name)
+    assert steps[:3] == [(0, 6), (6, 12), (16, 22)]
+    assert ("run_status", 12, 18) in recording.writes  # the write refused
+    assert steps[-1][1] == head and recording.exact()
+    assert result.events == head - 4
+    assert await snapshot(views, workspace) == live
+    assert await checkpoints(views, workspace) == dict.fromkeys(NAMES, head)
 
 
 async def test_an_unknown_projection_is_refused_with_the_names_it_could_be(
