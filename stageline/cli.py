@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from typing import Annotated, Any
@@ -330,20 +331,24 @@ def projections_rebuild(workspace: Workspace = None, projection: ProjectionName 
         stack = await Stack.open(settings)
         try:
             projector = stack.projector()
-            for name in [projection] if projection else NAMES:
-                with _progress() as bar:
-                    task = bar.add_task(f"rebuilding {name}", total=None)
-
-                    def report(position: int, head: int, task: Any = task, bar: Any = bar) -> None:
-                        bar.update(task, completed=position, total=head)
-
-                    result = await projector.rebuild(ws, name, progress=report)
-                console.print(
-                    f"rebuilt {name} in {ws}: {result.events} events in {result.seconds:.2f}s "
-                    f"({result.rate:,.0f} events/s)"
-                )
+            async with projector.fold_pool or contextlib.nullcontext():  # one for all
+                await rebuild_each(projector)
         finally:
             await stack.close()
+
+    async def rebuild_each(projector: Any) -> None:
+        for name in [projection] if projection else NAMES:
+            with _progress() as bar:
+                task = bar.add_task(f"rebuilding {name}", total=None)
+
+                def report(position: int, head: int, task: Any = task, bar: Any = bar) -> None:
+                    bar.update(task, completed=position, total=head)
+
+                result = await projector.rebuild(ws, name, progress=report)
+            console.print(
+                f"rebuilt {name} in {ws}: {result.events} events in {result.seconds:.2f}s "
+                f"({result.rate:,.0f} events/s)"
+            )
 
     _run(go())
 

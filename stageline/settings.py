@@ -12,6 +12,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 WORKSPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
+def _cpus() -> int:
+    """The CPUs this process may run on (a container's or ``taskset``'s limit, where known)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     """Every knob of stageline, with a default that works on a laptop.
 
@@ -99,12 +106,12 @@ class Settings(BaseSettings):
         default=1000, ge=1, le=20_000, description="Events per projector write."
     )
     rebuild_workers: int = Field(
-        default_factory=lambda: (os.cpu_count() or 1) + 1,
+        default_factory=lambda: min(_cpus() + 1, 8),
         ge=0,
         le=64,
         description="Processes that fold a long rebuild's batches while the rebuilding process "
-        "writes them (0: it folds them itself). Default: one more than the CPUs, as each also "
-        "waits on its reads.",
+        "writes them (0: it folds them itself). Default: one more than the CPUs this process "
+        "may use (each also waits on its reads), at most 8.",
     )
     read_wait_seconds: float = Field(
         default=5.0, ge=0, le=60, description="Longest a read waits for min_position."

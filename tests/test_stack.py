@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
@@ -45,3 +47,27 @@ async def test_a_bad_actors_entry_fails_before_anything_starts(entry: str) -> No
     settings = Settings(redis_url="unix:///nonexistent/redis.sock", actors=entry)
     with pytest.raises(InvalidArgument, match="STAGELINE_ACTORS entry"):
         await Stack.open(settings)
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(1, 2), (2, 3), (7, 8), (64, 8), (256, 8)])
+def test_rebuild_workers_default_to_one_more_than_the_cpus_at_most_8(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, workers: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.delenv("STAGELINE_REBUILD_WORKERS", raising=False)
+    assert Settings().rebuild_workers == workers
+
+
+async def test_the_projector_rebuilds_with_a_fold_pool_unless_it_is_turned_off(
+    redis_url: str,
+) -> None:
+    for workers in (3, 0):
+        stack = await Stack.open(Settings(redis_url=redis_url, rebuild_workers=workers))
+        try:
+            pool = stack.projector().fold_pool
+            if workers:
+                assert pool is not None and (pool.workers, pool.store_url) == (3, redis_url)
+            else:
+                assert pool is None
+        finally:
+            await stack.close()

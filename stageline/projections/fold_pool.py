@@ -7,10 +7,13 @@ depends on its events alone (changes compose, see ``changes``), so batches can
 be folded anywhere and in any order; only their writes must land in log order,
 each guarded by the checkpoint the one before leaves.
 
-``FoldPool`` starts ``workers`` processes for the length of a rebuild. Each
-has its own connection to the store, reads the log range it is given, folds it
-and sends back the write's query text (its rows are in its header); the
-projector writes those in order.
+``FoldPool`` runs ``workers`` processes. Each has its own connection to the
+store, reads the log range it is given, folds it and sends back the write's
+query text (its rows are in its header); the projector writes those in order.
+The processes start from a fork server (the rebuilding process runs an event
+loop, with threads and sockets open), and a worker imports the main script of
+the program it serves, as ``multiprocessing`` does: a script of yours that
+rebuilds must keep its work under ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-from collections.abc import Iterator
+import pickle
+import signal
+from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +62,9 @@ _worker: _Worker | None = None
 
 def _start(store_url: str) -> None:
     global _worker
+    # a terminal's Ctrl-C reaches the whole process group: the rebuilding process stops the
+    # rebuild, and a worker finishes the fold it holds, then exits
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     tune_gc()
     _worker = _Worker(store_url)
 
@@ -95,25 +103,59 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 class FoldPool:
-    """Where a rebuild folds its batches: ``workers`` processes reading ``store_url``."""
+    """Where a rebuild folds its batches: ``workers`` processes reading ``store_url``.
+
+    A rebuild starts them for its own length, unless the pool is already
+    open (``async with pool:``), as for several rebuilds in a row.
+    """
 
     def __init__(self, store_url: str, workers: int) -> None:
         if workers < 1:
             raise InvalidArgument("a fold pool needs at least one worker", workers=workers)
         self.store_url = store_url
         self.workers = workers
+        self._open: _Folding | None = None
 
-    @contextlib.contextmanager
-    def started(self) -> Iterator[_Folding]:
-        """The pool's processes, started for a rebuild and stopped after it (a fold they
-        hold then finishes first)."""
+    async def __aenter__(self) -> FoldPool:
+        if self._open is not None:
+            raise RuntimeError("the fold pool is open already")
+        self._open = self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        folding, self._open = self._open, None
+        if folding is not None:
+            await folding.stop(wait=exc[0] is None)
+
+    @staticmethod
+    def can_fold(projection: Projection[Any]) -> bool:
+        """Whether a worker can be handed the projection (its fold is no lambda, say)."""
+        try:
+            pickle.dumps(projection)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            return False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def started(self) -> AsyncIterator[_Folding]:
+        """The pool's processes: those of the open pool, or started for this block and
+        stopped after it."""
+        if self._open is not None:
+            yield self._open
+            return
+        folding = self._start()
+        try:
+            yield folding
+        except BaseException:
+            await folding.stop(wait=False)
+            raise
+        await folding.stop(wait=True)
+
+    def _start(self) -> _Folding:
         executor = ProcessPoolExecutor(
             self.workers, mp_context=_context(), initializer=_start, initargs=(self.store_url,)
         )
-        try:
-            yield _Folding(executor, self.workers)
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+        return _Folding(executor, self.workers)
 
 
 class _Folding:
@@ -132,3 +174,12 @@ class _Folding:
         )
         changes = Folded(position=until, events=events, rejected=rejected, rows=rows)
         return Write.built(projection, changes, after, query)
+
+    async def stop(self, *, wait: bool) -> None:
+        """Stop the processes: once they are idle (``wait``, off the event loop), or on
+        the way out of a failure, without waiting for the folds they hold (each
+        exits once its fold is done)."""
+        if wait:
+            await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        else:
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -113,9 +113,10 @@ holding a run writes it again: at 10,000 events a run is written about half as o
 at 1,000. On a 240k-event live-shaped log, 20,000 against 10,000 took the server 1.75-1.9 s
 of CPU instead of 2.2-2.3 s (66-76k events/s against 56-70k) for 17 MB more peak memory;
 runs written one after another rebuild as fast either way."""
-POOLED_MIN_BATCHES = 4
+POOLED_MIN_BATCHES = 8
 """A rebuild of fewer batches folds them itself: starting the processes of its ``FoldPool``
-would take longer than it saves."""
+would take longer than it saves (about 0.3 s, on two cores, for a console script's three
+workers, which each import the script's modules)."""
 
 
 class _Following:
@@ -379,15 +380,16 @@ class Projector:
         the batches this call wrote, which may then be fewer than the log holds.
         ``progress(position, head)`` is called once the replay starts and after
         every batch written. With a ``fold_pool``, a log of ``POOLED_MIN_BATCHES`` batches
-        or more is folded by its processes.
+        or more is folded by its processes (started for this call, unless the pool is open).
         """
         p = self.projection(projection)
         started = time.perf_counter()
         await self.views.drop(workspace, p)
         head = await self.store.head(workspace)
         batch_size = batch_size or max(self.batch_size, REBUILD_BATCH)
-        if self.fold_pool is not None and head >= POOLED_MIN_BATCHES * batch_size:
-            replay = self._replay_pooled(self.fold_pool, workspace, p, head, batch_size, progress)
+        pool = self.fold_pool
+        if pool is not None and head >= POOLED_MIN_BATCHES * batch_size and pool.can_fold(p):
+            replay = self._replay_pooled(pool, workspace, p, head, batch_size, progress)
         else:
             replay = self._replay(
                 workspace, (p,), until=head, batch_size=batch_size, progress=progress
@@ -406,10 +408,12 @@ class Projector:
     async def rebuild_all(
         self, workspace: str, *, batch_size: int | None = None
     ) -> list[RebuildResult]:
-        """Rebuild every projection, one after another."""
-        return [
-            await self.rebuild(workspace, p.name, batch_size=batch_size) for p in self.projections
-        ]
+        """Rebuild every projection, one after another (with one ``fold_pool`` for all)."""
+        async with self.fold_pool or contextlib.nullcontext():
+            return [
+                await self.rebuild(workspace, p.name, batch_size=batch_size)
+                for p in self.projections
+            ]
 
     async def _replay_pooled(
         self,
@@ -432,7 +436,7 @@ class Projector:
         if progress is not None:
             progress(after, until)
         applied = 0
-        with pool.started() as folding:
+        async with pool.started() as folding:
             folds: deque[asyncio.Task[Write]] = deque()
             try:
                 while ranges or folds:

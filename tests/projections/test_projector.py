@@ -44,6 +44,7 @@ from stageline.projections import (
     RunStatus,
     Write,
 )
+from stageline.projections.changes import RunStatusChanges
 from stageline.projections.fold_pool import Folded, FoldPool
 from stageline.projections.projector import MAX_WRITING, POOLED_MIN_BATCHES, next_delay
 
@@ -430,6 +431,33 @@ async def test_a_pooled_rebuild_refused_by_another_writer_reads_on_from_its_chec
     assert result.events == head - 4
     assert await snapshot(views, workspace) == live
     assert await checkpoints(views, workspace) == dict.fromkeys(NAMES, head)
+
+
+async def test_a_projection_no_worker_can_be_handed_is_rebuilt_in_process(
+    redis_store: RedisEventStore, views: FalkorDBViews, own_url: str, workspace: str
+) -> None:
+    _, pairs = scenario(runs_per_kind=2)
+    await append_all(redis_store, workspace, pairs)
+    await Projector(redis_store, views, batch_size=10).catch_up(workspace)
+    live = await view_of(views, workspace, RUN_STATUS.name)
+    own = Projection(RUN_STATUS.name, lambda events: RUN_STATUS.fold(events), RUN_STATUS.writer)
+    recording = RecordingViews(views)
+    kinds: set[type] = set()
+
+    async def noted(workspace: str, writes: Sequence[Write]) -> list[bool]:
+        kinds.update(type(w.changes) for w in writes)
+        return await RecordingViews.apply_all(recording, workspace, writes)
+
+    recording.apply_all = noted  # type: ignore[method-assign]
+    pool = FoldPool(own_url, 2)
+    rebuilder = Projector(redis_store, recording, projections=(own,), fold_pool=pool)  # type: ignore[arg-type]
+
+    await rebuilder.rebuild(workspace, own.name, batch_size=5)
+
+    assert not pool.can_fold(own) and pool.can_fold(RUN_STATUS)
+    assert kinds == {RunStatusChanges}
+    assert recording.exact()
+    assert await view_of(views, workspace, RUN_STATUS.name) == live
 
 
 async def test_an_unknown_projection_is_refused_with_the_names_it_could_be(
