@@ -13,6 +13,10 @@ from stageline.errors import InvalidArgument
 
 PREFIX = "stageline"
 WORKSPACES = f"{PREFIX}:workspaces"
+WORKSPACES_ADDED = f"{PREFIX}:workspaces:added"
+"""Stream of ``w=<workspace>`` entries, one when a store first lists a workspace: a blocking
+read of the logs (``tail``) wakes on it, so a new workspace is followed at once."""
+WORKSPACES_ADDED_MAXLEN = 1000
 SCHEDULED = f"{PREFIX}:scheduled"
 """Sorted set of delayed channel entries: member = channel NUL payload, score = due time."""
 

@@ -26,6 +26,11 @@ class MemoryEventStore:
     def __init__(self) -> None:
         self._ws: dict[str, _Workspace] = {}
         self._changed = asyncio.Condition()
+        self._announced: set[str] | None = None
+        """Workspaces with events ``tail`` need not announce (None: not read yet)."""
+
+    def _listed(self) -> set[str]:
+        return {name for name, ws in self._ws.items() if ws.log}
 
     def _get(self, workspace: str) -> _Workspace:
         ws = self._ws.get(workspace)
@@ -155,23 +160,32 @@ class MemoryEventStore:
                 ws = self._ws.get(workspace)
                 if ws is not None and len(ws.log) > max(pos, 0):
                     out[workspace] = ws.log[max(pos, 0) : max(pos, 0) + limit]
+            for workspace in self._listed() - announced - after.keys():
+                out[workspace] = []
             return out
 
         if limit <= 0 or not after:
             return {}
+        if self._announced is None:
+            self._announced = self._listed()
+        announced = self._announced
         found = ready()
-        if found or block_ms <= 0:
-            return found
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait_for(ready), block_ms / 1000)
-        return ready()
+        if not found and block_ms > 0:
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait_for(ready), block_ms / 1000)
+            found = ready()
+        self._announced = announced | found.keys() | after.keys()
+        return found
 
     async def head(self, workspace: str) -> int:
         return len(self._get(workspace).log)
 
     async def workspaces(self) -> list[str]:
-        return sorted(name for name, ws in self._ws.items() if ws.log)
+        listed = self._listed()
+        if self._announced is None:  # those added from now on, tail announces
+            self._announced = listed
+        return sorted(listed)
 
     async def close(self) -> None:
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -333,6 +334,8 @@ class RedisEventStore:
         self._append = client.register_script(_script("append.lua"))
         self._read = client.register_script(_script("read_stream.lua"))
         self._known_workspaces: set[str] = set()
+        self._added_after: bytes | None = None
+        """The last ``WORKSPACES_ADDED`` entry this store has seen (None: not read yet)."""
 
     @classmethod
     def from_url(cls, url: str) -> RedisEventStore:
@@ -378,7 +381,16 @@ class RedisEventStore:
             # names no append can use are never listed
             new = {ws for ws in new if _valid_workspace(ws)}
         if new:
-            await self.client.sadd(keys.WORKSPACES, *new)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.sadd(keys.WORKSPACES, *new)
+            for ws in sorted(new):
+                pipe.xadd(
+                    keys.WORKSPACES_ADDED,
+                    {"w": ws},
+                    maxlen=keys.WORKSPACES_ADDED_MAXLEN,
+                    approximate=True,
+                )
+            await pipe.execute()
             self._known_workspaces |= new
 
     async def _run(self, calls: Iterator[_Call]) -> tuple[list[_Call], list[Any]]:
@@ -496,18 +508,37 @@ class RedisEventStore:
         streams: dict[Any, Any] = {
             keys.log_key(ws): f"0-{max(pos, 0)}" for ws, pos in after.items()
         }
+        workspaces = {keys.log_key(ws).encode(): ws for ws in after}
+        added = keys.WORKSPACES_ADDED.encode()
         # XREAD BLOCK 0 would wait forever; and a read must never outwait the socket
         block = min(block_ms, int((SOCKET_TIMEOUT_SECONDS - 1) * 1000)) if block_ms > 0 else None
-        reply: Any = await self._entries.xread(streams, count=limit, block=block)
-        if not reply:
-            return {}
-        workspaces = {keys.log_key(ws).encode(): ws for ws in after}
-        out = {}
-        # a map of log key to entries (RESP3), or a list of [key, entries] pairs (RESP2)
-        for key, entries in reply.items() if isinstance(reply, dict) else reply:
-            ws = workspaces[key]
-            out[ws] = self._decode(ws, entries)
-        return out
+        deadline = time.monotonic() + (block or 0) / 1000
+        out: dict[str, list[RecordedEvent]] = {}
+        while True:
+            streams[keys.WORKSPACES_ADDED] = await self._added_cursor()
+            reply: Any = await self._entries.xread(streams, count=limit, block=block)
+            # a map of key to entries (RESP3), or a list of [key, entries] pairs (RESP2)
+            for key, entries in (reply.items() if isinstance(reply, dict) else reply) or ():
+                if key == added:
+                    self._added_after = entries[-1][0]
+                    for _, fields in entries:
+                        ws = dict(zip(fields[0::2], fields[1::2], strict=True))[b"w"].decode()
+                        if ws not in after:
+                            out.setdefault(ws, [])
+                else:
+                    ws = workspaces[key]
+                    out[ws] = self._decode(ws, entries)
+            left = deadline - time.monotonic()
+            if out or not reply or block is None or left <= 0:
+                return out
+            block = max(int(left * 1000), 1)  # woken by workspaces it reads already: wait on
+
+    async def _added_cursor(self) -> bytes:
+        """Where this store reads ``WORKSPACES_ADDED`` from: first, after its last entry."""
+        if self._added_after is None:
+            last: Any = await self._entries.xrevrange(keys.WORKSPACES_ADDED, count=1)
+            self._added_after = last[0][0] if last else b"0-0"
+        return self._added_after
 
     async def head(self, workspace: str) -> int:
         try:
@@ -519,6 +550,7 @@ class RedisEventStore:
     async def workspaces(self) -> list[str]:
         # the set is written before the append (so no workspace with events is ever
         # missing), hence may name one whose every append failed: keep those with a log
+        await self._added_cursor()  # those added from now on, tail announces
         members: Any = await self.client.smembers(keys.WORKSPACES)
         names = sorted(m.decode() for m in members)
         pipe = self.client.pipeline(transaction=False)

@@ -112,6 +112,11 @@ class EventStore(Protocol):
         ``limit`` events of every workspace that has some (and only those),
         else waits up to ``block_ms`` for any of them to get one; ``{}`` when
         none did. One read serves any number of workspaces.
+
+        A new workspace (its first event came after this store's first
+        ``tail`` or ``workspaces``) that ``after`` does not name ends the wait
+        too, and comes back once with no events: the caller follows it from
+        where it stands (its checkpoints) without waiting to list it.
         """
         ...
 

@@ -233,9 +233,11 @@ class Projector:
                     for ws in after:
                         follow.failed(ws, exc, loop.time())
                     continue
+                for ws in batches:  # a new workspace comes with no events: follow it now
+                    follow.positions.setdefault(ws, None)
                 # the workspaces' writes side by side (MAX_WRITING at a time), each shielded
                 await asyncio.gather(
-                    *(self._step(follow, ws, events) for ws, events in batches.items())
+                    *(self._step(follow, ws, events) for ws, events in batches.items() if events)
                 )
         finally:
             tasks = list(follow.catching_up.values())

@@ -678,6 +678,22 @@ class StoreContract:
         assert list(got) == [workspace]  # only the workspaces that have events
         assert [(e.position, e.data["n"]) for e in got[workspace]] == [(2, 7), (3, 8)]
 
+    async def test_tail_wakes_up_on_a_new_workspace_and_names_it_once(
+        self, store: EventStore, peers: list[EventStore], workspace: str
+    ) -> None:
+        await store.append(workspace, "s", evs(1))
+        new = f"{workspace}-new"
+        waiting = asyncio.create_task(store.tail({workspace: 1}, block_ms=10_000))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await peers[-1].append(new, "s", evs(2))
+
+        assert await asyncio.wait_for(waiting, 5) == {new: []}
+        # named once: the next read waits for events again, and returns them
+        assert await store.tail({workspace: 1}, block_ms=300) == {}
+        got = await store.tail({workspace: 1, new: 0}, block_ms=5000)
+        assert {ws: [e.position for e in events] for ws, events in got.items()} == {new: [1, 2]}
+
     async def test_tail_reads_many_workspaces_at_once(
         self, store: EventStore, workspace: str
     ) -> None:

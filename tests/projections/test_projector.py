@@ -70,13 +70,17 @@ async def views(own_url: str) -> AsyncIterator[FalkorDBViews]:
 
 
 class OnlyWorkspace:
-    """The store, showing ``run`` only this test's workspace (the server holds others')."""
+    """The store, showing ``run`` only this test's workspaces (the server holds others')."""
 
-    def __init__(self, store: EventStore, workspace: str) -> None:
-        self._store, self._workspace = store, workspace
+    def __init__(self, store: EventStore, *workspaces: str) -> None:
+        self._store, self._workspaces = store, set(workspaces)
 
     async def workspaces(self) -> list[str]:
-        return [ws for ws in await self._store.workspaces() if ws == self._workspace]
+        return [ws for ws in await self._store.workspaces() if ws in self._workspaces]
+
+    async def tail(self, after: dict[str, int], **options: Any) -> dict[str, Any]:
+        got = await self._store.tail(after, **options)
+        return {ws: events for ws, events in got.items() if ws in self._workspaces}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -570,6 +574,30 @@ async def test_run_finds_a_new_workspace_and_follows_it_closely(
     run = await views.get_run(workspace, "r1")
     assert run is not None
     assert run["status"] == "completed"
+
+
+@pytest.mark.parametrize("store_kind", ["redis", "memory"])
+async def test_run_follows_a_new_workspace_from_its_first_event_not_its_next_scan(
+    store_kind: str,
+    redis_store: RedisEventStore,
+    views: FalkorDBViews,
+    workspace: str,
+    running: Any,
+) -> None:
+    store: EventStore = redis_store if store_kind == "redis" else MemoryEventStore()
+    old, new = f"{workspace}a", f"{workspace}b"
+    life = lifecycle("r1", "completed", Clock())
+    first = await store.append(old, life.stream, life.events[:1])
+    # scans only when it starts: after that, only the blocking read can bring the new one
+    projector = Projector(OnlyWorkspace(store, old, new), views, block_ms=2000, rescan_s=600)  # type: ignore[arg-type]
+    running(projector)
+    assert await views.wait_for(old, first.position, timeout_s=5)
+
+    appended = await store.append(new, life.stream, life.events)
+
+    assert await views.wait_for(new, appended.position, timeout_s=5)
+    run = await views.get_run(new, "r1")
+    assert run is not None and run["status"] == "completed"
 
 
 async def test_run_follows_many_workspaces_on_a_few_connections(
