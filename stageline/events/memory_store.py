@@ -152,7 +152,12 @@ class MemoryEventStore:
         return self._get(workspace).log[max(after, 0) : max(after, 0) + limit]
 
     async def tail(
-        self, after: Mapping[str, int], *, limit: int = 1000, block_ms: int = 1000
+        self,
+        after: Mapping[str, int],
+        *,
+        limit: int = 1000,
+        block_ms: int = 1000,
+        new_workspaces: bool = False,
     ) -> dict[str, list[RecordedEvent]]:
         def ready() -> dict[str, list[RecordedEvent]]:
             out = {}
@@ -160,7 +165,7 @@ class MemoryEventStore:
                 ws = self._ws.get(workspace)
                 if ws is not None and len(ws.log) > max(pos, 0):
                     out[workspace] = ws.log[max(pos, 0) : max(pos, 0) + limit]
-            for workspace in self._listed() - announced - after.keys():
+            for workspace in self._listed() - announced - after.keys() if new_workspaces else ():
                 out[workspace] = []
             return out
 
@@ -175,7 +180,8 @@ class MemoryEventStore:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait_for(ready), block_ms / 1000)
             found = ready()
-        self._announced = announced | found.keys() | after.keys()
+        if new_workspaces:
+            self._announced = announced | found.keys() | after.keys()
         return found
 
     async def head(self, workspace: str) -> int:

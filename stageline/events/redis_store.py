@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+import structlog
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
@@ -107,6 +108,9 @@ def _in_order(fields: list[bytes]) -> list[bytes]:
     """A log entry's fields in ``_FIELDS`` order, whatever order they came in."""
     named = dict(zip(fields[0::2], fields[1::2], strict=True))
     return [x for k in _FIELDS for x in (k, named[k])]
+
+
+log = structlog.get_logger("stageline.events")
 
 
 def _as_sent(response: Any, **options: Any) -> Any:
@@ -355,12 +359,14 @@ class RedisEventStore:
     ) -> AppendResult:
         call = _Call(workspace)
         call.add(0, AppendRequest(workspace, stream, events, expected_version))
-        await self._remember({workspace})
+        listed = await self._remember({workspace})
         _, [reply] = await self._run(iter([call]))
         out: list[AppendResult | Exception] = [None]  # type: ignore[list-item]
         call.results(reply, out)
         if isinstance(out[0], Exception):
             raise out[0]
+        if listed:
+            await self._announce(listed)
         return out[0]
 
     async def append_batch(
@@ -369,29 +375,52 @@ class RedisEventStore:
         out: list[AppendResult | Exception] = [None] * len(requests)  # type: ignore[list-item]
         if not requests:
             return out
-        await self._remember({r.workspace for r in requests})
+        listed = await self._remember({r.workspace for r in requests})
         calls, replies = await self._run(_calls(requests, out))
         for call, reply in zip(calls, replies, strict=True):
             call.results(reply, out)
+        if listed:
+            written = {
+                r.workspace
+                for r, o in zip(requests, out, strict=True)
+                if not isinstance(o, Exception)
+            }
+            await self._announce(listed & written)
         return out
 
-    async def _remember(self, workspaces: set[str]) -> None:
-        new = workspaces - self._known_workspaces
-        if new:
-            # names no append can use are never listed
-            new = {ws for ws in new if _valid_workspace(ws)}
-        if new:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.sadd(keys.WORKSPACES, *new)
-            for ws in sorted(new):
-                pipe.xadd(
-                    keys.WORKSPACES_ADDED,
-                    {"w": ws},
-                    maxlen=keys.WORKSPACES_ADDED_MAXLEN,
-                    approximate=True,
-                )
+    async def _remember(self, workspaces: set[str]) -> set[str]:
+        """List the workspaces this store has not listed yet; those no store had listed."""
+        # names no append can use are never listed
+        new = sorted(ws for ws in workspaces - self._known_workspaces if _valid_workspace(ws))
+        if not new:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for ws in new:
+            pipe.sadd(keys.WORKSPACES, ws)
+        added = await pipe.execute()
+        self._known_workspaces.update(new)
+        return {ws for ws, n in zip(new, added, strict=True) if n}
+
+    async def _announce(self, workspaces: set[str]) -> None:
+        """Tell ``tail(new_workspaces=True)`` of workspaces that just got their first events.
+
+        Best effort: the events are written, and a follower that misses it lists them
+        by its next scan.
+        """
+        if not workspaces:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for ws in sorted(workspaces):
+            pipe.xadd(
+                keys.WORKSPACES_ADDED,
+                {"w": ws},
+                maxlen=keys.WORKSPACES_ADDED_MAXLEN,
+                approximate=True,
+            )
+        try:
             await pipe.execute()
-            self._known_workspaces |= new
+        except Exception as exc:
+            log.warning("store.announce_failed", workspaces=sorted(workspaces), error=repr(exc))
 
     async def _run(self, calls: Iterator[_Call]) -> tuple[list[_Call], list[Any]]:
         """Run the append script once per call, in one round trip: the calls and their replies.
@@ -501,7 +530,12 @@ class RedisEventStore:
         return self._decode(workspace, entries)
 
     async def tail(
-        self, after: Mapping[str, int], *, limit: int = 1000, block_ms: int = 1000
+        self,
+        after: Mapping[str, int],
+        *,
+        limit: int = 1000,
+        block_ms: int = 1000,
+        new_workspaces: bool = False,
     ) -> dict[str, list[RecordedEvent]]:
         if limit <= 0 or not after:
             return {}
@@ -515,7 +549,8 @@ class RedisEventStore:
         deadline = time.monotonic() + (block or 0) / 1000
         out: dict[str, list[RecordedEvent]] = {}
         while True:
-            streams[keys.WORKSPACES_ADDED] = await self._added_cursor()
+            if new_workspaces:
+                streams[keys.WORKSPACES_ADDED] = await self._added_cursor()
             reply: Any = await self._entries.xread(streams, count=limit, block=block)
             # a map of key to entries (RESP3), or a list of [key, entries] pairs (RESP2)
             for key, entries in (reply.items() if isinstance(reply, dict) else reply) or ():
@@ -537,7 +572,8 @@ class RedisEventStore:
         """Where this store reads ``WORKSPACES_ADDED`` from: first, after its last entry."""
         if self._added_after is None:
             last: Any = await self._entries.xrevrange(keys.WORKSPACES_ADDED, count=1)
-            self._added_after = last[0][0] if last else b"0-0"
+            if self._added_after is None:  # no other call set it meanwhile
+                self._added_after = last[0][0] if last else b"0-0"
         return self._added_after
 
     async def head(self, workspace: str) -> int:

@@ -104,7 +104,12 @@ class EventStore(Protocol):
         ...
 
     async def tail(
-        self, after: Mapping[str, int], *, limit: int = 1000, block_ms: int = 1000
+        self,
+        after: Mapping[str, int],
+        *,
+        limit: int = 1000,
+        block_ms: int = 1000,
+        new_workspaces: bool = False,
     ) -> dict[str, list[RecordedEvent]]:
         """Each workspace's events past its ``after`` position, waiting for the first.
 
@@ -113,10 +118,12 @@ class EventStore(Protocol):
         else waits up to ``block_ms`` for any of them to get one; ``{}`` when
         none did. One read serves any number of workspaces.
 
-        A new workspace (its first event came after this store's first
-        ``tail`` or ``workspaces``) that ``after`` does not name ends the wait
-        too, and comes back once with no events: the caller follows it from
-        where it stands (its checkpoints) without waiting to list it.
+        With ``new_workspaces``, a new workspace (its first event came after
+        this store's first ``tail`` or ``workspaces``) that ``after`` does not
+        name ends the wait too, and comes back once with no events: the caller
+        follows it from where it stands (its checkpoints) without waiting to
+        list it. The store keeps one cursor of the new workspaces, so one
+        caller per store asks for them (the projector).
         """
         ...
 

@@ -228,7 +228,9 @@ class Projector:
                         await asyncio.wait_for(stop.wait(), block_ms / 1000)
                     continue
                 try:
-                    batches = await self.store.tail(after, limit=self.batch_size, block_ms=block_ms)
+                    batches = await self.store.tail(
+                        after, limit=self.batch_size, block_ms=block_ms, new_workspaces=True
+                    )
                 except Exception as exc:
                     for ws in after:
                         follow.failed(ws, exc, loop.time())

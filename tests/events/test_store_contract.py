@@ -683,16 +683,33 @@ class StoreContract:
     ) -> None:
         await store.append(workspace, "s", evs(1))
         new = f"{workspace}-new"
-        waiting = asyncio.create_task(store.tail({workspace: 1}, block_ms=10_000))
+        follow = {"block_ms": 10_000, "new_workspaces": True}
+        waiting = asyncio.create_task(store.tail({workspace: 1}, **follow))
+        await asyncio.sleep(0.2)
+        # neither an append to a workspace it reads already, nor one to a new workspace that
+        # fails (nothing written), is a new workspace
+        await peers[-2].append(workspace, "s", evs(1))
+        with pytest.raises(ConcurrencyError):
+            await peers[-1].append(f"{new}-failed", "s", evs(1), expected_version=3)
+        assert (await asyncio.wait_for(waiting, 5)).keys() == {workspace}
+        waiting = asyncio.create_task(store.tail({workspace: 2}, **follow))
         await asyncio.sleep(0.2)
         assert not waiting.done()
         await peers[-1].append(new, "s", evs(2))
 
         assert await asyncio.wait_for(waiting, 5) == {new: []}
         # named once: the next read waits for events again, and returns them
-        assert await store.tail({workspace: 1}, block_ms=300) == {}
-        got = await store.tail({workspace: 1, new: 0}, block_ms=5000)
+        assert await store.tail({workspace: 2}, block_ms=300, new_workspaces=True) == {}
+        got = await store.tail({workspace: 2, new: 0}, block_ms=5000, new_workspaces=True)
         assert {ws: [e.position for e in events] for ws, events in got.items()} == {new: [1, 2]}
+
+    async def test_tail_names_no_new_workspace_unless_asked(
+        self, store: EventStore, peers: list[EventStore], workspace: str
+    ) -> None:
+        await store.append(workspace, "s", evs(1))
+        assert await store.tail({workspace: 1}, block_ms=0, new_workspaces=True) == {}
+        await peers[-1].append(f"{workspace}-new", "s", evs(1))
+        assert await store.tail({workspace: 1}, block_ms=300) == {}
 
     async def test_tail_reads_many_workspaces_at_once(
         self, store: EventStore, workspace: str

@@ -86,19 +86,6 @@ class OnlyWorkspace:
         return getattr(self._store, name)
 
 
-class OnlyWorkspaces:
-    """The store, showing ``run`` only ``workspaces``."""
-
-    def __init__(self, store: EventStore, workspaces: Iterable[str]) -> None:
-        self._store, self._workspaces = store, set(workspaces)
-
-    async def workspaces(self) -> list[str]:
-        return [ws for ws in await self._store.workspaces() if ws in self._workspaces]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-
 class RecordingViews:
     """The real views, noting every write and failing the batches ``fail`` picks.
 
@@ -608,7 +595,7 @@ async def test_run_follows_many_workspaces_on_a_few_connections(
     names = [f"{workspace}-{n}" for n in range(60)]
     counting = CountingViews(views)
     try:
-        projector = Projector(OnlyWorkspaces(store, names), counting, block_ms=200, rescan_s=0.05)  # type: ignore[arg-type]
+        projector = Projector(OnlyWorkspace(store, *names), counting, block_ms=200, rescan_s=0.05)  # type: ignore[arg-type]
         running(projector)
         lives = [lifecycle(f"r{n}", "completed", Clock()) for n in range(len(names))]
         heads = {}
