@@ -26,6 +26,7 @@ from projection_helpers import (
     snapshot,
     view_of,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stageline.actors.configs import PipelineDefined
 from stageline.actors.events import RunSubmitted
@@ -422,6 +423,28 @@ async def test_a_pooled_rebuild_refused_by_another_writer_reads_on_from_its_chec
     assert result.events == head - 4
     assert await snapshot(views, workspace) == live
     assert await checkpoints(views, workspace) == dict.fromkeys(NAMES, head)
+
+
+async def test_a_pooled_rebuild_whose_workers_cannot_read_the_log_fails_and_the_next_starts_afresh(
+    redis_store: RedisEventStore,
+    views: FalkorDBViews,
+    own_url: str,
+    tmp_path: Any,
+    workspace: str,
+) -> None:
+    _, pairs = scenario(runs_per_kind=1)
+    await append_all(redis_store, workspace, pairs)
+    # the workers' store does not answer; the rebuilding process's does
+    pool = FoldPool(f"unix://{tmp_path}/nothing.sock", 2)
+    rebuilder = Projector(redis_store, views, projections=(RUN_STATUS,), fold_pool=pool)
+
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(rebuilder.rebuild(workspace, RUN_STATUS.name, batch_size=5), 60)
+
+    # the pool was started for that rebuild only and stopped with it; the next starts anew
+    pool.store_url = own_url
+    await rebuilder.rebuild(workspace, RUN_STATUS.name, batch_size=5)
+    assert await views.checkpoint(workspace) == await redis_store.head(workspace)
 
 
 async def test_a_projection_no_worker_can_be_handed_is_rebuilt_in_process(
