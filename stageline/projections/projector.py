@@ -115,8 +115,9 @@ of CPU instead of 2.2-2.3 s (66-76k events/s against 56-70k) for 17 MB more peak
 runs written one after another rebuild as fast either way."""
 POOLED_MIN_BATCHES = 8
 """A rebuild of fewer batches folds them itself: starting the processes of its ``FoldPool``
-would take longer than it saves (about 0.3 s, on two cores, for a console script's three
-workers, which each import the script's modules)."""
+would take longer than it saves. Measured on two cores: 3 workers were ready 0.27 s after
+the pool started under ``python -m``, 0.65 s under the ``stageline`` script (each worker
+imports the script's modules); at 4 batches a pooled rebuild took as long as one in process."""
 
 
 class _Following:
@@ -171,8 +172,10 @@ class Projector:
     ``projections`` defaults to every registered one (``registry.PROJECTIONS``);
     ``block_ms`` bounds how long ``run``'s read of the logs blocks when they are
     idle (and so how soon it notices its stop event); ``rescan_s`` is how often
-    the list of workspaces is read again to pick up new ones. ``fold_pool``, if
-    given, folds the batches of a long rebuild in other processes.
+    the list of workspaces is read again (a new workspace's first append also
+    wakes the read, see ``EventStore.tail``; the scan is what finds one whose
+    announcement was missed). ``fold_pool``, if given, folds the batches of a
+    long rebuild in other processes.
     """
 
     def __init__(
