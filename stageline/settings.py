@@ -13,7 +13,7 @@ WORKSPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 def _cpus() -> int:
-    """The CPUs this process may run on (a container's or ``taskset``'s limit, where known)."""
+    """The CPUs this process may run on (its affinity: ``taskset``, a cpuset; not a CPU quota)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1

@@ -169,11 +169,11 @@ class MemoryEventStore:
                 out[workspace] = []
             return out
 
-        if limit <= 0 or not after:
+        if limit <= 0 or not (after or new_workspaces):
             return {}
-        if self._announced is None:
+        if new_workspaces and self._announced is None:
             self._announced = self._listed()
-        announced = self._announced
+        announced = self._announced or set()
         found = ready()
         if not found and block_ms > 0:
             async with self._changed:

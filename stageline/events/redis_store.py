@@ -340,6 +340,8 @@ class RedisEventStore:
         self._known_workspaces: set[str] = set()
         self._added_after: bytes | None = None
         """The last ``WORKSPACES_ADDED`` entry this store has seen (None: not read yet)."""
+        self._unannounced: set[str] = set()
+        """Workspaces this store listed first whose first append has not landed yet."""
 
     @classmethod
     def from_url(cls, url: str) -> RedisEventStore:
@@ -359,14 +361,14 @@ class RedisEventStore:
     ) -> AppendResult:
         call = _Call(workspace)
         call.add(0, AppendRequest(workspace, stream, events, expected_version))
-        listed = await self._remember({workspace})
+        await self._remember({workspace})
         _, [reply] = await self._run(iter([call]))
         out: list[AppendResult | Exception] = [None]  # type: ignore[list-item]
         call.results(reply, out)
         if isinstance(out[0], Exception):
             raise out[0]
-        if listed:
-            await self._announce(listed)
+        if self._unannounced:
+            await self._announce({workspace})
         return out[0]
 
     async def append_batch(
@@ -375,40 +377,44 @@ class RedisEventStore:
         out: list[AppendResult | Exception] = [None] * len(requests)  # type: ignore[list-item]
         if not requests:
             return out
-        listed = await self._remember({r.workspace for r in requests})
+        await self._remember({r.workspace for r in requests})
         calls, replies = await self._run(_calls(requests, out))
         for call, reply in zip(calls, replies, strict=True):
             call.results(reply, out)
-        if listed:
+        if self._unannounced:
             written = {
                 r.workspace
                 for r, o in zip(requests, out, strict=True)
                 if not isinstance(o, Exception)
             }
-            await self._announce(listed & written)
+            await self._announce(written)
         return out
 
-    async def _remember(self, workspaces: set[str]) -> set[str]:
-        """List the workspaces this store has not listed yet; those no store had listed."""
+    async def _remember(self, workspaces: set[str]) -> None:
+        """List the workspaces this store has not listed yet; those no store had listed wait
+        in ``_unannounced`` for their first append to land."""
         # names no append can use are never listed
         new = sorted(ws for ws in workspaces - self._known_workspaces if _valid_workspace(ws))
         if not new:
-            return set()
+            return
         pipe = self.client.pipeline(transaction=False)
         for ws in new:
             pipe.sadd(keys.WORKSPACES, ws)
         added = await pipe.execute()
         self._known_workspaces.update(new)
-        return {ws for ws, n in zip(new, added, strict=True) if n}
+        self._unannounced.update(ws for ws, n in zip(new, added, strict=True) if n)
 
-    async def _announce(self, workspaces: set[str]) -> None:
-        """Tell ``tail(new_workspaces=True)`` of workspaces that just got their first events.
+    async def _announce(self, written: set[str]) -> None:
+        """Tell ``tail(new_workspaces=True)`` of the workspaces in ``written`` (appended to)
+        that are waiting for it: they just got their first events.
 
         Best effort: the events are written, and a follower that misses it lists them
         by its next scan.
         """
+        workspaces = self._unannounced & written
         if not workspaces:
             return
+        self._unannounced -= workspaces
         pipe = self.client.pipeline(transaction=False)
         for ws in sorted(workspaces):
             pipe.xadd(
@@ -537,7 +543,7 @@ class RedisEventStore:
         block_ms: int = 1000,
         new_workspaces: bool = False,
     ) -> dict[str, list[RecordedEvent]]:
-        if limit <= 0 or not after:
+        if limit <= 0 or not (after or new_workspaces):
             return {}
         streams: dict[Any, Any] = {
             keys.log_key(ws): f"0-{max(pos, 0)}" for ws, pos in after.items()

@@ -119,11 +119,13 @@ class EventStore(Protocol):
         none did. One read serves any number of workspaces.
 
         With ``new_workspaces``, a new workspace (its first event came after
-        this store's first ``tail`` or ``workspaces``) that ``after`` does not
-        name ends the wait too, and comes back once with no events: the caller
-        follows it from where it stands (its checkpoints) without waiting to
-        list it. The store keeps one cursor of the new workspaces, so one
-        caller per store asks for them (the projector).
+        this store's first ``workspaces`` or ``tail`` with ``new_workspaces``)
+        that ``after`` does not name ends the wait too (``after`` may then be
+        empty), and comes back once with no events: the caller follows it from
+        where it stands (its checkpoints) without waiting to list it. Best
+        effort: one a store misses is listed by ``workspaces``. The store keeps
+        one cursor of the new workspaces, so one caller per store asks for them
+        (the projector).
         """
         ...
 

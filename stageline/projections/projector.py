@@ -226,17 +226,16 @@ class Projector:
                 follow.reap()
                 after = await self._ready(follow, loop.time())
                 block_ms = min(self.block_ms, max(int((next_scan - loop.time()) * 1000), 1))
-                if not after:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), block_ms / 1000)
-                    continue
-                try:
+                try:  # with no workspace to read, it waits for a new one
                     batches = await self.store.tail(
                         after, limit=self.batch_size, block_ms=block_ms, new_workspaces=True
                     )
                 except Exception as exc:
                     for ws in after:
                         follow.failed(ws, exc, loop.time())
+                    if not after:  # nothing to back off: wait as the read would have
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), block_ms / 1000)
                     continue
                 for ws in batches:  # a new workspace comes with no events: follow it now
                     follow.positions.setdefault(ws, None)
@@ -387,7 +386,8 @@ class Projector:
         the batches this call wrote, which may then be fewer than the log holds.
         ``progress(position, head)`` is called once the replay starts and after
         every batch written. With a ``fold_pool``, a log of ``POOLED_MIN_BATCHES`` batches
-        or more is folded by its processes (started for this call, unless the pool is open).
+        or more is folded by its processes (started for this call, unless the pool is open),
+        if they can be handed the projection (``FoldPool.can_fold``).
         """
         p = self.projection(projection)
         started = time.perf_counter()

@@ -702,6 +702,21 @@ class StoreContract:
         assert await store.tail({workspace: 2}, block_ms=300, new_workspaces=True) == {}
         got = await store.tail({workspace: 2, new: 0}, block_ms=5000, new_workspaces=True)
         assert {ws: [e.position for e in events] for ws, events in got.items()} == {new: [1, 2]}
+        # the workspace whose first append failed is new once one lands
+        await peers[-1].append(f"{new}-failed", "s", evs(1))
+        got = await store.tail({workspace: 2, new: 2}, block_ms=5000, new_workspaces=True)
+        assert got == {f"{new}-failed": []}
+
+    async def test_tail_with_no_workspace_to_read_waits_for_a_new_one(
+        self, store: EventStore, peers: list[EventStore], workspace: str
+    ) -> None:
+        assert await store.workspaces() is not None  # from here on, new workspaces are named
+        waiting = asyncio.create_task(store.tail({}, block_ms=10_000, new_workspaces=True))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await peers[-1].append(workspace, "s", evs(1))
+
+        assert await asyncio.wait_for(waiting, 5) == {workspace: []}
 
     async def test_tail_names_no_new_workspace_unless_asked(
         self, store: EventStore, peers: list[EventStore], workspace: str

@@ -597,10 +597,11 @@ async def test_run_follows_a_new_workspace_from_its_first_event_not_its_next_sca
     store: EventStore = redis_store if store_kind == "redis" else MemoryEventStore()
     old, new = f"{workspace}a", f"{workspace}b"
     life = lifecycle("r1", "completed", Clock())
-    first = await store.append(old, life.stream, life.events[:1])
-    # scans only when it starts: after that, only the blocking read can bring the new one
+    # scans only when it starts, finding nothing: only its blocking read can bring them
     projector = Projector(OnlyWorkspace(store, old, new), views, block_ms=2000, rescan_s=600)  # type: ignore[arg-type]
     running(projector)
+    await asyncio.sleep(0.2)
+    first = await store.append(old, life.stream, life.events[:1])  # none followed yet
     assert await views.wait_for(old, first.position, timeout_s=5)
 
     appended = await store.append(new, life.stream, life.events)
