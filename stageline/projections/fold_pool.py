@@ -155,13 +155,12 @@ class FoldPool:
         executor = ProcessPoolExecutor(
             self.workers, mp_context=_context(), initializer=_start, initargs=(self.store_url,)
         )
-        return _Folding(executor, self.workers)
+        return _Folding(executor)
 
 
 class _Folding:
-    def __init__(self, executor: ProcessPoolExecutor, workers: int) -> None:
+    def __init__(self, executor: ProcessPoolExecutor) -> None:
         self._executor = executor
-        self.workers = workers
 
     async def fold(
         self, workspace: str, projection: Projection[Any], after: int, until: int

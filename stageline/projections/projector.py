@@ -447,7 +447,7 @@ class Projector:
             folds: deque[asyncio.Task[Write]] = deque()
             try:
                 while ranges or folds:
-                    while ranges and len(folds) < folding.workers + READ_AHEAD:
+                    while ranges and len(folds) < pool.workers + READ_AHEAD:
                         fold = folding.fold(workspace, p, *ranges.popleft())
                         folds.append(asyncio.create_task(fold))
                     write = await folds.popleft()
