@@ -73,7 +73,7 @@ async def _stageline(ctx: Context, s: Scenario, mode: str, runs: int, seconds: f
                 f" {lat['p99']:.1f} ms (submit to RunCompleted appended: p50"
                 f" {lat['to_appended_p50']:.1f}, p99 {lat['to_appended_p99']:.1f}; appended to"
                 f" visible: p50 {lat['appended_to_visible_p50']:.1f}, p99"
-                f" {lat['appended_to_visible_p99']:.1f})"
+                f" {lat['appended_to_visible_p99']:.1f}); AOF rewrites: {lat['aof_rewrites']}"
             )
             _latency_figures(s, system, lat)
         ctx.shared.setdefault("live_memory_per_event", {})[mode] = statistics.median(memory)

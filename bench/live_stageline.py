@@ -162,16 +162,22 @@ class StagelineLive:
         info: Any = await self.client.info("server")
         return {"redis-server": int(info["process_id"]), "bench (submitter, tracker)": os.getpid()}
 
+    async def _aof_rewrites(self) -> int:
+        info: Any = await self.client.info("persistence")
+        return int(info["aof_rewrites"])
+
     async def latency(self, rate: float, seconds: float, timeout: float = 600) -> dict[str, float]:
         """Submit at ``rate`` runs/s for ``seconds``; submit-to-visible percentiles (ms), and
         the same split at each run's ``RunCompleted``: submit to appended (the actors'
-        part, from the server's clock) and appended to visible (the projector's)."""
+        part, from the server's clock) and appended to visible (the projector's); and how
+        many AOF rewrites the server started meanwhile (each pauses it, see bench/README)."""
         ws = self.ctx.workspace("live-latency")
         self.workspaces.append(ws)
         count = max(10, round(rate * seconds))
         started: dict[str, float] = {}
         wall: dict[str, float] = {}
         tasks = []
+        rewrites = await self._aof_rewrites()
         async with Tracker(self.store, self.views, ws) as tracker:
             t0 = time.perf_counter()
             for i in range(count):
@@ -182,6 +188,7 @@ class StagelineLive:
             await asyncio.gather(*tasks)
             offered = count / (time.perf_counter() - t0)
             seen = await tracker.wait_visible(list(started), timeout)
+        rewrites = await self._aof_rewrites() - rewrites
         total = {r: (seen[r] - at) * 1000 for r, at in started.items()}
         appended = {r: (tracker.recorded[r] - wall[r]) * 1000 for r in started}
         lat = percentiles(list(total.values()))
@@ -194,4 +201,4 @@ class StagelineLive:
             for k, v in percentiles(values).items()
             if k in ("p50", "p99")
         }
-        return {"rate": rate, "offered": offered, **lat, **split}
+        return {"rate": rate, "offered": offered, **lat, **split, "aof_rewrites": rewrites}
