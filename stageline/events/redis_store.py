@@ -18,6 +18,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from stageline.errors import ConcurrencyError, InvalidArgument
 from stageline.events import codec, keys
 from stageline.events.envelope import ANY, NewEvent, RecordedEvent
+from stageline.events.pool import WaitingPool
 from stageline.events.store import (
     MAX_EVENTS_PER_APPEND,
     AppendRequest,
@@ -62,8 +63,9 @@ def retry_policy(kind: type[Retry] = Retry) -> Retry:
 
 
 def connect(url: str) -> aioredis.Redis:
-    """A bytes client for ``url`` (``unix://``, ``redis://``, ``rediss://``) that retries."""
-    return aioredis.Redis.from_url(
+    """A bytes client for ``url`` (``unix://``, ``redis://``, ``rediss://``) that retries,
+    and whose commands wait for a connection when all of its pool's are busy."""
+    pool = WaitingPool.from_url(
         url,
         decode_responses=False,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
@@ -72,6 +74,7 @@ def connect(url: str) -> aioredis.Redis:
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
         retry=retry_policy(),
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def same_server(a: aioredis.Redis, b: aioredis.Redis) -> bool:

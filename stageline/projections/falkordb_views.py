@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 
 from stageline.errors import InvalidArgument
 from stageline.events.keys import graph_name
+from stageline.events.pool import WaitingPool
 from stageline.events.redis_store import CONNECT_TIMEOUT_SECONDS, retry_policy
 from stageline.ontology.events import PATTERN_SOURCES, TYPE_STATUSES
 from stageline.projections import _cypher
@@ -91,6 +92,7 @@ def connect(url: str) -> FalkorDB:
     # set afterwards: FalkorDB probes for a cluster with a sync client built from the same
     # arguments, which an asyncio Retry breaks
     db.connection.set_retry(retry_policy())
+    db.connection.connection_pool = WaitingPool.replacing(db.connection.connection_pool)
     return db
 
 

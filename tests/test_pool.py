@@ -1,0 +1,102 @@
+"""The connection pool every stageline Redis client uses: more concurrent commands than
+connections wait for one, for a bounded time, instead of failing at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from stageline.events import NO_STREAM, NewEvent
+from stageline.events.pool import WaitingPool
+from stageline.events.redis_store import RedisEventStore
+from stageline.projections.falkordb_views import FalkorDBViews
+
+
+@pytest.fixture
+async def small(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of one connection, whose commands wait 0.3 s at most for it."""
+    client = aioredis.Redis.from_pool(
+        WaitingPool.from_url(redis_url, max_connections=1, wait_s=0.3)
+    )
+    yield client
+    await client.aclose()
+
+
+async def test_commands_beyond_the_connections_wait_for_one(redis_url: str) -> None:
+    client = aioredis.Redis.from_pool(WaitingPool.from_url(redis_url, max_connections=2))
+    try:
+        # each holds its connection ~50 ms: ten of them need five turns of the two
+        replies = await asyncio.gather(*(client.blpop(["sl-test-empty"], 0.05) for _ in range(10)))
+    finally:
+        await client.aclose()
+    assert replies == [None] * 10
+
+
+async def test_a_command_waits_at_most_its_pools_wait(small: aioredis.Redis) -> None:
+    holder = asyncio.create_task(small.blpop(["sl-test-empty"], 2))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError, match=r"no connection free within 0\.3s"):
+        await small.ping()
+    assert time.monotonic() - started < 1.5  # the holder keeps its connection for 2 s
+    holder.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holder
+
+
+async def test_a_cancelled_waiter_does_not_hold_up_the_next(small: aioredis.Redis) -> None:
+    holder = asyncio.create_task(small.blpop(["sl-test-empty"], 0.1))
+    await asyncio.sleep(0.02)
+    first = asyncio.create_task(small.ping())
+    second = asyncio.create_task(small.ping())
+    await asyncio.sleep(0.02)
+    first.cancel()
+
+    assert await second is True  # within the 0.3 s wait: the holder freed it after 0.1 s
+    assert await holder is None
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+async def test_store_and_views_take_bursts_larger_than_their_pools(
+    redis_url: str, workspace: str
+) -> None:
+    store = RedisEventStore.from_url(redis_url)
+    views = FalkorDBViews.from_url(redis_url)
+    try:
+        results = await asyncio.gather(
+            *(
+                store.append(workspace, f"s-{i}", [NewEvent(type="A", data={})], NO_STREAM)
+                for i in range(300)
+            )
+        )
+        runs = await asyncio.gather(*(views.get_run(workspace, f"r-{i}") for i in range(300)))
+    finally:
+        await store.close()
+        await views.close()
+    assert len({r.position for r in results}) == 300  # every one appended
+    assert runs == [None] * 300
+
+
+async def test_a_waiter_cancelled_once_woken_hands_the_connection_on(redis_url: str) -> None:
+    pool = WaitingPool.from_url(redis_url, max_connections=1, wait_s=5)
+    try:
+        held = await pool.get_connection()
+        woken = asyncio.create_task(pool.get_connection())
+        next_in_line = asyncio.create_task(pool.get_connection())
+        await asyncio.sleep(0.02)  # both waiting, in that order
+        await pool.release(held)  # wakes the first...
+        woken.cancel()  # ...which is cancelled before it runs
+
+        conn = await asyncio.wait_for(next_in_line, 1)  # long before its own 5 s wait
+
+        await pool.release(conn)
+        with pytest.raises(asyncio.CancelledError):
+            await woken
+    finally:
+        await pool.disconnect()
