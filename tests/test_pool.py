@@ -49,18 +49,42 @@ async def test_a_command_waits_at_most_its_pools_wait(small: aioredis.Redis) -> 
         await holder
 
 
-async def test_a_cancelled_waiter_does_not_hold_up_the_next(small: aioredis.Redis) -> None:
-    holder = asyncio.create_task(small.blpop(["sl-test-empty"], 0.1))
-    await asyncio.sleep(0.02)
-    first = asyncio.create_task(small.ping())
-    second = asyncio.create_task(small.ping())
-    await asyncio.sleep(0.02)
-    first.cancel()
+async def test_a_cancelled_waiter_does_not_hold_up_the_next(redis_url: str) -> None:
+    client = aioredis.Redis.from_pool(WaitingPool.from_url(redis_url, max_connections=1, wait_s=5))
+    try:
+        holder = asyncio.create_task(client.blpop(["sl-test-empty"], 0.1))
+        await asyncio.sleep(0.02)
+        first = asyncio.create_task(client.ping())
+        second = asyncio.create_task(client.ping())
+        await asyncio.sleep(0.02)
+        first.cancel()
 
-    assert await second is True  # within the 0.3 s wait: the holder freed it after 0.1 s
-    assert await holder is None
-    with pytest.raises(asyncio.CancelledError):
-        await first
+        # the holder frees the connection after 0.1 s; second's own wait is 5 s
+        assert await asyncio.wait_for(second, 2) is True
+        assert await holder is None
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    finally:
+        await client.aclose()
+
+
+async def test_a_waiter_gets_a_connection_its_holder_keeps_asking_for(
+    small: aioredis.Redis,
+) -> None:
+    stop = False
+
+    async def busy() -> int:
+        sent = 0
+        while not stop:
+            await small.ping()  # releases and at once asks again, without yielding between
+            sent += 1
+        return sent
+
+    holder = asyncio.create_task(busy())
+    await asyncio.sleep(0.05)
+    assert await small.ping() is True  # within its 0.3 s wait
+    stop = True
+    assert await holder > 0
 
 
 async def test_store_and_views_take_bursts_larger_than_their_pools(
