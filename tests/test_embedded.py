@@ -131,8 +131,8 @@ def test_aof_is_on_with_the_configured_fsync(
 def test_a_view_write_is_kept_as_its_effects_and_survives_a_crash(
     servers: list[EmbeddedServer], data_dir: Path
 ) -> None:
-    """Replayed as a query, a write looks its nodes up again, without an index while the
-    AOF loads; replayed as effects it does not (a 118 MB AOF: 66 s against 1.3 s)."""
+    """Replayed as a query, a write runs again when the AOF loads; as effects it is applied
+    (118 MB of AOF, a workspace whose graph was created in it: 66 s against 1.3 s)."""
     srv = start(servers, data_dir)
     with client(srv) as r:
         r.execute_command("GRAPH.QUERY", "views", "CREATE INDEX FOR (r:Run) ON (r.id)")

@@ -10,12 +10,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
 
+MAX_CONNECTIONS = 100
+"""Connections one pool opens at most: redis-py 8's default (7.x and older: 2**31)."""
 WAIT_SECONDS = 10.0
 """Longest a command waits for a connection when all of its pool's are busy."""
 
 
 class WaitingPool(aioredis.ConnectionPool):
-    """redis-py's pool (at most 100 connections unless told otherwise), except that a
+    """redis-py's pool (at most ``MAX_CONNECTIONS`` unless told otherwise), except that a
     command finding them all busy waits for one, up to ``wait_s``, instead of failing at
     once with "Too many connections" (500 concurrent appends on one store: 400 failed so).
 
@@ -27,6 +29,7 @@ class WaitingPool(aioredis.ConnectionPool):
     """
 
     def __init__(self, *, wait_s: float = WAIT_SECONDS, **kwargs: Any) -> None:
+        kwargs["max_connections"] = kwargs.get("max_connections") or MAX_CONNECTIONS
         super().__init__(**kwargs)
         self.wait_s = wait_s
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
