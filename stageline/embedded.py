@@ -2,7 +2,8 @@
 
 The server listens on a unix socket only, keeps its data (AOF on) in one
 directory and is stopped by its own pid. A lock file tells a live owner from
-an orphan left by a killed one, so a crash never blocks the next start.
+an orphan left by a killed one, so a crash never blocks the next start. The
+children it forks to rewrite its AOF run at idle CPU priority (``IdleChildren``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import fcntl
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import IO, Literal
@@ -22,6 +24,52 @@ import redis
 from stageline.errors import Unavailable
 
 FsyncPolicy = Literal["always", "everysec", "no"]
+
+CHILD_POLL_SECONDS = 0.01
+"""How often ``IdleChildren`` looks for a new child of the server (11 µs a look)."""
+
+
+class IdleChildren(threading.Thread):
+    """Puts each child the server forks (an AOF rewrite, a snapshot) at idle CPU priority.
+
+    A rewrite comes each time the AOF has doubled since the last one, and its
+    child writes the whole dataset: 0.2 s of CPU for 70 MB on these machines.
+    At the default priority it took a core from the server and from the
+    processes it serves for as long, and on two cores the runs in flight
+    waited behind it. At ``SCHED_IDLE`` it runs on the CPU the others leave.
+    The bench's live scenario (two runs each way, interleaved, 1-2 rewrites
+    in every 10 s round) measured p99 82-126 ms in ``up`` and 86-227 ms split,
+    against 96-196 and 116-242 ms at the default priority. On a machine kept
+    busy to its last core a rewrite takes longer, which Redis copes with:
+    writes go on to the new AOF file meanwhile.
+
+    Linux only: it reads ``/proc/PID/task/PID/children`` every
+    ``CHILD_POLL_SECONDS`` (a child is caught within that), and stops once that
+    cannot be read (the server gone, or another system).
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(name=f"idle-children-{pid}", daemon=True)
+        self.pid = pid
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")  # the main thread forks
+        seen: set[int] = set()
+        while not self._stopped.wait(CHILD_POLL_SECONDS):
+            try:
+                children = {int(pid) for pid in path.read_bytes().split()}
+            except OSError:
+                return
+            for pid in children - seen:
+                with contextlib.suppress(OSError):  # gone already
+                    os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+            seen = children
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join()
 
 
 class EmbeddedServer:
@@ -36,6 +84,7 @@ class EmbeddedServer:
         self._lockfile = self.data_dir / "stageline.lock"
         self._lock: IO[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._idle_children: IdleChildren | None = None
 
     @property
     def url(self) -> str:
@@ -80,6 +129,9 @@ class EmbeddedServer:
                     f"embedded redis-server exited with {self._proc.returncode}; see {self.logfile}"
                 )
             if self._ping():
+                if hasattr(os, "SCHED_IDLE"):
+                    self._idle_children = IdleChildren(self._proc.pid)
+                    self._idle_children.start()
                 return self.url
             if time.monotonic() > deadline:
                 self.stop()
@@ -89,6 +141,7 @@ class EmbeddedServer:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the server (it flushes the AOF), wait for it, remove socket and pid file."""
         proc, self._proc = self._proc, None
+        self._stop_idle_children()
         if proc is None and self._lock is None:
             return  # never started: the socket and pid file may be another owner's
         if proc is not None and proc.poll() is None:
@@ -105,10 +158,16 @@ class EmbeddedServer:
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash would (for fault-injection tests)."""
+        self._stop_idle_children()
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait()
             self._proc = None
+
+    def _stop_idle_children(self) -> None:
+        if self._idle_children is not None:
+            self._idle_children.stop()
+            self._idle_children = None
 
     def __enter__(self) -> EmbeddedServer:
         self.start()

@@ -151,6 +151,29 @@ def test_a_view_write_is_kept_as_its_effects_and_survives_a_crash(
     assert reply[1] == [[1, None], [2, b"done"], [3, None]]
 
 
+def test_the_child_of_an_aof_rewrite_runs_at_idle_priority(
+    servers: list[EmbeddedServer], data_dir: Path
+) -> None:
+    srv = start(servers, data_dir)
+    assert srv.pid is not None
+    with client(srv) as r:
+        r.mset({f"k{i}": i for i in range(50)})
+        r.config_set("rdb-key-save-delay", 100_000)  # µs per key: the child lives for 5 s
+        r.bgrewriteaof()
+        children = Path(f"/proc/{srv.pid}/task/{srv.pid}/children")
+        deadline = time.monotonic() + 5
+        while not (pids := children.read_text().split()) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        [child] = pids
+        deadline = time.monotonic() + 2
+        while os.sched_getscheduler(int(child)) != os.SCHED_IDLE:
+            assert time.monotonic() < deadline, "the rewrite's child kept its priority"
+            time.sleep(0.005)
+        assert os.sched_getscheduler(srv.pid) == os.SCHED_OTHER  # the server keeps its own
+        assert r.info("persistence")["aof_rewrite_in_progress"] == 1
+        r.config_set("rdb-key-save-delay", 0)
+
+
 def test_listens_on_the_unix_socket_only(servers: list[EmbeddedServer], data_dir: Path) -> None:
     srv = start(servers, data_dir)
     assert srv.pid is not None
