@@ -82,7 +82,7 @@ class IdleChildren(threading.Thread):
 
     def stop(self) -> None:
         self._stopped.set()
-        if self.is_alive() and self is not threading.current_thread():
+        if self.is_alive():
             self.join()
 
 
