@@ -1,15 +1,20 @@
 """The connection pool every stageline Redis client uses: more concurrent commands than
-connections wait for one, for a bounded time, instead of failing at once."""
+connections wait for one, for a bounded time, instead of failing at once; a write is
+bounded by the socket timeout without starting a task."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
+import hiredis
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stageline.events import NO_STREAM, NewEvent
 from stageline.events.pool import WaitingPool
@@ -124,3 +129,62 @@ async def test_a_waiter_cancelled_once_woken_hands_the_connection_on(redis_url: 
             await woken
     finally:
         await pool.disconnect()
+
+
+async def test_commands_with_a_socket_timeout_start_no_task(redis_url: str) -> None:
+    # redis-py bounds a write with asyncio.wait_for, a task per command on Python 3.11
+    client = aioredis.Redis.from_pool(WaitingPool.from_url(redis_url, socket_timeout=5))
+    loop = asyncio.get_running_loop()
+    started: list[Any] = []
+    before = loop.get_task_factory()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        started.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    try:
+        await client.ping()  # connects
+        loop.set_task_factory(factory)
+        try:
+            replies = [await client.ping() for _ in range(20)]
+        finally:
+            loop.set_task_factory(before)
+    finally:
+        await client.aclose()
+    assert replies == [True] * 20
+    assert started == []
+
+
+async def test_a_write_that_does_not_finish_in_time_fails_and_closes_the_connection(
+    tmp_path: Path,
+) -> None:
+    command = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%b\r\n" % (64 << 20, b"x" * (64 << 20))
+    deafened = asyncio.Event()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answers the connection's handshake, then reads nothing more."""
+        requests = hiredis.Reader()
+        while data := await reader.read(65536):
+            if b"$3\r\nSET\r\n" in data:
+                deafened.set()
+                await asyncio.Event().wait()
+            requests.feed(data)
+            while requests.gets() is not False:
+                writer.write(b"+OK\r\n")
+
+    path = tmp_path / "deaf.sock"
+    server = await asyncio.start_unix_server(deaf, path)
+    pool = WaitingPool.from_url(f"unix://{path}", socket_timeout=0.3)
+    try:
+        conn = await pool.get_connection()
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError, match="Timeout writing to socket"):
+            await conn.send_packed_command(command)  # far more than the socket buffers hold
+        assert 0.25 < time.monotonic() - started < 3
+        assert deafened.is_set()
+        assert not conn.is_connected
+        assert conn.socket_timeout == 0.3  # for its next commands
+        await pool.release(conn)
+    finally:
+        await pool.disconnect()
+        server.close()

@@ -4,16 +4,56 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 MAX_CONNECTIONS = 100
 """Connections one pool opens at most: redis-py 8's default (7.x and older: 2**31)."""
 WAIT_SECONDS = 10.0
 """Longest a command waits for a connection when all of its pool's are busy."""
+
+
+class TimedWrites:
+    """A connection (mixed into redis-py's) whose writes are bounded by ``asyncio.timeout``.
+
+    With a socket timeout set, redis-py bounds each write with ``asyncio.wait_for``,
+    which on Python 3.11 starts a task per command. Here the same write is bounded by
+    ``asyncio.timeout``, which starts nothing; a write that does not finish in time
+    still raises redis-py's ``TimeoutError`` with the connection closed. A PING on a
+    unix socket, in CPU per command: 103 µs through redis-py's pool with a timeout, 86
+    through this one (61 with no timeout at all); on uvloop 82 and 72.
+    """
+
+    socket_timeout: float | None
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        timeout = self.socket_timeout
+        if not timeout:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+            return
+        # redis-py writes without wait_for while its timeout is unset; the connection is
+        # its caller's alone meanwhile, as every command's is
+        self.socket_timeout = None
+        try:
+            async with asyncio.timeout(timeout):
+                await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except TimeoutError:  # redis-py closed the connection on the cancellation
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        finally:
+            self.socket_timeout = timeout
+
+
+@functools.cache
+def timed_writes(connection_class: type[Any]) -> type[Any]:
+    """``connection_class`` with ``TimedWrites`` mixed in (itself if it has it already)."""
+    if issubclass(connection_class, TimedWrites):
+        return connection_class
+    return type(f"TimedWrites{connection_class.__name__}", (TimedWrites, connection_class), {})
 
 
 class WaitingPool(aioredis.ConnectionPool):
@@ -26,10 +66,15 @@ class WaitingPool(aioredis.ConnectionPool):
     too, but costs ~15 µs more on every command (25 against 10 µs to take and release a
     connection, measured here), and a command it wakes loses the freed connection to any
     task that asks again first.
+
+    Its connections are of redis-py's class for the URL with ``TimedWrites`` mixed in.
     """
 
     def __init__(self, *, wait_s: float = WAIT_SECONDS, **kwargs: Any) -> None:
         kwargs["max_connections"] = kwargs.get("max_connections") or MAX_CONNECTIONS
+        kwargs["connection_class"] = timed_writes(
+            kwargs.get("connection_class", aioredis.Connection)
+        )
         super().__init__(**kwargs)
         self.wait_s = wait_s
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
