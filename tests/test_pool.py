@@ -155,17 +155,18 @@ async def test_commands_with_a_socket_timeout_start_no_task(redis_url: str) -> N
     assert started == []
 
 
-async def test_a_write_that_does_not_finish_in_time_fails_and_closes_the_connection(
-    tmp_path: Path,
-) -> None:
-    command = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%b\r\n" % (64 << 20, b"x" * (64 << 20))
+@pytest.fixture
+async def deaf(tmp_path: Path) -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A unix socket server that answers a connection's handshake, then reads nothing more
+    once a SET begins: its URL, and an event set then."""
     deafened = asyncio.Event()
 
-    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Answers the connection's handshake, then reads nothing more."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         requests = hiredis.Reader()
+        seen = b""
         while data := await reader.read(65536):
-            if b"$3\r\nSET\r\n" in data:
+            seen = seen[-16:] + data  # the marker may span two reads
+            if b"$3\r\nSET\r\n" in seen:
                 deafened.set()
                 await asyncio.Event().wait()
             requests.feed(data)
@@ -173,13 +174,26 @@ async def test_a_write_that_does_not_finish_in_time_fails_and_closes_the_connect
                 writer.write(b"+OK\r\n")
 
     path = tmp_path / "deaf.sock"
-    server = await asyncio.start_unix_server(deaf, path)
-    pool = WaitingPool.from_url(f"unix://{path}", socket_timeout=0.3)
+    server = await asyncio.start_unix_server(serve, path)
+    yield f"unix://{path}", deafened
+    server.close()
+
+
+BIG_SET = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%b\r\n" % (64 << 20, b"x" * (64 << 20))
+"""Far more than the socket buffers hold: its write waits for the server to read."""
+
+
+async def test_a_write_that_does_not_finish_in_time_fails_and_closes_the_connection(
+    deaf: tuple[str, asyncio.Event],
+) -> None:
+    url, deafened = deaf
+    pool = WaitingPool.from_url(url, socket_timeout=0.3)
     try:
         conn = await pool.get_connection()
         started = time.monotonic()
         with pytest.raises(RedisTimeoutError, match="Timeout writing to socket"):
-            await conn.send_packed_command(command)  # far more than the socket buffers hold
+            async with asyncio.timeout(5):  # fails, not hangs, if the write is not bounded
+                await conn.send_packed_command(BIG_SET)
         assert 0.25 < time.monotonic() - started < 3
         assert deafened.is_set()
         assert not conn.is_connected
@@ -187,4 +201,23 @@ async def test_a_write_that_does_not_finish_in_time_fails_and_closes_the_connect
         await pool.release(conn)
     finally:
         await pool.disconnect()
-        server.close()
+
+
+async def test_a_write_cancelled_while_it_waits_closes_the_connection(
+    deaf: tuple[str, asyncio.Event],
+) -> None:
+    url, deafened = deaf
+    pool = WaitingPool.from_url(url, socket_timeout=5)
+    try:
+        conn = await pool.get_connection()
+        write = asyncio.create_task(conn.send_packed_command(BIG_SET))
+        await asyncio.wait_for(deafened.wait(), 5)
+        await asyncio.sleep(0.05)
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        assert not conn.is_connected
+        assert conn.socket_timeout == 5
+        await pool.release(conn)
+    finally:
+        await pool.disconnect()
