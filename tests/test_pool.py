@@ -179,8 +179,8 @@ async def deaf(tmp_path: Path) -> AsyncIterator[tuple[str, asyncio.Event]]:
     server.close()
 
 
-BIG_SET = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%b\r\n" % (64 << 20, b"x" * (64 << 20))
-"""Far more than the socket buffers hold: its write waits for the server to read."""
+BIG_SET = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%b\r\n" % (8 << 20, b"x" * (8 << 20))
+"""Far more than the socket buffers hold (~0.5 MB): its write waits for the server to read."""
 
 
 async def test_a_write_that_does_not_finish_in_time_fails_and_closes_the_connection(

@@ -41,8 +41,8 @@ class TimedWrites:
             return
         if check_health:
             await self.check_health()  # type: ignore[attr-defined]
-        # redis-py writes without wait_for while its timeout is unset; only the write runs
-        # so, the connection being its caller's alone meanwhile, as every command's is
+        # with its timeout unset redis-py writes without wait_for; only the write runs so,
+        # and the connection is its caller's alone meanwhile, as every command's is
         self.socket_timeout = None
         try:
             async with asyncio.timeout(timeout):
