@@ -64,6 +64,11 @@ def graph_name(workspace: str) -> str:
     return f"{PREFIX}:{{{workspace}}}:views"
 
 
+def checkpoints_channel(workspace: str) -> str:
+    """The pub/sub channel on which the projector says how far the workspace's views moved."""
+    return f"{PREFIX}:{{{workspace}}}:checkpoints"
+
+
 def stage_channel(actor: str) -> str:
     """The Redis Stream an actor's commands arrive on."""
     return f"{PREFIX}:actor:{actor}"

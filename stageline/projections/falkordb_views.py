@@ -17,7 +17,6 @@ with nothing to write move together, in one query (still each guarded).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +43,7 @@ from stageline.projections._cypher import run_status as qr
 from stageline.projections.changes import Changes
 from stageline.projections.cypher_params import cypher_params
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
+from stageline.projections.notices import Notices
 from stageline.projections.pipeline_configs import PIPELINE_FIELDS
 from stageline.projections.projection import Projection, Write
 from stageline.projections.registry import NAMES, PROJECTIONS, RUN_STATUS
@@ -176,12 +176,15 @@ class FalkorDBViews:
         self._durations: dict[str, tuple[int, asyncio.Future[list[list[Any]]]]] = {}
         """Per workspace: the run-status checkpoint and the stage durations read at it."""
         self._graphs: dict[str, AsyncGraph] = {}
+        self.notices = Notices(db.connection, self.checkpoint)
+        """The checkpoint notices: ``apply_all`` and ``drop`` publish, ``wait_for`` waits on them."""
 
     @classmethod
     def from_url(cls, url: str) -> FalkorDBViews:
         return cls(connect(url))
 
     async def close(self) -> None:
+        await self.notices.close()
         await self.db.connection.aclose()
 
     def _graph(self, workspace: str) -> AsyncGraph:
@@ -257,6 +260,8 @@ class FalkorDBViews:
     async def apply_all(self, workspace: str, writes: Sequence[Write]) -> list[bool]:
         """Send several projections' writes in one round trip; whether each one applied.
 
+        The checkpoints of those that applied are then published (``notices``).
+
         Each is guarded on its own and applied or refused on its own, as
         ``apply`` describes. If any raises, the error is raised once every
         write has answered: the others may have applied, so reload every
@@ -292,6 +297,13 @@ class FalkorDBViews:
             moved = {row[0][1] for row in replies[-1][1]}  # a cell is [type, value]
             for i in moves:
                 applied[i] = writes[i].projection.name in moved
+        reached = {
+            w.projection.name: w.changes.position
+            for w, ok in zip(writes, applied, strict=True)
+            if ok
+        }
+        if reached:
+            await self.notices.publish(workspace, reached)
         return applied
 
     async def drop(self, workspace: str, projection: Projection[Any]) -> None:
@@ -302,6 +314,7 @@ class FalkorDBViews:
         await self._ensure_schema(workspace, [projection])
         graph = self._graph(workspace)
         await graph.query(cypher_params({"projection": projection.name}) + projection.writer.drop)
+        await self.notices.publish(workspace, {projection.name: 0})
 
     # -- reads: checkpoints -------------------------------------------------------
 
@@ -323,16 +336,11 @@ class FalkorDBViews:
     async def wait_for(
         self, workspace: str, position: int, timeout_s: float, projection: str = RUN_STATUS.name
     ) -> bool:
-        """Wait until the projection has applied ``position``; False if ``timeout_s`` passed first."""
-        deadline = time.monotonic() + timeout_s
-        delay = 0.001
-        while await self.checkpoint(workspace, projection) < position:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 2, 0.01)
-        return True
+        """Wait until the projection has applied ``position``; False if ``timeout_s`` passed first.
+
+        Woken by the writer's notice (``notices``), not by polling the view.
+        """
+        return await self.notices.wait_for(workspace, projection, position, timeout_s)
 
     # -- reads: runs --------------------------------------------------------------
 

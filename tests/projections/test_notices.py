@@ -1,0 +1,219 @@
+"""Checkpoint notices on the real server: waiters woken by the writer, reads only as a fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+from projection_helpers import Clock, as_recorded, lifecycle, write_views
+
+from stageline.events.keys import checkpoints_channel
+from stageline.projections import RUN_STATUS, FalkorDBViews, Write
+from stageline.projections.notices import Notices
+
+LONG = 30.0
+"""A fallback no test waits out: a waiter that returns in time was woken by a notice."""
+
+
+class Counted:
+    """``FalkorDBViews.checkpoint``, counting its calls."""
+
+    def __init__(self, views: FalkorDBViews) -> None:
+        self.views = views
+        self.calls = 0
+
+    async def __call__(self, workspace: str, projection: str) -> int:
+        self.calls += 1
+        return await self.views.checkpoint(workspace, projection)
+
+
+@pytest.fixture
+async def writer(redis_url: str) -> AsyncIterator[FalkorDBViews]:
+    views = FalkorDBViews.from_url(redis_url)
+    try:
+        yield views
+    finally:
+        await views.close()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def run_events() -> list:
+    life = lifecycle("r1", "completed", Clock())
+    return as_recorded([(life.stream, e) for e in life.events])
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def subscribers(client: aioredis.Redis, workspace: str) -> int:
+    [(_, count)] = await client.pubsub_numsub(checkpoints_channel(workspace))
+    return int(count)
+
+
+async def test_a_waiter_is_woken_by_the_writers_notice_without_reading_again(
+    views: FalkorDBViews, writer: FalkorDBViews, workspace: str
+) -> None:
+    read = Counted(views)
+    notices = Notices(views.db.connection, read, fallback_s=LONG)
+    events = run_events()
+    try:
+        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", len(events), 5))
+        await until(lambda: asyncio.sleep(0, read.calls == 1))
+        assert not waiter.done()
+
+        await write_views(writer, workspace, events)
+
+        assert await asyncio.wait_for(waiter, 10)
+        assert read.calls == 1  # the read when the wait began; the notice did the rest
+    finally:
+        await notices.close()
+
+
+async def test_a_lost_notice_costs_a_read_not_the_answer(
+    views: FalkorDBViews,
+    writer: FalkorDBViews,
+    workspace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def lost(workspace: str, positions: object) -> None:
+        pass
+
+    monkeypatch.setattr(writer.notices, "publish", lost)
+    read = Counted(views)
+    notices = Notices(views.db.connection, read, fallback_s=0.05)
+    events = run_events()
+    try:
+        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", len(events), 10))
+        await until(lambda: asyncio.sleep(0, read.calls >= 1))
+        await write_views(writer, workspace, events)
+
+        assert await asyncio.wait_for(waiter, 15)
+        assert read.calls >= 2
+    finally:
+        await notices.close()
+
+
+async def test_only_the_writes_that_applied_are_announced(
+    writer: FalkorDBViews, client: aioredis.Redis, workspace: str
+) -> None:
+    events = run_events()
+    async with client.pubsub() as pubsub:
+        await pubsub.subscribe(checkpoints_channel(workspace))
+        stale = Write(RUN_STATUS, RUN_STATUS.fold(events), expected=3)
+        assert await writer.apply_all(workspace, [stale]) == [False]
+        fresh = Write(RUN_STATUS, RUN_STATUS.fold(events), expected=0)
+        assert await writer.apply_all(workspace, [fresh]) == [True]
+
+        messages = []
+        while len(messages) < 2:
+            message = await pubsub.get_message(timeout=5)
+            assert message is not None
+            messages.append(message)
+    assert [m["type"] for m in messages] == ["subscribe", "message"]
+    assert messages[1]["data"] == b'{"run_status":%d}' % len(events)
+
+
+async def test_a_dropped_view_is_announced_at_zero(
+    views: FalkorDBViews, writer: FalkorDBViews, workspace: str
+) -> None:
+    events = run_events()
+    async with views.notices.watching(workspace) as watch:
+        await write_views(writer, workspace, events)
+        while watch.positions.get("run_status") != len(events):
+            assert await watch.moved(10)
+
+        await writer.drop(workspace, RUN_STATUS)
+
+        while watch.positions["run_status"] != 0:
+            assert await watch.moved(10)
+    assert not await views.wait_for(workspace, len(events), timeout_s=0.05)
+
+
+async def test_waiters_hear_notices_again_once_the_subscription_reconnects(
+    views: FalkorDBViews, writer: FalkorDBViews, client: aioredis.Redis, workspace: str
+) -> None:
+    read = Counted(views)
+    notices = Notices(views.db.connection, read, fallback_s=LONG)
+    events = run_events()
+    before = {c["id"] for c in await client.client_list(_type="pubsub")}
+    try:
+        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", len(events), 10))
+        await until(lambda: asyncio.sleep(0, read.calls == 1))
+        [ours] = [
+            c["id"] for c in await client.client_list(_type="pubsub") if c["id"] not in before
+        ]
+
+        await client.client_kill_filter(_id=ours)
+        await until(lambda: subscribers(client, workspace), timeout=10)  # subscribed again
+        await write_views(writer, workspace, events)
+
+        assert await asyncio.wait_for(waiter, 15)
+        assert read.calls == 1
+    finally:
+        await notices.close()
+
+
+async def test_a_message_that_is_no_notice_is_skipped(
+    views: FalkorDBViews, writer: FalkorDBViews, client: aioredis.Redis, workspace: str
+) -> None:
+    read = Counted(views)
+    notices = Notices(views.db.connection, read, fallback_s=LONG)
+    events = run_events()
+    try:
+        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", len(events), 10))
+        await until(lambda: asyncio.sleep(0, read.calls == 1))
+        await client.publish(checkpoints_channel(workspace), b"not a notice")
+        await write_views(writer, workspace, events)
+
+        assert await asyncio.wait_for(waiter, 15)
+        assert read.calls == 1
+    finally:
+        await notices.close()
+
+
+async def test_a_workspace_nobody_waits_on_is_unsubscribed(
+    views: FalkorDBViews, client: aioredis.Redis, workspace: str
+) -> None:
+    notices = Notices(views.db.connection, views.checkpoint, idle_s=0.05)
+    try:
+        assert not await notices.wait_for(workspace, "run_status", 1, 0.01)
+        assert await subscribers(client, workspace) == 1
+
+        await until(lambda: _none(client, workspace))
+    finally:
+        await notices.close()
+
+
+async def _none(client: aioredis.Redis, workspace: str) -> bool:
+    return await subscribers(client, workspace) == 0
+
+
+async def test_waits_on_many_workspaces_share_one_connection(
+    views: FalkorDBViews, client: aioredis.Redis
+) -> None:
+    notices = Notices(views.db.connection, views.checkpoint)
+    workspaces = [f"w{i}-{id(notices)}" for i in range(5)]
+    before = {c["id"] for c in await client.client_list(_type="pubsub")}
+    try:
+        waits = [notices.wait_for(ws, "run_status", 1, 0.2) for ws in workspaces]
+        assert await asyncio.gather(*waits) == [False] * 5
+
+        new = [c for c in await client.client_list(_type="pubsub") if c["id"] not in before]
+        assert [int(c["sub"]) for c in new] == [5]
+    finally:
+        await notices.close()
