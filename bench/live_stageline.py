@@ -139,7 +139,7 @@ class StagelineLive:
 
         pids = {c.name: c.pid for c in self.children} | await self._server_and_self()
         cpu0, stats0 = cpu_seconds(pids), await _commandstats(self.client)
-        async with Tracker(self.store, self.views, ws) as tracker:
+        async with Tracker(self.store, self.views, ws, poll_s=0.005) as tracker:
             t0 = time.perf_counter()
             await asyncio.gather(*(one(i) for i in range(runs)))
             submitted = time.perf_counter() - t0

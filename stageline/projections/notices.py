@@ -4,12 +4,15 @@ After every batch it applied, the writer of the views publishes the new
 checkpoints on the workspace's pub/sub channel (``keys.checkpoints_channel``),
 and a view dropped for a rebuild as checkpoint 0. A process that waits for a
 position (``min_position``, ``?wait``) subscribes to each workspace it waits
-on, all of them on one connection, and wakes its waiters when a notice says
-their position is reached: at once, and with no read of the view per waiter.
+on, all of them on one connection, and a waiter reads the checkpoint again
+when a notice says its position is reached: at once, instead of polling.
 
-Pub/sub is best effort: a notice published while the subscription reconnects
-is lost. So a waiter also reads the checkpoint itself when no notice has come
-for ``fallback_s``: a lost notice costs latency, never a wrong answer.
+A notice only wakes a waiter; the checkpoint it then reads decides, so a late
+or stale notice (a rebuild dropped the view meanwhile) cannot let a read
+through early. Pub/sub is best effort: a notice published while the
+subscription reconnects is lost. So a waiter also reads the checkpoint when no
+notice has come for ``fallback_s``: a lost notice costs latency, never a wrong
+answer.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ __all__ = ["FALLBACK_S", "IDLE_S", "Notices", "Watch"]
 log = structlog.get_logger("stageline.projections")
 
 FALLBACK_S = 0.1
-"""How long a waiter waits for a notice before it reads the checkpoint itself."""
+"""How long a waiter waits for a notice before it reads the checkpoint anyway."""
 IDLE_S = 5.0
 """How long a workspace nobody waits on stays subscribed, for the next waiter."""
 
@@ -40,33 +43,30 @@ _decode = msgspec.json.Decoder(dict[str, int]).decode
 
 
 class Watch:
-    """What one process knows of a workspace's checkpoints, while it waits on them."""
+    """The checkpoint notices of one workspace, while this process waits on them."""
 
     def __init__(self) -> None:
         self.positions: dict[str, int] = {}
+        """Each projection's checkpoint as the latest notice gave it."""
+        self.notices = 0
+        """How many notices came: a waiter tells by it whether one came meanwhile."""
         self.subscribed = asyncio.Event()
+        self.reads: dict[str, tuple[float, int, asyncio.Future[int]]] = {}
+        """Per projection, the last read of its checkpoint: when it began, after how many
+        notices, and its answer."""
         self.users = 0
         self.idle_since = time.monotonic()
         self._moved = asyncio.Event()
 
     def note(self, positions: Mapping[str, int]) -> None:
-        """Take ``positions`` as the checkpoints now, and wake whoever waits for a move.
-
-        Taken as they are, not only when higher: a view dropped for a rebuild
-        goes back to 0. A read that answers after a later notice can set a
-        checkpoint back for a while; its waiters then wait for the next notice.
-        """
-        changed = False
-        for name, position in positions.items():
-            if self.positions.get(name) != position:
-                self.positions[name] = position
-                changed = True
-        if changed:
-            self._moved.set()
-            self._moved = asyncio.Event()
+        """Take a notice's ``positions`` (as they are: a dropped view goes back to 0)."""
+        self.positions.update(positions)
+        self.notices += 1
+        self._moved.set()
+        self._moved = asyncio.Event()
 
     async def moved(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the next change; whether one came."""
+        """Wait up to ``timeout`` seconds for the next notice; whether one came."""
         moved = self._moved
         try:
             async with asyncio.timeout(timeout):
@@ -75,12 +75,18 @@ class Watch:
             return False
         return True
 
+    def reached(self, projection: str, position: int, since: int) -> bool:
+        """Whether a notice that came after the ``since``-th says ``position`` is reached."""
+        return self.notices > since and self.positions.get(projection, 0) >= position
+
 
 class Notices:
     """Publishes a workspace's checkpoint notices, and waits on them.
 
-    ``read(workspace, projection)`` reads a checkpoint from the views: once when a
-    wait starts, and whenever no notice came for ``fallback_s``.
+    ``read(workspace, projection)`` reads a checkpoint from the views: when a wait
+    starts, when a notice says the position is reached, and when no notice came
+    for ``fallback_s``. One task reads the subscription; subscribing runs in tasks
+    of its own, so a waiter that is cancelled or times out leaves it consistent.
     """
 
     def __init__(
@@ -99,7 +105,9 @@ class Notices:
         self._channels: dict[str, str] = {}  # channel -> workspace
         self._pubsub: Any = None  # redis-py's PubSub, made on the first wait
         self._subscribing = asyncio.Lock()  # its first subscribe picks its connection
+        self._tasks: set[asyncio.Task[None]] = set()  # subscriptions under way
         self._listener: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def publish(self, workspace: str, positions: Mapping[str, int]) -> None:
         """Say that the views of ``workspace`` reached ``positions`` (projection -> checkpoint).
@@ -118,32 +126,60 @@ class Notices:
         self, workspace: str, projection: str, position: int, timeout_s: float
     ) -> bool:
         """Wait until ``projection`` has applied ``position``; False if ``timeout_s`` passed first."""
-        deadline = time.monotonic() + timeout_s
-        async with self.watching(workspace) as watch:
-            watch.note({projection: await self._read(workspace, projection)})
-            while watch.positions[projection] < position:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                if not await watch.moved(min(left, self.fallback_s)):
-                    watch.note({projection: await self._read(workspace, projection)})
-            return True
+        began = time.monotonic()
+        deadline = began + timeout_s
+        async with self.watching(workspace, min(timeout_s, self.fallback_s)) as watch:
+            while True:
+                since = watch.notices
+                if await self._checkpoint(workspace, watch, projection, began) >= position:
+                    return True
+                # a notice that came during the read counts: it may be the one
+                while not watch.reached(projection, position, since):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    if not await watch.moved(min(left, self.fallback_s)):
+                        break  # none for a while: read anyway
+
+    async def _checkpoint(
+        self, workspace: str, watch: Watch, projection: str, not_before: float
+    ) -> int:
+        """The projection's checkpoint, read after ``not_before`` and after the latest notice.
+
+        Waiters share a read that meets both (100 waiters woken by one notice
+        cost one read, not 100); a waiter that is cancelled leaves it to the others.
+        """
+        last = watch.reads.get(projection)
+        if last is None or last[2].done() or last[0] < not_before or last[1] != watch.notices:
+            read = asyncio.ensure_future(self._read(workspace, projection))
+            read.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen if unawaited
+            last = watch.reads[projection] = (time.monotonic(), watch.notices, read)
+        return await asyncio.shield(last[2])
 
     @contextlib.asynccontextmanager
-    async def watching(self, workspace: str) -> AsyncIterator[Watch]:
+    async def watching(
+        self, workspace: str, confirm_s: float | None = None
+    ) -> AsyncIterator[Watch]:
         """The workspace's ``Watch``, subscribed to its notices while the block runs.
 
-        Waits (up to ``fallback_s``) for the subscription to be confirmed, so that a
-        read made inside the block is followed by every notice published after it.
+        Waits up to ``confirm_s`` (default ``fallback_s``) for the subscription to
+        be confirmed, so that every notice published after a read made inside the
+        block is heard; if it is not, the fallback reads cover the gap.
         """
         watch = self._watches.get(workspace)
-        if watch is None:
+        if watch is None and not self._closed:
             watch = self._watches[workspace] = Watch()
-            await self._subscribe(workspace, watch)
+            channel = checkpoints_channel(workspace)
+            self._channels[channel] = workspace
+            self._spawn(self._subscribe(workspace, channel, watch))
+        elif watch is None:
+            watch = Watch()  # closed: a watch that hears nothing, for the reads to decide
+        elif self._listener is not None and self._listener.done():
+            self._spawn_listener()  # it died: start it again
         watch.users += 1
         try:
-            with contextlib.suppress(TimeoutError):  # not confirmed: the fallback reads cover it
-                async with asyncio.timeout(self.fallback_s):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.fallback_s if confirm_s is None else confirm_s):
                     await watch.subscribed.wait()
             yield watch
         finally:
@@ -152,48 +188,58 @@ class Notices:
                 watch.idle_since = time.monotonic()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        """Stop listening and close the subscription's connection."""
+        self._closed = True
+        self._watches.clear()
+        tasks = [*self._tasks, *([self._listener] if self._listener else [])]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)  # redis-py may swallow a cancellation
         if self._pubsub is not None:
             await self._pubsub.aclose()
-        self._watches.clear()
 
-    async def _subscribe(self, workspace: str, watch: Watch) -> None:
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spawn_listener(self) -> None:
+        if not self._closed and (self._listener is None or self._listener.done()):
+            self._listener = asyncio.create_task(self._listen())
+
+    async def _subscribe(self, workspace: str, channel: str, watch: Watch) -> None:
         if self._pubsub is None:
             self._pubsub = self.client.pubsub()
-        channel = checkpoints_channel(workspace)
         try:
             async with self._subscribing:
                 await self._pubsub.subscribe(channel)
-        except RedisError as exc:
-            # its waiters read for themselves; the next wait after them subscribes again
+        except Exception as exc:  # its waiters read for themselves; the next wait tries again
             log.warning("views.notices_unavailable", workspace=workspace, error=str(exc))
             if self._watches.get(workspace) is watch:
                 del self._watches[workspace]
+                self._channels.pop(channel, None)
             return
-        self._channels[channel] = workspace
-        if self._listener is None or self._listener.done():
-            self._listener = asyncio.create_task(self._listen())
+        self._spawn_listener()
 
     async def _listen(self) -> None:
         """Hand each notice to its workspace's watch; unsubscribe from workspaces left idle.
 
-        Ends when no workspace is left; the next subscription starts it again.
+        Ends once no workspace is left and the server has confirmed every
+        unsubscription; the next subscription starts it again.
         """
         swept = time.monotonic()
-        while self._watches:
+        every = min(1.0, self.idle_s)
+        while self._watches or self._pubsub.subscribed:
             try:
-                message = await self._pubsub.get_message(timeout=min(1.0, self.idle_s))
-            except RedisError as exc:
-                # redis-py reconnects and subscribes again on the next read
+                message = await self._pubsub.get_message(timeout=every)
+            except Exception as exc:  # redis-py reconnects and subscribes again on the next read
                 log.warning("views.notices_interrupted", error=str(exc))
                 await asyncio.sleep(self.fallback_s)
                 continue
             if message is not None:
                 self._deliver(message)
-            if time.monotonic() - swept >= min(1.0, self.idle_s):
+            if time.monotonic() - swept >= every:
                 swept = time.monotonic()
                 await self._unsubscribe_idle(swept)
 
@@ -219,7 +265,9 @@ class Notices:
         ]
         for workspace in idle:
             del self._watches[workspace]
-            del self._channels[checkpoints_channel(workspace)]
+            self._channels.pop(checkpoints_channel(workspace), None)
         if idle:
-            with contextlib.suppress(RedisError):  # the server dropped them with the connection
-                await self._pubsub.unsubscribe(*(checkpoints_channel(ws) for ws in idle))
+            # the server dropped them with the connection; in order with the subscriptions
+            with contextlib.suppress(RedisError):
+                async with self._subscribing:
+                    await self._pubsub.unsubscribe(*(checkpoints_channel(ws) for ws in idle))

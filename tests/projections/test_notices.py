@@ -65,6 +65,10 @@ async def subscribers(client: aioredis.Redis, workspace: str) -> int:
     return int(count)
 
 
+async def _none(client: aioredis.Redis, workspace: str) -> bool:
+    return await subscribers(client, workspace) == 0
+
+
 async def test_a_waiter_is_woken_by_the_writers_notice_without_reading_again(
     views: FalkorDBViews, writer: FalkorDBViews, workspace: str
 ) -> None:
@@ -79,7 +83,7 @@ async def test_a_waiter_is_woken_by_the_writers_notice_without_reading_again(
         await write_views(writer, workspace, events)
 
         assert await asyncio.wait_for(waiter, 10)
-        assert read.calls == 1  # the read when the wait began; the notice did the rest
+        assert read.calls == 2  # when the wait began, and when the notice came
     finally:
         await notices.close()
 
@@ -114,9 +118,9 @@ async def test_only_the_writes_that_applied_are_announced(
     events = run_events()
     async with client.pubsub() as pubsub:
         await pubsub.subscribe(checkpoints_channel(workspace))
-        stale = Write(RUN_STATUS, RUN_STATUS.fold(events), expected=3)
+        stale = Write(RUN_STATUS, RUN_STATUS.fold(events), expected=3)  # refused: the view is at 0
         assert await writer.apply_all(workspace, [stale]) == [False]
-        fresh = Write(RUN_STATUS, RUN_STATUS.fold(events), expected=0)
+        fresh = Write(RUN_STATUS, RUN_STATUS.fold(events[:2]), expected=0)
         assert await writer.apply_all(workspace, [fresh]) == [True]
 
         messages = []
@@ -125,7 +129,7 @@ async def test_only_the_writes_that_applied_are_announced(
             assert message is not None
             messages.append(message)
     assert [m["type"] for m in messages] == ["subscribe", "message"]
-    assert messages[1]["data"] == b'{"run_status":%d}' % len(events)
+    assert messages[1]["data"] == b'{"run_status":2}'
 
 
 async def test_a_dropped_view_is_announced_at_zero(
@@ -163,7 +167,7 @@ async def test_waiters_hear_notices_again_once_the_subscription_reconnects(
         await write_views(writer, workspace, events)
 
         assert await asyncio.wait_for(waiter, 15)
-        assert read.calls == 1
+        assert read.calls == 2
     finally:
         await notices.close()
 
@@ -181,26 +185,72 @@ async def test_a_message_that_is_no_notice_is_skipped(
         await write_views(writer, workspace, events)
 
         assert await asyncio.wait_for(waiter, 15)
-        assert read.calls == 1
+        assert read.calls == 2
     finally:
         await notices.close()
 
 
-async def test_a_workspace_nobody_waits_on_is_unsubscribed(
-    views: FalkorDBViews, client: aioredis.Redis, workspace: str
+async def test_a_workspace_nobody_waits_on_is_unsubscribed_and_comes_back(
+    views: FalkorDBViews, writer: FalkorDBViews, client: aioredis.Redis, workspace: str
 ) -> None:
-    notices = Notices(views.db.connection, views.checkpoint, idle_s=0.05)
+    read = Counted(views)
+    notices = Notices(views.db.connection, read, fallback_s=LONG, idle_s=0.05)
+    events = run_events()
     try:
         assert not await notices.wait_for(workspace, "run_status", 1, 0.01)
-        assert await subscribers(client, workspace) == 1
-
         await until(lambda: _none(client, workspace))
+
+        # subscribed again, and it stays so while the wait lasts longer than idle_s
+        before = read.calls
+        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", len(events), 10))
+        await until(lambda: asyncio.sleep(0, read.calls == before + 1))
+        await asyncio.sleep(0.3)
+        assert await subscribers(client, workspace) == 1
+        await write_views(writer, workspace, events)
+
+        assert await asyncio.wait_for(waiter, 15)
+        assert read.calls == before + 2
     finally:
         await notices.close()
 
 
-async def _none(client: aioredis.Redis, workspace: str) -> bool:
-    return await subscribers(client, workspace) == 0
+async def test_a_notice_is_checked_by_a_read(
+    views: FalkorDBViews, client: aioredis.Redis, workspace: str
+) -> None:
+    read = Counted(views)
+    notices = Notices(views.db.connection, read, fallback_s=LONG)
+    try:
+        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", 5, 1))
+        await until(lambda: asyncio.sleep(0, read.calls == 1))
+        await client.publish(checkpoints_channel(workspace), b'{"run_status": 99}')
+
+        assert not await asyncio.wait_for(waiter, 10)  # the view is still at 0
+        assert read.calls == 3  # when the wait began, when the notice came, at the deadline
+    finally:
+        await notices.close()
+
+
+async def test_a_wait_cancelled_while_it_subscribes_leaves_the_workspace_usable(
+    views: FalkorDBViews, writer: FalkorDBViews, workspace: str
+) -> None:
+    read = Counted(views)
+    notices = Notices(views.db.connection, read, fallback_s=LONG)
+    events = run_events()
+    try:
+        first = asyncio.create_task(notices.wait_for(workspace, "run_status", 1, 10))
+        await asyncio.sleep(0)  # under way: the subscription is sent
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", len(events), 10))
+        await until(lambda: asyncio.sleep(0, read.calls == 1))
+        await write_views(writer, workspace, events)
+
+        assert await asyncio.wait_for(waiter, 15)
+        assert read.calls == 2
+    finally:
+        await notices.close()
 
 
 async def test_waits_on_many_workspaces_share_one_connection(

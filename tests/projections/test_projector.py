@@ -227,22 +227,29 @@ async def running() -> AsyncIterator[Callable[[Projector], asyncio.Event]]:
 
 
 async def test_the_live_views_equal_the_rebuilt_ones(
-    redis_store: RedisEventStore, views: FalkorDBViews, workspace: str, running: Any
+    redis_store: RedisEventStore, views: FalkorDBViews, workspace: str
 ) -> None:
     lives, pairs = scenario()
     recording = RecordingViews(views)
     store = OnlyWorkspace(redis_store, workspace)
     projector = Projector(store, recording, batch_size=7, block_ms=50, rescan_s=0.02)  # type: ignore[arg-type]
-    running(projector)
-
-    # appended while the projector follows the log, so it sees them in small batches
-    for start in range(0, len(pairs), 11):
-        await append_all(redis_store, workspace, pairs[start : start + 11])
-        await asyncio.sleep(0.001)
-    head = await redis_store.head(workspace)
-    for name in NAMES:
-        assert await views.wait_for(workspace, head, timeout_s=20, projection=name)
-    live = await snapshot(views, workspace)
+    stop = asyncio.Event()
+    live_projector = asyncio.create_task(projector.run(stop))
+    try:
+        # appended while the projector follows the log, so it sees them in small batches
+        for start in range(0, len(pairs), 11):
+            await append_all(redis_store, workspace, pairs[start : start + 11])
+            await asyncio.sleep(0.001)
+        head = await redis_store.head(workspace)
+        for name in NAMES:
+            assert await views.wait_for(workspace, head, timeout_s=20, projection=name)
+        live = await snapshot(views, workspace)
+    finally:
+        # stopped before the rebuilds: one that finds a view dropped replays it too (a
+        # catch-up ending just then reloads the checkpoints), and the counts below would
+        # then be shared between the two
+        stop.set()
+        await asyncio.wait_for(live_projector, 5)
     assert max(recording.batches[:-1]) <= 7
     assert len(recording.batches) > head // 7
     expect_scenario(live, lives)
