@@ -260,7 +260,7 @@ class FalkorDBViews:
     async def apply_all(self, workspace: str, writes: Sequence[Write]) -> list[bool]:
         """Send several projections' writes in one round trip; whether each one applied.
 
-        The checkpoints of those that applied are then published (``notices``).
+        Their checkpoints are published (``notices``) in the same round trip.
 
         Each is guarded on its own and applied or refused on its own, as
         ``apply`` describes. If any raises, the error is raised once every
@@ -281,13 +281,16 @@ class FalkorDBViews:
             rows = [[w.projection.name, w.expected, w.changes.position] for w in moving]
             query = cypher_params({"advances": rows}) + _cypher.ADVANCE_ALL
             commands.append(("GRAPH.QUERY", graph, query, "--compact"))
-        if len(commands) == 1:
-            replies = [await self.db.connection.execute_command(*commands[0])]
-        else:
-            pipe = self.db.connection.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            replies = await pipe.execute()
+        # the notice goes in the same round trip: Redis runs it once the writes answered
+        pipe = self.db.connection.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        pipe.execute_command(
+            *self.notices.command(
+                workspace, {w.projection.name: w.changes.position for w in writes}
+            )
+        )
+        replies = (await pipe.execute())[:-1]
         # a compact reply is [header, rows, statistics]; a guarded query returns a row
         # for each write the guard let through
         applied = [False] * len(writes)
@@ -297,13 +300,6 @@ class FalkorDBViews:
             moved = {row[0][1] for row in replies[-1][1]}  # a cell is [type, value]
             for i in moves:
                 applied[i] = writes[i].projection.name in moved
-        reached = {
-            w.projection.name: w.changes.position
-            for w, ok in zip(writes, applied, strict=True)
-            if ok
-        }
-        if reached:
-            await self.notices.publish(workspace, reached)
         return applied
 
     async def drop(self, workspace: str, projection: Projection[Any]) -> None:

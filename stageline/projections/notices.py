@@ -42,6 +42,11 @@ IDLE_S = 5.0
 _decode = msgspec.json.Decoder(dict[str, int]).decode
 
 
+def _text(channel: str | bytes) -> str:
+    """A channel's name: str from a client that decodes its replies, else bytes."""
+    return channel if isinstance(channel, str) else channel.decode()
+
+
 class Watch:
     """The checkpoint notices of one workspace, while this process waits on them."""
 
@@ -51,9 +56,9 @@ class Watch:
         self.notices = 0
         """How many notices came: a waiter tells by it whether one came meanwhile."""
         self.subscribed = asyncio.Event()
-        self.reads: dict[str, tuple[float, int, asyncio.Future[int]]] = {}
+        self.reads: dict[str, tuple[float, int, bool, asyncio.Future[int]]] = {}
         """Per projection, the last read of its checkpoint: when it began, after how many
-        notices, and its answer."""
+        notices, whether the subscription was confirmed then, and its answer."""
         self.users = 0
         self.idle_since = time.monotonic()
         self._moved = asyncio.Event()
@@ -109,6 +114,13 @@ class Notices:
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
 
+    @staticmethod
+    def command(workspace: str, positions: Mapping[str, int]) -> tuple[str, str, bytes]:
+        """The command that publishes ``positions``, for a pipeline of the writes they follow:
+        Redis runs it once the writes before it answered (applied or refused: a notice
+        only wakes the waiters, who read the checkpoints)."""
+        return ("PUBLISH", checkpoints_channel(workspace), msgspec.json.encode(positions))
+
     async def publish(self, workspace: str, positions: Mapping[str, int]) -> None:
         """Say that the views of ``workspace`` reached ``positions`` (projection -> checkpoint).
 
@@ -146,15 +158,24 @@ class Notices:
     ) -> int:
         """The projection's checkpoint, read after ``not_before`` and after the latest notice.
 
-        Waiters share a read that meets both (100 waiters woken by one notice
-        cost one read, not 100); a waiter that is cancelled leaves it to the others.
+        Waiters share a read that meets both, and that began subscribed if the
+        watch is subscribed now (so every notice after it is heard): 100 waiters
+        woken by one notice cost one read, not 100. A waiter that is cancelled
+        leaves the read to the others.
         """
+        subscribed = watch.subscribed.is_set()
         last = watch.reads.get(projection)
-        if last is None or last[2].done() or last[0] < not_before or last[1] != watch.notices:
+        if (
+            last is None
+            or last[3].done()
+            or last[0] < not_before
+            or last[1] != watch.notices
+            or last[2] != subscribed
+        ):
             read = asyncio.ensure_future(self._read(workspace, projection))
             read.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen if unawaited
-            last = watch.reads[projection] = (time.monotonic(), watch.notices, read)
-        return await asyncio.shield(last[2])
+            last = watch.reads[projection] = (time.monotonic(), watch.notices, subscribed, read)
+        return await asyncio.shield(last[3])
 
     @contextlib.asynccontextmanager
     async def watching(
@@ -233,19 +254,17 @@ class Notices:
         while self._watches or self._pubsub.subscribed:
             try:
                 message = await self._pubsub.get_message(timeout=every)
+                if message is not None:
+                    self._deliver(message)
+                if time.monotonic() - swept >= every:
+                    swept = time.monotonic()
+                    await self._unsubscribe_idle(swept)
             except Exception as exc:  # redis-py reconnects and subscribes again on the next read
                 log.warning("views.notices_interrupted", error=str(exc))
                 await asyncio.sleep(self.fallback_s)
-                continue
-            if message is not None:
-                self._deliver(message)
-            if time.monotonic() - swept >= every:
-                swept = time.monotonic()
-                await self._unsubscribe_idle(swept)
 
     def _deliver(self, message: dict[str, Any]) -> None:
-        channel = message["channel"]  # str from a client that decodes its replies, else bytes
-        workspace = self._channels.get(channel if isinstance(channel, str) else channel.decode())
+        workspace = self._channels.get(_text(message["channel"]))
         watch = self._watches.get(workspace) if workspace is not None else None
         if watch is None:
             return
@@ -266,8 +285,10 @@ class Notices:
         for workspace in idle:
             del self._watches[workspace]
             self._channels.pop(checkpoints_channel(workspace), None)
-        if idle:
+        # and any that a reconnection subscribed again before the server confirmed the end
+        left = [c for c in map(_text, self._pubsub.channels) if c not in self._channels]
+        if left:
             # the server dropped them with the connection; in order with the subscriptions
             with contextlib.suppress(RedisError):
                 async with self._subscribing:
-                    await self._pubsub.unsubscribe(*(checkpoints_channel(ws) for ws in idle))
+                    await self._pubsub.unsubscribe(*left)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from projection_helpers import Clock, as_recorded, lifecycle, write_views
 
 from stageline.events.keys import checkpoints_channel
-from stageline.projections import RUN_STATUS, FalkorDBViews, Write
+from stageline.projections import RUN_STATUS, FalkorDBViews
 from stageline.projections.notices import Notices
 
 LONG = 30.0
@@ -112,24 +114,29 @@ async def test_a_lost_notice_costs_a_read_not_the_answer(
         await notices.close()
 
 
-async def test_only_the_writes_that_applied_are_announced(
-    writer: FalkorDBViews, client: aioredis.Redis, workspace: str
+async def test_a_batch_is_announced_once_the_view_holds_it(
+    views: FalkorDBViews, writer: FalkorDBViews, client: aioredis.Redis, workspace: str
 ) -> None:
     events = run_events()
-    async with client.pubsub() as pubsub:
-        await pubsub.subscribe(checkpoints_channel(workspace))
-        stale = Write(RUN_STATUS, RUN_STATUS.fold(events), expected=3)  # refused: the view is at 0
-        assert await writer.apply_all(workspace, [stale]) == [False]
-        fresh = Write(RUN_STATUS, RUN_STATUS.fold(events[:2]), expected=0)
-        assert await writer.apply_all(workspace, [fresh]) == [True]
+    seen: list[tuple[int, int]] = []  # (announced, the checkpoint read as the notice came)
 
-        messages = []
-        while len(messages) < 2:
+    async def listen(pubsub: Any) -> None:
+        while len(seen) < 2:
             message = await pubsub.get_message(timeout=5)
             assert message is not None
-            messages.append(message)
-    assert [m["type"] for m in messages] == ["subscribe", "message"]
-    assert messages[1]["data"] == b'{"run_status":2}'
+            if message["type"] == "message":
+                announced = json.loads(message["data"])["run_status"]
+                seen.append((announced, await views.checkpoint(workspace)))
+
+    async with client.pubsub() as pubsub:
+        await pubsub.subscribe(checkpoints_channel(workspace))
+        listener = asyncio.create_task(listen(pubsub))
+        await write_views(writer, workspace, events[:3])
+        await write_views(writer, workspace, events[3:], expected=3)
+        await asyncio.wait_for(listener, 10)
+
+    assert [announced for announced, _ in seen] == [3, len(events)]
+    assert all(read >= announced for announced, read in seen)
 
 
 async def test_a_dropped_view_is_announced_at_zero(
