@@ -72,3 +72,21 @@ def test_bench_runs_every_scenario_and_writes_its_results(tmp_path: Path) -> Non
     assert "## Targets (issue 5)" in table
     assert "stageline / eventsourcing" in table
     assert table in proc.stdout
+
+
+def test_bench_waits_measures_read_your_writes() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.waits", "--clients", "2", "--seconds", "0.3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    [row] = [line for line in proc.stdout.splitlines() if line.startswith("| 2 |")]
+    clients, waits_per_s, p50, p99, reads = (float(c) for c in row.strip("| ").split(" | "))
+    assert clients == 2
+    assert waits_per_s > 0
+    assert 0 < p50 <= p99
+    assert reads >= 1  # at least the read when each wait begins
