@@ -71,45 +71,63 @@ async def _none(client: aioredis.Redis, workspace: str) -> bool:
     return await subscribers(client, workspace) == 0
 
 
-async def test_a_waiter_is_woken_by_the_writers_notice_without_reading_again(
-    views: FalkorDBViews, writer: FalkorDBViews, workspace: str
-) -> None:
+@pytest.fixture
+async def counted(views: FalkorDBViews) -> AsyncIterator[tuple[Notices, Counted]]:
+    """Notices whose fallback no test waits out, and their count of checkpoint reads."""
     read = Counted(views)
     notices = Notices(views.db.connection, read, fallback_s=LONG)
-    events = run_events()
     try:
-        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", len(events), 5))
-        await until(lambda: asyncio.sleep(0, read.calls == 1))
-        assert not waiter.done()
-
-        await write_views(writer, workspace, events)
-
-        assert await asyncio.wait_for(waiter, 10)
-        assert read.calls == 2  # when the wait began, and when the notice came
+        yield notices, read
     finally:
         await notices.close()
+
+
+async def waiting(
+    notices: Notices, read: Counted, workspace: str, position: int, timeout: float = 10
+) -> asyncio.Task[bool]:
+    """A wait for ``position`` under way: it has made the read it begins with."""
+    before = read.calls
+    waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", position, timeout))
+    await until(lambda: asyncio.sleep(0, read.calls == before + 1))
+    return waiter
+
+
+async def test_a_waiter_is_woken_by_the_writers_notice_then_reads(
+    counted: tuple[Notices, Counted], writer: FalkorDBViews, workspace: str
+) -> None:
+    notices, read = counted
+    events = run_events()
+    waiter = await waiting(notices, read, workspace, len(events))
+    assert not waiter.done()
+
+    await write_views(writer, workspace, events)
+
+    assert await asyncio.wait_for(waiter, 15)
+    assert read.calls == 2  # when the wait began, and when the notice came
 
 
 async def test_a_lost_notice_costs_a_read_not_the_answer(
     views: FalkorDBViews,
     writer: FalkorDBViews,
+    client: aioredis.Redis,
     workspace: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def lost(workspace: str, positions: object) -> None:
-        pass
-
-    monkeypatch.setattr(writer.notices, "publish", lost)
+    elsewhere = ("PUBLISH", "stageline:test:nowhere", b"{}")
+    monkeypatch.setattr(writer.notices, "command", lambda workspace, positions: elsewhere)
     read = Counted(views)
     notices = Notices(views.db.connection, read, fallback_s=0.05)
     events = run_events()
     try:
-        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", len(events), 10))
-        await until(lambda: asyncio.sleep(0, read.calls >= 1))
-        await write_views(writer, workspace, events)
+        async with client.pubsub() as pubsub:
+            await pubsub.subscribe(checkpoints_channel(workspace))
+            waiter = await waiting(notices, read, workspace, len(events))
+            await write_views(writer, workspace, events)
 
-        assert await asyncio.wait_for(waiter, 15)
-        assert read.calls >= 2
+            assert await asyncio.wait_for(waiter, 15)
+            assert read.calls >= 2
+            heard = [await pubsub.get_message(timeout=0.2) for _ in range(2)]
+        assert [m and m["type"] for m in heard] == ["subscribe", None]  # no notice came
     finally:
         await notices.close()
 
@@ -156,45 +174,62 @@ async def test_a_dropped_view_is_announced_at_zero(
 
 
 async def test_waiters_hear_notices_again_once_the_subscription_reconnects(
-    views: FalkorDBViews, writer: FalkorDBViews, client: aioredis.Redis, workspace: str
+    counted: tuple[Notices, Counted], writer: FalkorDBViews, client: aioredis.Redis, workspace: str
 ) -> None:
-    read = Counted(views)
-    notices = Notices(views.db.connection, read, fallback_s=LONG)
+    notices, read = counted
     events = run_events()
     before = {c["id"] for c in await client.client_list(_type="pubsub")}
-    try:
-        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", len(events), 10))
-        await until(lambda: asyncio.sleep(0, read.calls == 1))
-        [ours] = [
-            c["id"] for c in await client.client_list(_type="pubsub") if c["id"] not in before
-        ]
+    waiter = await waiting(notices, read, workspace, len(events))
+    [ours] = [c["id"] for c in await client.client_list(_type="pubsub") if c["id"] not in before]
 
-        await client.client_kill_filter(_id=ours)
-        await until(lambda: subscribers(client, workspace), timeout=10)  # subscribed again
-        await write_views(writer, workspace, events)
+    await client.client_kill_filter(_id=ours)
+    await until(lambda: subscribers(client, workspace))  # subscribed again
+    await write_views(writer, workspace, events)
 
-        assert await asyncio.wait_for(waiter, 15)
-        assert read.calls == 2
-    finally:
-        await notices.close()
+    assert await asyncio.wait_for(waiter, 15)
+    assert read.calls == 2
 
 
 async def test_a_message_that_is_no_notice_is_skipped(
-    views: FalkorDBViews, writer: FalkorDBViews, client: aioredis.Redis, workspace: str
+    counted: tuple[Notices, Counted], writer: FalkorDBViews, client: aioredis.Redis, workspace: str
 ) -> None:
-    read = Counted(views)
-    notices = Notices(views.db.connection, read, fallback_s=LONG)
+    notices, read = counted
     events = run_events()
-    try:
-        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", len(events), 10))
-        await until(lambda: asyncio.sleep(0, read.calls == 1))
-        await client.publish(checkpoints_channel(workspace), b"not a notice")
-        await write_views(writer, workspace, events)
+    waiter = await waiting(notices, read, workspace, len(events))
+    await client.publish(checkpoints_channel(workspace), b"not a notice")
+    await write_views(writer, workspace, events)
 
-        assert await asyncio.wait_for(waiter, 15)
-        assert read.calls == 2
-    finally:
-        await notices.close()
+    assert await asyncio.wait_for(waiter, 15)
+    assert read.calls == 2
+
+
+async def test_a_notice_is_checked_by_a_read(
+    counted: tuple[Notices, Counted], client: aioredis.Redis, workspace: str
+) -> None:
+    notices, read = counted
+    waiter = await waiting(notices, read, workspace, 5, timeout=1)
+    await client.publish(checkpoints_channel(workspace), b'{"run_status": 99}')
+
+    assert not await asyncio.wait_for(waiter, 10)  # the view is still at 0
+    assert read.calls == 3  # when the wait began, when the notice came, at the deadline
+
+
+async def test_a_wait_cancelled_while_it_subscribes_leaves_the_workspace_usable(
+    counted: tuple[Notices, Counted], writer: FalkorDBViews, workspace: str
+) -> None:
+    notices, read = counted
+    events = run_events()
+    first = asyncio.create_task(notices.wait_for(workspace, "run_status", 1, 10))
+    await asyncio.sleep(0)  # under way: the subscription is sent
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+    waiter = await waiting(notices, read, workspace, len(events))
+    await write_views(writer, workspace, events)
+
+    assert await asyncio.wait_for(waiter, 15)
+    assert read.calls == 2
 
 
 async def test_a_workspace_nobody_waits_on_is_unsubscribed_and_comes_back(
@@ -209,53 +244,13 @@ async def test_a_workspace_nobody_waits_on_is_unsubscribed_and_comes_back(
 
         # subscribed again, and it stays so while the wait lasts longer than idle_s
         before = read.calls
-        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", len(events), 10))
-        await until(lambda: asyncio.sleep(0, read.calls == before + 1))
+        waiter = await waiting(notices, read, workspace, len(events))
         await asyncio.sleep(0.3)
         assert await subscribers(client, workspace) == 1
         await write_views(writer, workspace, events)
 
         assert await asyncio.wait_for(waiter, 15)
         assert read.calls == before + 2
-    finally:
-        await notices.close()
-
-
-async def test_a_notice_is_checked_by_a_read(
-    views: FalkorDBViews, client: aioredis.Redis, workspace: str
-) -> None:
-    read = Counted(views)
-    notices = Notices(views.db.connection, read, fallback_s=LONG)
-    try:
-        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", 5, 1))
-        await until(lambda: asyncio.sleep(0, read.calls == 1))
-        await client.publish(checkpoints_channel(workspace), b'{"run_status": 99}')
-
-        assert not await asyncio.wait_for(waiter, 10)  # the view is still at 0
-        assert read.calls == 3  # when the wait began, when the notice came, at the deadline
-    finally:
-        await notices.close()
-
-
-async def test_a_wait_cancelled_while_it_subscribes_leaves_the_workspace_usable(
-    views: FalkorDBViews, writer: FalkorDBViews, workspace: str
-) -> None:
-    read = Counted(views)
-    notices = Notices(views.db.connection, read, fallback_s=LONG)
-    events = run_events()
-    try:
-        first = asyncio.create_task(notices.wait_for(workspace, "run_status", 1, 10))
-        await asyncio.sleep(0)  # under way: the subscription is sent
-        first.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await first
-
-        waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", len(events), 10))
-        await until(lambda: asyncio.sleep(0, read.calls == 1))
-        await write_views(writer, workspace, events)
-
-        assert await asyncio.wait_for(waiter, 15)
-        assert read.calls == 2
     finally:
         await notices.close()
 
