@@ -177,6 +177,7 @@ class FalkorDBViews:
         """Per workspace: the run-status checkpoint and the stage durations read at it."""
         self._graphs: dict[str, AsyncGraph] = {}
         self.notices = Notices(db.connection, self.checkpoint)
+        self._notice_refused = False
         """The checkpoint notices: ``apply_all`` and ``drop`` publish, ``wait_for`` waits on them."""
 
     @classmethod
@@ -290,7 +291,11 @@ class FalkorDBViews:
                 workspace, {w.projection.name: w.changes.position for w in writes}
             )
         )
-        replies = (await pipe.execute())[:-1]
+        replies = await pipe.execute(raise_on_error=False)
+        self._noticed(replies.pop())
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         # a compact reply is [header, rows, statistics]; a guarded query returns a row
         # for each write the guard let through
         applied = [False] * len(writes)
@@ -301,6 +306,12 @@ class FalkorDBViews:
             for i in moves:
                 applied[i] = writes[i].projection.name in moved
         return applied
+
+    def _noticed(self, reply: Any) -> None:
+        """Log, once, a notice the server refused (say, an ACL without the channels)."""
+        if isinstance(reply, Exception) and not self._notice_refused:
+            self._notice_refused = True
+            log.warning("views.notice_refused", error=str(reply))
 
     async def drop(self, workspace: str, projection: Projection[Any]) -> None:
         """Delete the projection's nodes and its checkpoint, in one query, ready for a rebuild.

@@ -269,3 +269,23 @@ async def test_waits_on_many_workspaces_share_one_connection(
         assert [int(c["sub"]) for c in new] == [5]
     finally:
         await notices.close()
+
+
+async def test_a_user_refused_the_channels_still_writes_and_waits(
+    redis_url: str, client: aioredis.Redis, workspace: str
+) -> None:
+    # Redis 7+ gives a new ACL user no channel; a deployment may never grant ours
+    user = f"no-channels-{workspace}"
+    await client.acl_setuser(
+        user, enabled=True, passwords=["+pw"], keys=["*"], categories=["+@all"], reset_channels=True
+    )
+    views = FalkorDBViews.from_url(redis_url.replace("unix://", f"unix://{user}:pw@"))
+    events = run_events()
+    try:
+        waiter = asyncio.create_task(views.wait_for(workspace, len(events), 10))
+        await write_views(views, workspace, events)  # applied, and no error for the notice
+
+        assert await asyncio.wait_for(waiter, 15)  # by reading, as no notice can come
+    finally:
+        await views.close()
+        await client.acl_deluser(user)
