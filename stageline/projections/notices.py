@@ -1,11 +1,12 @@
 """Checkpoint notices: the projector says when a view moved, so readers wait without polling.
 
-After every batch it applied, the writer of the views publishes the new
+With every batch it writes, the writer of the views publishes the batch's
 checkpoints on the workspace's pub/sub channel (``keys.checkpoints_channel``),
-and a view dropped for a rebuild as checkpoint 0. A process that waits for a
-position (``min_position``, ``?wait``) subscribes to each workspace it waits
-on, all of them on one connection, and a waiter reads the checkpoint again
-when a notice says its position is reached: at once, instead of polling.
+in the same pipeline, after the writes; and a view dropped for a rebuild as
+checkpoint 0. A process that waits for a position (``min_position``,
+``?wait``) subscribes to each workspace it waits on, all of them on one
+connection, and a waiter reads the checkpoint again when a notice says its
+position is reached: at once, instead of polling.
 
 A notice only wakes a waiter; the checkpoint it then reads decides, so a late
 or stale notice (a rebuild dropped the view meanwhile) cannot let a read
@@ -128,9 +129,7 @@ class Notices:
         the writes it reports are done and waiters read for themselves in the end.
         """
         try:
-            await self.client.publish(
-                checkpoints_channel(workspace), msgspec.json.encode(positions)
-            )
+            await self.client.execute_command(*self.command(workspace, positions))
         except RedisError as exc:
             log.warning("views.notice_failed", workspace=workspace, error=str(exc))
 
