@@ -63,10 +63,12 @@ async def measure(url: str, clients: int, seconds: float) -> dict[str, Any]:
             "reads_per_wait": reads / len(waited),
         }
     finally:
-        await drop_workspace(client, ws)
-        await views.close()
-        await store.close()
-        await client.aclose()
+        try:
+            await drop_workspace(client, ws)
+        finally:
+            await views.close()
+            await store.close()
+            await client.aclose()
 
 
 def main() -> None:

@@ -177,8 +177,8 @@ class FalkorDBViews:
         """Per workspace: the run-status checkpoint and the stage durations read at it."""
         self._graphs: dict[str, AsyncGraph] = {}
         self.notices = Notices(db.connection, self.checkpoint)
-        self._notice_refused = False
         """The checkpoint notices: ``apply_all`` and ``drop`` publish, ``wait_for`` waits on them."""
+        self._notice_refused = False
 
     @classmethod
     def from_url(cls, url: str) -> FalkorDBViews:
@@ -311,7 +311,7 @@ class FalkorDBViews:
         """Log, once, a notice the server refused (say, an ACL without the channels)."""
         if isinstance(reply, Exception) and not self._notice_refused:
             self._notice_refused = True
-            log.warning("views.notice_refused", error=str(reply))
+            log.warning("views.notices_refused", error=str(reply))
 
     async def drop(self, workspace: str, projection: Projection[Any]) -> None:
         """Delete the projection's nodes and its checkpoint, in one query, ready for a rebuild.

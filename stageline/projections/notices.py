@@ -10,10 +10,12 @@ position is reached: at once, instead of polling.
 
 A notice only wakes a waiter; the checkpoint it then reads decides, so a late
 or stale notice (a rebuild dropped the view meanwhile) cannot let a read
-through early. Pub/sub is best effort: a notice published while the
-subscription reconnects is lost. So a waiter also reads the checkpoint when no
-notice has come for ``fallback_s``: a lost notice costs latency, never a wrong
-answer.
+through early. Until the subscription is confirmed, a waiter polls as it
+would without notices (``POLL_S``); so it does for good where the server
+refuses the channels (an ACL without them). Pub/sub is best effort: a notice
+published while the subscription reconnects is lost. So a waiter also reads
+the checkpoint when no notice has come for ``fallback_s``: a lost notice costs
+latency, never a wrong answer.
 """
 
 from __future__ import annotations
@@ -27,16 +29,19 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from stageline.events.keys import checkpoints_channel
 
-__all__ = ["FALLBACK_S", "IDLE_S", "Notices", "Watch"]
+__all__ = ["FALLBACK_S", "IDLE_S", "POLL_S", "Notices", "Watch"]
 
 log = structlog.get_logger("stageline.projections")
 
 FALLBACK_S = 0.1
 """How long a waiter waits for a notice before it reads the checkpoint anyway."""
+POLL_S = (0.001, 0.01)
+"""Until its workspace's subscription is confirmed (or if the server refuses it), a waiter
+polls: first after this long, doubling up to the second."""
 IDLE_S = 5.0
 """How long a workspace nobody waits on stays subscribed, for the next waiter."""
 
@@ -114,6 +119,7 @@ class Notices:
         self._tasks: set[asyncio.Task[None]] = set()  # subscriptions under way
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
+        self._refused = False  # the server refuses the channels: poll, and stop asking
 
     @staticmethod
     def command(workspace: str, positions: Mapping[str, int]) -> tuple[str, str, bytes]:
@@ -139,9 +145,10 @@ class Notices:
         """Wait until ``projection`` has applied ``position``; False if ``timeout_s`` passed first."""
         began = time.monotonic()
         deadline = began + timeout_s
-        async with self.watching(workspace, min(timeout_s, self.fallback_s)) as watch:
+        poll = POLL_S[0]
+        async with self.watching(workspace) as watch:
             while True:
-                since = watch.notices
+                since, heard = watch.notices, watch.subscribed.is_set()
                 if await self._checkpoint(workspace, watch, projection, began) >= position:
                     return True
                 # a notice that came during the read counts: it may be the one
@@ -149,7 +156,11 @@ class Notices:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
-                    if not await watch.moved(min(left, self.fallback_s)):
+                    if heard:  # every notice after the read is heard: wait for one
+                        wait_s = self.fallback_s
+                    else:
+                        wait_s, poll = poll, min(poll * 2, POLL_S[1])
+                    if not await watch.moved(min(left, wait_s)):
                         break  # none for a while: read anyway
 
     async def _checkpoint(
@@ -177,30 +188,24 @@ class Notices:
         return await asyncio.shield(last[3])
 
     @contextlib.asynccontextmanager
-    async def watching(
-        self, workspace: str, confirm_s: float | None = None
-    ) -> AsyncIterator[Watch]:
+    async def watching(self, workspace: str) -> AsyncIterator[Watch]:
         """The workspace's ``Watch``, subscribed to its notices while the block runs.
 
-        Waits up to ``confirm_s`` (default ``fallback_s``) for the subscription to
-        be confirmed, so that every notice published after a read made inside the
-        block is heard; if it is not, the fallback reads cover the gap.
+        The subscription is confirmed (``Watch.subscribed``) a moment later: only the
+        notices published after that are heard.
         """
         watch = self._watches.get(workspace)
-        if watch is None and not self._closed:
+        if watch is None and not (self._closed or self._refused):
             watch = self._watches[workspace] = Watch()
             channel = checkpoints_channel(workspace)
             self._channels[channel] = workspace
             self._spawn(self._subscribe(workspace, channel, watch))
         elif watch is None:
-            watch = Watch()  # closed: a watch that hears nothing, for the reads to decide
+            watch = Watch()  # one that hears nothing: its waiters poll
         elif self._listener is not None and self._listener.done():
             self._spawn_listener()  # it died: start it again
         watch.users += 1
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.fallback_s if confirm_s is None else confirm_s):
-                    await watch.subscribed.wait()
             yield watch
         finally:
             watch.users -= 1
@@ -258,6 +263,10 @@ class Notices:
                 if time.monotonic() - swept >= every:
                     swept = time.monotonic()
                     await self._unsubscribe_idle(swept)
+            except NoPermissionError as exc:  # a subscription refused (an ACL): ask no more
+                if not self._refused:
+                    self._refused = True
+                    log.warning("views.notices_refused", error=str(exc))
             except Exception as exc:  # redis-py reconnects and subscribes again on the next read
                 log.warning("views.notices_interrupted", error=str(exc))
                 await asyncio.sleep(self.fallback_s)

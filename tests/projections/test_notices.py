@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from projection_helpers import Clock, as_recorded, lifecycle, write_views
+from redis.exceptions import ResponseError
 
 from stageline.events.keys import checkpoints_channel
-from stageline.projections import RUN_STATUS, FalkorDBViews
+from stageline.projections import RUN_STATUS, FalkorDBViews, Write
 from stageline.projections.notices import Notices
 
 LONG = 30.0
@@ -85,7 +86,10 @@ async def counted(views: FalkorDBViews) -> AsyncIterator[tuple[Notices, Counted]
 async def waiting(
     notices: Notices, read: Counted, workspace: str, position: int, timeout: float = 10
 ) -> asyncio.Task[bool]:
-    """A wait for ``position`` under way: it has made the read it begins with."""
+    """A wait for ``position`` under way, on a confirmed subscription (so it waits for a
+    notice, not polling): it has made the read it begins with."""
+    async with notices.watching(workspace) as watch:
+        await asyncio.wait_for(watch.subscribed.wait(), 10)
     before = read.calls
     waiter = asyncio.create_task(notices.wait_for(workspace, "run_status", position, timeout))
     await until(lambda: asyncio.sleep(0, read.calls == before + 1))
@@ -162,6 +166,7 @@ async def test_a_dropped_view_is_announced_at_zero(
 ) -> None:
     events = run_events()
     async with views.notices.watching(workspace) as watch:
+        await asyncio.wait_for(watch.subscribed.wait(), 10)
         await write_views(writer, workspace, events)
         while watch.positions.get("run_status") != len(events):
             assert await watch.moved(10)
@@ -225,11 +230,12 @@ async def test_a_wait_cancelled_while_it_subscribes_leaves_the_workspace_usable(
     with pytest.raises(asyncio.CancelledError):
         await first
 
+    before = read.calls  # the cancelled wait's read may count
     waiter = await waiting(notices, read, workspace, len(events))
     await write_views(writer, workspace, events)
 
     assert await asyncio.wait_for(waiter, 15)
-    assert read.calls == 2
+    assert read.calls == before + 2
 
 
 async def test_a_workspace_nobody_waits_on_is_unsubscribed_and_comes_back(
@@ -289,3 +295,14 @@ async def test_a_user_refused_the_channels_still_writes_and_waits(
     finally:
         await views.close()
         await client.acl_deluser(user)
+
+
+async def test_a_write_the_server_refuses_still_raises(
+    writer: FalkorDBViews, workspace: str
+) -> None:
+    events = run_events()
+    bad = Write.built(RUN_STATUS, RUN_STATUS.fold(events), 0, "THIS IS NOT CYPHER")
+    with pytest.raises(ResponseError):
+        await writer.apply_all(workspace, [bad])
+
+    assert await writer.checkpoint(workspace) == 0
