@@ -345,7 +345,8 @@ class FalkorDBViews:
     ) -> bool:
         """Wait until the projection has applied ``position``; False if ``timeout_s`` passed first.
 
-        Woken by the writer's notice (``notices``), not by polling the view.
+        Woken by the writer's notices (``notices``); it polls the view only until it
+        hears them (or for good, if the server refuses their channel).
         """
         return await self.notices.wait_for(workspace, projection, position, timeout_s)
 
