@@ -178,7 +178,6 @@ class FalkorDBViews:
         self._graphs: dict[str, AsyncGraph] = {}
         self.notices = Notices(db.connection, self.checkpoint)
         """The checkpoint notices: ``apply_all`` and ``drop`` publish, ``wait_for`` waits on them."""
-        self._notice_refused = False
 
     @classmethod
     def from_url(cls, url: str) -> FalkorDBViews:
@@ -292,7 +291,9 @@ class FalkorDBViews:
             )
         )
         replies = await pipe.execute(raise_on_error=False)
-        self._noticed(replies.pop())
+        notice = replies.pop()
+        if isinstance(notice, Exception):  # say, an ACL without the channels
+            self.notices.refused(notice)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -306,12 +307,6 @@ class FalkorDBViews:
             for i in moves:
                 applied[i] = writes[i].projection.name in moved
         return applied
-
-    def _noticed(self, reply: Any) -> None:
-        """Log, once, a notice the server refused (say, an ACL without the channels)."""
-        if isinstance(reply, Exception) and not self._notice_refused:
-            self._notice_refused = True
-            log.warning("views.notices_refused", error=str(reply))
 
     async def drop(self, workspace: str, projection: Projection[Any]) -> None:
         """Delete the projection's nodes and its checkpoint, in one query, ready for a rebuild.

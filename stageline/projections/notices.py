@@ -136,8 +136,17 @@ class Notices:
         """
         try:
             await self.client.execute_command(*self.command(workspace, positions))
+        except NoPermissionError as exc:
+            self.refused(exc)
         except RedisError as exc:
             log.warning("views.notice_failed", workspace=workspace, error=str(exc))
+
+    def refused(self, error: Exception) -> None:
+        """The server refused the channels (an ACL without them): log it once, and stop
+        subscribing; waits poll the checkpoint from now on."""
+        if not self._refused:
+            self._refused = True
+            log.warning("views.notices_refused", error=str(error))
 
     async def wait_for(
         self, workspace: str, projection: str, position: int, timeout_s: float
@@ -264,9 +273,7 @@ class Notices:
                     swept = time.monotonic()
                     await self._unsubscribe_idle(swept)
             except NoPermissionError as exc:  # a subscription refused (an ACL): ask no more
-                if not self._refused:
-                    self._refused = True
-                    log.warning("views.notices_refused", error=str(exc))
+                self.refused(exc)
             except Exception as exc:  # redis-py reconnects and subscribes again on the next read
                 log.warning("views.notices_interrupted", error=str(exc))
                 await asyncio.sleep(self.fallback_s)
