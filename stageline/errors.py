@@ -58,6 +58,20 @@ class ConcurrencyError(Conflict):
         self.actual = actual
 
 
+class PartialRetry(Conflict):
+    """A whole append (``whole=True``) whose events the stream holds some of, not all:
+    it repeats only part of an earlier one. Nothing was written."""
+
+    def __init__(self, stream: str, version: int) -> None:
+        super().__init__(
+            f"stream {stream!r} holds some of these events but not all",
+            stream=stream,
+            actual=version,
+        )
+        self.stream = stream
+        self.actual = version
+
+
 class Unavailable(StagelineError):
     """A dependency (Redis, FalkorDB) is down, or a wait timed out."""
 

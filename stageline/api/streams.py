@@ -13,7 +13,7 @@ from starlette.responses import Response
 from stageline.api.deps import CorrelationId, IdempotencyKey, StackDep, Workspace
 from stageline.api.responses import Backwards, FromVersion, PageLimit, json_response, stream_page
 from stageline.api.schemas import Appended, AppendEvents, EventIn, StreamEvents, error_responses
-from stageline.errors import Conflict, InvalidEvent
+from stageline.errors import Conflict, InvalidEvent, PartialRetry
 from stageline.events.envelope import ANY, NO_STREAM, NewEvent, registry
 from stageline.events.keys import check_stream
 from stageline.events.store import AppendResult, EventStore
@@ -58,23 +58,30 @@ def to_new_event(
     )
 
 
+def _key_reused(stream: str) -> Conflict:
+    return Conflict("Idempotency-Key was already used for a different request", stream=stream)
+
+
 async def _check_same_request(
     store: EventStore,
     workspace: str,
     stream: str,
+    key: str,
     events: Sequence[NewEvent],
     result: AppendResult,
 ) -> None:
-    """Raise ``Conflict`` if a fully deduplicated append's events differ from the stored ones."""
+    """Raise ``Conflict`` if a fully deduplicated append's events differ from the stored ones,
+    or if the request with ``key`` that stored them had more events."""
     first, last = min(result.versions), max(result.versions)
-    stored = await store.read_stream(workspace, stream, from_version=first, limit=last - first + 1)
+    # the stored request's events are consecutive: one more past the last is its next
+    stored = await store.read_stream(workspace, stream, from_version=first, limit=last - first + 2)
     by_id = {e.event_id: e for e in stored}
     for event in events:
         old = by_id.get(event.event_id)
         if old is None or old.type != event.type or old.data != msgspec.to_builtins(event.data):
-            raise Conflict(
-                "Idempotency-Key was already used for a different request", stream=stream
-            )
+            raise _key_reused(stream)
+    if idempotent_event_id(workspace, stream, key, len(events)) in by_id:
+        raise _key_reused(stream)
 
 
 @router.post(
@@ -118,9 +125,19 @@ async def append_events(
     ]
     expected = body.expected_version
     expected_version = _EXPECTED[expected] if isinstance(expected, str) else expected
-    result = await stack.store.append(workspace, stream, events, expected_version)
-    if idempotency_key is not None and result.deduplicated:
-        await _check_same_request(stack.store, workspace, stream, events, result)
+    if idempotency_key is None:
+        result = await stack.store.append(workspace, stream, events, expected_version)
+    else:
+        try:
+            result = await stack.store.append(
+                workspace, stream, events, expected_version, whole=True
+            )
+        except PartialRetry:  # an earlier request with the key holds some of these events
+            raise _key_reused(stream) from None
+        if result.deduplicated:
+            await _check_same_request(
+                stack.store, workspace, stream, idempotency_key, events, result
+            )
     return json_response(
         {
             "stream": result.stream,

@@ -3,7 +3,7 @@
 -- KEYS[1 + r] stream hash of request r: n = length, <version> = log position, i:<event id> = version
 -- KEYS[R + 1 + j] the streams outboxes write to, j = 1.. (R = ARGV[1], the number of requests)
 -- ARGV[1] R, then per request in order: stream name, expected version (-2 any, -1 no stream,
---   >= 0 exact), event count k, then k times: 'i:' .. event id (16 bytes), stored blob; then
+--   >= 0 exact), event count k (-k: a whole request, see status 4), then k times: 'i:' .. event id (16 bytes), stored blob; then
 --   its outbox: m entries to add (0 for none), [maxlen, m times: j, payload], and the j of a
 --   stream to acknowledge an entry of (0 for none), [group, entry id].
 -- Each request sees the ones before it. A request whose events are all new (status 1) also
@@ -11,7 +11,8 @@
 -- entries), then the acknowledgement. Returns one flat array, per request in order:
 --   0, actual version: a version clash (nothing of that request written);
 --   1, last version, first position: every event new (versions and positions run on by one);
---   2 (every event known) or 3 (some), version, then k times version, position in input order.
+--   2 (every event known) or 3 (some), version, then k times version, position in input order;
+--   4, version: a whole request some but not all of whose events are known (nothing written).
 local log = KEYS[1]
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -55,7 +56,10 @@ for r = 2, R + 1 do
   local stream = ARGV[a]
   local expected = tonumber(ARGV[a + 1])
   local first = a + 3
-  local last = a + 1 + 2 * tonumber(ARGV[a + 2])
+  local k = tonumber(ARGV[a + 2])
+  local whole = k < 0
+  if whole then k = -k end
+  local last = a + 1 + 2 * k
   local tail = last + 2
   a = outbox(tail, false)
   local got
@@ -77,7 +81,11 @@ for r = 2, R + 1 do
   for j = 2, #got do
     if not got[j] then fresh = fresh + 1 end
   end
-  if fresh > 0 and ((expected == -1 and n > 0) or (expected >= 0 and expected ~= n - 1)) then
+  if whole and fresh > 0 and fresh < k then
+    out[o + 1] = 4
+    out[o + 2] = n - 1
+    o = o + 2
+  elseif fresh > 0 and ((expected == -1 and n > 0) or (expected >= 0 and expected ~= n - 1)) then
     out[o + 1] = 0
     out[o + 2] = n - 1
     o = o + 2

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-from stageline.errors import ConcurrencyError
+from stageline.errors import ConcurrencyError, PartialRetry
 from stageline.events import codec
 from stageline.events.envelope import ANY, NO_STREAM, NewEvent, RecordedEvent
 from stageline.events.store import AppendRequest, AppendResult, check_append
@@ -44,8 +44,10 @@ class MemoryEventStore:
         stream: str,
         events: Sequence[NewEvent],
         expected_version: int = ANY,
+        *,
+        whole: bool = False,
     ) -> AppendResult:
-        request = AppendRequest(workspace, stream, events, expected_version)
+        request = AppendRequest(workspace, stream, events, expected_version, whole=whole)
         check_append(request)
         result = self._append(request)
         async with self._changed:
@@ -60,6 +62,8 @@ class MemoryEventStore:
         positions = ws.streams.get(stream, [])
         length = len(positions)
         fresh = [e for e in events if (stream, e.event_id.bytes) not in ws.ids]
+        if request.whole and 0 < len(fresh) < len(events):
+            raise PartialRetry(stream, length - 1)
         if fresh:
             expected = request.expected_version
             if (expected == NO_STREAM and length) or (expected >= 0 and expected != length - 1):
@@ -112,7 +116,11 @@ class MemoryEventStore:
             try:
                 out.append(
                     await self.append(
-                        request.workspace, request.stream, request.events, request.expected_version
+                        request.workspace,
+                        request.stream,
+                        request.events,
+                        request.expected_version,
+                        whole=request.whole,
                     )
                 )
             except Exception as exc:

@@ -15,7 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import NoScriptError, ResponseError
 
-from stageline.errors import ConcurrencyError, InvalidArgument
+from stageline.errors import ConcurrencyError, InvalidArgument, PartialRetry
 from stageline.events import codec, keys
 from stageline.events.envelope import ANY, NewEvent, RecordedEvent
 from stageline.events.pool import WaitingPool
@@ -164,7 +164,7 @@ class _Call:
         added = len(args)
         stream = request.stream.encode()
         expected = b"%d" % request.expected_version
-        count = b"%d" % len(events)
+        count = b"%d" % (-len(events) if request.whole else len(events))
         args.append(
             b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
             % (len(stream), stream, len(expected), expected, len(count), count)
@@ -237,6 +237,9 @@ class _Call:
             status = reply[at]
             if status == 0:
                 out[i] = ConcurrencyError(request.stream, request.expected_version, reply[at + 1])
+                at += 2
+            elif status == 4:
+                out[i] = PartialRetry(request.stream, reply[at + 1])
                 at += 2
             elif status == 1:
                 last, first = reply[at + 1], reply[at + 2]
@@ -361,9 +364,11 @@ class RedisEventStore:
         stream: str,
         events: Sequence[NewEvent],
         expected_version: int = ANY,
+        *,
+        whole: bool = False,
     ) -> AppendResult:
         call = _Call(workspace)
-        call.add(0, AppendRequest(workspace, stream, events, expected_version))
+        call.add(0, AppendRequest(workspace, stream, events, expected_version, whole=whole))
         await self._remember({workspace})
         _, [reply] = await self._run(iter([call]))
         out: list[AppendResult | Exception] = [None]  # type: ignore[list-item]

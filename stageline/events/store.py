@@ -36,6 +36,10 @@ class AppendRequest(msgspec.Struct, frozen=True):
     expected_version: int = ANY
     outbox: Outbox | None = None
     """Only the Redis store takes one (its streams are on the same server)."""
+    whole: bool = False
+    """A retry must repeat the whole append: if the stream holds some of ``events`` (by
+    id) but not all, the append is refused with ``PartialRetry`` and writes nothing.
+    Otherwise (the default) the events it holds are dropped and the rest appended."""
 
 
 class AppendResult(msgspec.Struct, frozen=True):
@@ -71,8 +75,11 @@ class EventStore(Protocol):
         stream: str,
         events: Sequence[NewEvent],
         expected_version: int = ANY,
+        *,
+        whole: bool = False,
     ) -> AppendResult:
-        """Append atomically, or raise ``ConcurrencyError`` carrying the actual version."""
+        """Append atomically, or raise ``ConcurrencyError`` carrying the actual version
+        (``PartialRetry`` for a ``whole`` append that repeats only part of one)."""
         ...
 
     async def append_batch(

@@ -74,6 +74,11 @@ async def test_idempotency_key_makes_a_retry_append_nothing(
 
     other = await append(client, "ledger", [event(5), event(6)], "any", headers=key)
     assert "Idempotency-Key" in assert_error(other, 409, "CONFLICT")["message"]
+    # the same events and more, or fewer: a different request too, and nothing is written
+    longer = await append(client, "ledger", [event(0), event(1), event(2)], headers=key)
+    assert "Idempotency-Key" in assert_error(longer, 409, "CONFLICT")["message"]
+    shorter = await append(client, "ledger", [event(0)], headers=key)
+    assert "Idempotency-Key" in assert_error(shorter, 409, "CONFLICT")["message"]
     assert await stack.store.head(workspace) == 2
 
     # without a key, the same body is a new append

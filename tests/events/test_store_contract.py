@@ -18,7 +18,13 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 
-from stageline.errors import ConcurrencyError, InvalidArgument, InvalidEvent, StagelineError
+from stageline.errors import (
+    ConcurrencyError,
+    InvalidArgument,
+    InvalidEvent,
+    PartialRetry,
+    StagelineError,
+)
 from stageline.events import (
     ANY,
     NO_STREAM,
@@ -276,6 +282,33 @@ class StoreContract:
             known.event_id,
             fresh.event_id,
         ]
+
+    async def test_a_whole_append_repeats_all_of_one_or_none(
+        self, store: EventStore, workspace: str
+    ) -> None:
+        first = evs(2)
+        await store.append(workspace, "s", first, NO_STREAM, whole=True)
+        await store.append(workspace, "t", [ev(9)])
+        before = await snapshot(store, workspace, "s")
+
+        for longer in ([*first, ev(5)], [ev(6), first[1]]):
+            with pytest.raises(PartialRetry) as refused:  # before the version check
+                await store.append(workspace, "s", longer, NO_STREAM, whole=True)
+            assert refused.value.actual == 1
+        [result] = await store.append_batch(
+            [AppendRequest(workspace, "s", [first[0], ev(7)], whole=True)]
+        )
+        assert isinstance(result, PartialRetry)
+        assert await snapshot(store, workspace, "s") == before
+
+        again = await store.append(workspace, "s", first, 0, whole=True)
+        assert again.deduplicated is True
+        assert again.versions == [0, 1]
+        shorter = await store.append(workspace, "s", first[:1], whole=True)
+        assert shorter.versions == [0]  # all of it is held: the caller compares what it sent
+        fresh = await store.append(workspace, "s", evs(2, start=10), 1, whole=True)
+        assert fresh.versions == [2, 3]
+        assert fresh.deduplicated is False
 
     async def test_same_event_id_twice_in_one_append_is_rejected(
         self, store: EventStore, workspace: str
