@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 
-class StageCommand(msgspec.Struct, frozen=True, kw_only=True):
+class StageCommand(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Run stage ``index`` of a run, which was at ``version`` when the command was issued.
 
     ``item`` is the run's input merged with every earlier stage's output, so an
@@ -24,6 +24,10 @@ class StageCommand(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 1
     correlation_id: str | None = None
     cause: str | None = None
+    mark_start: bool = False
+    """Record the start before running the stage, as for a redelivered command: set on a
+    command put off because an attempt of its stage was in flight (which may be one that
+    crashed its worker), so it runs again only once that attempt is recorded lost."""
 
     def to(
         self, index: int, version: int, item: dict[str, Any], cause: str | None, attempt: int = 1

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import structlog
 
 from stageline.actors import commands
@@ -177,7 +178,7 @@ class StageRuntime:
                     command=command,
                 )
                 continue
-            if mark or self.actors.marks_start(spec.actor):
+            if mark or command.mark_start or self.actors.marks_start(spec.actor):
                 todo.append((command, pipeline, spec, Begin(command.version, command.attempt)))
                 continue
             # recorded with the result, in one append at the command's version
@@ -239,9 +240,7 @@ class StageRuntime:
             attempts += decided
         for command, *_ in todo:  # the run kept moving under us: look again shortly
             log.info("stage.start_unsettled", **_context(command))
-            out.deferred.append(
-                (self.clock() + 1.0, keys.stage_channel(actor), commands.encode(command))
-            )
+            out.deferred.append((self.clock() + 1.0, *_put_off(actor, command)))
         return attempts
 
     async def _decide_start(
@@ -280,9 +279,7 @@ class StageRuntime:
                     )
                 )
             elif isinstance(decision, Defer):
-                out.deferred.append(
-                    (decision.until, keys.stage_channel(actor), commands.encode(command))
-                )
+                out.deferred.append((decision.until, *_put_off(actor, command)))
             else:
                 self._settle(command, pipeline, decision, out)
         return todo, decided
@@ -468,3 +465,11 @@ def _context(command: StageCommand) -> dict[str, Any]:
         "stage_index": command.index,
         "correlation_id": command.correlation_id,
     }
+
+
+def _put_off(actor: str, command: StageCommand) -> tuple[str, bytes]:
+    """Where a command put off after its start clashed goes back, and its payload: marked,
+    since the attempt it waits for may be one that crashed a worker."""
+    return keys.stage_channel(actor), commands.encode(
+        msgspec.structs.replace(command, mark_start=True)
+    )

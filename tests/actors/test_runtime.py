@@ -14,8 +14,9 @@ from actor_helpers import transitions
 from stageline.actors import commands
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
-from stageline.actors.events import RunCompleted
+from stageline.actors.events import RunCompleted, StageStarted
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
+from stageline.actors.schedule import scheduled_entry
 from stageline.actors.stage import ActorRegistry, StageContext, StageResult
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig, claim_poll_ms
@@ -213,6 +214,39 @@ async def test_unmarked_attempt_the_run_moved_under_is_decided_then_started_mark
     assert counts == {("StageStarted", 0, 1): 1, ("StageCompleted", 0, 1): 1}
     [next_command] = await setup.handed_on()
     assert next_command.version == 3
+
+
+async def test_a_command_put_off_for_an_attempt_in_flight_runs_only_once_that_is_lost(
+    setup: Setup, redis_store: RedisEventStore, broker: aioredis.Redis, workspace: str
+) -> None:
+    command = await setup.submit(workspace)
+    stream = keys.run_stream(command.run_id)
+    # a worker recorded the stage's start and died in it: the stage may crash every worker
+    await redis_store.append(
+        workspace, stream, [new_event(StageStarted(stage="plain", index=0, attempt=1))], 0
+    )
+    runtime = setup.worker.runtime
+    await runtime.handle(setup.plain, [command])  # a fresh duplicate: runs, then put off
+    assert setup.runs == 1
+    members = await broker.zrange(keys.SCHEDULED, 0, -1)
+    prefix = scheduled_entry(keys.stage_channel(setup.plain), b"")
+    [put_off] = [commands.decode(m[len(prefix) :]) for m in members if m.startswith(prefix)]
+    await broker.zrem(keys.SCHEDULED, *members)
+    assert put_off.mark_start
+
+    # once the attempt in flight is past its timeout, the put-off command records it lost
+    # and its own start before it runs the stage, once
+    now = runtime.clock
+    runtime.clock = lambda: now() + 3600
+    await runtime.handle(setup.plain, [put_off])
+    assert setup.runs == 2
+    counts = await transitions(redis_store, workspace, command.run_id)
+    assert counts == {
+        ("StageStarted", 0, 1): 1,
+        ("StageFailed", 0, 1): 1,
+        ("StageStarted", 0, 2): 1,
+        ("StageCompleted", 0, 2): 1,
+    }
 
 
 async def test_duplicate_of_an_unmarked_attempt_records_nothing_twice(
