@@ -356,11 +356,20 @@ class FalkorDBViews:
         run["stages"] = _stages(rows[0][0])
         return run
 
-    async def stale_runs(self, workspace: str, idle_since_ms: int, limit: int = 500) -> list[str]:
-        """Ids of unfinished runs with no event since ``idle_since_ms`` (epoch ms), oldest first."""
-        params = {"since": idle_since_ms, "limit": limit}
+    async def stale_runs(
+        self,
+        workspace: str,
+        idle_since_ms: int,
+        limit: int = 500,
+        after: tuple[str, int] | None = None,
+    ) -> list[tuple[str, int]]:
+        """Unfinished runs with no event since ``idle_since_ms`` (epoch ms): their ids and
+        ``updated_at``, oldest first (then by id), from just after ``after`` (a run of an
+        earlier page, as returned)."""
+        run_id, at = after or ("", -(2**62))
+        params = {"since": idle_since_ms, "limit": limit, "at": at, "id": run_id}
         rows = await self._read(workspace, qr.STALE_RUNS, params)
-        return [str(row[0]) for row in rows]
+        return [(str(row[0]), int(row[1])) for row in rows]
 
     async def list_runs(
         self,

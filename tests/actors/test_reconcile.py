@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,10 +17,10 @@ from stageline.actors.channels import CommandBus
 from stageline.actors.decide import RunState, fold_run
 from stageline.actors.events import RunSubmitted
 from stageline.actors.pipeline import MEMORY_INGEST, Pipeline, PipelineCatalog
-from stageline.actors.reconcile import Reconciler, nudge
+from stageline.actors.reconcile import Reconciler, Sweep, nudge
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.events import keys
-from stageline.events.envelope import NO_STREAM, new_event
+from stageline.events.envelope import NO_STREAM, NewEvent, new_event
 from stageline.events.redis_store import RedisEventStore
 from stageline.settings import Settings
 from stageline.stack import Stack
@@ -41,6 +44,23 @@ def test_finished_runs_are_not_nudged() -> None:
     state = submitted_state()
     state.terminal = "RunCompleted"
     assert nudge("w", "r1", state, MEMORY_INGEST) is None
+
+
+def test_a_sweep_lets_runs_be_until_they_change_or_stop_being_stale() -> None:
+    sweep = Sweep()
+    page = [("a", 1), ("b", 2)]
+    assert not any(sweep.skips(run) for run in page)
+    for run in page:  # neither could be moved
+        sweep.skip(run)
+    sweep.turn(page, limit=2)
+    assert sweep.after == ("b", 2)  # a full page: the next goes on after it
+    sweep.turn([], limit=2)
+    assert sweep.after is None  # the end: the next sweep starts from the oldest
+    assert not sweep.skips(("a", 5))  # a changed: looked at again
+    assert sweep.skips(("b", 2))
+    sweep.turn([("a", 5), ("b", 2)], limit=3)
+    assert not sweep.skips(("a", 1))  # not seen in the last sweep: forgotten
+    assert sweep.skips(("b", 2))
 
 
 async def pipeline_of(workspace: str, state: RunState) -> Pipeline | None:
@@ -68,6 +88,34 @@ async def worker(redis_store: RedisEventStore, redis_url: str) -> AsyncIterator[
     await w.stop()
 
 
+def submitted(pipeline: str = "memory-ingest", at: datetime | None = None) -> NewEvent:
+    """A run's ``RunSubmitted`` (of ``pipeline``, occurred ``at``)."""
+    return new_event(
+        RunSubmitted(
+            pipeline=pipeline,
+            pipeline_version=1,
+            stages=MEMORY_INGEST.stage_names,
+            input={"text": "x"},
+        ),
+        occurred_at=at,
+    )
+
+
+class CountingReads:
+    """The store, counting the streams read through it."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.reads = 0
+
+    async def read_stream(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads += 1
+        return await self.store.read_stream(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
 async def submitted_only(
     store: RedisEventStore, bus: CommandBus, workspace: str, text: str
 ) -> tuple[str, Reconciler]:
@@ -83,8 +131,8 @@ async def submitted_only(
     )
     await store.append(workspace, keys.run_stream(run_id), [event], NO_STREAM)
 
-    async def stale(ws: str, idle_since_ms: int, limit: int) -> list[str]:
-        return [run_id]
+    async def stale(ws: str, idle_since_ms: int, limit: int, after: Any) -> list[tuple[str, int]]:
+        return [(run_id, 0)]
 
     return run_id, Reconciler(store, bus, stale, pipeline_of, idle_seconds=0)
 
@@ -137,7 +185,9 @@ async def test_the_view_names_unfinished_runs_idle_since_a_time(
         try:
             await wait_terminal(stack.store, workspace, [finished.run_id])
             await stack.projector().catch_up(workspace)
-            assert await stack.views.stale_runs(workspace, 2**52) == [stuck_id]
+            [(run_id, updated_at)] = await stack.views.stale_runs(workspace, 2**52)
+            assert run_id == stuck_id and updated_at > 0
+            assert await stack.views.stale_runs(workspace, 2**52, after=(run_id, updated_at)) == []
             assert await stack.views.stale_runs(workspace, 0) == []
             # the reconciler the stack builds drives the stuck run to the end
             reconciler = stack.reconciler()
@@ -150,3 +200,70 @@ async def test_the_view_names_unfinished_runs_idle_since_a_time(
             await worker.stop()
     finally:
         await stack.close()
+
+
+async def test_runs_no_nudge_can_move_neither_hide_newer_ones_nor_are_read_every_pass(
+    redis_url: str, workspace: str
+) -> None:
+    stack = await Stack.open(Settings(redis_url=redis_url))
+    try:
+        # the oldest idle runs were reported by a system whose pipeline stageline does not
+        # know: no event ever moves them, so the view lists them first on every pass
+        old = datetime(2020, 1, 1, tzinfo=UTC)
+        for n in range(3):
+            event = submitted("elsewhere", old + timedelta(seconds=n))
+            await stack.store.append(workspace, keys.run_stream(f"ext-{n}"), [event], NO_STREAM)
+        stuck_id = str(uuid.uuid4())
+        event = submitted(at=old + timedelta(days=1))
+        await stack.store.append(workspace, keys.run_stream(stuck_id), [event], NO_STREAM)
+        await stack.projector().catch_up(workspace)
+        reconciler = stack.reconciler()
+        reconciler.idle_seconds, reconciler.limit = 0, 3
+        counting = CountingReads(stack.store)
+        reconciler.store = counting
+        worker = stack.worker()
+        await worker.start()
+        try:
+            nudged = [await reconciler.pass_once(workspace, now=2**40) for _ in range(2)]
+            assert sum(nudged) == 1
+            assert await wait_terminal(stack.store, workspace, [stuck_id]) == {
+                stuck_id: "RunCompleted"
+            }
+        finally:
+            await worker.stop()
+        await stack.projector().catch_up(workspace)
+        # the runs it could not move are not read again until they change
+        counting.reads = 0
+        for _ in range(3):
+            assert await reconciler.pass_once(workspace, now=2**40) == 0
+        assert counting.reads == 0
+        late = submitted("elsewhere", old + timedelta(days=2))
+        await stack.store.append(workspace, keys.run_stream("ext-0"), [late], 0)
+        await stack.projector().catch_up(workspace)
+        for _ in range(2):
+            await reconciler.pass_once(workspace, now=2**40)
+        assert counting.reads == 1
+    finally:
+        await stack.close()
+
+
+async def test_a_workspace_whose_pass_fails_does_not_hold_up_the_others(
+    redis_store: RedisEventStore, bus: CommandBus, workspace: str
+) -> None:
+    stop = asyncio.Event()
+    passed: list[str] = []
+
+    async def stale(ws: str, *_: Any) -> list[Any]:
+        if ws != workspace:
+            raise ConnectionError("its view is away")
+        passed.append(ws)
+        stop.set()
+        return []
+
+    class Listing(CountingReads):
+        async def workspaces(self) -> list[str]:
+            return [f"{workspace}-broken", workspace]
+
+    reconciler = Reconciler(Listing(redis_store), bus, stale, pipeline_of, idle_seconds=0)
+    await asyncio.wait_for(reconciler.run(stop), 3)
+    assert passed == [workspace]

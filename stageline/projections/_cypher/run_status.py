@@ -226,7 +226,8 @@ WITH name, r[p + 'duration_ms'] AS duration
 RETURN name, count(duration), percentileCont(duration, 0.5), percentileCont(duration, 0.95)
 ORDER BY name"""
 STALE_RUNS = """MATCH (r:Run) WHERE r.status IN ['processing', 'retrying']
-AND r.updated_at < $since RETURN r.id ORDER BY r.updated_at LIMIT $limit"""
+AND r.updated_at < $since AND (r.updated_at > $at OR (r.updated_at = $at AND r.id > $id))
+RETURN r.id, r.updated_at ORDER BY r.updated_at, r.id LIMIT $limit"""
 GET_DEAD_LETTER = "MATCH (d:DeadLetter {id: $id}) RETURN properties(d)"
 
 
