@@ -140,7 +140,8 @@ class _Call:
     """
 
     __slots__ = (
-        "args", "count", "events", "indexes", "keys", "outboxes", "requests", "size", "workspace",
+        "args", "count", "events", "indexes", "keys", "outboxes", "requests", "size", "started",
+        "workspace",
     )  # fmt: skip
 
     def __init__(self, workspace: str) -> None:
@@ -155,6 +156,8 @@ class _Call:
         self.outboxes: dict[str, int] = {}  # the streams outboxes write to -> their j
         self.events = 0
         self.size = 0
+        self.started = False
+        """Whether one of its requests wrote the log's first entry (position 1)."""
 
     def add(self, index: int, request: AppendRequest) -> None:
         """Check and encode ``request`` into this call, or raise ``InvalidArgument`` adding nothing."""
@@ -244,6 +247,8 @@ class _Call:
             elif status == 1:
                 last, first = reply[at + 1], reply[at + 2]
                 count = len(request.events)
+                if first == 1:
+                    self.started = True
                 out[i] = AppendResult(
                     stream=request.stream,
                     version=last,
@@ -369,12 +374,14 @@ class RedisEventStore:
     ) -> AppendResult:
         call = _Call(workspace)
         call.add(0, AppendRequest(workspace, stream, events, expected_version, whole=whole))
-        await self._remember({workspace})
+        listed = await self._remember({workspace})
         _, [reply] = await self._run(iter([call]))
         out: list[AppendResult | Exception] = [None]  # type: ignore[list-item]
         call.results(reply, out)
         if isinstance(out[0], Exception):
             raise out[0]
+        if call.started and not listed:
+            await self._relist({workspace})
         if self._unannounced:
             await self._announce({workspace})
         return out[0]
@@ -385,10 +392,13 @@ class RedisEventStore:
         out: list[AppendResult | Exception] = [None] * len(requests)  # type: ignore[list-item]
         if not requests:
             return out
-        await self._remember({r.workspace for r in requests})
+        listed = await self._remember({r.workspace for r in requests})
         calls, replies = await self._run(_calls(requests, out))
         for call, reply in zip(calls, replies, strict=True):
             call.results(reply, out)
+        started = {call.workspace for call in calls if call.started}
+        if started - listed:
+            await self._relist(started - listed)
         if self._unannounced:
             written = {
                 r.workspace
@@ -398,19 +408,32 @@ class RedisEventStore:
             await self._announce(written)
         return out
 
-    async def _remember(self, workspaces: set[str]) -> None:
-        """List the workspaces this store has not listed yet; those no store had listed wait
-        in ``_unannounced`` for their first append to land."""
+    async def _remember(self, workspaces: set[str]) -> set[str]:
+        """List the workspaces this store has not listed yet, and return them; those no store
+        had listed wait in ``_unannounced`` for their first append to land."""
         # names no append can use are never listed
         new = sorted(ws for ws in workspaces - self._known_workspaces if _valid_workspace(ws))
         if not new:
-            return
+            return set()
         pipe = self.client.pipeline(transaction=False)
         for ws in new:
             pipe.sadd(keys.WORKSPACES, ws)
         added = await pipe.execute()
         self._known_workspaces.update(new)
         self._unannounced.update(ws for ws, n in zip(new, added, strict=True) if n)
+        return set(new)
+
+    async def _relist(self, workspaces: set[str]) -> None:
+        """List again workspaces this store listed before whose log an append just started.
+
+        A log starts over only when the server lost it, and the listing, written
+        before the log, was lost with it (the last second of writes under
+        ``appendfsync everysec``, a restart without persistence, ``FLUSHALL``):
+        listed once per process, the workspace would stay unlisted, and unprojected,
+        for good.
+        """
+        self._known_workspaces -= workspaces
+        await self._remember(workspaces)
 
     async def _announce(self, written: set[str]) -> None:
         """Tell ``tail(new_workspaces=True)`` of the workspaces in ``written`` (appended to)
@@ -599,7 +622,8 @@ class RedisEventStore:
 
     async def workspaces(self) -> list[str]:
         # the set is written before the append (so no workspace with events is ever
-        # missing), hence may name one whose every append failed: keep those with a log
+        # missing, but for a moment after the server lost both: see _relist), hence may
+        # name one whose every append failed: keep those with a log
         await self._added_cursor()  # those added from now on, tail announces
         members: Any = await self.client.smembers(keys.WORKSPACES)
         names = sorted(m.decode() for m in members)

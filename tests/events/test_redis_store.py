@@ -193,3 +193,30 @@ async def test_a_batch_lists_only_workspaces_an_append_can_name(
     members = await redis_store.client.smembers(keys.WORKSPACES)
     assert workspace.encode() in members
     assert b"bad workspace" not in members
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["append", "append_batch"])
+async def test_a_workspace_whose_listing_was_lost_with_its_log_is_listed_again(
+    redis_store: RedisEventStore, redis_url: str, workspace: str, batch: bool
+) -> None:
+    async def append() -> None:
+        if batch:
+            [result] = await redis_store.append_batch([AppendRequest(workspace, "s", [ev()])])
+            assert isinstance(result, AppendResult)
+        else:
+            await redis_store.append(workspace, "s", [ev()])
+
+    await append()
+    # the server lost its last second of writes (appendfsync everysec): the listing went,
+    # and with it everything written after it, the log too
+    await redis_store.client.srem(keys.WORKSPACES, workspace)
+    await redis_store.client.delete(keys.log_key(workspace), keys.stream_key(workspace, "s"))
+    follower = RedisEventStore.from_url(redis_url)
+    try:
+        assert workspace not in await follower.workspaces()
+        await append()  # by the store that listed it before the loss
+        assert workspace in await follower.workspaces()
+        # and a projector following new workspaces hears of it at once
+        assert workspace in await follower.tail({}, block_ms=1000, new_workspaces=True)
+    finally:
+        await follower.close()
