@@ -30,12 +30,14 @@ __all__ = [
     "DeadLetterRedriven",
     "DeadLettered",
     "DeadLetters",
+    "command_id",
     "decode_poison",
 ]
 from stageline.events.store import EventStore
 
 STREAM = "dead-letters"
 _CLOSE = uuid.UUID("0b7e2f4c-5d1a-4c3e-9f60-2a8d7c1b4e95")
+_COMMAND = uuid.UUID("45d4e821-99e3-44ec-97c2-ced4e85d8d1b")
 
 
 class DeadLetters:
@@ -171,6 +173,14 @@ class DeadLetters:
 def close_id(dead_letter: str) -> uuid.UUID:
     """The event id of the one event that may ever close ``dead_letter``."""
     return uuid.uuid5(_CLOSE, dead_letter)
+
+
+def command_id(actor: str, command: StageCommand) -> uuid.UUID:
+    """The dead letter id of ``command`` on ``actor``'s channel, so that handling it again
+    (a redelivery, a repeated nudge) records nothing new."""
+    c = command
+    identity = (actor, c.run_id, c.pipeline, c.pipeline_version, c.index, c.version, c.attempt)
+    return uuid.uuid5(_COMMAND, "\0".join(map(str, identity)))
 
 
 def decode_poison(raw: bytes) -> StageCommand | None:

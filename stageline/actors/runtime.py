@@ -42,7 +42,7 @@ from stageline.actors.attempt import (
 )
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
-from stageline.actors.deadletters import DeadLetters
+from stageline.actors.deadletters import DeadLetters, command_id
 from stageline.actors.decide import (
     ABANDON_GRACE_SECONDS,
     Begin,
@@ -176,6 +176,7 @@ class StageRuntime:
                     error=f"cannot run this command: {exc}",
                     deliveries=1,
                     command=command,
+                    dead_letter_id=command_id(actor, command),
                 )
                 continue
             if mark or command.mark_start or self.actors.marks_start(spec.actor):

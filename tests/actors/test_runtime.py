@@ -261,6 +261,27 @@ async def test_duplicate_of_an_unmarked_attempt_records_nothing_twice(
     assert counts == {("StageStarted", 0, 1): 1, ("StageCompleted", 0, 1): 1}
 
 
+async def test_a_command_no_pipeline_here_runs_is_dead_lettered_once(
+    setup: Setup, redis_store: RedisEventStore, workspace: str
+) -> None:
+    def unknown(run_id: str) -> StageCommand:
+        return StageCommand(
+            workspace=workspace, run_id=run_id, pipeline="elsewhere", pipeline_version=1,
+            index=0, version=0, item={},
+        )  # fmt: skip
+
+    command = unknown("r1")
+    # handled twice: a redelivery (the batch was handled, its acknowledgement lost)
+    for _ in range(2):
+        await setup.worker.runtime.handle(setup.plain, [command])
+    await setup.worker.runtime.handle(setup.plain, [unknown("r2")])  # another command
+    events = await redis_store.read_stream(workspace, "dead-letters")
+    assert [(e.type, e.data["run_id"]) for e in events] == [
+        ("DeadLettered", "r1"),
+        ("DeadLettered", "r2"),
+    ]
+
+
 async def test_plain_function_returning_an_awaitable_runs_under_the_stage_timeout(
     redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis, workspace: str
 ) -> None:
