@@ -30,14 +30,14 @@ __all__ = [
     "DeadLetterRedriven",
     "DeadLettered",
     "DeadLetters",
-    "command_id",
     "decode_poison",
+    "entry_dead_letter_id",
 ]
 from stageline.events.store import EventStore
 
 STREAM = "dead-letters"
 _CLOSE = uuid.UUID("0b7e2f4c-5d1a-4c3e-9f60-2a8d7c1b4e95")
-_COMMAND = uuid.UUID("45d4e821-99e3-44ec-97c2-ced4e85d8d1b")
+_ENTRY = uuid.UUID("0d7c2f4e-5b1a-4c8e-9f63-a2e81b5c7d90")
 
 
 class DeadLetters:
@@ -175,12 +175,11 @@ def close_id(dead_letter: str) -> uuid.UUID:
     return uuid.uuid5(_CLOSE, dead_letter)
 
 
-def command_id(actor: str, command: StageCommand) -> uuid.UUID:
-    """The dead letter id of ``command`` on ``actor``'s channel, so that handling it again
-    (a redelivery, a repeated nudge) records nothing new."""
-    c = command
-    identity = (actor, c.run_id, c.pipeline, c.pipeline_version, c.index, c.version, c.attempt)
-    return uuid.uuid5(_COMMAND, "\0".join(map(str, identity)))
+def entry_dead_letter_id(actor: str, entry_id: bytes) -> uuid.UUID:
+    """The dead letter id of the entry ``entry_id`` of ``actor``'s channel: the same entry
+    dead-lettered again (its acknowledgement was lost) is recorded once, and a redriven
+    command, a new entry, gets a dead letter of its own."""
+    return uuid.uuid5(_ENTRY, f"{keys.stage_channel(actor)}\0{entry_id.decode()}")
 
 
 def decode_poison(raw: bytes) -> StageCommand | None:

@@ -42,7 +42,7 @@ from stageline.actors.attempt import (
 )
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
-from stageline.actors.deadletters import DeadLetters, command_id
+from stageline.actors.deadletters import DeadLetters, entry_dead_letter_id
 from stageline.actors.decide import (
     ABANDON_GRACE_SECONDS,
     Begin,
@@ -139,7 +139,7 @@ class StageRuntime:
             workspaces = sorted({c.workspace for c in batch})
             loaded = await asyncio.gather(*(self.actors.load(actor, ws) for ws in workspaces))
             states = dict(zip(workspaces, loaded, strict=True))
-        attempts = await self._begin(actor, batch, out, mark=redelivered)
+        attempts = await self._begin(actor, batch, ack, out, mark=redelivered)
         while attempts:
             await self._run(attempts, states)
             await self._plan(attempts)
@@ -154,15 +154,23 @@ class StageRuntime:
     # -- start ------------------------------------------------------------------
 
     async def _begin(
-        self, actor: str, batch: Sequence[StageCommand], out: _Batch, *, mark: bool
+        self,
+        actor: str,
+        batch: Sequence[StageCommand],
+        ack: Sequence[bytes],
+        out: _Batch,
+        *,
+        mark: bool,
     ) -> list[Attempt]:
         """The batch's attempts: unmarked ones as they are, marked ones once their start is
-        recorded (or decided otherwise)."""
+        recorded (or decided otherwise). A command no pipeline here runs is dead-lettered,
+        once per entry of ``ack``."""
         # workspace configs this process has not seen yet: loaded once, then dict lookups
         await self.catalog.prefetch((c.workspace, c.pipeline, c.pipeline_version) for c in batch)
         attempts: list[Attempt] = []
         todo: list[_Start] = []
-        for command in batch:
+        entries: Sequence[bytes | None] = ack or [None] * len(batch)
+        for command, entry in zip(batch, entries, strict=True):
             try:
                 pipeline = self.catalog.get(
                     command.workspace, command.pipeline, command.pipeline_version
@@ -176,7 +184,7 @@ class StageRuntime:
                     error=f"cannot run this command: {exc}",
                     deliveries=1,
                     command=command,
-                    dead_letter_id=command_id(actor, command),
+                    dead_letter_id=entry_dead_letter_id(actor, entry) if entry else None,
                 )
                 continue
             if mark or command.mark_start or self.actors.marks_start(spec.actor):

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import os
 import socket
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
@@ -37,7 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from stageline.actors import commands
 from stageline.actors.channels import DATA_FIELD, CommandBus
 from stageline.actors.commands import StageCommand
-from stageline.actors.deadletters import DeadLetters
+from stageline.actors.deadletters import DeadLetters, entry_dead_letter_id
 from stageline.actors.decide import ABANDON_GRACE_SECONDS
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, PipelineKey
 from stageline.actors.runtime import StageRuntime
@@ -58,7 +57,6 @@ from stageline.logs import get_logger
 
 log = structlog.get_logger(__name__)
 _DATA = DATA_FIELD.encode()
-_DEAD_LETTER_IDS = uuid.UUID("0d7c2f4e-5b1a-4c8e-9f63-a2e81b5c7d90")
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 T = TypeVar("T")
 _READERS_END_SECONDS = 0.5
@@ -297,7 +295,7 @@ class Worker:
             if command is not None and _valid_workspace(command.workspace):
                 workspace = command.workspace
             # the same entry dead-lettered twice (the ack below was lost) is recorded once
-            dead_letter_id = uuid.uuid5(_DEAD_LETTER_IDS, f"{channel}\0{entry.entry_id.decode()}")
+            dead_letter_id = entry_dead_letter_id(actor, entry.entry_id)
             await self.dead_letters.add(
                 workspace,
                 actor,

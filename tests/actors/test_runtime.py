@@ -271,12 +271,15 @@ async def test_a_command_no_pipeline_here_runs_is_dead_lettered_once(
         )  # fmt: skip
 
     command = unknown("r1")
-    # handled twice: a redelivery (the batch was handled, its acknowledgement lost)
+    # one entry handled twice: a redelivery (the batch was handled, its acknowledgement lost)
     for _ in range(2):
-        await setup.worker.runtime.handle(setup.plain, [command])
-    await setup.worker.runtime.handle(setup.plain, [unknown("r2")])  # another command
+        await setup.worker.runtime.handle(setup.plain, [command], ack=[b"1-0"])
+    # the same command in a new entry (a redrive, a nudge), and another command
+    await setup.worker.runtime.handle(setup.plain, [command], ack=[b"2-0"])
+    await setup.worker.runtime.handle(setup.plain, [unknown("r2")], ack=[b"3-0"])
     events = await redis_store.read_stream(workspace, "dead-letters")
     assert [(e.type, e.data["run_id"]) for e in events] == [
+        ("DeadLettered", "r1"),
         ("DeadLettered", "r1"),
         ("DeadLettered", "r2"),
     ]
