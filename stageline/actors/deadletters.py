@@ -11,6 +11,7 @@ projection of these events.
 from __future__ import annotations
 
 import base64
+import binascii
 import uuid
 
 import msgspec
@@ -32,10 +33,11 @@ __all__ = [
     "DeadLetters",
     "decode_poison",
     "entry_dead_letter_id",
+    "redrive_payload",
 ]
 from stageline.events.store import EventStore
 
-STREAM = "dead-letters"
+STREAM = keys.DEAD_LETTERS_STREAM
 _CLOSE = uuid.UUID("0b7e2f4c-5d1a-4c3e-9f60-2a8d7c1b4e95")
 _ENTRY = uuid.UUID("0d7c2f4e-5b1a-4c8e-9f63-a2e81b5c7d90")
 
@@ -111,16 +113,17 @@ class DeadLetters:
 
         Published before it is recorded: a crash in between leaves the entry open
         and a second redrive only repeats a command, which the version checks make
-        harmless. ``Conflict`` if the entry is closed.
+        harmless. ``Conflict`` if the entry is closed, or cannot be put back as it is
+        (``redrive_payload``).
         """
         entry, is_open = await self._entry(workspace, dead_letter)
         if not is_open:
             raise Conflict("dead letter is already closed", dead_letter=dead_letter)
-        if entry.command is not None:
-            await self.bus.publish([(entry.actor, msgspec.convert(entry.command, StageCommand))])
+        payload = redrive_payload(entry, workspace)
+        if isinstance(payload, StageCommand):
+            await self.bus.publish([(entry.actor, payload)])
         else:
-            raw = base64.b64decode(entry.raw or "")
-            await self.bus.client.xadd(keys.stage_channel(entry.actor), {DATA_FIELD: raw})
+            await self.bus.client.xadd(keys.stage_channel(entry.actor), {DATA_FIELD: payload})
         return await self._close(
             workspace, DeadLetterRedriven(dead_letter=dead_letter), correlation_id
         )
@@ -180,6 +183,39 @@ def entry_dead_letter_id(actor: str, entry_id: bytes) -> uuid.UUID:
     dead-lettered again (its acknowledgement was lost) is recorded once, and a redriven
     command, a new entry, gets a dead letter of its own."""
     return uuid.uuid5(_ENTRY, f"{keys.stage_channel(actor)}\0{entry_id.decode()}")
+
+
+def redrive_payload(entry: DeadLettered, workspace: str) -> StageCommand | bytes:
+    """What redriving ``workspace``'s ``entry`` puts back on its actor's channel: its
+    command, or the raw bytes of an entry no worker could decode.
+
+    ``Conflict`` for an entry that cannot go back as it is: a ``command`` that is not a
+    ``StageCommand``, a ``raw`` that is not base64, or a command (in ``command``, or in
+    ``raw``) of another workspace, which would make workers write there. Anyone may
+    append a ``DeadLettered``, so its contents are checked like any input.
+    """
+
+    def refused(why: str) -> Conflict:
+        return Conflict(f"dead letter cannot be redriven: {why}", dead_letter=entry.dead_letter)
+
+    payload: StageCommand | bytes
+    command: StageCommand | None
+    if entry.command is not None:
+        try:
+            payload = command = msgspec.convert(entry.command, StageCommand)
+        except msgspec.ValidationError as exc:
+            raise refused(f"its command is not a stage command ({exc})") from None
+    elif entry.raw is not None:
+        try:
+            payload = base64.b64decode(entry.raw, validate=True)
+        except binascii.Error:
+            raise refused("its raw entry is not base64") from None
+        command = decode_poison(payload)
+    else:
+        raise refused("it holds neither a command nor a raw entry")
+    if command is not None and command.workspace != workspace:
+        raise refused(f"its command belongs to workspace {command.workspace!r}")
+    return payload
 
 
 def decode_poison(raw: bytes) -> StageCommand | None:

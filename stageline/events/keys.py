@@ -82,6 +82,9 @@ def run_stream(run_id: str) -> str:
     return f"run-{run_id}"
 
 
+DEAD_LETTERS_STREAM = "dead-letters"
+"""A workspace's poison commands: ``DeadLettered`` entries, and what closed them."""
+
 ONTOLOGY_STREAM = "ontology"
 """A workspace's ontology: its types and patterns, and the evidence the rules count."""
 

@@ -5,8 +5,9 @@ Part of the ``run_status`` projection (``run_status.FOLD``), written with it.
 Two kinds of entry: ``run`` (a run whose stage gave up with no fallback; its
 ``RunFailed`` carries the dead letter's id and lives in the run's stream) and
 ``poison`` (a command no worker could handle: ``DeadLettered`` on the
-``dead-letters`` stream). ``DeadLetterRedriven`` and ``DeadLetterDiscarded``
-close an entry by id, whichever stream they were appended to.
+``dead-letters`` stream; one appended to any other stream opens nothing, as it
+could be neither redriven nor discarded). ``DeadLetterRedriven`` and
+``DeadLetterDiscarded`` close an entry by id, whichever stream they were appended to.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from stageline.actors.events import DeadLetterDiscarded, DeadLettered, DeadLetterRedriven
 from stageline.events import RecordedEvent
+from stageline.events.keys import DEAD_LETTERS_STREAM
 from stageline.projections.batch import Handler
 from stageline.projections.changes import RunStatusChanges
 
@@ -83,6 +85,8 @@ def open_for_run(
 def _dead_lettered(
     b: RunStatusChanges, stream: str, at: int, e: RecordedEvent, d: dict[str, Any]
 ) -> None:
+    if stream != DEAD_LETTERS_STREAM:
+        return
     created = {
         "kind": DeadLetterKind.POISON,
         "stream": stream,

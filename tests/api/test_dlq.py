@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from api_helpers import (
     Projecting,
@@ -19,7 +22,9 @@ from api_helpers import (
     until_status,
 )
 
-from stageline.actors.deadletters import STREAM
+from stageline.actors.commands import StageCommand, encode
+from stageline.actors.deadletters import STREAM, decode_poison
+from stageline.events import keys
 from stageline.stack import Stack
 
 ROW_KEYS = {
@@ -237,3 +242,89 @@ async def test_bad_list_parameters_are_400(
 async def test_a_discard_reason_longer_than_500_is_400(client: httpx.AsyncClient) -> None:
     r = await client.delete("/v1/dlq/whatever", params={"reason": "r" * 501})
     assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["reason"]
+
+
+async def append_dead_letter(client: httpx.AsyncClient, stream: str = STREAM, **fields: Any) -> str:
+    """A ``DeadLettered`` a client appends itself; returns its id."""
+    dead_letter = str(uuid.uuid4())
+    data = {"dead_letter": dead_letter, "error": "e", "deliveries": 1, **fields}
+    r = await client.post(
+        f"/v1/streams/{stream}/events", json={"events": [{"type": "DeadLettered", "data": data}]}
+    )
+    assert r.status_code == 201, r.text
+    return dead_letter
+
+
+def a_command(workspace: str) -> dict[str, Any]:
+    return {
+        "workspace": workspace,
+        "run_id": "r1",
+        "pipeline": "flaky",
+        "pipeline_version": 1,
+        "index": 0,
+        "version": 0,
+        "item": {"text": "x"},
+    }
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param({"command": {"run_id": "r1"}}, id="command-not-a-stage-command"),
+        pytest.param({"raw": "not base64!"}, id="raw-not-base64"),
+        pytest.param({"command": a_command("elsewhere")}, id="command-of-another-workspace"),
+        pytest.param(
+            {
+                "raw": base64.b64encode(
+                    encode(msgspec.convert(a_command("elsewhere"), StageCommand))
+                )
+            },
+            id="raw-command-of-another-workspace",
+        ),
+    ],
+)
+async def test_a_dead_letter_that_cannot_be_redriven_safely_is_409_and_nothing_is_written(
+    client: httpx.AsyncClient, stack: Stack, workspace: str, entry: dict[str, Any]
+) -> None:
+    actor = f"nobody-{workspace}"
+    if isinstance(entry.get("raw"), bytes):
+        entry = {"raw": entry["raw"].decode()}
+    dead_letter = await append_dead_letter(client, actor=actor, **entry)
+    position = await stack.store.head(workspace)
+
+    error = assert_error(await client.post(f"/v1/dlq/{dead_letter}/redrive"), 409, "CONFLICT")
+
+    assert error["details"]["dead_letter"] == dead_letter
+    assert await stack.store.head(workspace) == position
+    assert await stack.bus.client.exists(keys.stage_channel(actor)) == 0
+    # it can still be closed by hand
+    r = await client.delete(f"/v1/dlq/{dead_letter}", params={"reason": "bad entry"})
+    assert r.status_code == 200, r.text
+
+
+async def test_a_dead_letter_appended_to_another_stream_is_no_entry(
+    client: httpx.AsyncClient,
+) -> None:
+    dead_letter = await append_dead_letter(client, "not-dead-letters", actor="flaky", raw="eA==")
+
+    assert await dead_letters(client, status="all") == []
+    for r in (
+        await client.get(f"/v1/dlq/{dead_letter}", params={"min_position": await head(client)}),
+        await client.post(f"/v1/dlq/{dead_letter}/redrive"),
+        await client.delete(f"/v1/dlq/{dead_letter}"),
+    ):
+        assert_error(r, 404, "NOT_FOUND")
+
+
+async def test_a_dead_letter_with_a_command_of_its_workspace_is_redriven(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    actor = f"nobody-{workspace}"
+    dead_letter = await append_dead_letter(client, actor=actor, command=a_command(workspace))
+
+    r = await client.post(f"/v1/dlq/{dead_letter}/redrive")
+
+    assert r.status_code == 202, r.text
+    [(_, fields)] = await stack.bus.client.xrange(keys.stage_channel(actor))
+    assert decode_poison(fields[b"__data__"]) == msgspec.convert(a_command(workspace), StageCommand)
+    await stack.bus.client.delete(keys.stage_channel(actor))

@@ -90,6 +90,14 @@ def test_a_poison_command_is_an_entry_of_the_dead_letters_stream() -> None:
     assert (p2.fields["status"], p2.fields["reason"]) == ("discarded", "junk")
 
 
+def test_a_dead_lettered_event_on_another_stream_opens_no_entry() -> None:
+    # only the dead-letters stream's entries can be redriven or discarded: list no others
+    [(_, event)] = poison("p1", Clock())
+    events = as_recorded([("run-r1", event), ("elsewhere", event)])
+
+    assert fold(events).dead_letters == {}
+
+
 def test_a_run_dead_letter_is_discarded_on_the_run_stream() -> None:
     life = lifecycle("r1", "dead", Clock())
     events = of_run(life)
