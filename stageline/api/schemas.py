@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -25,13 +26,23 @@ from pydantic import (
     field_validator,
 )
 
-from stageline.api.limits import MAX_POSITION
+from stageline.api.limits import MAX_JSON_DEPTH, MAX_POSITION, nests_within
 from stageline.projections.run_status import RunStatus, StageStatus
 
 EVENT_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]{0,99}$"
 MAX_EVENTS = 1000
 
 Label = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _shallow(value: dict[str, Any]) -> dict[str, Any]:
+    if not nests_within(value):
+        raise ValueError(f"objects and arrays may nest at most {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_shallow)]
+"""A free-form JSON object, kept as given, nested at most ``MAX_JSON_DEPTH`` levels deep."""
 
 
 class _Request(BaseModel):
@@ -62,7 +73,7 @@ class RunInput(_Request):
     text: str = Field(description="The memory item's text; non-empty, at most `max_text_chars`.")
     id: Label | None = Field(default=None, description="The caller's id for the item.")
     source: Label | None = Field(default=None, description="Where the item came from.")
-    metadata: dict[str, Any] | None = Field(default=None, description="Free-form, kept as given.")
+    metadata: JsonObject | None = Field(default=None, description="Free-form, kept as given.")
     occurred_at: AwareDatetime | None = Field(
         default=None, description="When the item happened (ISO 8601 with a time zone)."
     )
@@ -252,7 +263,7 @@ class StageIn(_Request):
         description="Unique within the pipeline; 1-64 of a-z, 0-9, '_', '-'.", examples=["enrich"]
     )
     actor: str = Field(description="A registered actor, e.g. `normalize` or `flaky`.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Handed to the actor.")
+    params: JsonObject = Field(default_factory=dict, description="Handed to the actor.")
     timeout_seconds: float = Field(default=30.0, description="Per attempt; > 0.")
     retry: RetryPolicyIn = Field(default_factory=RetryPolicyIn)
 
@@ -485,7 +496,7 @@ class EventIn(_Request):
     """An event to append. Known types (`stageline.events.registry`) have their data checked."""
 
     type: str = Field(pattern=EVENT_TYPE_PATTERN, examples=["OrderPlaced"])
-    data: dict[str, Any]
+    data: JsonObject
     event_id: uuid.UUID | None = Field(
         default=None,
         description="Makes a retried append idempotent. Generated when absent "

@@ -36,6 +36,14 @@ def fields(error: dict[str, Any]) -> list[str]:
     return [e["field"] for e in error["details"]["errors"]]
 
 
+def nested(depth: int, leaf: Any = 1) -> Any:
+    """``leaf`` inside ``depth`` levels of ``{"a": [{"a": [...]}]}``: an object outermost."""
+    value = leaf
+    for level in range(depth, 0, -1):
+        value = {"a": value} if level % 2 else [value]
+    return value
+
+
 async def submit(
     client: httpx.AsyncClient,
     text: str = "Met Alice in Berlin to talk about the Redis migration.",

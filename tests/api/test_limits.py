@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from stageline.api.limits import nests_within
 from stageline.stack import Stack
 
 HUGE = str(2**64)
@@ -50,3 +51,11 @@ async def test_unencodable_run_input_is_400_and_appends_nothing(
     )
     assert reply.status_code == 400, reply.text
     assert await stack.store.head(workspace) == 0
+
+
+def test_nesting_is_counted_in_objects_and_arrays() -> None:
+    assert nests_within(1, 0) and nests_within({}, 1) and nests_within({"a": [], "b": 2}, 2)
+    assert not nests_within({}, 0)
+    assert not nests_within({"a": 1, "b": [[]]}, 2)
+    assert nests_within({"a": [{"b": "deep"}]}, 3)
+    assert not nests_within([{"a": [{}]}], 3)

@@ -11,12 +11,22 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from api_helpers import assert_error, fields, head, run_events, served, until_event, until_status
+from api_helpers import (
+    assert_error,
+    fields,
+    head,
+    nested,
+    run_events,
+    served,
+    until_event,
+    until_status,
+)
 from click.testing import Result
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from stageline.actors.pipeline import PipelineCatalog
+from stageline.api.limits import MAX_JSON_DEPTH
 from stageline.cli import app as cli_app
 from stageline.stack import Stack
 
@@ -236,6 +246,7 @@ async def test_invalid_definitions_are_400_and_append_nothing(
     ("body", "field"),
     [
         (variant(stages=stages_with(0, colour="red")), "stages[0].colour"),
+        (variant(stages=stages_with(0, params={"a": nested(MAX_JSON_DEPTH)})), "stages[0].params"),
         (variant(stages=retry_with(1, max_retries="3")), "stages[1].retry.max_retries"),
         (variant(stages="normalize"), "stages"),
         ({"stages": RETRYING["stages"]}, "name"),

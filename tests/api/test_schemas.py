@@ -7,8 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import assert_error, fields, submit
+from api_helpers import assert_error, fields, nested, submit
 
+from stageline.api.limits import MAX_JSON_DEPTH
 from stageline.stack import Stack
 
 TEXT = {"text": "hello"}
@@ -30,6 +31,8 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ("id not a string", {"pipeline": "memory-ingest", "input": {**TEXT, "id": 7}}, "input.id"),
     ("source too long", {"pipeline": "memory-ingest", "input": {**TEXT, "source": "s" * 201}}, "input.source"),
     ("metadata not an object", {"pipeline": "memory-ingest", "input": {**TEXT, "metadata": [1]}}, "input.metadata"),
+    ("metadata nested 256 deep", {"pipeline": "memory-ingest", "input": {**TEXT, "metadata": nested(256)}}, "input.metadata"),
+    ("metadata nested too deep", {"pipeline": "memory-ingest", "input": {**TEXT, "metadata": {"a": nested(MAX_JSON_DEPTH)}}}, "input.metadata"),
     ("occurred_at not a date", {"pipeline": "memory-ingest", "input": {**TEXT, "occurred_at": "soon"}}, "input.occurred_at"),
     ("occurred_at without zone", {"pipeline": "memory-ingest", "input": {**TEXT, "occurred_at": "2024-01-01T10:00:00"}}, "input.occurred_at"),
     ("flaky option unknown", {"pipeline": "flaky", "input": {**TEXT, "flaky": {"times": 2}}}, "input.flaky.times"),
@@ -48,6 +51,16 @@ async def test_bad_submit_bodies_are_400_and_write_nothing(
     assert error["details"]["errors"][0]["in"] == "body"
     assert "input" not in error["details"]["errors"][0]  # the offending value is not echoed
     assert await stack.store.head(workspace) == 0
+
+
+async def test_metadata_nested_as_deep_as_the_limit_is_kept(client: httpx.AsyncClient) -> None:
+    metadata = {"a": nested(MAX_JSON_DEPTH - 1, leaf=None)}
+    r = await submit(client, metadata=metadata)
+    assert r.status_code == 202, r.text
+    [submitted] = (
+        await client.get(f"/v1/runs/{r.json()['run_id']}/events", params={"limit": 1})
+    ).json()["events"]
+    assert submitted["data"]["input"]["metadata"] == metadata
 
 
 async def test_malformed_json_is_400_with_where_it_broke(

@@ -7,8 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import assert_error, fields
+from api_helpers import assert_error, fields, nested
 
+from stageline.api.limits import MAX_JSON_DEPTH
 from stageline.stack import Stack
 
 
@@ -145,6 +146,7 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ("missing type", {"events": [{"data": {}}]}, "events[0].type"),
     ("data not an object", {"events": [{"type": "A", "data": [1]}]}, "events[0].data"),
     ("missing data", {"events": [{"type": "A"}]}, "events[0].data"),
+    ("data nested too deep", {"events": [event(), event(data={"a": nested(MAX_JSON_DEPTH)})]}, "events[1].data"),
     ("bad event id", {"events": [event(event_id="nope")]}, "events[0].event_id"),
     ("schema version 0", {"events": [event(schema_version=0)]}, "events[0].schema_version"),
     ("schema version text", {"events": [event(schema_version="2")]}, "events[0].schema_version"),
