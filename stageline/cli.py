@@ -64,7 +64,7 @@ def _run(coro: Any) -> Any:
     tune_gc()
     try:
         return asyncio.run(coro)
-    except StagelineError as exc:
+    except (StagelineError, OSError) as exc:  # an OSError names its file: no traceback needed
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:

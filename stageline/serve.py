@@ -29,7 +29,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# redis-py raises these for a server that does not answer (its socket errors included);
+# any other start-up failure (a file, a program, a module) would fail the same way again
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 _MAX_RETRY_SECONDS = 5.0
 
 
@@ -52,7 +54,8 @@ async def serve(
     """Open the stack, start the chosen services, and stop them in order.
 
     Without ``then`` it runs until SIGINT/SIGTERM; with it, until ``then(api_url)`` returns.
-    A Redis that does not answer yet is waited for (until a signal), not a reason to exit.
+    A Redis that does not answer yet is waited for (until a signal), not a reason to exit;
+    any other start-up failure is raised.
     """
     stop = asyncio.Event()
     stop_on_signals(stop)

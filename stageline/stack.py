@@ -170,6 +170,6 @@ def _installer(entry: str) -> Callable[[ActorRegistry, PipelineCatalog], None]:
         install = getattr(importlib.import_module(module_name), name)
         if not callable(install):
             raise TypeError(f"{name} is not a function")
-    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+    except Exception as exc:  # whatever importing the user's module raised
         raise InvalidArgument(f"STAGELINE_ACTORS entry {entry.strip()!r}: {exc}") from exc
     return install

@@ -219,6 +219,41 @@ def test_worker_without_a_store_url_says_what_to_do(data_dir: Path) -> None:
     assert "STAGELINE_REDIS_URL" in result.stdout
 
 
+def test_a_start_up_failure_that_is_not_redis_exits_at_once_saying_why(data_dir: Path) -> None:
+    not_a_dir = data_dir / "file"
+    not_a_dir.write_text("")
+    env = {**env_for(data_dir), "STAGELINE_DATA_DIR": str(not_a_dir / "data")}
+    result = subprocess.run(
+        [sys.executable, "-m", "stageline", "up", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,  # it used to retry forever, as if Redis were unreachable
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{not_a_dir}/data" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "redis_unreachable" not in result.stderr
+
+
+def test_a_store_that_does_not_answer_yet_is_waited_for(data_dir: Path) -> None:
+    env = {**env_for(data_dir), "STAGELINE_REDIS_URL": f"unix://{data_dir}/no.sock"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stageline", "worker"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+    assert "stageline.redis_unreachable" in out
+
+
 def projections_cli(redis_url: str, *args: str) -> Result:
     """``stageline projections *args`` in this process, against the store at ``redis_url``."""
     env = {"STAGELINE_REDIS_URL": redis_url, "COLUMNS": "300"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,18 @@ async def test_a_bad_actors_entry_fails_before_anything_starts(entry: str) -> No
     # no server: the entry is refused before the stack connects or starts one
     settings = Settings(redis_url="unix:///nonexistent/redis.sock", actors=entry)
     with pytest.raises(InvalidArgument, match="STAGELINE_ACTORS entry"):
+        await Stack.open(settings)
+
+
+async def test_an_actors_module_that_fails_on_import_is_a_bad_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "reads_a_missing_file.py").write_text("open('/nonexistent/config.yaml')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    settings = Settings(
+        redis_url="unix:///nonexistent/redis.sock", actors="reads_a_missing_file:install"
+    )
+    with pytest.raises(InvalidArgument, match=r"STAGELINE_ACTORS entry.*nonexistent/config\.yaml"):
         await Stack.open(settings)
 
 
