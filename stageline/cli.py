@@ -9,6 +9,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,7 +34,7 @@ from stageline.cli_pipelines import app as pipelines_app
 from stageline.errors import StagelineError
 from stageline.logs import configure_logging
 from stageline.projections.registry import NAMES
-from stageline.settings import Settings
+from stageline.settings import Settings, describe
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 projections_app = typer.Typer(no_args_is_help=True, help="Projection status and rebuilds.")
@@ -51,8 +52,12 @@ Reason = Annotated[str, typer.Option(help="Why; recorded on the event.")]
 def _settings() -> Settings:
     try:
         settings = Settings()
-    except Exception as exc:  # pydantic's message names the variable and the problem
-        console.print(f"[red]invalid STAGELINE_* setting:[/red] {exc}")
+    except ValidationError as exc:
+        console.print(
+            f"[red]invalid STAGELINE_* setting:[/red] {describe(exc)}",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level, settings.log_format)
     return settings

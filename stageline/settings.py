@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WORKSPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -23,10 +24,12 @@ class Settings(BaseSettings):
     """Every knob of stageline, with a default that works on a laptop.
 
     Read once at an entry point (CLI command, app factory) and passed down;
-    library code never reads the environment itself.
+    library code never reads the environment itself. An empty variable is an unset one.
     """
 
-    model_config = SettingsConfigDict(env_prefix="STAGELINE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="STAGELINE_", extra="ignore", env_ignore_empty=True
+    )
 
     redis_url: str | None = Field(
         default=None,
@@ -130,6 +133,22 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO")
     log_format: Literal["auto", "json", "console"] = Field(default="auto")
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        name = level.strip().upper()
+        if name not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {level!r}; use DEBUG, INFO, WARNING or ERROR")
+        return name
+
     @property
     def effective_broker_url(self) -> str | None:
         return self.broker_url or self.redis_url
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming each offending ``STAGELINE_*`` variable and what is wrong with it."""
+    return "; ".join(
+        f"STAGELINE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg'].removeprefix('Value error, ')}"
+        for e in error.errors()
+    )

@@ -254,6 +254,23 @@ def test_a_store_that_does_not_answer_yet_is_waited_for(data_dir: Path) -> None:
     assert "stageline.redis_unreachable" in out
 
 
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"STAGELINE_LOG_LEVEL": "verbose"}, "STAGELINE_LOG_LEVEL: unknown log level 'verbose'"),
+        ({"STAGELINE_BATCH_SIZE": "0"}, "STAGELINE_BATCH_SIZE: Input should be greater than"),
+        # empty is unset, as everywhere: a worker needs a store URL
+        ({"STAGELINE_REDIS_URL": ""}, "worker needs STAGELINE_REDIS_URL"),
+    ],
+)
+def test_a_bad_setting_exits_2_with_one_line_saying_which(env: dict[str, str], says: str) -> None:
+    result = CliRunner().invoke(cli_app, ["worker"], env={"COLUMNS": "300", **env})
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    [line] = result.output.splitlines()
+    assert says in line, line
+
+
 def projections_cli(redis_url: str, *args: str) -> Result:
     """``stageline projections *args`` in this process, against the store at ``redis_url``."""
     env = {"STAGELINE_REDIS_URL": redis_url, "COLUMNS": "300"}
