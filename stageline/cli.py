@@ -359,7 +359,11 @@ def projections_rebuild(workspace: Workspace = None, projection: ProjectionName 
 
 
 @projections_app.command("status")
-def projections_status(workspace: Workspace = None) -> None:
+def projections_status(
+    workspace: Annotated[
+        str | None, typer.Option("--workspace", "-w", help="Only this one (default: every one).")
+    ] = None,
+) -> None:
     """Show each projection's checkpoint and lag, per workspace."""
     settings = _settings()
 

@@ -30,7 +30,14 @@ ApiUrl = Annotated[
     str, typer.Option("--url", envvar="STAGELINE_API_URL", help="The API's base URL.")
 ]
 Workspace = Annotated[
-    str | None, typer.Option("--workspace", "-w", help="Workspace (default: STAGELINE_WORKSPACE).")
+    str | None,
+    typer.Option(
+        "--workspace",
+        "-w",
+        envvar="STAGELINE_WORKSPACE",
+        show_envvar=False,
+        help="Workspace (default: STAGELINE_WORKSPACE, else the API's default).",
+    ),
 ]
 
 console = Console()

@@ -343,6 +343,16 @@ def test_projections_are_rebuilt_one_or_all_and_show_their_lag(
     assert ada is not None and ada["mentions"] == 3
 
 
+def test_projection_status_shows_every_workspace_unless_one_is_named(
+    redis_url: str, workspace: str
+) -> None:
+    asyncio.run(mentions_logged(redis_url, workspace, 1))
+    env = {"STAGELINE_REDIS_URL": redis_url, "STAGELINE_WORKSPACE": "other", "COLUMNS": "300"}
+    every = CliRunner().invoke(cli_app, ["projections", "status"], env=env)
+    assert every.exit_code == 0, every.output
+    assert set(status_rows(every.output, workspace)) == set(NAMES)
+
+
 def test_rebuilding_an_unknown_projection_names_the_known_ones(redis_url: str) -> None:
     result = projections_cli(redis_url, "rebuild", "--projection", "nope")
     assert result.exit_code == 2
