@@ -69,7 +69,8 @@ def _run(coro: Any) -> Any:
     tune_gc()
     try:
         return asyncio.run(coro)
-    except (StagelineError, OSError) as exc:  # an OSError names its file: no traceback needed
+    # an OSError (a TimeoutError too) says what failed: no traceback needed
+    except (StagelineError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stageline.cli_http import answer
+from stageline.errors import Unavailable
 from stageline.projections.run_status import RUN_ENDINGS
 
 
@@ -29,38 +31,51 @@ async def run_demo(
     timeout: float = 120.0,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Submit the samples, show progress until every run ends, print and return the stats."""
+    """Submit the samples, show progress until every run ends, print and return the stats.
+
+    An error answer of the API is printed and exits 1 (as in every HTTP command);
+    ``TimeoutError`` if the runs do not all end within ``timeout`` seconds.
+    """
     console = console or Console()
+    headers = {"X-Workspace": workspace}
+    async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=30) as client:
+        try:
+            return await _demo(client, workspace, count, timeout, console)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"the API at {api_url} did not answer: {exc!r}") from exc
+
+
+async def _demo(
+    client: httpx.AsyncClient, workspace: str, count: int | None, timeout: float, console: Console
+) -> dict[str, Any]:
     items = samples()
     n = count or len(items)
-    headers = {"X-Workspace": workspace}
     limits = asyncio.Semaphore(16)
-    async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=30) as client:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
-            submitted = progress.add_task("submitted", total=n)
-            finished = progress.add_task("finished ", total=n)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        submitted = progress.add_task("submitted", total=n)
+        finished = progress.add_task("finished ", total=n)
 
-            async def submit(i: int) -> str:
-                async with limits:
-                    body = {"pipeline": "memory-ingest", "input": items[i % len(items)]}
-                    r = await client.post("/v1/runs", json=body)
-                    r.raise_for_status()
-                    progress.advance(submitted)
-                    return str(r.json()["run_id"])
+        async def submit(i: int) -> str:
+            async with limits:
+                body = {"pipeline": "memory-ingest", "input": items[i % len(items)]}
+                accepted = answer(await client.post("/v1/runs", json=body))
+                progress.advance(submitted)
+                return str(accepted["run_id"])
 
-            before = await _settled_ontology(client)
-            started = time.perf_counter()
-            run_ids = await asyncio.gather(*(submit(i) for i in range(n)))
-            statuses = await _wait_all(client, run_ids, progress, finished, timeout)
-            elapsed = time.perf_counter() - started
-        stats = (await client.get("/v1/runs/stats")).json()
-        ontology = await _settled_ontology(client)
+        before = await _settled_ontology(client)
+        started = time.perf_counter()
+        run_ids = await asyncio.gather(*(submit(i) for i in range(n)))
+        statuses = await _wait_all(client, run_ids, progress, finished, timeout)
+        elapsed = time.perf_counter() - started
+    stats = answer(await client.get("/v1/runs/stats"))
+    console.print("waiting for the ontology to settle (it follows the runs' events)...")
+    ontology = await _settled_ontology(client)
     _print(console, statuses, stats, elapsed, workspace)
     discoveries = _discoveries(before, ontology, len(run_ids))
     _print_ontology(console, ontology, discoveries, len(run_ids))
@@ -79,11 +94,10 @@ async def _settled_ontology(client: httpx.AsyncClient, quiet_s: float = 0.6) -> 
     last: dict[str, Any] | None = None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        page = await client.get("/v1/log", params={"after": 0, "limit": 1})
-        head = int(page.json().get("head", 0))
-        reply = await client.get("/v1/ontology/status", params={"min_position": head})
-        reply.raise_for_status()
-        status: dict[str, Any] = reply.json()
+        page = answer(await client.get("/v1/log", params={"after": 0, "limit": 1}))
+        status: dict[str, Any] = answer(
+            await client.get("/v1/ontology/status", params={"min_position": page["head"]})
+        )
         if status == last:
             return status
         last = status

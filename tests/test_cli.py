@@ -204,6 +204,7 @@ def test_demo_without_a_running_api_starts_its_own_stack(data_dir: Path) -> None
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "starting an embedded stack" in demo.stdout
     assert "5 runs finished" in demo.stdout
+    assert "waiting for the ontology to settle" in demo.stdout
     assert not (data_dir / "redis.sock").exists()
 
 
