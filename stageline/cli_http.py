@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -19,6 +22,7 @@ __all__ = [
     "api_answers",
     "call",
     "console",
+    "load_document",
     "print_json",
     "print_table",
     "send",
@@ -76,6 +80,49 @@ def _error_text(reply: httpx.Response) -> str:
         return f"{error['code']}: {error['message']}"
     except (ValueError, KeyError, TypeError):
         return reply.text
+
+
+def load_document(file: Path) -> Any:
+    """The JSON of a ``.json`` file, or of a YAML one (any other suffix); exits 2 if unusable.
+
+    YAML values JSON has no type for (a date, a timestamp, binary, a non-string key,
+    ``.nan``) are refused, naming where they are, rather than guessed at.
+    """
+    try:
+        text = file.read_text()
+        data = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
+        console.print(f"[red]cannot read {file}:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    problem = _not_json(data)
+    if problem is not None:
+        console.print(
+            f"[red]{file}: {problem}, which JSON cannot hold; quote it to make it a string[/red]",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    return data
+
+
+def _not_json(value: Any, where: str = "") -> str | None:
+    """What the first value or key in ``value`` that JSON cannot hold is, and where; else None."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where or 'the document'} has the key {key} (type {type(key).__name__})"
+            problem = _not_json(item, f"{where}.{key}" if where else key)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, list):
+        problems = (_not_json(item, f"{where}[{i}]") for i, item in enumerate(value))
+        return next((p for p in problems if p is not None), None)
+    if isinstance(value, float):
+        fits = math.isfinite(value)
+    else:
+        fits = value is None or isinstance(value, str | int)  # bool is an int
+    return None if fits else f"{where or 'the document'} is {value} (type {type(value).__name__})"
 
 
 def api_answers(url: str) -> bool:

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-import yaml
 
 from stageline.cli_http import (
     DEFAULT_API,
@@ -16,6 +15,7 @@ from stageline.cli_http import (
     Workspace,
     call,
     console,
+    load_document,
     print_json,
     print_table,
 )
@@ -183,12 +183,7 @@ def import_(
     workspace: Workspace = None,
 ) -> None:
     """Replace the workspace's ontology with the document in FILE, whole (nothing on error)."""
-    try:
-        text = file.read_text()
-        document = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
-        console.print(f"[red]cannot read {file}:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from exc
+    document = load_document(file)
     print_json(call("POST", url, "/v1/ontology/import", workspace, json=document))
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import typer
-import yaml
 
 from stageline.cli_http import (
     DEFAULT_API,
@@ -17,6 +15,7 @@ from stageline.cli_http import (
     answer,
     call,
     console,
+    load_document,
     print_json,
     print_table,
     send,
@@ -110,12 +109,7 @@ def delete(
 
 def load_definition(file: Path) -> dict[str, Any]:
     """The definition in a ``.json`` file, or a YAML one (any other suffix); exits 2 if unusable."""
-    try:
-        text = file.read_text()
-        data = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
-        console.print(f"[red]cannot read {file}:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from exc
+    data = load_document(file)
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         console.print(
             f"[red]{file} must hold an object with a `name` and `stages`[/red]", highlight=False

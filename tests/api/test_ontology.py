@@ -856,6 +856,11 @@ async def test_the_cli_adds_removes_exports_and_imports(
         broken.write_text("{")
         r = await cli("ontology", "import", str(broken))
         assert r.exit_code == 2 and "cannot read" in r.output, r.output
+        dated = tmp_path / "dated.yaml"
+        dated.write_text("format: stageline.ontology\nversion: 1\nexported_at: 2024-05-01\n")
+        r = await cli("ontology", "import", str(dated), ws=other)
+        assert r.exit_code == 2 and "exported_at" in r.output, r.output
+        assert await stack.store.head(other) == head
 
 
 async def test_the_cli_lists_patterns_and_shows_the_status(

@@ -424,3 +424,31 @@ async def test_the_cli_applies_lists_shows_and_deletes(
         nameless.write_text("stages: []\n")
         r = await cli("pipelines", "apply", str(nameless))
         assert r.exit_code == 2 and "name" in r.output, r.output
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "says"),
+    [
+        ("description: 2024-05-01\n", "description"),
+        (
+            "stages:\n- name: a\n  actor: normalize\n  params: {at: 2024-05-01 10:00:00}\n",
+            "stages[0].params.at",
+        ),
+        ("description: !!binary aGk=\n", "description"),
+        ("description: .nan\n", "description"),
+        ("stages: [{name: a, actor: normalize, params: {2024-05-01: x}}]\n", "stages[0].params"),
+    ],
+)
+async def test_the_cli_refuses_yaml_values_json_cannot_hold(
+    app: FastAPI, stack: Stack, workspace: str, tmp_path: Path, yaml_text: str, says: str
+) -> None:
+    definition = tmp_path / "dated.yaml"
+    definition.write_text("name: dated\n" + yaml_text)
+    async with served(app) as url:
+        argv = ["pipelines", "apply", str(definition), "--url", url, "-w", workspace]
+        r = await asyncio.to_thread(CliRunner().invoke, cli_app, argv, env={"COLUMNS": "300"})
+    assert r.exit_code == 2, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    [line] = r.output.splitlines()
+    assert f"{definition}: {says} " in line and "quote it" in line, line
+    assert await stack.store.head(workspace) == 0
