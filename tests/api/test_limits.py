@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from api_helpers import submit
 
 from stageline.api.limits import nests_within
 from stageline.stack import Stack
@@ -59,3 +60,14 @@ def test_nesting_is_counted_in_objects_and_arrays() -> None:
     assert not nests_within({"a": 1, "b": [[]]}, 2)
     assert nests_within({"a": [{"b": "deep"}]}, 3)
     assert not nests_within([{"a": [{}]}], 3)
+
+
+@pytest.mark.parametrize("cursor", ["9999999999999999999", str(2**63), str(2**53 + 1)])
+async def test_a_run_cursor_past_any_position_lists_from_the_newest(
+    client: httpx.AsyncClient, cursor: str
+) -> None:
+    # the query layer compares it as a number past int64 too: the first page, not an error
+    run = (await submit(client, wait=10)).json()
+    reply = await client.get("/v1/runs", params={"cursor": cursor, "min_position": run["seq"]})
+    assert reply.status_code == 200, reply.text
+    assert [r["id"] for r in reply.json()["runs"]] == [run["id"]]
