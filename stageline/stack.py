@@ -78,8 +78,15 @@ class Stack:
         ontology = OntologyStore(store)
         actors = default_actors(ontology.view)
         catalog = PipelineCatalog()
-        for install in installs:
-            install(actors, catalog)
+        try:
+            for install in installs:
+                install(actors, catalog)
+        except BaseException:  # a bad STAGELINE_ACTORS entry: leave no server behind
+            await store.close()
+            await broker_client.aclose()
+            if server is not None:
+                await asyncio.to_thread(server.stop)
+            raise
         pipelines = PipelineConfigs(store, actors.names, [p.name for p in catalog.builtins()])
         catalog.source = pipelines  # workspace configs: loaded from their streams, then cached
         bus = CommandBus(broker_client)

@@ -62,6 +62,34 @@ async def test_an_actors_module_that_fails_on_import_is_a_bad_entry(
         await Stack.open(settings)
 
 
+async def test_an_actors_install_that_fails_leaves_no_embedded_server_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bad_install.py").write_text(
+        "def install(actors, catalog):\n    raise RuntimeError('no such model')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data_dir = tmp_path / "data"
+    settings = Settings(data_dir=data_dir, actors="bad_install:install")
+    with pytest.raises(RuntimeError, match="no such model"):
+        await Stack.open(settings)
+    pidfile = data_dir / "redis.pid"
+    assert not pidfile.exists()
+    assert not _processes_naming(data_dir)
+
+
+def _processes_naming(path: Path) -> list[Path]:
+    """The ``/proc/<pid>/cmdline`` files of running processes that name ``path``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(path).encode() in cmdline.read_bytes():
+                found.append(cmdline)
+        except OSError:  # the process ended meanwhile
+            pass
+    return found
+
+
 @pytest.mark.parametrize(("cpus", "workers"), [(1, 2), (2, 3), (7, 8), (64, 8), (256, 8)])
 def test_rebuild_workers_default_to_one_more_than_the_cpus_at_most_8(
     monkeypatch: pytest.MonkeyPatch, cpus: int, workers: int
