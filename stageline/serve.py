@@ -18,10 +18,12 @@ from typing import Any, TypeVar
 
 import structlog
 import uvicorn
+from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stageline.actors.worker import Worker
+from stageline.errors import Unavailable
 from stageline.settings import Settings
 from stageline.stack import Stack
 
@@ -30,8 +32,10 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 # redis-py raises these for a server that does not answer (its socket errors included);
-# any other start-up failure (a file, a program, a module) would fail the same way again
+# any other start-up failure (a file, a program, a module, a password the server refuses:
+# redis-py's auth errors are ConnectionErrors too) would fail the same way again
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+_REFUSED = (AuthenticationError, AuthorizationError)
 _MAX_RETRY_SECONDS = 5.0
 
 
@@ -148,6 +152,8 @@ async def _until_reachable(
     while True:
         try:
             return await attempt()
+        except _REFUSED as exc:  # waiting would not change the server's mind
+            raise Unavailable(f"Redis refused stageline's credentials: {exc}") from exc
         except _UNREACHABLE as exc:
             log.warning(
                 "stageline.redis_unreachable",

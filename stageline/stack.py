@@ -63,7 +63,8 @@ class Stack:
     @classmethod
     async def open(cls, settings: Settings, *, embedded: bool = True) -> Stack:
         """Connect to ``settings.redis_url``, or start the embedded server when it is unset."""
-        installs = [_installer(entry) for entry in settings.actors.split(",") if entry.strip()]
+        entries = [entry.strip() for entry in settings.actors.split(",") if entry.strip()]
+        installs = [(entry, _installer(entry)) for entry in entries]
         server = None
         store_url = settings.redis_url
         if store_url is None:
@@ -72,18 +73,26 @@ class Stack:
             server = EmbeddedServer(settings.data_dir, appendfsync=settings.appendfsync)
             store_url = await asyncio.to_thread(server.start)
             log.info("embedded.started", url=store_url, data_dir=str(server.data_dir))
-        broker_url = settings.broker_url or store_url
-        store = RedisEventStore.from_url(store_url)
-        broker_client = connect(broker_url)
-        ontology = OntologyStore(store)
-        actors = default_actors(ontology.view)
-        catalog = PipelineCatalog()
-        try:
-            for install in installs:
-                install(actors, catalog)
-        except BaseException:  # a bad STAGELINE_ACTORS entry: leave no server behind
-            await store.close()
-            await broker_client.aclose()
+        clients: list[aioredis.Redis] = []
+        try:  # whatever fails from here (a bad URL, a bad install) leaves no server behind
+            broker_url = settings.broker_url or store_url
+            store = RedisEventStore.from_url(store_url)
+            clients.append(store.client)
+            broker_client = connect(broker_url)
+            clients.append(broker_client)
+            ontology = OntologyStore(store)
+            actors = default_actors(ontology.view)
+            catalog = PipelineCatalog()
+            for entry, install in installs:
+                try:
+                    install(actors, catalog)
+                except Exception as exc:  # whatever the user's install raised
+                    raise InvalidArgument(
+                        f"STAGELINE_ACTORS entry {entry!r}: install failed: {exc}"
+                    ) from exc
+        except BaseException:
+            for client in clients:
+                await client.aclose()
             if server is not None:
                 await asyncio.to_thread(server.stop)
             raise

@@ -255,6 +255,23 @@ def test_a_store_that_does_not_answer_yet_is_waited_for(data_dir: Path) -> None:
     assert "stageline.redis_unreachable" in out
 
 
+def test_a_server_refusing_the_credentials_is_not_waited_for(
+    data_dir: Path, redis_url: str
+) -> None:
+    sep = "&" if "?" in redis_url else "?"
+    env = {**env_for(data_dir), "STAGELINE_REDIS_URL": f"{redis_url}{sep}password=wrong"}
+    result = subprocess.run(
+        [sys.executable, "-m", "stageline", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,  # a refused password used to be waited for, forever
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "refused stageline's credentials" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(
     ("env", "says"),
     [

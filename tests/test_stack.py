@@ -71,7 +71,7 @@ async def test_an_actors_install_that_fails_leaves_no_embedded_server_behind(
     monkeypatch.syspath_prepend(str(tmp_path))
     data_dir = tmp_path / "data"
     settings = Settings(data_dir=data_dir, actors="bad_install:install")
-    with pytest.raises(RuntimeError, match="no such model"):
+    with pytest.raises(InvalidArgument, match=r"bad_install:install'.*install failed: no such"):
         await Stack.open(settings)
     pidfile = data_dir / "redis.pid"
     assert not pidfile.exists()

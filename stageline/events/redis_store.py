@@ -433,7 +433,14 @@ class RedisEventStore:
         for good.
         """
         self._known_workspaces -= workspaces
-        await self._remember(workspaces)
+        try:
+            await self._remember(workspaces)
+        except Exception as exc:  # the append landed: not a failure; the next append lists them
+            log.warning(
+                "store.relist_failed",
+                workspaces=sorted(workspaces),
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     async def _announce(self, written: set[str]) -> None:
         """Tell ``tail(new_workspaces=True)`` of the workspaces in ``written`` (appended to)
