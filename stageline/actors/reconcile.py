@@ -14,13 +14,15 @@ pass the page after it, so runs that no nudge can move (a pipeline this process
 does not know, an invalid config) cannot hide newer ones: every stale run comes
 up within one pass per page of them, and no pass reads more than a page of
 runs. Those it could not move it lets be, without reading them again, until an
-event changes them.
+event changes them; those it nudged that stay as they were it nudges again after
+one sweep, then two, four, up to 64.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -62,34 +64,54 @@ def nudge(workspace: str, run_id: str, state: RunState, pipeline: Pipeline) -> S
     )
 
 
+MAX_BACKOFF_SWEEPS = 64
+"""Most sweeps a run nudged and left as it was waits for its next nudge."""
+
+
 class Sweep:
-    """Where the passes over one workspace's stale runs stand, and the runs they let be."""
+    """Where the passes over one workspace's stale runs stand, and the runs they hold back.
+
+    A run a pass could not move is held until it changes. A run it nudged is nudged
+    again, as long as it has not changed, one sweep later, then two, four and so on up
+    to ``MAX_BACKOFF_SWEEPS``: a nudge that moved it changed it, and one that did not
+    (an attempt still running, a worker short of its pipeline, a backlog longer than
+    the idle time) repeated every pass would only add to the work.
+    """
 
     def __init__(self) -> None:
         self.after: StaleRun | None = None
         """The last run of the page before (None: the next page starts from the oldest)."""
-        self._stuck: set[StaleRun] = set()
-        """Runs the last sweep could not move, each as it was then."""
-        self._still: set[StaleRun] = set()
-        """Those this sweep could not move (so far)."""
+        self.number = 0
+        """Sweeps ended so far."""
+        self._held: dict[StaleRun, tuple[int, float]] = {}
+        """The last sweep's held runs, each as it was then: (nudges, sweep it is due in)."""
+        self._holding: dict[StaleRun, tuple[int, float]] = {}
+        """This sweep's (so far)."""
 
     def skips(self, run: StaleRun) -> bool:
-        """Whether ``run`` could not be moved as it is now: let it be (noted for this sweep)."""
-        if run in self._stuck:
-            self._still.add(run)
-            return True
-        return False
+        """Whether to let ``run`` be in this sweep (it stays held either way)."""
+        held = self._held.get(run)
+        if held is None:
+            return False
+        self._holding[run] = held
+        return self.number < held[1]
 
     def skip(self, run: StaleRun) -> None:
-        """Note that ``run`` could not be moved: skipped until it changes."""
-        self._still.add(run)
+        """Note that ``run`` could not be moved: held until it changes."""
+        self._holding[run] = (0, math.inf)
+
+    def nudged(self, run: StaleRun) -> None:
+        """Note that ``run`` was nudged: nudged again, unless it changes, after a backoff."""
+        times = self._held.get(run, (0, 0.0))[0]
+        self._holding[run] = (times + 1, self.number + min(2**times, MAX_BACKOFF_SWEEPS))
 
     def turn(self, page: list[StaleRun], limit: int) -> None:
         """Move past ``page``; a page short of ``limit`` ends the sweep, and the next begins."""
         if len(page) < limit:
             self.after = None
+            self.number += 1
             # runs that changed or ended since are not carried over
-            self._stuck, self._still = self._still, set()
+            self._held, self._holding = self._holding, {}
         else:
             self.after = page[-1]
 
@@ -131,6 +153,7 @@ class Reconciler:
             command = nudge(workspace, run_id, state, pipeline) if pipeline else None
             if command is not None and pipeline is not None:
                 out.append((pipeline.stage(command.index).actor, command))
+                sweep.nudged(run)
             else:
                 sweep.skip(run)
         await self.bus.publish(out)

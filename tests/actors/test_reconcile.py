@@ -63,6 +63,20 @@ def test_a_sweep_lets_runs_be_until_they_change_or_stop_being_stale() -> None:
     assert sweep.skips(("b", 2))
 
 
+def test_a_sweep_nudges_a_run_left_as_it_was_again_after_1_2_4_sweeps_at_most_64() -> None:
+    sweep = Sweep()
+    run = ("a", 1)
+    nudged_in = []
+    for number in range(400):
+        if not sweep.skips(run):
+            nudged_in.append(number)
+            sweep.nudged(run)
+        sweep.turn([run], limit=2)  # one short page: a sweep a pass
+    assert nudged_in[:8] == [0, 1, 3, 7, 15, 31, 63, 127]
+    assert nudged_in[8:11] == [191, 255, 319]  # then every 64 sweeps
+    assert not sweep.skips(("a", 2))  # changed (a new event): nudged as soon as it is stale
+
+
 async def pipeline_of(workspace: str, state: RunState) -> Pipeline | None:
     return PipelineCatalog().get(workspace, state.pipeline or "", state.pipeline_version)
 
