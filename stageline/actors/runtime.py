@@ -19,9 +19,10 @@ module does the I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,8 @@ from stageline.events.store import AppendRequest, EventStore, Outbox
 
 log = structlog.get_logger(__name__)
 
+HOLD_S = 0.5
+"""Longest an attempt's result waits for the rest of its batch's to be recorded with them."""
 # clash -> read -> decide rounds per batch; a start still unsettled then is deferred, a
 # result still unsettled leaves its attempt in flight (abandoned or reconciled later)
 _MAX_ROUNDS = 4
@@ -141,9 +144,11 @@ class StageRuntime:
             states = dict(zip(workspaces, loaded, strict=True))
         attempts = await self._begin(actor, batch, ack, out, mark=redelivered)
         while attempts:
-            await self._run(attempts, states)
-            await self._plan(attempts)
-            moved = await self._finish(attempts, out)
+            moved: list[_Run] = []
+            async with contextlib.aclosing(self._run(attempts, states)) as ended:
+                async for done in ended:  # recorded as they end, not held for the slowest
+                    await self._plan(done)
+                    moved += await self._finish(done, out)
             # unmarked attempts the run moved under: decided as a start that clashed; those
             # to begin are started with a marker this time, and run again
             todo, attempts = await self._decide_start(actor, moved, out)
@@ -295,15 +300,21 @@ class StageRuntime:
 
     # -- run --------------------------------------------------------------------
 
-    async def _run(self, attempts: list[Attempt], states: dict[str, Any]) -> None:
-        """Run each attempt's stage: plain functions in turn, coroutines concurrently.
+    async def _run(
+        self, attempts: list[Attempt], states: dict[str, Any]
+    ) -> AsyncGenerator[list[Attempt], None]:
+        """Run each attempt's stage: plain functions in turn, coroutines concurrently; yields
+        the attempts as they end, in groups, so that no result waits more than ``HOLD_S``
+        for the rest of its batch (all of them at once when the batch is quick).
 
         A plain function holds the event loop until it returns, so no timeout
         could interrupt it; only what a stage returns to await runs under one.
         """
-        waiting = []
+        ended: list[Attempt] = []
+        waiting: dict[asyncio.Task[None], Attempt] = {}
         for a in attempts:
             if a.outcome is not None:  # decided without running (a lost last attempt)
+                ended.append(a)
                 continue
             c = a.command
             ctx = StageContext(
@@ -322,12 +333,24 @@ class StageRuntime:
             except Exception as exc:
                 result = exc
             if not isinstance(result, StageResult) and inspect.isawaitable(result):
-                waiting.append(self._wait(a, result, started))
-            else:
-                a.outcome = result
-                a.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        if waiting:
-            await asyncio.gather(*waiting)
+                waiting[asyncio.ensure_future(self._wait(a, result, started))] = a
+                continue
+            a.outcome = result
+            a.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+            ended.append(a)
+        pending = set(waiting)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, timeout=HOLD_S)
+                ended += (waiting[task] for task in done)
+                if ended:
+                    yield ended
+                    ended = []
+        finally:  # stopped (cancelled) meanwhile: the attempts still running go with it
+            for task in pending:
+                task.cancel()
+        if ended:
+            yield ended
 
     @staticmethod
     async def _wait(a: Attempt, result: Awaitable[StageResult], started: float) -> None:

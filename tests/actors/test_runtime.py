@@ -317,6 +317,68 @@ async def test_plain_function_returning_an_awaitable_runs_under_the_stage_timeou
         await worker.client.aclose()
 
 
+async def test_a_slow_attempt_does_not_hold_back_its_batch_nor_take_it_along_when_stopped(
+    redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis, workspace: str
+) -> None:
+    actors = ActorRegistry()
+    released = asyncio.Event()
+
+    async def waits(item: dict[str, Any], ctx: StageContext) -> StageResult:
+        if item["slow"]:
+            await released.wait()
+        return StageResult()
+
+    actor = f"waits-{uuid.uuid4().hex[:8]}"
+    actors.register(actor, waits)
+    pipeline = Pipeline(name=actor, stages=(StageSpec(name="waits", actor=actor),))
+    catalog = PipelineCatalog([pipeline])
+    worker = Worker(redis_store, redis_url, catalog, actors, WorkerConfig(consumer=actor))
+    submitter = Submitter(redis_store, catalog, CommandBus(broker))
+
+    async def command(slow: bool) -> StageCommand:
+        run = await submitter.submit(workspace, pipeline.name, {"slow": slow})
+        return StageCommand(
+            workspace=workspace, run_id=run.run_id, pipeline=pipeline.name, pipeline_version=1,
+            index=0, version=0, item={"slow": slow},
+        )  # fmt: skip
+
+    async def completed(c: StageCommand) -> bool:
+        counts = await transitions(redis_store, workspace, c.run_id)
+        return counts.get(("StageCompleted", 0, 1)) == 1
+
+    try:
+        # a batch of one slow and two quick attempts: the quick ones are recorded at once
+        batch = [await command(True), await command(False), await command(False)]
+        handling = asyncio.create_task(worker.runtime.handle(actor, batch))
+        async with asyncio.timeout(5):
+            while not all([await completed(c) for c in batch[1:]]):  # noqa: ASYNC110 - the log
+                await asyncio.sleep(0.02)
+        assert not await completed(batch[0]) and not handling.done()
+        # stopped meanwhile (a redeploy): the quick ones stay recorded, the slow one is
+        # left started for another worker, and nothing runs on
+        handling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handling
+        released.set()
+        await asyncio.sleep(0.05)
+        counts = await transitions(redis_store, workspace, batch[0].run_id)
+        assert counts == {("StageStarted", 0, 1): 1}
+
+        # not stopped: the slow one is recorded once it ends
+        released.clear()
+        batch = [await command(True), await command(False)]
+        handling = asyncio.create_task(worker.runtime.handle(actor, batch))
+        async with asyncio.timeout(5):
+            while not await completed(batch[1]):  # noqa: ASYNC110 - polling the log
+                await asyncio.sleep(0.02)
+        released.set()
+        await asyncio.wait_for(handling, 5)
+        assert await completed(batch[0])
+    finally:
+        await broker.delete(keys.stage_channel(actor))
+        await worker.client.aclose()
+
+
 def test_coroutine_functions_are_marked_and_plain_ones_are_not_unless_asked() -> None:
     actors = ActorRegistry()
 
