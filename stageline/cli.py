@@ -19,6 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from stageline import cli_debug
 from stageline.cli_http import (
     DEFAULT_API,
     ApiUrl,
@@ -43,6 +44,8 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: list, redrive, d
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(ontology_app, name="ontology")
+app.command()(cli_debug.replay)
+app.command()(cli_debug.diff)
 
 RunId = Annotated[str, typer.Argument(help="The run's id.")]
 DeadLetterId = Annotated[str, typer.Argument(help="The dead letter's id.")]

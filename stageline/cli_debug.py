@@ -1,0 +1,130 @@
+"""Debugging from exported logs (``stageline tail > log.jsonl``), with no server: the runs
+as of any position, and what differs between two logs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stageline.cli_http import console, print_json, print_table
+from stageline.errors import InvalidArgument
+from stageline.events import RecordedEvent
+from stageline.events.logfile import DEFAULT_IGNORED, diff_logs, read_log
+from stageline.projections.replay import runs_as_of
+
+__all__ = ["diff", "replay"]
+
+LogFile = Annotated[
+    Path,
+    typer.Argument(
+        help="A log as `stageline tail` writes it (JSON Lines).",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _load(path: Path) -> list[RecordedEvent]:
+    try:
+        with path.open("rb") as lines:
+            return read_log(lines, source=str(path))
+    except InvalidArgument as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def replay(
+    log: LogFile,
+    until: Annotated[
+        int | None,
+        typer.Option(help="Stop after this log position (default: the log's last event)."),
+    ] = None,
+    run: Annotated[str | None, typer.Option(help="Show this run only, whole, as JSON.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Replay a log into the run-status view offline: every run as the view held it once it
+    had applied the position (`--until`), with its stages."""
+    runs = runs_as_of(_load(log), until)
+    if run is not None:
+        found = [r for r in runs if r["id"] == run]
+        if not found:
+            console.print(f"[red]error:[/red] no run {run!r} in {log} up to that position")
+            raise typer.Exit(1)
+        print_json(found[0])
+        return
+    if as_json:
+        print_json(runs)
+        return
+    rows = [
+        {**r, "stages": " ".join(f"{s['name']}:{s.get('status')}" for s in r["stages"])}
+        for r in runs
+    ]
+    print_table(rows, ("id", "pipeline", "status", "current_stage", "stages"))
+
+
+def diff(
+    a: LogFile,
+    b: LogFile,
+    runs_by_input: Annotated[
+        bool,
+        typer.Option(
+            "--runs-by-input",
+            help="Pair runs by their input (its id, else its text) instead of by stream "
+            "name: the same items run through two stacks, e.g. before and after a change.",
+        ),
+    ] = False,
+    ignore: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A data key to leave out of the comparison (repeatable; default: "
+            + ", ".join(sorted(DEFAULT_IGNORED))
+            + ")."
+        ),
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Compare two logs stream by stream (each event's type and data, in version order) and
+    show where each stream first differs. Exits 1 when they differ, like diff."""
+    result = diff_logs(
+        _load(a),
+        _load(b),
+        runs_by_input=runs_by_input,
+        ignore=DEFAULT_IGNORED if ignore is None else ignore,
+    )
+    if as_json:
+        print_json(dataclasses.asdict(result) | {"equal": result.equal})
+    else:
+        _show(result.same, result.only_a, result.only_b, result.differ, a, b)
+    if not result.equal:
+        raise typer.Exit(1)
+
+
+def _show(
+    same: int, only_a: list[str], only_b: list[str], differ: list[Any], a: Path, b: Path
+) -> None:
+    console.print(
+        f"{same} streams the same, {len(differ)} differ, {len(only_a)} only in {a}, "
+        f"{len(only_b)} only in {b}",
+        highlight=False,
+    )
+    for key in only_a:
+        console.print(f"[red]- {key}[/red] (only in {a})", highlight=False)
+    for key in only_b:
+        console.print(f"[green]+ {key}[/green] (only in {b})", highlight=False)
+    for d in differ:
+        names = d.streams[0] if d.streams[0] == d.streams[1] else " / ".join(d.streams)
+        console.print(f"[bold]{d.key}[/bold] ({names}) first differs at version {d.version}:")
+        console.print(f"[red]- {_event(d.a)}[/red]", highlight=False)
+        console.print(f"[green]+ {_event(d.b)}[/green]", highlight=False)
+
+
+def _event(shape: dict[str, Any] | None) -> str:
+    if shape is None:
+        return "(no event)"
+    return f"{shape['type']} {json.dumps(shape['data'], sort_keys=True, default=str)}"

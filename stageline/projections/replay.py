@@ -1,0 +1,38 @@
+"""A log replayed offline into the run-status view, as of any position.
+
+Pure: it folds with the same ``run_status`` fold the projector writes the view
+with, so what it shows is what ``GET /v1/runs`` would have shown once the view
+had reached that position.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from stageline.events import RecordedEvent
+from stageline.projections import run_status
+
+__all__ = ["runs_as_of"]
+
+
+def runs_as_of(events: Iterable[RecordedEvent], until: int | None = None) -> list[dict[str, Any]]:
+    """Each run as the run-status view held it once it had applied position ``until`` (every
+    event when None), oldest submission first: its row with a ``stages`` list in order."""
+    ordered = sorted(events, key=lambda e: e.position)
+    if until is not None:
+        ordered = [e for e in ordered if e.position <= until]
+    changes = run_status.fold(ordered)
+    stages: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (run_id, name), stage in changes.stages.items():
+        row = {"name": name, **(stage.created or {}), **stage.fields, "attempts": stage.attempts}
+        stages[run_id].append(row)
+    runs = []
+    for run_id, run in changes.runs.items():
+        if run.created is None:  # its RunSubmitted lies before the log's first position
+            continue
+        row = {"id": run_id, **run.created, **run.fields}
+        row["stages"] = sorted(stages.get(run_id, []), key=lambda s: s.get("index", 0))
+        runs.append(row)
+    return sorted(runs, key=lambda r: r.get("seq", 0))

@@ -1,0 +1,146 @@
+"""Debugging from exported logs: `stageline tail` to a file, then `replay` and `diff` on it,
+with no server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from api_helpers import served, submit
+from click.testing import Result
+from fastapi import FastAPI
+from typer.testing import CliRunner
+
+from stageline.cli import app as cli_app
+from stageline.events.logfile import diff_logs, read_log
+
+TEXTS = [
+    "Met Alice in Berlin to talk about the Redis migration.",
+    "Bob from Acme Labs presented the Kafka Gateway at PyCon.",
+    "A note with no names at all.",
+]
+
+
+async def cli(*argv: str) -> Result:
+    return await asyncio.to_thread(CliRunner().invoke, cli_app, list(argv), env={"COLUMNS": "300"})
+
+
+async def export(app: FastAPI, workspace: str, path: Path) -> list[dict[str, Any]]:
+    async with served(app) as url:
+        result = await cli("tail", "--url", url, "-w", workspace)
+    assert result.exit_code == 0, result.output
+    await asyncio.to_thread(path.write_text, result.stdout)
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+async def test_replay_shows_the_runs_as_the_view_did_at_any_position(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str, tmp_path: Path
+) -> None:
+    run_ids = [(await submit(client, t, wait=10, id=f"item-{i}")).json()["id"] for i, t in
+               enumerate(TEXTS)]  # fmt: skip
+    log = tmp_path / "log.jsonl"
+    events = await export(app, workspace, log)
+
+    result = await cli("replay", str(log), "--json")
+    assert result.exit_code == 0, result.output
+    replayed = {r["id"]: r for r in json.loads(result.stdout)}
+    assert list(replayed) == run_ids
+    for run_id in run_ids:  # what the live view holds
+        live = (await client.get(f"/v1/runs/{run_id}")).json()
+        run = replayed[run_id]
+        assert (run["status"], run["current_stage"]) == (live["status"], live["current_stage"])
+        assert [(s["name"], s["status"], s["attempts"]) for s in run["stages"]] == [
+            (s["name"], s["status"], s["attempts"]) for s in live["stages"]
+        ]
+
+    # as of the second run's submission: the first run part-way or done, the second new
+    second = next(e for e in events if e["stream"] == f"run-{run_ids[1]}")
+    result = await cli("replay", str(log), "--until", str(second["position"]), "--json")
+    assert result.exit_code == 0, result.output
+    early = json.loads(result.stdout)
+    assert [r["id"] for r in early] == run_ids[:2]
+    assert early[1]["status"] == "processing"
+    assert {s["status"] for s in early[1]["stages"]} == {"pending"}
+
+    result = await cli("replay", str(log), "--run", run_ids[2])
+    assert result.exit_code == 0 and json.loads(result.stdout)["id"] == run_ids[2]
+    result = await cli("replay", str(log), "--run", "no-such-run")
+    assert result.exit_code == 1 and "no run 'no-such-run'" in result.output
+    result = await cli("replay", str(log))  # the table
+    assert result.exit_code == 0 and all(run_id in result.output for run_id in run_ids)
+
+
+async def test_diff_pairs_runs_of_the_same_inputs_and_shows_where_they_part(
+    app: FastAPI, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    logs = []
+    for name in ("before", "after"):
+        workspace = f"diff-{name}-{uuid.uuid4().hex[:6]}"
+        for i, text in enumerate(TEXTS):
+            r = await submit(client, text, wait=10, headers={"X-Workspace": workspace}, id=f"i{i}")
+            assert r.status_code == 200, r.text
+        path = tmp_path / f"{name}.jsonl"
+        await export(app, workspace, path)
+        logs.append(path)
+    before, after = map(str, logs)
+
+    same = await cli("diff", before, before)
+    assert same.exit_code == 0 and "0 differ" in same.output, same.output
+    by_name = await cli("diff", before, after)  # other run ids: no run pairs by stream name
+    assert by_name.exit_code == 1 and "3 only in" in by_name.output, by_name.output
+    by_input = await cli("diff", before, after, "--runs-by-input")
+    assert by_input.exit_code == 0, by_input.output
+
+    # "after" as a changed classify stage would have written it
+    lines = [json.loads(line) for line in logs[1].read_text().splitlines()]
+    changed = next(
+        e for e in lines if e["type"] == "StageCompleted" and e["data"]["stage"] == "classify"
+    )
+    changed["data"]["output"] = {**changed["data"].get("output", {}), "memory_type": "other"}
+    logs[1].write_text("".join(json.dumps(e) + "\n" for e in lines))
+    result = await cli("diff", before, after, "--runs-by-input")
+    assert result.exit_code == 1, result.output
+    item = next(
+        e["data"]["input"]["id"]
+        for e in lines
+        if e["type"] == "RunSubmitted" and e["stream"] == changed["stream"]
+    )
+    assert f"run of input '{item}'" in result.output
+    assert f"first differs at version {changed['version']}" in result.output
+    assert '"memory_type": "other"' in result.output
+    as_json = json.loads((await cli("diff", before, after, "--runs-by-input", "--json")).stdout)
+    [d] = as_json["differ"]
+    assert (d["version"], d["b"]["type"], as_json["equal"]) == (
+        changed["version"],
+        "StageCompleted",
+        False,
+    )
+
+
+async def test_a_log_line_that_is_not_an_event_is_named(tmp_path: Path) -> None:
+    log = tmp_path / "bad.jsonl"
+    log.write_text('\n{"not": "an event"}\n')
+    result = await cli("replay", str(log))
+    assert result.exit_code == 2
+    assert "bad.jsonl, line 2: not an event" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_ignored_keys_are_left_out_at_any_depth() -> None:
+    def log(duration: int, text: str) -> list[Any]:
+        line = {
+            "event_id": str(uuid.uuid4()), "type": "StageCompleted", "schema_version": 1,
+            "stream": "run-1", "version": 0, "position": 1, "workspace": "w",
+            "occurred_at": "2026-11-23T00:00:00Z", "recorded_at": "2026-11-23T00:00:00Z",
+            "correlation_id": None, "causation_id": None,
+            "data": {"duration_ms": duration, "output": {"items": [{"duration_ms": 1, "t": text}]}},
+        }  # fmt: skip
+        return read_log([json.dumps(line)])
+
+    assert diff_logs(log(5, "x"), log(9, "x")).equal
+    assert not diff_logs(log(5, "x"), log(5, "y")).equal
+    assert not diff_logs(log(5, "x"), log(9, "x"), ignore=()).equal
