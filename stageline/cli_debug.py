@@ -13,7 +13,7 @@ import typer
 from stageline.cli_http import console, print_json, print_table
 from stageline.errors import InvalidArgument
 from stageline.events import RecordedEvent
-from stageline.events.logfile import DEFAULT_IGNORED, diff_logs, read_log
+from stageline.events.logfile import DEFAULT_IGNORED, LogDiff, diff_logs, read_log
 from stageline.projections.replay import runs_as_of
 
 __all__ = ["diff", "replay"]
@@ -100,24 +100,22 @@ def diff(
     if as_json:
         print_json(dataclasses.asdict(result) | {"equal": result.equal})
     else:
-        _show(result.same, result.only_a, result.only_b, result.differ, a, b)
+        _show(result, a, b)
     if not result.equal:
         raise typer.Exit(1)
 
 
-def _show(
-    same: int, only_a: list[str], only_b: list[str], differ: list[Any], a: Path, b: Path
-) -> None:
+def _show(result: LogDiff, a: Path, b: Path) -> None:
     console.print(
-        f"{same} streams the same, {len(differ)} differ, {len(only_a)} only in {a}, "
-        f"{len(only_b)} only in {b}",
+        f"{result.same} streams the same, {len(result.differ)} differ, "
+        f"{len(result.only_a)} only in {a}, {len(result.only_b)} only in {b}",
         highlight=False,
     )
-    for key in only_a:
+    for key in result.only_a:
         console.print(f"[red]- {key}[/red] (only in {a})", highlight=False)
-    for key in only_b:
+    for key in result.only_b:
         console.print(f"[green]+ {key}[/green] (only in {b})", highlight=False)
-    for d in differ:
+    for d in result.differ:
         names = d.streams[0] if d.streams[0] == d.streams[1] else " / ".join(d.streams)
         console.print(f"[bold]{d.key}[/bold] ({names}) first differs at version {d.version}:")
         console.print(f"[red]- {_event(d.a)}[/red]", highlight=False)
