@@ -19,6 +19,7 @@ from stageline.api import (
     ontology,
     operations,
     pipelines,
+    projections,
     runs,
     streams,
 )
@@ -58,13 +59,17 @@ def create_app(stack: Stack | None = None, settings: Settings | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if stack is not None:
-            yield
+            try:
+                yield
+            finally:
+                await app.state.rebuilds.close()
             return
         own = await Stack.open(opened_settings)
         app.state.stack = own
         try:
             yield
         finally:
+            await app.state.rebuilds.close()
             app.state.stack = None
             await own.close()
 
@@ -76,8 +81,20 @@ def create_app(stack: Stack | None = None, settings: Settings | None = None) -> 
     )
     app.state.settings = settings
     app.state.stack = stack
+    app.state.rebuilds = projections.Rebuilds()
     errors.install(app)
-    for module in (health, runs, operations, pipelines, ontology, dlq, entities, streams, log):
+    for module in (
+        health,
+        runs,
+        operations,
+        pipelines,
+        ontology,
+        dlq,
+        entities,
+        streams,
+        log,
+        projections,
+    ):
         app.include_router(module.router)
     # the last added runs first: correlation ids must be set before a body is refused
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -570,6 +570,37 @@ class LogPage(BaseModel):
     head: int = Field(description="Position of the workspace's newest event.")
 
 
+# -- projections ---------------------------------------------------------------------------
+
+
+class RebuildView(BaseModel):
+    """A rebuild started by this API process, as far as it got."""
+
+    projection: str | None = None
+    status: Literal["running", "finished", "failed"]
+    started_at: float = Field(description="Unix time.")
+    finished_at: float | None = None
+    position: int = Field(description="The last log position replayed into the view.")
+    head: int | None = Field(description="The log's head when the replay started.")
+    events: int | None = Field(description="Events this rebuild replayed, once finished.")
+    error: str | None = None
+
+
+class ProjectionStatus(BaseModel):
+    name: str
+    checkpoint: int = Field(description="The last log position applied to the view.")
+    lag: int = Field(description="Events of the log not yet in the view.")
+    rebuild: RebuildView | None = Field(
+        description="The last rebuild this API process started for it, if any."
+    )
+
+
+class ProjectionList(BaseModel):
+    workspace: str
+    head: int = Field(description="The log's newest position.")
+    projections: list[ProjectionStatus]
+
+
 # -- health and errors ----------------------------------------------------------------------
 
 
