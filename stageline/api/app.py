@@ -16,6 +16,7 @@ from stageline.api import (
     errors,
     health,
     log,
+    metrics,
     ontology,
     operations,
     pipelines,
@@ -96,7 +97,11 @@ def create_app(stack: Stack | None = None, settings: Settings | None = None) -> 
         projections,
     ):
         app.include_router(module.router)
-    # the last added runs first: correlation ids must be set before a body is refused
+    app.state.metrics = metrics.process_registry()
+    app.add_api_route("/metrics", metrics.metrics, include_in_schema=False)
+    # the last added runs first: correlation ids must be set before a body is refused;
+    # the route a request matched is known inside the others
+    app.add_middleware(metrics.HttpMetrics, registry=app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationMiddleware, default_workspace=settings.workspace)
 

@@ -401,11 +401,15 @@ class FalkorDBViews:
         more = len(rows) > limit
         return runs, (str(runs[-1]["seq"]) if more else None)
 
-    async def stats(self, workspace: str) -> dict[str, Any]:
-        """Run counts by status, their total, and per stage name the completed durations."""
+    async def run_counts(self, workspace: str) -> dict[str, int]:
+        """Runs by status (every status, 0 for none): one node's read, however many runs."""
         rows = await self._read(workspace, qr.COUNTS)
         stored = rows[0][0] if rows else {}
-        counts = {status.value: int(stored.get(status.value, 0)) for status in RunStatus}
+        return {status.value: int(stored.get(status.value, 0)) for status in RunStatus}
+
+    async def stats(self, workspace: str) -> dict[str, Any]:
+        """Run counts by status, their total, and per stage name the completed durations."""
+        counts = await self.run_counts(workspace)
         stages = {
             name: {"count": int(n), "p50_ms": float(p50), "p95_ms": float(p95)}
             for name, n, p50, p95 in await self._stage_durations(workspace)
@@ -449,6 +453,10 @@ class FalkorDBViews:
         params: dict[str, Any] = {"limit": limit, "stage": stage, "status": status}
         query = qr.list_dead_letters(stage=stage is not None, status=status is not None)
         return [_dead_letter_dict(row[0]) for row in await self._read(workspace, query, params)]
+
+    async def open_dead_letters(self, workspace: str) -> dict[str, int]:
+        """How many dead letters wait for a decision, by stage."""
+        return {stage: int(n) for stage, n in await self._read(workspace, qr.OPEN_DEAD_LETTERS)}
 
     async def get_dead_letter(self, workspace: str, dead_letter: str) -> dict[str, Any] | None:
         """One dead letter by id, whatever its status; None if the view has no such entry."""

@@ -239,6 +239,9 @@ def list_runs(where: list[str]) -> str:
     return f"MATCH (r:Run) {condition}WITH r ORDER BY r.seq DESC LIMIT $limit RETURN properties(r)"
 
 
+OPEN_DEAD_LETTERS = "MATCH (d:DeadLetter) WHERE d.status = 'open' RETURN d.stage, count(d)"
+
+
 def list_dead_letters(*, stage: bool, status: bool) -> str:
     """The query listing dead letters newest first, filtered by ``$stage``/``$status`` if asked."""
     where = [c for c, on in (("d.stage = $stage", stage), ("d.status = $status", status)) if on]
