@@ -1,8 +1,10 @@
 -- Atomic appends of events to streams of one workspace and to its log, one after another.
 -- KEYS[1] workspace log (Redis Stream, entry ids 0-<position>)
 -- KEYS[1 + r] stream hash of request r: n = length, <version> = log position, i:<event id> = version
--- KEYS[R + 1 + j] the streams outboxes write to, j = 1.. (R = ARGV[1], the number of requests)
--- ARGV[1] R, then per request in order: stream name, expected version (-2 any, -1 no stream,
+-- KEYS[R + 1 + j] the streams outboxes write to, j = 1.. (R = |ARGV[1]|, the number of requests)
+-- ARGV[1] R, or -R when R recorded times follow in ARGV[2 .. R + 1], one per request: ms since
+--   the epoch to record its events at, or '' for the server's TIME (as without them);
+-- then per request in order: stream name, expected version (-2 any, -1 no stream,
 --   >= 0 exact), event count k (-k: a whole request, see status 4), then k times: 'i:' .. event id (16 bytes), stored blob; then
 --   its outbox: m entries to add (0 for none), [maxlen, m times: j, payload], and the j of a
 --   stream to acknowledge an entry of (0 for none), [group, entry id].
@@ -16,10 +18,16 @@
 local log = KEYS[1]
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = ms
 local out = {}
 local o = 0
 local R = tonumber(ARGV[1])
 local a = 2
+local timed = R < 0
+if timed then
+  R = -R
+  a = R + 2
+end
 -- the log position of the entry this call added last: 0-* entries run on by one
 local p = nil
 local function add(stream, version, blob)
@@ -53,6 +61,10 @@ local function outbox(at, write)
 end
 for r = 2, R + 1 do
   local key = KEYS[r]
+  if timed then
+    ms = ARGV[r]
+    if ms == '' then ms = now end
+  end
   local stream = ARGV[a]
   local expected = tonumber(ARGV[a + 1])
   local first = a + 3

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from stageline.errors import ConcurrencyError, PartialRetry
 from stageline.events import codec
 from stageline.events.envelope import ANY, NO_STREAM, NewEvent, RecordedEvent
-from stageline.events.store import AppendRequest, AppendResult, check_append
+from stageline.events.store import AppendRequest, AppendResult, check_append, epoch_ms
 
 
 class _Workspace:
@@ -47,7 +47,11 @@ class MemoryEventStore:
         *,
         whole: bool = False,
     ) -> AppendResult:
-        request = AppendRequest(workspace, stream, events, expected_version, whole=whole)
+        return await self._apply(
+            AppendRequest(workspace, stream, events, expected_version, whole=whole)
+        )
+
+    async def _apply(self, request: AppendRequest) -> AppendResult:
         check_append(request)
         result = self._append(request)
         async with self._changed:
@@ -68,8 +72,8 @@ class MemoryEventStore:
             expected = request.expected_version
             if (expected == NO_STREAM and length) or (expected >= 0 and expected != length - 1):
                 raise ConcurrencyError(stream, expected, length - 1)
-        now = datetime.now(UTC)
-        recorded_ms = int(now.timestamp() * 1000)
+        at = request.recorded_at
+        recorded_ms = epoch_ms(datetime.now(UTC) if at is None else at)
         versions, out_positions = [], []
         for event in events:
             known = ws.ids.get((stream, event.event_id.bytes))
@@ -114,15 +118,7 @@ class MemoryEventStore:
                 out.append(TypeError("the memory store takes no outbox"))
                 continue
             try:
-                out.append(
-                    await self.append(
-                        request.workspace,
-                        request.stream,
-                        request.events,
-                        request.expected_version,
-                        whole=request.whole,
-                    )
-                )
+                out.append(await self._apply(request))
             except Exception as exc:
                 out.append(exc)
         return out

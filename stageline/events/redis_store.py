@@ -25,6 +25,7 @@ from stageline.events.store import (
     AppendResult,
     Outbox,
     check_request,
+    epoch_ms,
 )
 
 __all__ = [
@@ -141,7 +142,7 @@ class _Call:
 
     __slots__ = (
         "args", "count", "events", "indexes", "keys", "outboxes", "requests", "size", "started",
-        "workspace",
+        "times", "workspace",
     )  # fmt: skip
 
     def __init__(self, workspace: str) -> None:
@@ -158,6 +159,8 @@ class _Call:
         self.size = 0
         self.started = False
         """Whether one of its requests wrote the log's first entry (position 1)."""
+        self.times: dict[int, bytes] = {}
+        """The recorded time (ms) of each request, by its place in this call, that brings one."""
 
     def add(self, index: int, request: AppendRequest) -> None:
         """Check and encode ``request`` into this call, or raise ``InvalidArgument`` adding nothing."""
@@ -185,6 +188,8 @@ class _Call:
             del args[added:]
             raise
         args.append(tail)
+        if request.recorded_at is not None:
+            self.times[len(self.requests)] = b"%d" % epoch_ms(request.recorded_at)
         self.keys.append(_bulk(keys.stream_key(self.workspace, request.stream).encode()))
         self.count += 3 + 2 * len(events) + extra
         self.requests.append(request)
@@ -216,14 +221,20 @@ class _Call:
     def pack(self, sha: str) -> bytes:
         extra = [_bulk(key.encode()) for key in self.outboxes]
         nkeys = len(self.keys) + len(extra)
+        count = len(self.requests)
+        times: list[bytes] = []
+        if self.times:  # -R, then each request's time ('' for the server's): see append.lua
+            times = [_bulk(self.times.get(i, b"")) for i in range(count)]
+            count = -count
         return b"".join(
             [
-                b"*%d\r\n$7\r\nEVALSHA\r\n" % (4 + nkeys + self.count),
+                b"*%d\r\n$7\r\nEVALSHA\r\n" % (4 + nkeys + len(times) + self.count),
                 _bulk(sha.encode()),
                 _bulk(b"%d" % nkeys),
                 *self.keys,
                 *extra,
-                _bulk(b"%d" % len(self.requests)),
+                _bulk(b"%d" % count),
+                *times,
                 *self.args,
             ]
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import msgspec
@@ -40,6 +41,10 @@ class AppendRequest(msgspec.Struct, frozen=True):
     """A retry must repeat the whole append: if the stream holds some of ``events`` (by
     id) but not all, the append is refused with ``PartialRetry`` and writes nothing.
     Otherwise (the default) the events it holds are dropped and the rest appended."""
+    recorded_at: datetime | None = None
+    """When the events were recorded, instead of now by the store's clock: an import that
+    keeps an exported log's times. Timezone-aware; kept to the millisecond (truncated),
+    as the store's own times are."""
 
 
 class AppendResult(msgspec.Struct, frozen=True):
@@ -147,6 +152,16 @@ class EventStore(Protocol):
     async def close(self) -> None: ...
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def epoch_ms(at: datetime) -> int:
+    """``at`` (timezone-aware) in whole milliseconds since the epoch, as the log stores times."""
+    # not at.timestamp() * 1000: a float that lands a hair below the millisecond it names
+    return (at - _EPOCH) // _MS
+
+
 def check_append(request: AppendRequest) -> None:
     """Reject an append the log must never hold, before anything is written."""
     check_workspace(request.workspace, internal=True)
@@ -169,6 +184,8 @@ def check_request(request: AppendRequest) -> None:
             "expected_version must be >= 0, NO_STREAM (-1) or ANY (-2)",
             expected_version=request.expected_version,
         )
+    if request.recorded_at is not None and request.recorded_at.utcoffset() is None:
+        raise InvalidArgument("recorded_at must be timezone-aware", stream=request.stream)
     # UUID hashes in Python code; its int is a plain attribute
     if count > 1 and len({e.event_id.int for e in events}) != count:
         raise InvalidArgument("event_id repeated within one append", stream=request.stream)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from test_store_contract import ev, evs, mixed_appends
 from stageline.errors import ConcurrencyError, InvalidArgument
 from stageline.events import ANY, NO_STREAM, NewEvent, keys
 from stageline.events import redis_store as redis_store_module
-from stageline.events.redis_store import RedisEventStore
+from stageline.events.redis_store import RedisEventStore, _Call
 from stageline.events.store import MAX_EVENTS_PER_APPEND, AppendRequest, AppendResult
 
 
@@ -33,6 +34,39 @@ async def connections(observer: RedisEventStore, store: RedisEventStore) -> list
     listed: str = (await observer.client.execute_command("CLIENT", "LIST")).decode()
     entries = [dict(f.split("=", 1) for f in line.split()) for line in listed.splitlines()]
     return [e for e in entries if e.get("name") == name]
+
+
+def resp_array(command: bytes) -> list[bytes]:
+    """The bulk strings of one packed RESP command."""
+    head, _, rest = command.partition(b"\r\n")
+    out = []
+    for _ in range(int(head[1:])):
+        size, _, rest = rest.partition(b"\r\n")
+        n = int(size[1:])
+        out.append(rest[:n])
+        rest = rest[n + 2 :]
+    assert rest == b""
+    return out
+
+
+def test_only_a_call_that_brings_recorded_times_carries_them() -> None:
+    # the ARGV layout append.lua's header describes: ARGV[1] R, or -R and R times
+    at = datetime(2021, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
+    a, b = [ev(0)], evs(2, start=1)
+
+    def argv(*times: datetime | None) -> list[bytes]:
+        call = _Call("w")
+        call.add(0, AppendRequest("w", "s", a, NO_STREAM, recorded_at=times[0]))
+        call.add(1, AppendRequest("w", "t", b, recorded_at=times[1]))
+        parts = resp_array(call.pack("sha"))
+        assert parts[:3] == [b"EVALSHA", b"sha", b"3"]  # the log, s, t
+        return parts[6:]
+
+    plain = argv(None, None)
+    assert plain[:4] == [b"2", b"s", b"-1", b"1"]
+    assert len(plain) == 1 + (3 + 2 * 1 + 2) + (3 + 2 * 2 + 2)
+    assert argv(None, at) == [b"-2", b"", b"1614834367891", *plain[1:]]
+    assert argv(at, at) == [b"-2", b"1614834367891", b"1614834367891", *plain[1:]]
 
 
 async def test_batch_appends_survive_a_flushed_script_cache(

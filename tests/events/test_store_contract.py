@@ -575,6 +575,41 @@ class StoreContract:
     async def test_append_batch_empty(self, store: EventStore) -> None:
         assert await store.append_batch([]) == []
 
+    async def test_an_append_may_bring_the_time_its_events_were_recorded_at(
+        self, store: EventStore, workspace: str
+    ) -> None:
+        then = datetime(2021, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
+        # another zone, and finer than a millisecond: kept as the same instant, to the ms
+        fine = datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5)))
+        before = datetime.now(UTC) - timedelta(seconds=5)
+        a, b = evs(2), ev(2)
+        results = await store.append_batch(
+            [
+                AppendRequest(workspace, "a", a, NO_STREAM, recorded_at=then),
+                AppendRequest(workspace, "b", [b], NO_STREAM),  # the store's clock
+                AppendRequest(workspace, "a", [ev(3)], 1, recorded_at=fine),
+            ]
+        )
+        assert all(isinstance(r, AppendResult) for r in results), results
+
+        log = await store.read_log(workspace)
+        assert [e.recorded_at for e in log[:2]] == [then, then]
+        assert before <= log[2].recorded_at <= datetime.now(UTC) + timedelta(seconds=5)
+        assert log[3].recorded_at == datetime(2000, 1, 1, 4, 59, 59, 999000, tzinfo=UTC)
+        assert [e.recorded_at for e in await store.read_stream(workspace, "a")] == [
+            then, then, log[3].recorded_at,
+        ]  # fmt: skip
+        # a retry with another time is the append that landed, at the time it landed
+        [again] = await store.append_batch([AppendRequest(workspace, "b", [b], recorded_at=then)])
+        assert isinstance(again, AppendResult) and again.deduplicated
+        assert await store.read_log(workspace) == log
+        # a time in no zone names no instant
+        [naive] = await store.append_batch(
+            [AppendRequest(workspace, "c", [ev()], recorded_at=datetime(2021, 3, 4))]
+        )
+        assert isinstance(naive, InvalidArgument) and "timezone-aware" in naive.message
+        assert await store.head(workspace) == 4
+
     # -- read_stream ------------------------------------------------------------
 
     async def test_read_stream_directions_and_limits(
