@@ -23,10 +23,17 @@ __all__ = [
     "LogDiff",
     "StreamDiff",
     "diff_logs",
+    "read_lines",
     "read_log",
 ]
 
+
+class _Exact(RecordedEvent, frozen=True, kw_only=True, gc=False, forbid_unknown_fields=True):
+    """An exported event whose every field the envelope has."""
+
+
 _decoder = msgspec.json.Decoder(RecordedEvent)
+_exact = msgspec.json.Decoder(_Exact)
 
 DEFAULT_IGNORED = frozenset({"duration_ms", "started_at", "ended_at", "retry_at"})
 """Data keys ``diff_logs`` leaves out by default: they differ between any two runs."""
@@ -37,12 +44,21 @@ def read_log(lines: Iterable[str | bytes], *, source: str = "log") -> list[Recor
 
     ``InvalidArgument`` naming the line for one that is not an event.
     """
+    return [event for _, event in read_lines(lines, source=source)]
+
+
+def read_lines(
+    lines: Iterable[str | bytes], *, source: str = "log", exact: bool = False
+) -> list[tuple[int, RecordedEvent]]:
+    """``read_log``, each event with the number of its line (from 1); ``exact`` refuses a
+    line with a field the envelope has not, as well (what reading it would drop)."""
+    decoder = _exact if exact else _decoder
     events = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            events.append(_decoder.decode(line))
+            events.append((number, decoder.decode(line)))
         except msgspec.DecodeError as exc:
             raise InvalidArgument(f"{source}, line {number}: not an event ({exc})") from None
     return events
