@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from stageline import cli_debug
+from stageline import cli_debug, cli_import
 from stageline.cli_http import (
     DEFAULT_API,
     ApiUrl,
@@ -46,6 +46,7 @@ app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(ontology_app, name="ontology")
 app.command()(cli_debug.replay)
 app.command()(cli_debug.diff)
+app.command("import")(cli_import.import_log)
 
 RunId = Annotated[str, typer.Argument(help="The run's id.")]
 DeadLetterId = Annotated[str, typer.Argument(help="The dead letter's id.")]

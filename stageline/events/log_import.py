@@ -222,9 +222,7 @@ def plan_import(
                 raise Conflict(
                     f"stream {stream!r} of workspace {workspace!r} holds other events than "
                     f"{log.source}: at version {x.event.version} it has {what}, the log has "
-                    f"{x.event.event_id} (line {x.line}); nothing was imported",
-                    stream=stream,
-                    version=x.event.version,
+                    f"{x.event.event_id} (line {x.line}); nothing was imported"
                 )
             present += 1
             kept = kept and there.position == x.event.position
@@ -346,7 +344,6 @@ def _stopped(
         return Conflict(
             f"stream {request.stream!r} of workspace {workspace!r} changed while importing "
             f"({error.message}); {done} of {total} events were imported: import again once "
-            "nothing else writes it",
-            stream=request.stream,
+            "nothing else writes it"
         )
     return error
