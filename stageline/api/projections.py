@@ -10,9 +10,9 @@ each batch land once, whoever writes it.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import structlog
@@ -43,10 +43,10 @@ class Rebuild:
 
     workspace: str
     projection: str
-    started_at: float = field(default_factory=time.time)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     position: int = 0
     head: int | None = None
-    finished_at: float | None = None
+    finished_at: datetime | None = None
     events: int | None = None
     error: str | None = None
 
@@ -58,7 +58,7 @@ class Rebuild:
         self.position, self.head = position, head
 
     def ended(self, result: RebuildResult | None, error: str | None = None) -> None:
-        self.finished_at = time.time()
+        self.finished_at = datetime.now(UTC)
         if result is not None:
             self.events = result.events
             self.position = max(self.position, self.head or 0)

@@ -578,8 +578,8 @@ class RebuildView(BaseModel):
 
     projection: str | None = None
     status: Literal["running", "finished", "failed"]
-    started_at: float = Field(description="Unix time.")
-    finished_at: float | None = None
+    started_at: datetime
+    finished_at: datetime | None = None
     position: int = Field(description="The last log position replayed into the view.")
     head: int | None = Field(description="The log's head when the replay started.")
     events: int | None = Field(description="Events this rebuild replayed, once finished.")
