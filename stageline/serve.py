@@ -84,8 +84,13 @@ async def serve(
             from stageline.api.app import create_app
 
             host, port = api
+            # ``stop`` is set before the server is told to exit: open live feeds end first
             config = uvicorn.Config(
-                create_app(stack=stack), host=host, port=port, log_config=None, access_log=False
+                create_app(stack=stack, stopping=stop),
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
             )
             server = uvicorn.Server(config)
             # our handlers stop every service in order; uvicorn's own would replace them

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +25,7 @@ from stageline.api import (
     runs,
     streams,
 )
+from stageline.api.feed import Feeds
 from stageline.api.middleware import BodyLimitMiddleware, CorrelationMiddleware
 from stageline.settings import Settings
 from stageline.stack import Stack
@@ -46,16 +48,25 @@ pipeline configs, append and read events of the log.
 """
 
 
-def create_app(stack: Stack | None = None, settings: Settings | None = None) -> FastAPI:
+def create_app(
+    stack: Stack | None = None,
+    settings: Settings | None = None,
+    *,
+    stopping: asyncio.Event | None = None,
+) -> FastAPI:
     """The API app over ``stack``.
 
     Without a stack, the app's lifespan opens one from ``settings`` (default: the
     ``STAGELINE_*`` environment) and closes it on shutdown. A given stack is used
     as is and left open: whoever opened it closes it.
+
+    Setting ``stopping`` ends every open live feed (``/v1/log/feed``). Set it before
+    asking the server to stop: uvicorn waits for every open answer to end first.
     """
     if settings is None:
         settings = stack.settings if stack is not None else Settings()
     opened_settings = settings
+    feeds = Feeds(stopping if stopping is not None else asyncio.Event())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,6 +94,7 @@ def create_app(stack: Stack | None = None, settings: Settings | None = None) -> 
     app.state.settings = settings
     app.state.stack = stack
     app.state.rebuilds = projections.Rebuilds()
+    app.state.feeds = feeds
     errors.install(app)
     for module in (
         health,

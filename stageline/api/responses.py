@@ -13,7 +13,10 @@ from stageline.api.limits import MAX_POSITION
 from stageline.errors import NotFound
 from stageline.events.store import EventStore
 
-__all__ = ["Backwards", "FromVersion", "PageLimit", "json_response", "stream_page"]
+__all__ = ["JSON", "Backwards", "FromVersion", "PageLimit", "json_response", "stream_page"]
+
+JSON = msgspec.json.Encoder()
+"""How every JSON answer is encoded (``json_response``; each event of the live feed too)."""
 
 FromVersion = Annotated[
     int | None,
@@ -32,7 +35,7 @@ def json_response(
 ) -> Response:
     """``content`` (dicts, lists, msgspec structs, datetimes, UUIDs) as a JSON response."""
     return Response(
-        content=msgspec.json.encode(content),
+        content=JSON.encode(content),
         status_code=status_code,
         media_type="application/json",
         headers=dict(headers) if headers else None,

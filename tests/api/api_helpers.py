@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,7 +14,12 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from stageline.cli_feed import Message, SseParser
 from stageline.stack import Stack
+
+HANG_GUARD = 30.0
+"""Seconds a test waits for what must come before it fails: a guard against hangs, not a
+bound on how long anything takes."""
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -145,7 +151,14 @@ async def served(app: FastAPI) -> AsyncIterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=HANG_GUARD,
+    )
     server = uvicorn.Server(config)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
@@ -155,5 +168,59 @@ async def served(app: FastAPI) -> AsyncIterator[str]:
             await asyncio.sleep(0.01)
         yield f"http://127.0.0.1:{port}"
     finally:
+        app.state.feeds.stopping.set()  # as `stageline up` does: open live feeds end first
         server.should_exit = True
         await task
+
+
+class FeedReader:
+    """The messages of a live feed's answer, read as they come.
+
+    Each wait fails after ``HANG_GUARD`` seconds, keep-alive comments or not.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.raw = bytearray()
+        """Every byte received so far."""
+        self._parser = SseParser()
+        self._chunks = response.aiter_bytes()
+        self._ready: deque[Message] = deque()
+
+    async def _more(self) -> bool:
+        """Read the next chunk; False when the answer ended."""
+        try:
+            chunk = await anext(self._chunks)
+        except StopAsyncIteration:
+            return False
+        self.raw += chunk
+        self._ready.extend(self._parser.feed(chunk))
+        return True
+
+    async def next(self) -> Message:
+        """The next message (an event, or an ``id:``-only block)."""
+        async with asyncio.timeout(HANG_GUARD):
+            while not self._ready:
+                assert await self._more(), f"the feed ended: {bytes(self.raw)!r}"
+        return self._ready.popleft()
+
+    async def events(self, count: int) -> list[Message]:
+        """The next ``count`` events (``id:``-only blocks in between are passed over)."""
+        out: list[Message] = []
+        async with asyncio.timeout(HANG_GUARD):
+            while len(out) < count:
+                message = await self.next()
+                if message.data is not None:
+                    out.append(message)
+        return out
+
+    async def until_raw(self, part: bytes) -> None:
+        """Read on until ``part`` was received."""
+        async with asyncio.timeout(HANG_GUARD):
+            while part not in self.raw:
+                assert await self._more(), f"the feed ended without {part!r}: {bytes(self.raw)!r}"
+
+    async def to_the_end(self) -> None:
+        async with asyncio.timeout(HANG_GUARD):
+            while await self._more():
+                pass

@@ -746,6 +746,19 @@ class StoreContract:
         assert list(got) == [workspace]  # only the workspaces that have events
         assert [(e.position, e.data["n"]) for e in got[workspace]] == [(2, 7), (3, 8)]
 
+    async def test_tail_of_a_workspace_with_no_log_waits_for_its_first_events(
+        self, store: EventStore, peers: list[EventStore], workspace: str
+    ) -> None:
+        waiting = asyncio.create_task(store.tail({workspace: 0}, block_ms=10_000))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await peers[-1].append(workspace, "s", evs(2))
+
+        got = await asyncio.wait_for(waiting, 5)
+        assert {ws: [e.position for e in events] for ws, events in got.items()} == {
+            workspace: [1, 2]
+        }
+
     async def test_tail_wakes_up_on_a_new_workspace_and_names_it_once(
         self, store: EventStore, peers: list[EventStore], workspace: str
     ) -> None:

@@ -1,0 +1,310 @@
+"""``/v1/log/feed``: the workspace log as Server-Sent Events, live, resumable by id."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from api_helpers import HANG_GUARD, FeedReader, assert_error, fields, served
+from fastapi import FastAPI
+
+from stageline.api import create_app
+from stageline.api import feed as feed_module
+from stageline.api.limits import MAX_POSITION
+from stageline.events import NewEvent
+from stageline.stack import Stack
+
+
+async def append(stack: Stack, workspace: str, stream: str, *types: str, **data: Any) -> None:
+    await stack.store.append(workspace, stream, [NewEvent(type=t, data=data) for t in types])
+
+
+async def log_of(client: httpx.AsyncClient, after: int = 0) -> tuple[str, list[dict[str, Any]]]:
+    """``GET /v1/log``'s body as sent, and its events."""
+    r = await client.get("/v1/log", params={"after": after, "limit": 1000})
+    assert r.status_code == 200, r.text
+    return r.text, r.json()["events"]
+
+
+@asynccontextmanager
+async def opened(
+    url: str,
+    workspace: str,
+    params: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[FeedReader]:
+    """The feed's answer at ``url`` (a live server), read as it comes."""
+    async with (
+        httpx.AsyncClient(
+            base_url=url, headers={"X-Workspace": workspace}, timeout=HANG_GUARD
+        ) as c,
+        c.stream("GET", "/v1/log/feed", params=params or {}, headers=headers or {}) as r,
+    ):
+        assert r.status_code == 200, (await r.aread()).decode()
+        yield FeedReader(r)
+
+
+class Reads:
+    """A store whose ``tail`` calls are watched: how each ended."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.ended: list[str] = []
+        """``returned``, ``raised`` or ``cancelled``, in the order they ended."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def tail(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            found = await self._store.tail(*args, **kwargs)
+        except asyncio.CancelledError:
+            self.ended.append("cancelled")
+            raise
+        except BaseException:
+            self.ended.append("raised")
+            raise
+        self.ended.append("returned")
+        return found
+
+
+@pytest.fixture
+def reads(stack: Stack) -> Reads:
+    return Reads(stack.store)
+
+
+@pytest.fixture
+def watched(stack: Stack, reads: Reads) -> FastAPI:
+    """An app whose store reads are ``reads``."""
+    return create_app(stack=dataclasses.replace(stack, store=reads), stopping=asyncio.Event())
+
+
+async def until(condition: Any) -> None:
+    """Wait until ``condition()`` holds; fails after ``HANG_GUARD`` seconds."""
+    async with asyncio.timeout(HANG_GUARD):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+
+async def test_the_feed_sends_the_log_then_each_event_as_it_is_appended(
+    app: FastAPI, stack: Stack, client: httpx.AsyncClient, workspace: str
+) -> None:
+    # line breaks JSON strings may hold raw, which SSE must not take for line ends
+    await append(stack, workspace, "a", "Noted", "Noted", text="one\u2028two\x85three")
+    await append(stack, workspace, "b", "Seen", text="line\nbreak\r")
+    async with served(app) as url, opened(url, workspace, {"after": 1}) as feed:
+        assert feed.response.headers["content-type"].startswith("text/event-stream")
+        assert feed.response.headers["cache-control"] == "no-cache"
+        assert feed.response.headers["x-correlation-id"]
+        before = await feed.events(2)
+        assert feed.raw.startswith(b"retry: 1000\n\n")
+        await append(stack, workspace, "a", "Noted", "Noted", text="after")
+        after = await feed.events(2)
+
+    body, log = await log_of(client, after=1)
+    received = before + after
+    assert [m.last_id for m in received] == ["2", "3", "4", "5"]
+    assert {m.event for m in received} == {"log"}
+    assert [json.loads(m.data or "") for m in received] == log
+    for message in received:  # byte for byte the JSON `GET /v1/log` sends
+        assert message.data and message.data in body
+    assert f"id: 2\nevent: log\ndata: {received[0].data}\n\n".encode() in feed.raw
+
+
+async def test_a_feed_of_a_workspace_with_no_log_waits_for_its_first_event(
+    app: FastAPI, stack: Stack, workspace: str
+) -> None:
+    async with served(app) as url, opened(url, workspace) as feed:
+        await feed.until_raw(b"retry:")
+        await append(stack, workspace, "s", "First")
+        [first] = await feed.events(1)
+    assert first.last_id == "1" and json.loads(first.data or "")["type"] == "First"
+
+
+async def test_a_feed_resumed_with_last_event_id_sends_exactly_the_events_after_it(
+    app: FastAPI, stack: Stack, client: httpx.AsyncClient, workspace: str
+) -> None:
+    for n in range(5):
+        await append(stack, workspace, f"s{n % 2}", "Noted", n=n)
+    async with served(app) as url:
+        async with opened(url, workspace) as feed:
+            first = await feed.events(3)
+        await append(stack, workspace, "s0", "Noted", "Noted", n=5)
+        # the header wins over `after`, as an EventSource reconnecting sends both
+        resumed = {"Last-Event-ID": first[-1].last_id}
+        async with opened(url, workspace, {"after": 0}, resumed) as feed:
+            rest = await feed.events(4)
+            await append(stack, workspace, "s1", "Noted", n=7)
+            [last] = await feed.events(1)  # next after the 7th: nothing came in between
+
+    _, log = await log_of(client)
+    got = [json.loads(m.data or "") for m in [*first, *rest, last]]
+    assert got == log and [e["position"] for e in got] == list(range(1, 9))
+
+
+async def test_filters_leave_events_out_and_resumption_passes_them_over(
+    app: FastAPI, stack: Stack, workspace: str
+) -> None:
+    await append(stack, workspace, "run-1", "A")
+    await append(stack, workspace, "other", "A")
+    await append(stack, workspace, "run-2", "B")
+    await append(stack, workspace, "run-3", "C")
+    await append(stack, workspace, "other", "B")
+    async with served(app) as url:
+        only = {"stream_prefix": "run-", "type": ["A", "B"]}
+        async with opened(url, workspace, only) as feed:
+            got = [await feed.next() for _ in range(3)]
+        # the last ones were left out: an id-only block moves Last-Event-ID past them
+        assert [(m.last_id, m.data is not None) for m in got] == [
+            ("1", True),
+            ("3", True),
+            ("5", False),
+        ]
+        assert [json.loads(m.data or "")["stream"] for m in got[:2]] == ["run-1", "run-2"]
+        await append(stack, workspace, "run-4", "B")
+        async with opened(url, workspace, only, {"Last-Event-ID": got[-1].last_id}) as feed:
+            [next_one] = await feed.events(1)
+        assert next_one.last_id == "6"
+
+
+@pytest.mark.parametrize(
+    ("params", "headers", "field"),
+    [
+        ({"after": -1}, {}, "after"),
+        ({"after": MAX_POSITION + 1}, {}, "after"),
+        ({"after": "x"}, {}, "after"),
+        ({}, {"Last-Event-ID": "x"}, "Last-Event-ID"),
+        ({}, {"Last-Event-ID": "-1"}, "Last-Event-ID"),
+        ({}, {"Last-Event-ID": "1.0"}, "Last-Event-ID"),
+        ({}, {"Last-Event-ID": ""}, "Last-Event-ID"),
+        ({}, {"Last-Event-ID": str(MAX_POSITION + 1)}, "Last-Event-ID"),
+        ({"after": 0}, {"Last-Event-ID": " 7"}, "Last-Event-ID"),
+        ({"stream_prefix": ""}, {}, "stream_prefix"),
+        ({"type": [f"T{n}" for n in range(51)]}, {}, "type"),
+    ],
+)
+async def test_a_bad_position_or_filter_is_400_before_anything_is_streamed(
+    client: httpx.AsyncClient, params: dict[str, Any], headers: dict[str, str], field: str
+) -> None:
+    async with asyncio.timeout(HANG_GUARD):  # a feed that streams would never end
+        r = await client.get("/v1/log/feed", params=params, headers=headers)
+    assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == [field]
+
+
+async def test_a_feed_ends_when_its_client_goes(
+    watched: FastAPI, reads: Reads, workspace: str
+) -> None:
+    feeds = watched.state.feeds
+    async with served(watched) as url:
+        async with opened(url, workspace) as feed:
+            await feed.until_raw(b"retry:")
+            assert feeds.open == 1
+            waited = len(reads.ended)
+        await until(lambda: feeds.open == 0 and len(reads.ended) > waited)
+    # the read waiting for events was stopped, not left to run out its wait
+    assert reads.ended[waited:] == ["cancelled"]
+
+
+async def test_a_feed_ends_when_the_app_is_stopping(
+    watched: FastAPI, reads: Reads, stack: Stack, workspace: str
+) -> None:
+    async with served(watched) as url, opened(url, workspace) as feed:
+        await append(stack, workspace, "s", "Noted")
+        await feed.events(1)
+        waited = len(reads.ended)
+        watched.state.feeds.stopping.set()
+        await feed.to_the_end()  # a clean end: a dropped connection would raise
+    assert watched.state.feeds.open == 0
+    assert reads.ended[waited:] == ["cancelled"]
+
+
+async def test_an_idle_feed_sends_keep_alive_comments(
+    app: FastAPI, workspace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed_module, "KEEP_ALIVE_SECONDS", 0.05)
+    async with served(app) as url, opened(url, workspace) as feed:
+        await feed.until_raw(b"\n\n: keep-alive\n\n: keep-alive\n\n")
+
+
+async def test_feeds_past_the_limit_are_refused_with_503(app: FastAPI, workspace: str) -> None:
+    app.state.feeds.limit = 1
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=HANG_GUARD) as c:
+        async with opened(url, workspace) as feed:
+            await feed.until_raw(b"retry:")
+            async with asyncio.timeout(HANG_GUARD):  # a feed that streams would never end
+                refused = await c.get("/v1/log/feed", headers={"X-Workspace": workspace})
+            assert_error(refused, 503, "UNAVAILABLE")
+            assert refused.headers["retry-after"] == "1"
+        await until(lambda: app.state.feeds.open == 0)
+        async with opened(url, workspace) as feed:  # the place is free again
+            await feed.until_raw(b"retry:")
+
+
+async def test_the_feed_is_documented_as_an_event_stream(client: httpx.AsyncClient) -> None:
+    operation = (await client.get("/openapi.json")).json()["paths"]["/v1/log/feed"]["get"]
+    assert "text/event-stream" in operation["responses"]["200"]["content"]
+    assert {"200", "400", "503"} <= set(operation["responses"])
+    names = {p["name"] for p in operation["parameters"]}
+    assert {"after", "Last-Event-ID", "stream_prefix", "type", "X-Workspace"} <= names
+
+
+# -- the API process ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_stopping_the_api_process_ends_its_open_feeds_within_the_drain(
+    redis_url: str, stack: Stack, workspace: str
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGELINE_")}
+    env.update(STAGELINE_REDIS_URL=redis_url, STAGELINE_LOG_FORMAT="json")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stageline", "api", "--port", str(port),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=HANG_GUARD) as c:
+            async with asyncio.timeout(60):
+                while True:
+                    assert proc.returncode is None, "the API process exited"
+                    if await _healthy(c):
+                        break
+                    await asyncio.sleep(0.1)
+        async with opened(url, workspace) as feed:
+            await append(stack, workspace, "s", "Noted")
+            await feed.events(1)
+            proc.send_signal(signal.SIGTERM)
+            await feed.to_the_end()  # a clean end: a connection cut at the drain would raise
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "stageline.stopped" in text and "drain_timeout" not in text, text
+
+
+async def _healthy(c: httpx.AsyncClient) -> bool:
+    try:
+        return (await c.get("/healthz")).status_code == 200
+    except httpx.HTTPError:
+        return False
