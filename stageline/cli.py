@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from stageline import cli_debug, cli_import
+from stageline.cli_feed import follow_log
 from stageline.cli_http import (
     DEFAULT_API,
     ApiUrl,
@@ -278,14 +279,21 @@ def dlq_discard(
 def tail(
     after: Annotated[int, typer.Option(help="Start after this log position.")] = 0,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep waiting for new events.")
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Keep printing events as they are appended (the API's live feed; "
+            "a dropped connection is resumed where it stopped).",
+        ),
     ] = False,
     url: ApiUrl = DEFAULT_API,
     workspace: Workspace = None,
 ) -> None:
-    """Print the workspace log as JSON lines, from a position on."""
-    import time
-
+    """Print the workspace log as JSON lines, from a position on; with --follow, live."""
+    if follow:  # the live feed: resumes by itself when the connection drops
+        follow_log(url, workspace, after, sys.stdout)
+        return
     while True:
         reply = call("GET", url, "/v1/log", workspace, params={"after": after, "limit": 1000})
         for event in reply["events"]:
@@ -293,9 +301,7 @@ def tail(
         sys.stdout.flush()
         after = reply["next_after"]
         if not reply["events"]:
-            if not follow:
-                return
-            time.sleep(0.5)
+            return
 
 
 ProjectionName = Annotated[

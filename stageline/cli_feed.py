@@ -1,11 +1,31 @@
-"""Reading the API's live feed of the log (``GET /v1/log/feed``), a ``text/event-stream``."""
+"""``stageline tail --follow``: the API's live feed of the log, resumed across lost connections.
+
+The feed (``GET /v1/log/feed``) is read as Server-Sent Events; each event is printed as
+the JSON line ``stageline tail`` prints for it. A connection that drops, or that the
+server ends (it is stopping), is made again with ``Last-Event-ID`` set to the last id
+received, so nothing is printed twice or skipped; after ``RECONNECT_DELAYS`` run out
+without one succeeding, one line says why and the command exits.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from dataclasses import dataclass
+from typing import TextIO
 
-__all__ = ["Message", "SseParser"]
+import httpx
+import typer
+
+from stageline.cli_http import answer, unreachable
+
+__all__ = ["RECONNECT_DELAYS", "Message", "SseParser", "follow_log", "reconnect_delay"]
+
+RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0)
+"""Seconds before each next try after a connection failed; the one after the last gives up."""
+READ_TIMEOUT_SECONDS = 45.0
+"""The feed sends a keep-alive every 15 s: three missed, the connection is taken as lost."""
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
@@ -77,3 +97,62 @@ class SseParser:
         elif name == "id" and "\0" not in value:
             self._id, self._has_id = value, True
         return None
+
+
+def reconnect_delay(failures: int) -> float | None:
+    """Seconds to wait after ``failures`` connections in a row failed; None: give up."""
+    return RECONNECT_DELAYS[failures - 1] if failures <= len(RECONNECT_DELAYS) else None
+
+
+def follow_log(url: str, workspace: str | None, after: int, out: TextIO) -> None:
+    """Write the log's events past ``after`` to ``out`` as they land, one JSON line each.
+
+    Runs until interrupted (exits 130), until the API answers a request error (exits 1,
+    as ``answer`` does), or until it could not be reached, or kept answering 5xx, for
+    every one of ``RECONNECT_DELAYS`` (exits 2, or 1 for an answer).
+    """
+    headers = {"X-Workspace": workspace} if workspace else {}
+    timeout = httpx.Timeout(10.0, read=READ_TIMEOUT_SECONDS)
+    parser = SseParser(str(after))
+    failures = 0
+    try:
+        while True:
+            lost: httpx.Response | httpx.HTTPError | None = None
+            try:
+                with httpx.stream(
+                    "GET",
+                    url.rstrip("/") + "/v1/log/feed",
+                    params={"after": after},
+                    headers={**headers, "Last-Event-ID": parser.last_id},
+                    timeout=timeout,
+                ) as reply:
+                    if reply.status_code >= 400:
+                        reply.read()
+                        if reply.status_code < 500:  # asking again would get the same answer
+                            answer(reply)
+                        lost = reply
+                    else:
+                        failures = 0
+                        _write_events(reply, parser, out)
+            except httpx.HTTPError as exc:
+                lost = exc
+            failures += 1
+            delay = reconnect_delay(failures)
+            if delay is None:
+                if isinstance(lost, httpx.Response):
+                    answer(lost)
+                raise unreachable(url, lost)
+            time.sleep(delay)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _write_events(reply: httpx.Response, parser: SseParser, out: TextIO) -> None:
+    """Each event of the feed as the JSON line ``stageline tail`` prints, until it ends."""
+    for chunk in reply.iter_bytes():
+        messages = parser.feed(chunk)
+        for message in messages:
+            if message.event == "log" and message.data is not None:
+                out.write(json.dumps(json.loads(message.data)) + "\n")
+        if messages:
+            out.flush()

@@ -26,6 +26,7 @@ __all__ = [
     "print_json",
     "print_table",
     "send",
+    "unreachable",
 ]
 
 DEFAULT_API = "http://127.0.0.1:8000"
@@ -54,10 +55,13 @@ def send(method: str, url: str, path: str, workspace: str | None, **kwargs: Any)
     try:
         return httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=70, **kwargs)
     except httpx.HTTPError as exc:
-        console.print(
-            f"[red]cannot reach the API at {url}[/red] ({exc}); is `stageline up` running?"
-        )
-        raise typer.Exit(2) from exc
+        raise unreachable(url, exc) from exc
+
+
+def unreachable(url: str, error: object) -> typer.Exit:
+    """Print that the API at ``url`` could not be reached, and why; the exit (2) to raise."""
+    console.print(f"[red]cannot reach the API at {url}[/red] ({error}); is `stageline up` running?")
+    return typer.Exit(2)
 
 
 def call(method: str, url: str, path: str, workspace: str | None, **kwargs: Any) -> Any:

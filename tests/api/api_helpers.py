@@ -224,3 +224,82 @@ class FeedReader:
         async with asyncio.timeout(HANG_GUARD):
             while await self._more():
                 pass
+
+
+class Proxy:
+    """A TCP proxy in front of ``port`` that a test can cut.
+
+    ``cut()`` drops every connection through it and holds new ones (accepted, not
+    forwarded) until ``mend()``; ``heads`` holds the first bytes each forwarded
+    connection sent (a request's head).
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.heads: list[bytes] = []
+        self.url = ""
+        self._open = asyncio.Event()
+        self._open.set()
+        self._links: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    def cut(self) -> None:
+        self._open.clear()
+        for writer in list(self._links):
+            writer.transport.abort()
+
+    def mend(self) -> None:
+        self._open.set()
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        await self._server.wait_closed()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._links.add(writer)
+        try:
+            await self._open.wait()
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+            try:
+                await asyncio.gather(
+                    self._pipe(reader, up_writer, record=True), self._pipe(up_reader, writer)
+                )
+            finally:
+                up_writer.transport.abort()
+        except OSError:
+            pass
+        finally:
+            self._links.discard(writer)
+            writer.transport.abort()
+
+    async def _pipe(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, record: bool = False
+    ) -> None:
+        try:
+            while data := await source.read(65536):
+                if record:
+                    self.heads.append(data)
+                    record = False
+                sink.write(data)
+                await sink.drain()
+        except OSError:
+            pass
+        finally:
+            sink.transport.abort()  # one side gone: the other goes too
+
+
+@asynccontextmanager
+async def proxied(url: str) -> AsyncIterator[Proxy]:
+    """A ``Proxy`` in front of the server at ``url`` (``http://127.0.0.1:<port>``)."""
+    proxy = Proxy(int(url.rsplit(":", 1)[1]))
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
