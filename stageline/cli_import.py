@@ -34,7 +34,9 @@ def import_log(
     """Import a log as `stageline tail` writes it (JSON Lines): every event as it was (ids,
     streams, versions, data, times) and, into an empty workspace, at the same positions.
 
-    The whole log is checked first: a bad line, or a stream of the workspace holding other events, writes nothing and exits 1. Events the workspace holds already are skipped, so importing again finishes an import that stopped part-way.
+    The whole log is checked first: a bad line, or a stream of the workspace holding
+    other events, writes nothing and exits 1. Events the workspace holds already are
+    skipped, so importing again finishes an import that stopped part-way.
     """
     # the entry point's helpers: stageline.cli imports this module, so they are taken late
     from stageline.cli import _progress, _run, _settings
