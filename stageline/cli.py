@@ -17,7 +17,6 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from stageline import cli_debug, cli_import
 from stageline.cli_feed import follow_log
@@ -383,17 +382,23 @@ def projections_status(
 
         stack = await Stack.open(settings)
         try:
-            table = Table()
-            for col in ("workspace", "projection", "checkpoint", "head", "lag"):
-                table.add_column(col)
+            rows = []
             names = [workspace] if workspace else await stack.store.workspaces()
             for ws in names:
                 head = await stack.store.head(ws)
                 stored = await stack.views.checkpoints(ws, NAMES)
                 for name in NAMES:
                     checkpoint = stored.get(name, 0)
-                    table.add_row(ws, name, str(checkpoint), str(head), str(head - checkpoint))
-            console.print(table)
+                    rows.append(
+                        {
+                            "workspace": ws,
+                            "projection": name,
+                            "checkpoint": checkpoint,
+                            "head": head,
+                            "lag": head - checkpoint,
+                        }
+                    )
+            print_table(rows, ("workspace", "projection", "checkpoint", "head", "lag"))
         finally:
             await stack.close()
 

@@ -323,11 +323,11 @@ def rebuilt_lines(result: Result) -> list[str]:
 
 
 def status_rows(output: str, workspace: str) -> dict[str, list[str]]:
-    """Per projection, the cells of its row in the status table."""
+    """Per projection, the cells of its row in the status table (tab-separated in a pipe)."""
     rows = {}
     for line in output.splitlines():
-        cells = [c.strip() for c in line.strip("│┃ ").replace("┃", "│").split("│")]
-        if cells and cells[0] == workspace:
+        cells = line.split("\t")
+        if cells[0] == workspace:
             rows[cells[1]] = cells[2:]
     return rows
 

@@ -70,8 +70,17 @@ async def test_replay_shows_the_runs_as_the_view_did_at_any_position(
     assert result.exit_code == 0 and json.loads(result.stdout)["id"] == run_ids[2]
     result = await cli("replay", str(log), "--run", "no-such-run")
     assert result.exit_code == 1 and "no run 'no-such-run'" in result.output
-    result = await cli("replay", str(log))  # the table
-    assert result.exit_code == 0 and all(run_id in result.output for run_id in run_ids)
+    # into a pipe, 80 columns wide: tab-separated lines, every value whole
+    result = await asyncio.to_thread(CliRunner().invoke, cli_app, ["replay", str(log)])
+    assert result.exit_code == 0, result.output
+    header, *lines = result.stdout.splitlines()
+    assert header.split("\t") == ["id", "pipeline", "status", "current_stage", "stages"]
+    rows = [line.split("\t") for line in lines]
+    assert [row[0] for row in rows] == run_ids
+    for run_id, _, status, current, stages in rows:
+        run = replayed[run_id]
+        assert (status, current) == (run["status"], run["current_stage"])
+        assert stages == " ".join(f"{s['name']}:{s['status']}" for s in run["stages"])
 
 
 async def test_diff_pairs_runs_of_the_same_inputs_and_shows_where_they_part(
