@@ -3,17 +3,21 @@ as of any position, and what differs between two logs."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from stageline.cli_http import console, print_json, print_table
 from stageline.errors import InvalidArgument
 from stageline.events import RecordedEvent
-from stageline.events.logfile import DEFAULT_IGNORED, LogDiff, diff_logs, read_log
+from stageline.events.logfile import DEFAULT_IGNORED, LogDiff, diff_logs, iter_lines, read_log
 from stageline.projections.replay import runs_as_of
 
 __all__ = ["diff", "replay"]
@@ -27,6 +31,9 @@ LogFile = Annotated[
         readable=True,
     ),
 ]
+PROGRESS_LINES = 4096
+"""Lines read between two updates of the progress bar."""
+
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -37,6 +44,42 @@ def _load(path: Path) -> list[RecordedEvent]:
     except InvalidArgument as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
+
+
+def _in_log_order(
+    path: Path, lines: BinaryIO, advance: Callable[[int], None]
+) -> Iterator[RecordedEvent]:
+    """The events of an exported log, read as they are needed; ``InvalidArgument`` naming the
+    line of one that is not an event or comes out of log order (``advance`` hears how far
+    into the file reading got, every few thousand lines)."""
+    last = 0
+    for number, event in iter_lines(lines, source=str(path)):
+        if event.position <= last:
+            raise InvalidArgument(
+                f"{path}, line {number}: position {event.position} after {last}; a log is "
+                "replayed in log order, as `stageline tail` writes it"
+            )
+        last = event.position
+        if not number % PROGRESS_LINES:
+            advance(lines.tell())
+        yield event
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[Callable[[int], None]]:
+    """A progress bar of reading ``path`` on stderr (left out when that is not a terminal);
+    yields what sets how many bytes are read."""
+    bar = Progress(
+        TextColumn(f"reading {path.name}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task("", total=path.stat().st_size)
+        yield lambda done: bar.update(task, completed=done)
 
 
 def replay(
@@ -50,7 +93,12 @@ def replay(
 ) -> None:
     """Replay a log into the run-status view offline: every run as the view held it once it
     had applied the position (`--until`), with its stages."""
-    runs = runs_as_of(_load(log), until)
+    try:
+        with log.open("rb") as lines, _reading(log) as advance:
+            runs = runs_as_of(_in_log_order(log, lines, advance), until)
+    except InvalidArgument as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
     if run is not None:
         found = [r for r in runs if r["id"] == run]
         if not found:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "LogDiff",
     "StreamDiff",
     "diff_logs",
+    "iter_lines",
     "read_lines",
     "read_log",
 ]
@@ -44,7 +45,7 @@ def read_log(lines: Iterable[str | bytes], *, source: str = "log") -> list[Recor
 
     ``InvalidArgument`` naming the line for one that is not an event.
     """
-    return [event for _, event in read_lines(lines, source=source)]
+    return [event for _, event in iter_lines(lines, source=source)]
 
 
 def read_lines(
@@ -52,16 +53,22 @@ def read_lines(
 ) -> list[tuple[int, RecordedEvent]]:
     """``read_log``, each event with the number of its line (from 1); ``exact`` refuses a
     line with a field the envelope has not, as well (what reading it would drop)."""
+    return list(iter_lines(lines, source=source, exact=exact))
+
+
+def iter_lines(
+    lines: Iterable[str | bytes], *, source: str = "log", exact: bool = False
+) -> Iterator[tuple[int, RecordedEvent]]:
+    """``read_lines`` one line at a time, for a log too big to hold."""
     decoder = _exact if exact else _decoder
-    events = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            events.append((number, decoder.decode(line)))
+            event = decoder.decode(line)
         except msgspec.DecodeError as exc:
             raise InvalidArgument(f"{source}, line {number}: not an event ({exc})") from None
-    return events
+        yield number, event
 
 
 @dataclass(frozen=True)

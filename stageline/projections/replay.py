@@ -8,7 +8,7 @@ had reached that position.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from stageline.events import RecordedEvent
@@ -19,11 +19,13 @@ __all__ = ["runs_as_of"]
 
 def runs_as_of(events: Iterable[RecordedEvent], until: int | None = None) -> list[dict[str, Any]]:
     """Each run as the run-status view held it once it had applied position ``until`` (every
-    event when None), oldest submission first: its row with a ``stages`` list in order."""
-    ordered = sorted(events, key=lambda e: e.position)
-    if until is not None:
-        ordered = [e for e in ordered if e.position <= until]
-    changes = run_status.fold(ordered)
+    event when None), oldest submission first: its row with a ``stages`` list in order.
+
+    ``events`` come in log order, as ``stageline tail`` exports them; they are folded as
+    they come, so a log of any length takes the memory of its runs' rows alone, and
+    reading stops at the first event past ``until``.
+    """
+    changes = run_status.fold(events if until is None else _through(events, until))
     stages: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for (run_id, name), stage in changes.stages.items():
         row = {"name": name, **(stage.created or {}), **stage.fields, "attempts": stage.attempts}
@@ -36,3 +38,13 @@ def runs_as_of(events: Iterable[RecordedEvent], until: int | None = None) -> lis
         row["stages"] = sorted(stages.get(run_id, []), key=lambda s: s.get("index", 0))
         runs.append(row)
     return sorted(runs, key=lambda r: r.get("seq", 0))
+
+
+def _through(events: Iterable[RecordedEvent], until: int) -> Iterator[RecordedEvent]:
+    """``events`` up to position ``until``, taking none past the one there."""
+    for event in events:
+        if event.position > until:
+            return
+        yield event
+        if event.position == until:
+            return

@@ -153,3 +153,43 @@ def test_ignored_keys_are_left_out_at_any_depth() -> None:
     assert diff_logs(log(5, "x"), log(9, "x")).equal
     assert not diff_logs(log(5, "x"), log(5, "y")).equal
     assert not diff_logs(log(5, "x"), log(9, "x"), ignore=()).equal
+
+
+def logged(position: int, stream: str, version: int, type_: str, data: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "event_id": str(uuid.uuid4()), "type": type_, "schema_version": 1, "stream": stream,
+            "version": version, "position": position, "workspace": "w",
+            "occurred_at": "2026-11-23T10:00:00Z", "recorded_at": "2026-11-23T10:00:00Z",
+            "correlation_id": None, "causation_id": None, "data": data,
+        }
+    )  # fmt: skip
+
+
+SUBMITTED = {"pipeline": "p", "pipeline_version": 1, "stages": ["a"], "input": {"text": "t"}}
+
+
+async def test_replay_refuses_a_log_out_of_log_order_naming_the_line(tmp_path: Path) -> None:
+    log = tmp_path / "mixed.jsonl"
+    log.write_text(
+        "\n".join(
+            [
+                logged(2, "run-x", 0, "RunSubmitted", SUBMITTED),
+                logged(1, "run-y", 0, "RunSubmitted", SUBMITTED),
+            ]
+        )
+    )
+    result = await cli("replay", str(log))
+    assert result.exit_code == 2, result.output
+    assert "mixed.jsonl, line 2: position 1 after 2" in result.output
+    assert "Traceback" not in result.output
+
+
+async def test_replay_until_a_position_reads_no_further(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    # past --until the file is not even an event: replay must stop before reading it
+    log.write_text(logged(1, "run-x", 0, "RunSubmitted", SUBMITTED) + "\nnot json\n")
+    result = await cli("replay", str(log), "--until", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in json.loads(result.stdout)] == ["x"]
+    assert (await cli("replay", str(log))).exit_code == 2
