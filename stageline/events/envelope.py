@@ -161,9 +161,20 @@ class EventRegistry:
 
     def validate(self, topic: str, schema_version: int, data: Any) -> None:
         """Raise ``InvalidEvent`` if a known topic's data does not fit its schema."""
+        self.typed(topic, schema_version, data)
+
+    def typed(self, topic: str, schema_version: int, data: Any) -> Any:
+        """``data`` to store for an event: as its payload class holds it, for a known topic
+        at its current schema version (a time as a time, not the text JSON has of it), so
+        folds read it as the events stageline writes; else ``data`` itself (an older
+        schema is history as it was written: reads upcast it).
+
+        ``InvalidEvent`` if a known topic's data does not fit its schema, or its schema
+        version is newer than this server's.
+        """
         cls = self._types.get(topic)
         if cls is None:
-            return
+            return data
         if schema_version > cls.schema_version:
             raise InvalidEvent(
                 f"{topic} schema_version {schema_version} is newer than this server's "
@@ -171,9 +182,10 @@ class EventRegistry:
                 type=topic,
             )
         try:
-            msgspec.convert(self.upcast(topic, schema_version, data), cls)
+            payload = msgspec.convert(self.upcast(topic, schema_version, data), cls)
         except msgspec.ValidationError as exc:
             raise InvalidEvent(f"{topic}: {exc}", type=topic) from exc
+        return payload if schema_version == cls.schema_version else data
 
     def decode(self, event: RecordedEvent, cls: type[E]) -> E:
         """The event's payload as ``cls``, upcast from older schema versions."""

@@ -193,8 +193,8 @@ def _typed(event: RecordedEvent, types: EventRegistry) -> Any:
             f"server's {cls.schema_version}"
         )
     try:
-        typed = msgspec.convert(event.data, cls)
-    except msgspec.ValidationError:  # so it was written, so it stays
+        typed = types.typed(event.type, event.schema_version, event.data)
+    except InvalidEvent:  # so it was written, so it stays
         return event.data
     # defaults the data left out, or 1 taken for 1.0, would make the event another one
     return typed if _json.encode(typed) == _json.encode(event.data) else event.data
