@@ -7,7 +7,7 @@ stream name, so it is not repeated in each payload.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -54,7 +54,7 @@ class StageFailed(DomainEvent, frozen=True, kw_only=True):
     error: str
     duration_ms: float = 0.0
     will_retry: bool = False
-    retry_at: datetime | None = None
+    retry_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     permanent: bool = False
 
 

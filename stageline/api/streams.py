@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import msgspec
 from fastapi import APIRouter
 from starlette.responses import Response
 
@@ -14,6 +13,7 @@ from stageline.api.deps import CorrelationId, IdempotencyKey, StackDep, Workspac
 from stageline.api.responses import Backwards, FromVersion, PageLimit, json_response, stream_page
 from stageline.api.schemas import Appended, AppendEvents, EventIn, StreamEvents, error_responses
 from stageline.errors import Conflict, InvalidEvent, PartialRetry
+from stageline.events import codec
 from stageline.events.envelope import ANY, NO_STREAM, NewEvent, registry
 from stageline.events.keys import check_stream
 from stageline.events.store import AppendResult, EventStore
@@ -42,14 +42,15 @@ def to_new_event(
     correlation_id: str,
     now: datetime,
 ) -> NewEvent:
-    """The event to append, with its data checked if its type is a known one."""
+    """The event to append: data of a known type checked and taken as its payload class
+    holds it (``EventRegistry.typed``), any other data as it was sent."""
     try:
-        registry.validate(event.type, event.schema_version, event.data)
+        data = registry.typed(event.type, event.schema_version, event.data)
     except InvalidEvent as exc:
         raise InvalidEvent(f"events[{index}]: {exc.message}", index=index, **exc.details) from None
     return NewEvent(
         type=event.type,
-        data=event.data,
+        data=data,
         event_id=event_id,
         schema_version=event.schema_version,
         occurred_at=event.occurred_at or now,
@@ -78,7 +79,7 @@ async def _check_same_request(
     by_id = {e.event_id: e for e in stored}
     for event in events:
         old = by_id.get(event.event_id)
-        if old is None or old.type != event.type or old.data != msgspec.to_builtins(event.data):
+        if old is None or old.type != event.type or old.data != codec.stored_data(event.data):
             raise _key_reused(stream)
     if idempotent_event_id(workspace, stream, key, len(events)) in by_id:
         raise _key_reused(stream)
@@ -102,9 +103,11 @@ async def append_events(
 
     `expected_version` guards against concurrent writers: a clash is a 409 whose
     `details.actual_version` is the stream's version. Events of a type stageline
-    knows are checked against its schema (400, nothing written). With an
-    `Idempotency-Key`, events without an `event_id` get ids derived from the key,
-    so a retried request writes nothing new and gets the same answer.
+    knows are checked against its schema (400, nothing written) and stored as that
+    schema has them, like the events stageline writes: a time as a time (in UTC),
+    defaults filled in, fields it lacks left out. Other events' data is stored as
+    sent. With an `Idempotency-Key`, events without an `event_id` get ids derived
+    from the key, so a retried request writes nothing new and gets the same answer.
     """
     check_stream(stream)
     now = datetime.now(UTC)

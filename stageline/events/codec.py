@@ -25,6 +25,7 @@ class _Stored(msgspec.Struct, array_like=True, gc=False):  # short-lived, holds 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(_Stored)
 _many = msgspec.msgpack.Decoder(list[_Stored])
+_data = msgspec.msgpack.Decoder(dict[str, Any])
 
 
 def encode(event: NewEvent) -> bytes:
@@ -59,6 +60,12 @@ def encode(event: NewEvent) -> bytes:
         )
     except (TypeError, ValueError, OverflowError) as exc:  # ValueError: e.g. lone surrogates
         raise InvalidEvent(f"event cannot be encoded: {exc}", type=event.type) from exc
+
+
+def stored_data(data: Any) -> dict[str, Any]:
+    """``data`` of an event as a read returns it once stored: a payload as a mapping of its
+    fields, a time as a time in UTC (the zone it was written with is not kept)."""
+    return _data.decode(_encoder.encode(data))
 
 
 def decode_many(blobs: list[bytes]) -> list[Any]:

@@ -159,10 +159,6 @@ class EventRegistry:
             schema_version += 1
         return data
 
-    def validate(self, topic: str, schema_version: int, data: Any) -> None:
-        """Raise ``InvalidEvent`` if a known topic's data does not fit its schema."""
-        self.typed(topic, schema_version, data)
-
     def typed(self, topic: str, schema_version: int, data: Any) -> Any:
         """``data`` to store for an event: as its payload class holds it, for a known topic
         at its current schema version (a time as a time, not the text JSON has of it), so

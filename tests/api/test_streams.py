@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -205,3 +206,88 @@ async def test_reading_a_stream_pages_both_ways(client: httpx.AsyncClient) -> No
     for params in ({"limit": 0}, {"limit": 1001}, {"from_version": -1}, {"backwards": "sideways"}):
         r = await client.get("/v1/streams/p/events", params=params)
         assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == [next(iter(params))]
+
+
+def failing_run(retry_at: str) -> list[dict[str, Any]]:
+    """A ``flaky`` run's events as an outside system sends them: its first stage failed
+    and comes back at ``retry_at``, a time as JSON has it (text)."""
+    submitted = {
+        "pipeline": "flaky",
+        "pipeline_version": 1,
+        "stages": ["normalize", "flaky", "summarize"],
+        "input": {"text": "sent from outside"},
+    }
+    failed = {
+        "stage": "normalize",
+        "index": 0,
+        "error_type": "Boom",
+        "error": "boom",
+        "will_retry": True,
+        "retry_at": retry_at,
+    }
+    return [
+        {"type": "RunSubmitted", "data": submitted},
+        {"type": "StageStarted", "data": {"stage": "normalize", "index": 0}},
+        {"type": "StageFailed", "data": failed},
+    ]
+
+
+async def test_a_time_of_a_known_type_sent_as_text_is_stored_as_a_time(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    r = await append(client, "run-outside", failing_run("2099-01-01T02:00:00+02:00"), "no_stream")
+    assert r.status_code == 201, r.text
+
+    [*_, failed] = await stack.store.read_stream(workspace, "run-outside")
+    assert failed.data["retry_at"] == datetime(2099, 1, 1, tzinfo=UTC)
+    # the run folds: it is read, cancelled and undone like any other
+    view = await client.get("/v1/runs/outside", params={"min_position": r.json()["positions"][-1]})
+    assert (view.status_code, view.json()["status"]) == (200, "retrying"), view.text
+    assert view.json()["stages"][0]["retry_at"].startswith("2099-01-01T00:00:00")
+    cancelled = await client.post("/v1/runs/outside/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    undone = await client.post("/v1/runs/outside/undo")
+    assert undone.status_code == 200, undone.text
+    view = await client.get("/v1/runs/outside", params={"min_position": undone.json()["position"]})
+    assert view.json()["status"] == "compensated"
+
+
+async def test_a_request_with_a_time_as_text_resent_with_its_key_is_the_same_request(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    key = {"Idempotency-Key": "failing-run"}
+    events = failing_run("2099-01-01T02:00:00+02:00")
+    first = await append(client, "run-resent", events, "no_stream", headers=key)
+    assert first.status_code == 201, first.text
+
+    again = await append(client, "run-resent", events, "no_stream", headers=key)
+
+    assert again.status_code == 201, again.text
+    assert again.json() == {**first.json(), "deduplicated": True}
+    other = failing_run("2099-01-01T02:00:01+02:00")
+    changed = await append(client, "run-resent", other, "no_stream", headers=key)
+    assert "Idempotency-Key" in assert_error(changed, 409, "CONFLICT")["message"]
+    assert await stack.store.head(workspace) == 3
+
+
+async def test_data_of_an_unknown_type_is_stored_as_sent(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    data = {"retry_at": "2099-01-01T02:00:00+02:00", "n": 1, "f": 1.0}
+    r = await append(client, "orders", [{"type": "OrderDelayed", "data": data}])
+    assert r.status_code == 201, r.text
+
+    [stored] = await stack.store.read_stream(workspace, "orders")
+    assert stored.data == data
+    assert [type(v) for v in stored.data.values()] == [str, int, float]
+
+
+async def test_a_time_without_a_zone_is_400_and_nothing_is_appended(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    r = await append(client, "run-naive", failing_run("2099-01-01T00:00:00"))
+
+    error = assert_error(r, 400, "INVALID_ARGUMENT")
+    assert error["message"].startswith("events[2]: StageFailed")
+    assert "retry_at" in error["message"]
+    assert await stack.store.head(workspace) == 0
