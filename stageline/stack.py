@@ -112,7 +112,7 @@ class Stack:
             bus=bus,
             submitter=Submitter(store, catalog, bus),
             operations=RunOperations(store, catalog, actors, bus),
-            dead_letters=DeadLetters(store, bus),
+            dead_letters=DeadLetters(store, bus, actors.names),
             ontology=ontology,
             server=server,
         )

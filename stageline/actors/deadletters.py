@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Callable, Collection
 
 import msgspec
 
@@ -43,11 +44,18 @@ _ENTRY = uuid.UUID("0d7c2f4e-5b1a-4c8e-9f63-a2e81b5c7d90")
 
 
 class DeadLetters:
-    """Records poison commands, and redrives or discards ``dead-letters`` entries."""
+    """Records poison commands, and redrives or discards ``dead-letters`` entries.
 
-    def __init__(self, store: EventStore, bus: CommandBus) -> None:
+    ``actors`` gives the names of the registered actors: an entry is redriven only
+    onto the channel of one of them.
+    """
+
+    def __init__(
+        self, store: EventStore, bus: CommandBus, actors: Callable[[], Collection[str]]
+    ) -> None:
         self.store = store
         self.bus = bus
+        self.actors = actors
 
     async def add(
         self,
@@ -119,7 +127,7 @@ class DeadLetters:
         entry, is_open = await self._entry(workspace, dead_letter)
         if not is_open:
             raise Conflict("dead letter is already closed", dead_letter=dead_letter)
-        payload = redrive_payload(entry, workspace)
+        payload = redrive_payload(entry, workspace, self.actors())
         if isinstance(payload, StageCommand):
             await self.bus.publish([(entry.actor, payload)])
         else:
@@ -185,11 +193,15 @@ def entry_dead_letter_id(actor: str, entry_id: bytes) -> uuid.UUID:
     return uuid.uuid5(_ENTRY, f"{keys.stage_channel(actor)}\0{entry_id.decode()}")
 
 
-def redrive_payload(entry: DeadLettered, workspace: str) -> StageCommand | bytes:
+def redrive_payload(
+    entry: DeadLettered, workspace: str, actors: Collection[str]
+) -> StageCommand | bytes:
     """What redriving ``workspace``'s ``entry`` puts back on its actor's channel: its
     command, or the raw bytes of an entry no worker could decode.
 
-    ``Conflict`` for an entry that cannot go back as it is: a ``command`` that is not a
+    ``Conflict`` for an entry that cannot go back as it is: an ``actor`` that is not one
+    of ``actors`` (the registered ones: no other channel has workers, and any other name
+    would have the broker write wherever it says), a ``command`` that is not a
     ``StageCommand``, a ``raw`` that is not base64, or a command (in ``command``, or in
     ``raw``) of another workspace, which would make workers write there. Anyone may
     append a ``DeadLettered``, so its contents are checked like any input.
@@ -198,6 +210,8 @@ def redrive_payload(entry: DeadLettered, workspace: str) -> StageCommand | bytes
     def refused(why: str) -> Conflict:
         return Conflict(f"dead letter cannot be redriven: {why}", dead_letter=entry.dead_letter)
 
+    if entry.actor not in actors:
+        raise refused(f"its actor {entry.actor!r} is not a registered actor")
     payload: StageCommand | bytes
     command: StageCommand | None
     if entry.command is not None:

@@ -143,7 +143,7 @@ class Worker:
         self.client = connect(broker_url)
         self.bus = CommandBus(self.client, maxlen=cfg.channel_maxlen)
         self.scheduler = Scheduler(self.client, channel_maxlen=cfg.channel_maxlen)
-        self.dead_letters = DeadLetters(store, self.bus)
+        self.dead_letters = DeadLetters(store, self.bus, actors.names)
         if cfg.max_stage_timeout_seconds is not None:
             catalog = CappedTimeouts(catalog, cfg.max_stage_timeout_seconds)
         self.runtime = StageRuntime(

@@ -106,7 +106,8 @@ async def redrive_dead_letter(
     A run (kind `run`) is retried from the stage that gave up, with the next attempt
     number, like `POST /v1/runs/{run_id}/retry`. A poison command goes back on its
     actor's channel as it was. 404 if there is no such entry, 409 CONFLICT if it
-    is not open.
+    is not open, or cannot go back as it is (e.g. its actor is not one registered
+    here, or its command is of another workspace).
     """
     row = await _open_entry(stack, settings, workspace, dead_letter)
     if row["kind"] == "run":

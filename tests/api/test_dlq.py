@@ -255,6 +255,13 @@ async def append_dead_letter(client: httpx.AsyncClient, stream: str = STREAM, **
     return dead_letter
 
 
+async def last_entry(stack: Stack, actor: str) -> bytes:
+    """The id of the newest entry ever added to ``actor``'s channel."""
+    info = await stack.bus.client.xinfo_stream(keys.stage_channel(actor))
+    last: bytes = info["last-generated-id"]
+    return last
+
+
 def a_command(workspace: str) -> dict[str, Any]:
     return {
         "workspace": workspace,
@@ -286,17 +293,17 @@ def a_command(workspace: str) -> dict[str, Any]:
 async def test_a_dead_letter_that_cannot_be_redriven_safely_is_409_and_nothing_is_written(
     client: httpx.AsyncClient, stack: Stack, workspace: str, entry: dict[str, Any]
 ) -> None:
-    actor = f"nobody-{workspace}"
     if isinstance(entry.get("raw"), bytes):
         entry = {"raw": entry["raw"].decode()}
-    dead_letter = await append_dead_letter(client, actor=actor, **entry)
+    dead_letter = await append_dead_letter(client, actor="flaky", **entry)
     position = await stack.store.head(workspace)
+    last = await last_entry(stack, "flaky")
 
     error = assert_error(await client.post(f"/v1/dlq/{dead_letter}/redrive"), 409, "CONFLICT")
 
     assert error["details"]["dead_letter"] == dead_letter
     assert await stack.store.head(workspace) == position
-    assert await stack.bus.client.exists(keys.stage_channel(actor)) == 0
+    assert await last_entry(stack, "flaky") == last
     # it can still be closed by hand
     r = await client.delete(f"/v1/dlq/{dead_letter}", params={"reason": "bad entry"})
     assert r.status_code == 200, r.text
@@ -319,12 +326,32 @@ async def test_a_dead_letter_appended_to_another_stream_is_no_entry(
 async def test_a_dead_letter_with_a_command_of_its_workspace_is_redriven(
     client: httpx.AsyncClient, stack: Stack, workspace: str
 ) -> None:
-    actor = f"nobody-{workspace}"
-    dead_letter = await append_dead_letter(client, actor=actor, command=a_command(workspace))
+    # of a pipeline no worker has: the worker takes it and dead-letters it again
+    command = {**a_command(workspace), "pipeline": "retired"}
+    dead_letter = await append_dead_letter(client, actor="flaky", command=command)
+    last = await last_entry(stack, "flaky")
 
     r = await client.post(f"/v1/dlq/{dead_letter}/redrive")
 
     assert r.status_code == 202, r.text
-    [(_, fields)] = await stack.bus.client.xrange(keys.stage_channel(actor))
-    assert decode_poison(fields[b"__data__"]) == msgspec.convert(a_command(workspace), StageCommand)
-    await stack.bus.client.delete(keys.stage_channel(actor))
+    channel = keys.stage_channel("flaky")
+    [(_, fields)] = await stack.bus.client.xrange(channel, min=b"(" + last)
+    assert decode_poison(fields[b"__data__"]) == msgspec.convert(command, StageCommand)
+
+
+@pytest.mark.parametrize(
+    "actor",
+    ["nobody", "Flaky", "flaky ", "flaky\n", "", "../flaky", "{elsewhere}:log"],
+)
+async def test_a_dead_letter_of_an_actor_that_is_not_registered_is_409_and_nothing_is_written(
+    client: httpx.AsyncClient, stack: Stack, workspace: str, actor: str
+) -> None:
+    dead_letter = await append_dead_letter(client, actor=actor, command=a_command(workspace))
+    position = await stack.store.head(workspace)
+
+    error = assert_error(await client.post(f"/v1/dlq/{dead_letter}/redrive"), 409, "CONFLICT")
+
+    assert error["details"] == {"dead_letter": dead_letter}
+    assert repr(actor) in error["message"]
+    assert await stack.store.head(workspace) == position
+    assert await stack.bus.client.exists(keys.stage_channel(actor)) == 0
