@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Header, Query, Request
 
 from stageline.api.errors import correlation_of
@@ -21,6 +22,7 @@ __all__ = [
     "SettingsDep",
     "StackDep",
     "Workspace",
+    "WorkspaceOrQuery",
     "check_run_id",
     "views_at",
 ]
@@ -42,21 +44,50 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_workspace(
-    request: Request,
-    x_workspace: Annotated[
-        str | None,
-        Header(
-            alias="X-Workspace",
-            description="The workspace to act in; the server's default workspace when absent.",
-        ),
-    ] = None,
-) -> str:
+XWorkspace = Annotated[
+    str | None,
+    Header(
+        alias="X-Workspace",
+        description="The workspace to act in; the server's default workspace when absent.",
+    ),
+]
+
+
+async def get_workspace(request: Request, x_workspace: XWorkspace = None) -> str:
     """The request's workspace: ``X-Workspace``, else the configured default (400 if malformed)."""
     if x_workspace is None:
         settings: Settings = request.app.state.settings
         return settings.workspace
     return check_workspace(x_workspace)
+
+
+async def get_workspace_or_query(
+    request: Request,
+    x_workspace: XWorkspace = None,
+    workspace: Annotated[
+        str | None,
+        Query(
+            description="The workspace, for clients that cannot set headers (a browser's "
+            "EventSource); the same as `X-Workspace`, which, when sent too, must name the "
+            "same workspace (400 otherwise).",
+        ),
+    ] = None,
+) -> str:
+    """The request's workspace: ``X-Workspace`` or the ``workspace`` query parameter, else
+    the configured default; 400 if either is malformed or they name different workspaces."""
+    if workspace is None:
+        return await get_workspace(request, x_workspace)
+    check_workspace(workspace)
+    if x_workspace is not None and check_workspace(x_workspace) != workspace:
+        raise InvalidArgument(
+            f"X-Workspace names workspace {x_workspace!r} but the workspace query parameter "
+            f"names {workspace!r}; send one, or the same in both",
+            header=x_workspace,
+            query=workspace,
+        )
+    # the middleware bound the header's workspace (or the default) for the request's logs
+    structlog.contextvars.bind_contextvars(workspace=workspace)
+    return workspace
 
 
 async def get_correlation_id(request: Request) -> str:
@@ -67,6 +98,9 @@ async def get_correlation_id(request: Request) -> str:
 StackDep = Annotated[Stack, Depends(get_stack)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Workspace = Annotated[str, Depends(get_workspace)]
+WorkspaceOrQuery = Annotated[str, Depends(get_workspace_or_query)]
+"""For routes a browser opens without headers (``EventSource``): the workspace may be a
+query parameter."""
 CorrelationId = Annotated[str, Depends(get_correlation_id)]
 IdempotencyKey = Annotated[
     str | None,

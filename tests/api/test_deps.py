@@ -1,13 +1,17 @@
-"""The workspace header: default, validation, isolation."""
+"""The workspace header (and query parameter): default, validation, isolation."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
+import structlog
 from api_helpers import assert_error
 from fastapi import FastAPI
 
 from stageline.api import create_app
+from stageline.api.deps import WorkspaceOrQuery
 from stageline.stack import Stack
 
 
@@ -58,3 +62,21 @@ async def test_workspaces_never_see_each_other(
         assert (await other.get("/v1/log")).json()["events"] == []
         r = await other.post("/v1/streams/s/events", json={**body, "expected_version": "no_stream"})
         assert r.status_code == 201 and r.json()["positions"] == [1]
+
+
+async def test_a_workspace_named_by_the_query_parameter_is_the_one_bound_for_logging(
+    app: FastAPI, workspace: str
+) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    @app.get("/test/workspace")
+    async def named(chosen: WorkspaceOrQuery) -> dict[str, Any]:
+        seen.append((chosen, structlog.contextvars.get_contextvars()["workspace"]))
+        return {}
+
+    default = app.state.settings.workspace
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        await c.get("/test/workspace")
+        await c.get("/test/workspace", params={"workspace": workspace})
+        await c.get("/test/workspace", headers={"X-Workspace": workspace})
+    assert seen == [(default, default), (workspace, workspace), (workspace, workspace)]
