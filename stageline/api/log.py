@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BeforeValidator
 from starlette.responses import Response
 
-from stageline.api.deps import StackDep, Workspace
+from stageline.api.deps import StackDep, Workspace, WorkspaceOrQuery
 from stageline.api.feed import HEADERS, PAGE, EventStream, FeedFilter, Feeds, follow
 from stageline.api.limits import MAX_POSITION
 from stageline.api.responses import json_response
@@ -86,7 +86,7 @@ async def feed_slot(request: Request) -> AsyncIterator[Feeds]:
 )
 async def feed(
     stack: StackDep,
-    workspace: Workspace,
+    workspace: WorkspaceOrQuery,
     feeds: Annotated[Feeds, Depends(feed_slot)],
     after: After = 0,
     last_event_id: LastEventId = None,
@@ -114,8 +114,11 @@ async def feed(
     read are left out, a block with only their last `id:` follows, so a client that
     reconnects with `Last-Event-ID` does not read them again.
 
-    A bad `after`, `Last-Event-ID` or filter is a 400, and an unreachable store a
-    503, before anything is streamed.
+    A browser's `EventSource` cannot send `X-Workspace`: it names the workspace with
+    the `workspace` query parameter instead.
+
+    A bad `after`, `Last-Event-ID`, workspace or filter is a 400, and an unreachable
+    store a 503, before anything is streamed.
     """
     start = after if last_event_id is None else last_event_id
     keep = FeedFilter(stream_prefix, frozenset(types or ()))

@@ -39,15 +39,15 @@ async def log_of(client: httpx.AsyncClient, after: int = 0) -> tuple[str, list[d
 @asynccontextmanager
 async def opened(
     url: str,
-    workspace: str,
+    workspace: str | None,
     params: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> AsyncIterator[FeedReader]:
-    """The feed's answer at ``url`` (a live server), read as it comes."""
+    """The feed's answer at ``url`` (a live server), read as it comes; ``workspace`` is
+    sent as ``X-Workspace`` unless None."""
+    sent = {"X-Workspace": workspace} if workspace is not None else {}
     async with (
-        httpx.AsyncClient(
-            base_url=url, headers={"X-Workspace": workspace}, timeout=HANG_GUARD
-        ) as c,
+        httpx.AsyncClient(base_url=url, headers=sent, timeout=HANG_GUARD) as c,
         c.stream("GET", "/v1/log/feed", params=params or {}, headers=headers or {}) as r,
     ):
         assert r.status_code == 200, (await r.aread()).decode()
@@ -203,6 +203,62 @@ async def test_a_bad_position_or_filter_is_400_before_anything_is_streamed(
     assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == [field]
 
 
+async def test_a_feed_named_by_the_workspace_parameter_sends_only_that_workspaces_events(
+    stack: Stack, workspace: str
+) -> None:
+    other = f"{workspace}-other"
+    settings = stack.settings.model_copy(update={"workspace": workspace})
+    app = create_app(stack=stack, settings=settings)  # `workspace` is the default
+    await append(stack, workspace, "s", "InDefault")
+    await append(stack, other, "s", "InOther")
+    # as an EventSource asks: no X-Workspace header
+    async with served(app) as url, opened(url, None, {"workspace": other}) as feed:
+        [first] = await feed.events(1)
+        await append(stack, workspace, "s", "InDefault")
+        await append(stack, other, "s", "InOther")
+        [second] = await feed.events(1)
+    got = [json.loads(m.data or "") for m in (first, second)]
+    assert [(e["workspace"], e["type"], e["position"]) for e in got] == [
+        (other, "InOther", 1),
+        (other, "InOther", 2),
+    ]
+
+
+async def test_the_same_workspace_in_the_header_and_the_parameter_is_one_workspace(
+    app: FastAPI, stack: Stack, workspace: str
+) -> None:
+    await append(stack, workspace, "s", "Noted")
+    async with served(app) as url, opened(url, workspace, {"workspace": workspace}) as feed:
+        [first] = await feed.events(1)
+    assert json.loads(first.data or "")["workspace"] == workspace
+
+
+async def test_a_workspace_parameter_that_clashes_with_the_header_is_400(
+    client: httpx.AsyncClient, workspace: str
+) -> None:
+    other = f"{workspace}-other"
+    async with asyncio.timeout(HANG_GUARD):  # a feed that streams would never end
+        r = await client.get("/v1/log/feed", params={"workspace": other})
+    error = assert_error(r, 400, "INVALID_ARGUMENT")
+    assert repr(workspace) in error["message"] and repr(other) in error["message"]
+    assert error["details"] == {"header": workspace, "query": other}
+
+
+@pytest.mark.parametrize("malformed", ["", "has space", "-dash", "a" * 65, "x/y", "ws\n"])
+async def test_a_malformed_workspace_parameter_is_400_as_the_header_is(
+    app: FastAPI, malformed: str
+) -> None:
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+        asyncio.timeout(HANG_GUARD),  # a feed that streams would never end
+    ):
+        by_param = await c.get("/v1/log/feed", params={"workspace": malformed})
+        by_header = await c.get("/v1/log/feed", headers={"X-Workspace": malformed})
+    error = assert_error(by_param, 400, "INVALID_ARGUMENT")
+    assert error == assert_error(by_header, 400, "INVALID_ARGUMENT")
+    assert error["details"] == {"workspace": malformed}
+
+
 async def test_a_feed_ends_when_its_client_goes(
     watched: FastAPI, reads: Reads, workspace: str
 ) -> None:
@@ -256,8 +312,10 @@ async def test_the_feed_is_documented_as_an_event_stream(client: httpx.AsyncClie
     operation = (await client.get("/openapi.json")).json()["paths"]["/v1/log/feed"]["get"]
     assert "text/event-stream" in operation["responses"]["200"]["content"]
     assert {"200", "400", "503"} <= set(operation["responses"])
-    names = {p["name"] for p in operation["parameters"]}
-    assert {"after", "Last-Event-ID", "stream_prefix", "type", "X-Workspace"} <= names
+    params = {p["name"]: p for p in operation["parameters"]}
+    assert {"after", "Last-Event-ID", "stream_prefix", "type", "X-Workspace"} <= set(params)
+    assert params["workspace"]["in"] == "query"
+    assert "EventSource" in params["workspace"]["description"]
 
 
 # -- the API process ------------------------------------------------------------------
