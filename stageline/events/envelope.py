@@ -165,7 +165,8 @@ class EventRegistry:
         folds read it as the events stageline writes; else ``data`` itself (an older
         schema is history as it was written: reads upcast it).
 
-        ``InvalidEvent`` if a known topic's data does not fit its schema, or its schema
+        ``InvalidEvent`` if a known topic's data does not fit its schema, holds a field
+        its current schema has not (storing the payload would drop it), or its schema
         version is newer than this server's.
         """
         cls = self._types.get(topic)
@@ -181,7 +182,17 @@ class EventRegistry:
             payload = msgspec.convert(self.upcast(topic, schema_version, data), cls)
         except msgspec.ValidationError as exc:
             raise InvalidEvent(f"{topic}: {exc}", type=topic) from exc
-        return payload if schema_version == cls.schema_version else data
+        if schema_version < cls.schema_version:
+            return data
+        unknown = sorted(set(data) - set(cls.__struct_fields__)) if isinstance(data, dict) else []
+        if unknown:
+            raise InvalidEvent(
+                f"{topic}: no field {', '.join(map(repr, unknown))} in schema_version "
+                f"{schema_version}",
+                type=topic,
+                fields=unknown,
+            )
+        return payload
 
     def decode(self, event: RecordedEvent, cls: type[E]) -> E:
         """The event's payload as ``cls``, upcast from older schema versions."""

@@ -291,3 +291,19 @@ async def test_a_time_without_a_zone_is_400_and_nothing_is_appended(
     assert error["message"].startswith("events[2]: StageFailed")
     assert "retry_at" in error["message"]
     assert await stack.store.head(workspace) == 0
+
+
+async def test_a_field_a_known_type_has_not_is_400_and_nothing_is_appended(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    events = failing_run("2099-01-01T02:00:00Z")
+    events[2]["data"] |= {"host": "worker-7", "attempt_note": "x"}
+
+    r = await append(client, "run-extra", events)
+
+    error = assert_error(r, 400, "INVALID_ARGUMENT")
+    assert error["message"] == (
+        "events[2]: StageFailed: no field 'attempt_note', 'host' in schema_version 1"
+    )
+    assert error["details"]["fields"] == ["attempt_note", "host"]
+    assert await stack.store.head(workspace) == 0
