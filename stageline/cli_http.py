@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import msgspec
 import typer
 import yaml
 from rich.console import Console
@@ -144,9 +145,10 @@ def print_json(reply: Any) -> None:
     """``reply`` as JSON indented by 2, highlighted on a terminal when short, else plain.
 
     Through rich, the 24 MB of a 20,000-run `replay --json` took 119 s and 5 GB of
-    memory to print into a pipe; written as it is, under a second.
+    memory to print into a pipe; written by msgspec, 0.2 s (``json.dumps`` with an
+    indent: 1.6 s).
     """
-    text = json.dumps(reply, indent=2, ensure_ascii=False)
+    text = msgspec.json.format(msgspec.json.encode(reply), indent=2).decode()
     if console.is_terminal and len(text) <= HIGHLIGHT_JSON_CHARS:
         console.print_json(text)
     else:

@@ -27,6 +27,7 @@ def test_json_into_a_pipe_is_plain_json_indented_by_two(monkeypatch: pytest.Monk
     out = printed(monkeypatch, terminal=False)
     cli_http.print_json(REPLY)
     assert out.getvalue() == json.dumps(REPLY, indent=2, ensure_ascii=False) + "\n"
+    assert "\x1b[" not in out.getvalue()
 
 
 def test_json_on_a_terminal_is_highlighted_unless_long(monkeypatch: pytest.MonkeyPatch) -> None:
