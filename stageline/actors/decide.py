@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from stageline.actors.events import (
@@ -73,6 +74,20 @@ class RunState:
         return [e for e in p.effects if str(e.event_id) not in self.compensated] if p else []
 
 
+def _epoch(value: Any) -> float:
+    """A retry time in epoch seconds: a datetime, or the RFC 3339 text a log written before
+    known types were stored typed may hold (naive is UTC). Anything else is due at once:
+    a fold that fails would stop the run for good."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return 0.0
+    if not isinstance(value, datetime):
+        return 0.0
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
 def fold_run(events: Iterable[RecordedEvent]) -> RunState:
     state = RunState()
     attempt_of: dict[str, int] = {}  # StageStarted event id -> stage index
@@ -104,8 +119,7 @@ def fold_run(events: Iterable[RecordedEvent]) -> RunState:
             if d.get("error_type") == ABANDONED_ERROR:
                 p.abandoned += 1
             if d.get("will_retry"):
-                at = d.get("retry_at")
-                p.retry_at = at.timestamp() if at is not None else 0.0
+                p.retry_at = _epoch(d.get("retry_at"))
             else:
                 p.gave_up = True
         elif t == StageSkipped.topic:

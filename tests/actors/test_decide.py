@@ -157,6 +157,19 @@ def test_stale_command_of_a_failed_attempt_waits_for_the_retry_time() -> None:
     assert decide_start(state, 0, attempt=1, now=later, timeout=30) == Begin(2, 2)
 
 
+def test_a_retry_time_stored_as_text_folds_as_that_time() -> None:
+    """Logs written before times of known types were stored typed may hold the text."""
+    due = T0 + timedelta(hours=2)
+    for text, at in [
+        (due.isoformat(), due.timestamp()),
+        (due.replace(tzinfo=None).isoformat(), due.timestamp()),  # naive: UTC
+        ("not a time", 0.0),  # due at once rather than a fold that fails for good
+    ]:
+        [*head, (topic, data)] = [SUBMITTED, started(0), failed(0, 1, retry_at=due)]
+        state = fold_run(history(*head, (topic, {**data, "retry_at": text})))
+        assert state.progress(0).retry_at == at, text
+
+
 def test_stage_that_gave_up_is_dropped() -> None:
     state = fold_run(history(SUBMITTED, started(0), failed(0, 1)))
     assert decide_start(state, 0, now=NOW, timeout=30) == Drop("stage gave up")
