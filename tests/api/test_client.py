@@ -1,0 +1,205 @@
+"""``stageline.client`` against the real app on a real port (here, not in ``tests/``, for
+the API fixtures): reported runs, retries that write nothing twice, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from api_helpers import served
+from fastapi import FastAPI
+
+from stageline.client import (
+    REPORTED_VERSION,
+    ApiError,
+    AsyncStageline,
+    Stageline,
+    Unreachable,
+    VersionConflict,
+)
+from stageline.stack import Stack
+
+
+def report_nightly_etl(url: str, workspace: str) -> tuple[str, int, dict[str, Any]]:
+    """A three-stage run of an outside pipeline through the blocking client (in a thread:
+    the server runs in the test's event loop)."""
+    with Stageline(url, workspace) as client:
+        with client.report(
+            "nightly-etl", stages=["extract", "transform", "load"], input={"id": "2026-11-23"}
+        ) as run:
+            for name in run.stages:
+                with run.stage(name) as s:
+                    time.sleep(0.02)
+                    s.metadata["rows"] = 3
+            run.output["loaded"] = 3
+        assert run.position is not None
+        return run.run_id, run.position, client.run(run.run_id, min_position=run.position)
+
+
+async def test_a_reported_run_shows_as_a_completed_run_with_its_stages(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str
+) -> None:
+    async with served(app) as url:
+        run_id, position, run = await asyncio.to_thread(report_nightly_etl, url, workspace)
+    assert run["id"] == run_id
+    assert run["pipeline"] == "nightly-etl"
+    assert run["pipeline_version"] == REPORTED_VERSION
+    assert run["status"] == "completed"
+    assert [s["name"] for s in run["stages"]] == ["extract", "transform", "load"]
+    for stage in run["stages"]:
+        assert stage["status"] == "completed" and stage["attempts"] == 1, stage
+        assert stage["duration_ms"] >= 20 and stage["metadata"] == {"rows": 3}, stage
+        assert stage["started_at"] <= stage["ended_at"]
+    listed = await client.get(
+        "/v1/runs", params={"pipeline": "nightly-etl", "min_position": position}
+    )
+    assert [r["id"] for r in listed.json()["runs"]] == [run_id]
+    stats = (await client.get("/v1/runs/stats", params={"min_position": position})).json()
+    assert stats["counts"]["completed"] == 1
+    assert set(stats["stages"]) == {"extract", "transform", "load"}
+    events = (await client.get(f"/v1/runs/{run_id}/events")).json()["events"]
+    assert events[-1]["data"] == {"output": {"loaded": 3}}
+
+
+async def test_a_stage_that_raises_fails_the_run_and_the_error_reaches_the_caller(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str
+) -> None:
+    boom = RuntimeError("the warehouse is read-only")
+    async with served(app) as url, AsyncStageline(url, workspace) as stageline:
+        with pytest.raises(RuntimeError) as raised:
+            async with stageline.report("nightly-etl", ["extract", "transform", "load"]) as run:
+                async with run.stage("extract"):
+                    pass
+                async with run.stage("transform"):
+                    raise boom
+        assert raised.value is boom
+        assert run.position is not None
+        view = await stageline.run(run.run_id, min_position=run.position)
+    assert view["status"] == "failed"
+    assert view["error"] == "RuntimeError: the warehouse is read-only"
+    stages = {s["name"]: s for s in view["stages"]}
+    assert stages["extract"]["status"] == "completed"
+    assert stages["transform"]["status"] == "failed"
+    assert stages["transform"]["error"] == "RuntimeError: the warehouse is read-only"
+    assert stages["load"]["status"] == "pending"
+    events = (await client.get(f"/v1/runs/{run.run_id}/events")).json()["events"]
+    assert [e["type"] for e in events] == [
+        "RunSubmitted",
+        "StageStarted",
+        "StageCompleted",
+        "StageStarted",
+        "StageFailed",
+        "RunFailed",
+    ]
+    assert events[-1]["data"]["stage"] == "transform"
+
+
+class LostAnswers(httpx.AsyncBaseTransport):
+    """Sends each write on, then loses the answer of its first attempt: the connection
+    drops (``drop``) or the answer is a 503."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.inner = httpx.AsyncHTTPTransport()
+        self.sent: list[bytes] = []
+        """Each write's body, as it went out."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method != "POST":
+            return response
+        self.sent.append(request.content)
+        if self.sent.count(request.content) > 1:
+            return response
+        await response.aread()
+        await response.aclose()
+        if self.how == "drop":
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return httpx.Response(503, json={"error": {"code": "UNAVAILABLE"}}, request=request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize("how", ["drop", "503"])
+async def test_a_write_whose_answer_was_lost_is_retried_without_writing_twice(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str, how: str
+) -> None:
+    transport = LostAnswers(how)
+    async with (
+        served(app) as url,
+        AsyncStageline(url, workspace, transport=transport, backoff=0.01) as stageline,
+    ):
+        async with stageline.report("nightly-etl", ["extract"]) as run, run.stage("extract"):
+            pass
+        appended = await stageline.append("order-1", [{"type": "OrderPlaced", "data": {"n": 1}}])
+    assert appended["deduplicated"] is True  # the answer to the retry
+    # every write went out twice, the same both times
+    assert len(transport.sent) == 10 and len(set(transport.sent)) == 5
+    events = (await client.get(f"/v1/runs/{run.run_id}/events")).json()["events"]
+    assert [e["type"] for e in events] == [
+        "RunSubmitted",
+        "StageStarted",
+        "StageCompleted",
+        "RunCompleted",
+    ]
+    orders = (await client.get("/v1/streams/order-1/events")).json()["events"]
+    assert [e["data"] for e in orders] == [{"n": 1}]
+
+
+async def test_api_errors_are_raised_with_their_code_and_message(
+    app: FastAPI, workspace: str
+) -> None:
+    async with served(app) as url, AsyncStageline(url, workspace) as stageline:
+        with pytest.raises(ApiError) as missing:
+            await stageline.run("no-such-run")
+        assert (missing.value.status, missing.value.code) == (404, "NOT_FOUND")
+        assert "no-such-run" in missing.value.message
+        assert missing.value.details["run_id"] == "no-such-run"
+        with pytest.raises(ApiError) as invalid:
+            await stageline.append("run-x", [{"type": "StageStarted", "data": {"index": 0}}])
+        assert (invalid.value.status, invalid.value.code) == (400, "INVALID_ARGUMENT")
+        assert "stage" in str(invalid.value)
+        with pytest.raises(ApiError) as unknown:
+            await stageline.submit("no-such-pipeline", {"text": "x"})
+        assert (unknown.value.status, unknown.value.code) == (404, "NOT_FOUND")
+        # a second reporter of the same run cannot write over the first
+        async with stageline.report("nightly-etl", ["extract"]) as run:
+            with pytest.raises(VersionConflict) as clash:
+                async with stageline.report("nightly-etl", ["extract"], run_id=run.run_id):
+                    pass
+            assert (clash.value.status, clash.value.code) == (409, "CONFLICT")
+            assert clash.value.actual_version == 0
+    with pytest.raises(Unreachable) as gone:
+        await AsyncStageline(url, workspace, retries=1, backoff=0.01).run("r")
+    assert gone.value.code == "UNAVAILABLE" and gone.value.status is None
+
+
+async def test_the_reconciler_leaves_a_reported_run_alone(
+    app: FastAPI, stack: Stack, workspace: str
+) -> None:
+    # named like a built-in on purpose: the recorded version is what keeps stageline off it
+    async with served(app) as url, AsyncStageline(url, workspace) as stageline:
+        report = stageline.report("memory-ingest", ["extract"], {"text": "x"})
+        async with report as run, run.stage("extract"):
+            assert run.position is not None
+            await stageline.run(run.run_id, min_position=run.position)  # the view has it
+            reconciler = stack.reconciler()
+            reconciler.idle_seconds = 0
+            assert await reconciler.pass_once(workspace, now=2**40) == 0
+        view = await stageline.run(run.run_id, min_position=run.position)
+    assert view["status"] == "completed"
+    assert [s["attempts"] for s in view["stages"]] == [1]
+
+
+def test_report_refuses_a_stage_it_was_not_told_of() -> None:
+    with Stageline("http://127.0.0.1:9") as stageline:
+        report = stageline.report("p", ["a", "b"], run_id=uuid.uuid4().hex)
+        with pytest.raises(ValueError, match="'c' is not one of"):
+            report.stage("c")
+        with pytest.raises(ValueError, match="distinct"):
+            stageline.report("p", ["a", "a"])
