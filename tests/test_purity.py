@@ -38,3 +38,13 @@ def test_pure_module_loads_no_io_library(module: str) -> None:
     ).stdout
     leaked = [name for name in IO if f"'{name}'" in loaded]
     assert leaked == [], f"{module} pulls in {leaked}"
+
+
+def test_the_client_loads_no_server_library() -> None:
+    # a publisher imports the client into its own process: only httpx comes along
+    code = "import sys, stageline.client; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    leaked = [name for name in IO if name not in ("httpx",) and f"'{name}'" in loaded]
+    assert leaked == [], f"stageline.client pulls in {leaked}"

@@ -20,6 +20,7 @@ from stageline.client import (
     Stageline,
     Unreachable,
     VersionConflict,
+    next_delay,
 )
 from stageline.stack import Stack
 
@@ -203,3 +204,19 @@ def test_report_refuses_a_stage_it_was_not_told_of() -> None:
             report.stage("c")
         with pytest.raises(ValueError, match="distinct"):
             stageline.report("p", ["a", "a"])
+
+
+def test_next_delay_retries_lost_connections_and_503_only() -> None:
+    request = httpx.Request("POST", "http://x/v1/runs")
+    dropped = httpx.ReadError("reset", request=request)
+    assert [next_delay(n, dropped, retries=3, backoff=0.1) for n in (1, 2, 3, 4)] == [
+        0.1,
+        0.2,
+        0.4,
+        None,
+    ]
+    busy = httpx.Response(503, headers={"Retry-After": "1"}, request=request)
+    assert next_delay(1, busy) == 1.0
+    assert next_delay(1, httpx.Response(503, headers={"Retry-After": "600"})) == 5.0
+    for status in (200, 400, 404, 409, 500):
+        assert next_delay(1, httpx.Response(status, request=request)) is None
