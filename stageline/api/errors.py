@@ -35,6 +35,7 @@ __all__ = [
     "install",
     "internal_error",
     "render",
+    "validation_message",
     "validation_response",
 ]
 
@@ -164,14 +165,24 @@ def validation_response(
 ) -> Response:
     """400 INVALID_ARGUMENT listing every offending field (``details.errors``)."""
     items = [_validation_item(e) for e in errors]
+    return error_response(
+        "INVALID_ARGUMENT", _message(items), {"errors": items}, correlation_id=correlation_id
+    )
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """One line for pydantic's ``errors``, as a 400's message says it: the first offending
+    field and how many more there are."""
+    return _message([_validation_item(e) for e in errors])
+
+
+def _message(items: Sequence[Mapping[str, Any]]) -> str:
     first = items[0] if items else {"field": "", "in": "body", "message": "invalid request"}
     where = first["field"] or first["in"]
     message = f"{where}: {first['message']}"
     if len(items) > 1:
         message += f" (and {len(items) - 1} more)"
-    return error_response(
-        "INVALID_ARGUMENT", message, {"errors": items}, correlation_id=correlation_id
-    )
+    return message
 
 
 # -- handlers -------------------------------------------------------------------------

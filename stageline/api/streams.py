@@ -9,54 +9,20 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from stageline.api.appends import expected_version as expected_version_of
+from stageline.api.appends import idempotent_event_id, new_events
 from stageline.api.deps import CorrelationId, IdempotencyKey, StackDep, Workspace
 from stageline.api.responses import Backwards, FromVersion, PageLimit, json_response, stream_page
-from stageline.api.schemas import Appended, AppendEvents, EventIn, StreamEvents, error_responses
-from stageline.errors import Conflict, InvalidEvent, PartialRetry
+from stageline.api.schemas import Appended, AppendEvents, StreamEvents, error_responses
+from stageline.errors import Conflict, PartialRetry
 from stageline.events import codec
-from stageline.events.envelope import ANY, NO_STREAM, NewEvent, registry
+from stageline.events.envelope import NewEvent
 from stageline.events.keys import check_stream
 from stageline.events.store import AppendResult, EventStore
 
 __all__ = ["idempotent_event_id", "router"]
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
-
-_NAMESPACE = uuid.UUID("0b6f3f0e-5c7a-4d55-9f57-3a1f7f0c2d11")
-_EXPECTED = {"any": ANY, "no_stream": NO_STREAM}
-
-
-def idempotent_event_id(workspace: str, stream: str, key: str, index: int) -> uuid.UUID:
-    """The id of the ``index``-th event of a request with Idempotency-Key ``key``.
-
-    Deterministic, so the store drops every event of a retried request as a duplicate.
-    """
-    return uuid.uuid5(_NAMESPACE, f"{workspace}\0{stream}\0{key}\0{index}")
-
-
-def to_new_event(
-    index: int,
-    event: EventIn,
-    *,
-    event_id: uuid.UUID,
-    correlation_id: str,
-    now: datetime,
-) -> NewEvent:
-    """The event to append: data of a known type checked and taken as its payload class
-    holds it (``EventRegistry.typed``), any other data as it was sent."""
-    try:
-        data = registry.typed(event.type, event.schema_version, event.data)
-    except InvalidEvent as exc:
-        raise InvalidEvent(f"events[{index}]: {exc.message}", index=index, **exc.details) from None
-    return NewEvent(
-        type=event.type,
-        data=data,
-        event_id=event_id,
-        schema_version=event.schema_version,
-        occurred_at=event.occurred_at or now,
-        correlation_id=event.correlation_id or correlation_id,
-        causation_id=event.causation_id,
-    )
 
 
 def _key_reused(stream: str) -> Conflict:
@@ -111,23 +77,17 @@ async def append_events(
     """
     check_stream(stream)
     now = datetime.now(UTC)
-    events = [
-        to_new_event(
-            i,
-            event,
-            event_id=event.event_id
-            or (
-                idempotent_event_id(workspace, stream, idempotency_key, i)
-                if idempotency_key is not None
-                else uuid.uuid4()
-            ),
-            correlation_id=correlation_id,
-            now=now,
-        )
-        for i, event in enumerate(body.events)
-    ]
-    expected = body.expected_version
-    expected_version = _EXPECTED[expected] if isinstance(expected, str) else expected
+    events = new_events(
+        body,
+        event_id=lambda i: (
+            idempotent_event_id(workspace, stream, idempotency_key, i)
+            if idempotency_key is not None
+            else uuid.uuid4()
+        ),
+        correlation_id=correlation_id,
+        now=now,
+    )
+    expected_version = expected_version_of(body)
     if idempotency_key is None:
         result = await stack.store.append(workspace, stream, events, expected_version)
     else:
