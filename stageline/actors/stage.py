@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stageline.events import keys
 from stageline.events.envelope import DomainEvent, RecordedEvent
 
 
@@ -87,6 +88,8 @@ class ActorRegistry:
         """
         if name in self._actors:
             raise ValueError(f"actor {name!r} is already registered")
+        if name == keys.INGEST_ACTOR:  # names the ingest channel's dead letters
+            raise ValueError(f"actor name {name!r} is reserved")
         self._actors[name] = fn
         if mark_start is None:
             mark_start = _is_async(fn)

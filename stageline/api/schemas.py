@@ -532,6 +532,14 @@ class AppendEvents(_Request):
         return result
 
 
+class IngestMessage(AppendEvents):
+    """An entry of the ingest channel: ``POST /v1/streams/{stream}/events``'s body, plus
+    the stream and, unless it is the worker's default, the workspace."""
+
+    stream: str
+    workspace: str | None = None
+
+
 class Appended(BaseModel):
     stream: str
     version: int = Field(description="The stream's last version after the append.")

@@ -78,6 +78,18 @@ def stage_group(actor: str) -> str:
     return f"{PREFIX}:actor:{actor}"
 
 
+INGEST_CHANNEL = f"{PREFIX}:ingest"
+"""The ingest channel: a Redis Stream on the broker that publishers ``XADD`` events to
+(``stageline.actors.ingest`` describes its entries). One channel for every workspace, each
+entry naming its own, like the stage channels: it is no key of the append script (it needs
+no ``{workspace}`` tag), and one subscriber per worker reads it however many workspaces
+there are, a new one included, where a channel per workspace would need one per workspace,
+found as they appear."""
+INGEST_GROUP = f"{PREFIX}:ingest"
+INGEST_ACTOR = "@ingest"
+"""The ``actor`` of the ingest channel's dead letters: no registered actor may take it."""
+
+
 def run_stream(run_id: str) -> str:
     return f"run-{run_id}"
 
