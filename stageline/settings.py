@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         description="Caps every stage's timeout in this worker (and so how long a lost "
         "attempt waits before it is retried). Unset: each stage's own timeout.",
     )
+    ingest: bool = Field(
+        default=True,
+        description="Workers consume the ingest channel (stageline:ingest on the broker): "
+        "events published there are appended as POST /v1/streams/{stream}/events would.",
+    )
     reconcile_after_seconds: float = Field(
         default=60.0,
         ge=1,

@@ -129,6 +129,7 @@ class Stack:
             drain_seconds=s.drain_seconds,
             max_stage_timeout_seconds=s.max_stage_timeout_seconds,
             workspace=s.workspace,
+            ingest=s.ingest,
         )
         if consumer is not None:
             config = dataclasses.replace(config, consumer=consumer)

@@ -102,15 +102,18 @@ class CommandBus:
 
         Returns the actors whose group did not exist (new, or lost with its stream).
         """
-        created = []
-        for actor in actors:
-            try:
-                await self.client.xgroup_create(
-                    keys.stage_channel(actor), keys.stage_group(actor), id="0", mkstream=True
-                )
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            else:
-                created.append(actor)
-        return created
+        return [
+            actor
+            for actor in actors
+            if await self.ensure_group(keys.stage_channel(actor), keys.stage_group(actor))
+        ]
+
+    async def ensure_group(self, channel: str, group: str) -> bool:
+        """Create ``channel``'s consumer ``group`` at 0; whether it did not exist."""
+        try:
+            await self.client.xgroup_create(channel, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+            return False
+        return True

@@ -22,6 +22,7 @@ from stageline.actors.channels import DATA_FIELD, CommandBus
 from stageline.actors.commands import StageCommand
 from stageline.actors.decide import fold_run
 from stageline.actors.events import DeadLetterDiscarded, DeadLettered, DeadLetterRedriven
+from stageline.actors.ingest import message_workspace
 from stageline.errors import Conflict, NotFound
 from stageline.events import keys
 from stageline.events.envelope import ANY, new_event
@@ -32,6 +33,7 @@ __all__ = [
     "DeadLetterRedriven",
     "DeadLettered",
     "DeadLetters",
+    "channel_entry_dead_letter_id",
     "decode_poison",
     "entry_dead_letter_id",
     "redrive_payload",
@@ -117,7 +119,8 @@ class DeadLetters:
     async def redrive(
         self, workspace: str, dead_letter: str, *, correlation_id: str | None = None
     ) -> int:
-        """Put a poison command back on its actor's channel; returns the log position.
+        """Put a poison command back on its actor's channel (an ingest entry back on the
+        ingest channel, as it was); returns the log position.
 
         Published before it is recorded: a crash in between leaves the entry open
         and a second redrive only repeats a command, which the version checks make
@@ -130,6 +133,8 @@ class DeadLetters:
         payload = redrive_payload(entry, workspace, self.actors())
         if isinstance(payload, StageCommand):
             await self.bus.publish([(entry.actor, payload)])
+        elif entry.actor == keys.INGEST_ACTOR:  # a new entry: its events get new ids
+            await self.bus.client.xadd(keys.INGEST_CHANNEL, {DATA_FIELD: payload})
         else:
             await self.bus.client.xadd(keys.stage_channel(entry.actor), {DATA_FIELD: payload})
         return await self._close(
@@ -190,7 +195,12 @@ def entry_dead_letter_id(actor: str, entry_id: bytes) -> uuid.UUID:
     """The dead letter id of the entry ``entry_id`` of ``actor``'s channel: the same entry
     dead-lettered again (its acknowledgement was lost) is recorded once, and a redriven
     command, a new entry, gets a dead letter of its own."""
-    return uuid.uuid5(_ENTRY, f"{keys.stage_channel(actor)}\0{entry_id.decode()}")
+    return channel_entry_dead_letter_id(keys.stage_channel(actor), entry_id)
+
+
+def channel_entry_dead_letter_id(channel: str, entry_id: bytes) -> uuid.UUID:
+    """The dead letter id of the entry ``entry_id`` of the Redis Stream ``channel``."""
+    return uuid.uuid5(_ENTRY, f"{channel}\0{entry_id.decode()}")
 
 
 def redrive_payload(
@@ -210,6 +220,8 @@ def redrive_payload(
     def refused(why: str) -> Conflict:
         return Conflict(f"dead letter cannot be redriven: {why}", dead_letter=entry.dead_letter)
 
+    if entry.actor == keys.INGEST_ACTOR:
+        return _ingest_payload(entry, workspace, refused)
     if entry.actor not in actors:
         raise refused(f"its actor {entry.actor!r} is not a registered actor")
     payload: StageCommand | bytes
@@ -229,6 +241,20 @@ def redrive_payload(
         raise refused("it holds neither a command nor a raw entry")
     if command is not None and command.workspace != workspace:
         raise refused(f"its command belongs to workspace {command.workspace!r}")
+    return payload
+
+
+def _ingest_payload(
+    entry: DeadLettered, workspace: str, refused: Callable[[str], Conflict]
+) -> bytes:
+    """The raw ingest entry, unless it names another workspace than the dead letter's."""
+    try:
+        payload = base64.b64decode(entry.raw or "", validate=True)
+    except binascii.Error:
+        raise refused("its raw entry is not base64") from None
+    named = message_workspace(payload)
+    if named is not None and named != workspace:
+        raise refused(f"its entry belongs to workspace {named!r}")
     return payload
 
 

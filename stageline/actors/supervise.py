@@ -27,11 +27,19 @@ class Supervisor:
     """Recreates lost consumer groups and restarts stopped subscribers, every ``interval``."""
 
     def __init__(
-        self, broker: RedisBroker, bus: CommandBus, actors: Iterable[str], *, interval: float
+        self,
+        broker: RedisBroker,
+        bus: CommandBus,
+        actors: Iterable[str],
+        *,
+        interval: float,
+        channels: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.broker = broker
         self.bus = bus
         self.actors = sorted(actors)
+        self.channels = list(channels)
+        """Other ``(channel, group)`` pairs the worker reads (the ingest channel)."""
         self.interval = interval
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -46,6 +54,9 @@ class Supervisor:
         """One round; returns how many subscribers it started again."""
         try:
             created = await self.bus.ensure_groups(self.actors)
+            for channel, group in self.channels:
+                if await self.bus.ensure_group(channel, group):
+                    created.append(channel)
         except Exception as exc:  # Redis unreachable even after the client's retries
             log.warning("worker.groups_unchecked", error=f"{type(exc).__name__}: {exc}")
             return 0

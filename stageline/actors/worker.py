@@ -23,6 +23,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
 
 import msgspec
@@ -33,17 +34,22 @@ from redis.asyncio.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stageline.actors import commands
+from stageline.actors import commands, ingest
 from stageline.actors.channels import DATA_FIELD, CommandBus
 from stageline.actors.commands import StageCommand
-from stageline.actors.deadletters import DeadLetters, entry_dead_letter_id
+from stageline.actors.deadletters import (
+    DeadLetters,
+    channel_entry_dead_letter_id,
+    entry_dead_letter_id,
+)
 from stageline.actors.decide import ABANDON_GRACE_SECONDS
+from stageline.actors.ingest import IngestEntry
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, PipelineKey
 from stageline.actors.runtime import StageRuntime
 from stageline.actors.schedule import Scheduler
 from stageline.actors.stage import ActorRegistry
 from stageline.actors.supervise import Supervisor
-from stageline.errors import InvalidArgument, StagelineError
+from stageline.errors import InvalidArgument, StagelineError, Unavailable
 from stageline.events import keys
 from stageline.events.redis_store import (
     CONNECT_TIMEOUT_SECONDS,
@@ -78,6 +84,11 @@ async def _parse(message: Mapping[str, Any], original: Any) -> Any:
     msg = await original({**message, "data": []})
     msg.raw_message = message
     return msg
+
+
+async def _fields(msg: Any, original: Any) -> list[tuple[bytes, Mapping[bytes, bytes]]]:
+    message = msg.raw_message
+    return list(zip(message["message_ids"], message["data"], strict=True))
 
 
 async def _decode(msg: Any, original: Any) -> list[Entry]:
@@ -119,7 +130,10 @@ class WorkerConfig:
     half), the rest is for acknowledging, closing and the process's own exit."""
     max_stage_timeout_seconds: float | None = None
     workspace: str = "default"
-    """Where an undecodable command (whose own workspace is unknown) is dead-lettered."""
+    """Where an undecodable command (whose own workspace is unknown) is dead-lettered, and
+    the workspace of ingest entries that name none."""
+    ingest: bool = True
+    """Consume the ingest channel (``stageline.actors.ingest``) too."""
     consumer: str = f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -140,6 +154,7 @@ class Worker:
     ) -> None:
         self.config = cfg = config or WorkerConfig()
         self.actors = actors
+        self.store = store
         self.client = connect(broker_url)
         self.bus = CommandBus(self.client, maxlen=cfg.channel_maxlen)
         self.scheduler = Scheduler(self.client, channel_maxlen=cfg.channel_maxlen)
@@ -166,18 +181,41 @@ class Worker:
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
             retry=retry_policy(NoRetryOnceCancelled),
         )
+        self._ingest = [(keys.INGEST_CHANNEL, keys.INGEST_GROUP)] if cfg.ingest else []
         self.supervisor = Supervisor(
-            self.broker, self.bus, actors.names(), interval=cfg.supervise_seconds
+            self.broker,
+            self.bus,
+            actors.names(),
+            interval=cfg.supervise_seconds,
+            channels=self._ingest,
         )
         self._stop = asyncio.Event()
         self._scheduler_task: asyncio.Task[None] | None = None
         self._supervisor_task: asyncio.Task[None] | None = None
         for actor in sorted(actors.names()):
             self._subscribe(actor)
+        if cfg.ingest:
+            self._subscribe_ingest()
 
     def _subscribe(self, actor: str) -> None:
-        cfg = self.config
         channel, group = keys.stage_channel(actor), keys.stage_group(actor)
+        self._subscribers(channel, group, _decode, lambda claimed: self._handler(actor, claimed))
+
+    def _subscribe_ingest(self) -> None:
+        def handler(claimed: bool) -> Any:
+            async def handle(batch: Any) -> None:
+                await self.handle_ingest(batch, claimed=claimed)
+
+            handle.__name__ = "claim_ingest" if claimed else "ingest"
+            return handle
+
+        self._subscribers(keys.INGEST_CHANNEL, keys.INGEST_GROUP, _fields, handler)
+
+    def _subscribers(
+        self, channel: str, group: str, decoder: Any, handler: Callable[[bool], Any]
+    ) -> None:
+        """A batch subscriber and its claimer on ``channel``, each acknowledging by hand."""
+        cfg = self.config
         for claim in (None, cfg.claim_idle_ms):
             sub = _StreamSub(
                 channel,
@@ -190,13 +228,12 @@ class Worker:
                 polling_interval=cfg.poll_ms if claim is None else claim_poll_ms(cfg),
                 min_idle_time=claim,
             )
-            handler = self._handler(actor, claimed=claim is not None)
-            # acknowledged by the runtime, in the step that hands the batch's runs on
+            # acknowledged by the handler, in the step that hands the batch's runs on
             self.broker.subscriber(
-                stream=sub, parser=_parse, decoder=_decode, ack_policy=AckPolicy.MANUAL
-            )(handler)
+                stream=sub, parser=_parse, decoder=decoder, ack_policy=AckPolicy.MANUAL
+            )(handler(claim is not None))
 
-    def _handler(self, actor: str, *, claimed: bool) -> Any:
+    def _handler(self, actor: str, claimed: bool) -> Any:
         async def handle(batch: Any) -> None:
             await self.handle(actor, batch, claimed=claimed)
 
@@ -211,7 +248,8 @@ class Worker:
         failure of the rest of the batch never brings them back. The rest are
         acknowledged by the runtime together with the commands they hand on.
         """
-        deliveries = await self._deliveries(actor, entries) if claimed else {}
+        channel, group = keys.stage_channel(actor), keys.stage_group(actor)
+        deliveries = await self._deliveries(channel, group, entries) if claimed else {}
         limit = self.config.max_deliveries
         poison: list[tuple[Entry, str, int]] = []
         good: list[Entry] = []
@@ -220,11 +258,7 @@ class Worker:
             if entry.command is None:
                 poison.append((entry, entry.error, count))
             elif count > limit:
-                error = (
-                    f"delivered {count} times without being acknowledged (limit {limit}): "
-                    "every worker that took it crashed or failed on it"
-                )
-                poison.append((entry, error, count))
+                poison.append((entry, _too_often(count, limit), count))
             else:
                 good.append(entry)
         if poison:
@@ -240,12 +274,74 @@ class Worker:
             )
         except _UNREACHABLE:
             # Redis failed, not the commands: an outage must not turn them into poison
-            await self._uncount(actor, good, deliveries)
+            await self._uncount(channel, group, good, deliveries)
             raise
 
-    async def _deliveries(self, actor: str, entries: Sequence[Entry]) -> dict[bytes, int]:
+    async def handle_ingest(
+        self, entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]], *, claimed: bool = False
+    ) -> None:
+        """Append what one read of the ingest channel asks for, then acknowledge it all.
+
+        An entry that can never be appended (``ingest.parse`` refused it, the store
+        refused its append, or it was ``claimed`` after too many deliveries) is
+        dead-lettered. A failure of Redis raises: nothing is acknowledged, the entries
+        stay pending, and a redelivery appends nothing twice (its event ids are derived
+        from the entry id).
+        """
+        channel, group = keys.INGEST_CHANNEL, keys.INGEST_GROUP
+        now = datetime.now(UTC)
+        parsed = [
+            ingest.parse(entry_id, fields, default_workspace=self.config.workspace, now=now)
+            for entry_id, fields in entries
+        ]
+        deliveries = await self._deliveries(channel, group, parsed) if claimed else {}
+        limit = self.config.max_deliveries
+        poison: list[tuple[IngestEntry, str, int]] = []
+        good: list[tuple[IngestEntry, Any]] = []
+        for entry in parsed:
+            count = deliveries.get(entry.entry_id, 1)
+            if entry.request is None:
+                poison.append((entry, entry.error, count))
+            elif count > limit:
+                poison.append((entry, _too_often(count, limit), count))
+            else:
+                good.append((entry, entry.request))
+        try:
+            results = await self.store.append_batch([request for _, request in good])
+            for (entry, request), result in zip(good, results, strict=True):
+                if not isinstance(result, Exception):
+                    continue
+                if isinstance(result, Unavailable) or not isinstance(result, StagelineError):
+                    raise result  # not the entry's fault: it stays pending
+                error = f"append to stream {request.stream!r} refused: {result.message}"
+                poison.append((entry, error, deliveries.get(entry.entry_id, 1)))
+        except (*_UNREACHABLE, Unavailable):
+            await self._uncount(channel, group, [e for e, _ in good], deliveries)
+            raise
+        for entry, error, count in poison:
+            dead_letter = await self.dead_letters.add(
+                entry.workspace,
+                keys.INGEST_ACTOR,
+                raw=entry.raw,
+                error=error,
+                deliveries=count,
+                dead_letter_id=channel_entry_dead_letter_id(channel, entry.entry_id),
+            )
+            log.error(
+                "worker.ingest_dead_lettered",
+                entry=entry.entry_id.decode(),
+                dead_letter=dead_letter,
+                deliveries=count,
+                error=error,
+                workspace=entry.workspace,
+            )
+        if parsed:
+            await self.client.xack(channel, group, *(e.entry_id for e in parsed))
+
+    async def _deliveries(
+        self, channel: str, group: str, entries: Sequence[Entry | IngestEntry]
+    ) -> dict[bytes, int]:
         """How often each entry has been delivered, this delivery included (XPENDING)."""
-        channel, group = keys.stage_channel(actor), keys.stage_group(actor)
         pipe = self.client.pipeline(transaction=False)
         for entry in entries:
             pipe.xpending_range(channel, group, min=entry.entry_id, max=entry.entry_id, count=1)
@@ -255,10 +351,13 @@ class Worker:
         }
 
     async def _uncount(
-        self, actor: str, entries: Sequence[Entry], deliveries: Mapping[bytes, int]
+        self,
+        channel: str,
+        group: str,
+        entries: Sequence[Entry | IngestEntry],
+        deliveries: Mapping[bytes, int],
     ) -> None:
         """Take back this delivery from each entry's count; they stay pending, to be claimed."""
-        channel, group = keys.stage_channel(actor), keys.stage_group(actor)
         pipe = self.client.pipeline(transaction=False)
         for entry in entries:
             pipe.xclaim(
@@ -273,7 +372,9 @@ class Worker:
         try:
             await pipe.execute()
         except Exception as exc:  # the broker is down too: this delivery counts, no more
-            log.warning("worker.uncount_failed", actor=actor, error=f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "worker.uncount_failed", channel=channel, error=f"{type(exc).__name__}: {exc}"
+            )
 
     def _stage_name(self, command: StageCommand | None) -> str | None:
         """The stage's name, so poison entries list under it like failed runs do."""
@@ -323,6 +424,8 @@ class Worker:
     async def start(self) -> None:
         """Create the groups, start consuming, the scheduler and the supervisor."""
         await self.bus.ensure_groups(self.actors.names())
+        for channel, group in self._ingest:
+            await self.bus.ensure_group(channel, group)
         try:
             await self.broker.start()
         except BaseException:
@@ -440,6 +543,13 @@ class CappedTimeouts(PipelineCatalog):
 
     def names(self, workspace: str) -> list[str]:
         return self.catalog.names(workspace)
+
+
+def _too_often(count: int, limit: int) -> str:
+    return (
+        f"delivered {count} times without being acknowledged (limit {limit}): "
+        "every worker that took it crashed or failed on it"
+    )
 
 
 def claim_poll_ms(config: WorkerConfig) -> int:
