@@ -336,7 +336,17 @@ class Worker:
                 workspace=entry.workspace,
             )
         if parsed:
-            await self.client.xack(channel, group, *(e.entry_id for e in parsed))
+            await self._ack_ingest([e.entry_id for e in parsed])
+
+    async def _ack_ingest(self, entry_ids: Sequence[bytes]) -> None:
+        """Acknowledge ingest entries, and let acknowledged ones beyond ``channel_maxlen`` go,
+        as on the stage channels: never one not yet acknowledged, so a backlog is not cut
+        (Redis 8.2 ``ACKED``)."""
+        channel = keys.INGEST_CHANNEL
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(channel, keys.INGEST_GROUP, *entry_ids)
+        pipe.execute_command("XTRIM", channel, "MAXLEN", "=", self.config.channel_maxlen, "ACKED")
+        await pipe.execute()
 
     async def _deliveries(
         self, channel: str, group: str, entries: Sequence[Entry | IngestEntry]

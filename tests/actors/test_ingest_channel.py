@@ -116,16 +116,16 @@ async def test_a_redelivered_entry_appends_nothing_twice(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     worker = make_worker(redis_store, redis_url, workspace, claim_idle_ms=200)
-    real_xack = worker.client.xack
+    real_ack = worker._ack_ingest
     lost: list[bytes] = []
 
-    async def xack_lost_once(channel: Any, group: Any, *ids: bytes) -> Any:
-        if channel == keys.INGEST_CHANNEL and not lost:
+    async def ack_lost_once(ids: list[bytes]) -> None:
+        if not lost:
             lost.extend(ids)  # the append landed; the acknowledgement never does
             raise RedisConnectionError("connection lost before XACK")
-        return await real_xack(channel, group, *ids)
+        await real_ack(ids)
 
-    monkeypatch.setattr(worker.client, "xack", xack_lost_once)
+    monkeypatch.setattr(worker, "_ack_ingest", ack_lost_once)
     await worker.start()
     try:
         entry = await publish(
@@ -214,3 +214,21 @@ async def test_redrive_refuses_an_entry_naming_another_workspace(
     )
     with pytest.raises(Conflict, match="workspace 'elsewhere'"):
         await letters.redrive(workspace, dead_letter)
+
+
+async def test_the_channel_keeps_at_most_channel_maxlen_acknowledged_entries(
+    redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis, workspace: str
+) -> None:
+    w = make_worker(redis_store, redis_url, workspace, channel_maxlen=3)
+    await w.start()
+    try:
+        for _ in range(10):
+            await publish(
+                broker, {"workspace": workspace, "stream": "trimmed", "events": events("A")}
+            )
+        await drained(broker)
+    finally:
+        await w.stop()
+
+    assert await redis_store.stream_version(workspace, "trimmed") == 9  # every one landed
+    assert await broker.xlen(keys.INGEST_CHANNEL) <= 3
