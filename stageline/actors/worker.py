@@ -250,17 +250,9 @@ class Worker:
         """
         channel, group = keys.stage_channel(actor), keys.stage_group(actor)
         deliveries = await self._deliveries(channel, group, entries) if claimed else {}
-        limit = self.config.max_deliveries
-        poison: list[tuple[Entry, str, int]] = []
-        good: list[Entry] = []
-        for entry in entries:
-            count = deliveries.get(entry.entry_id, 1)
-            if entry.command is None:
-                poison.append((entry, entry.error, count))
-            elif count > limit:
-                poison.append((entry, _too_often(count, limit), count))
-            else:
-                good.append(entry)
+        good, poison = _triage(
+            entries, lambda e: e.command is not None, deliveries, self.config.max_deliveries
+        )
         if poison:
             await self._dead_letter(actor, poison)
         if not good:
@@ -295,20 +287,13 @@ class Worker:
             for entry_id, fields in entries
         ]
         deliveries = await self._deliveries(channel, group, parsed) if claimed else {}
-        limit = self.config.max_deliveries
-        poison: list[tuple[IngestEntry, str, int]] = []
-        good: list[tuple[IngestEntry, Any]] = []
-        for entry in parsed:
-            count = deliveries.get(entry.entry_id, 1)
-            if entry.request is None:
-                poison.append((entry, entry.error, count))
-            elif count > limit:
-                poison.append((entry, _too_often(count, limit), count))
-            else:
-                good.append((entry, entry.request))
+        good, poison = _triage(
+            parsed, lambda e: e.request is not None, deliveries, self.config.max_deliveries
+        )
+        requests = [e.request for e in good if e.request is not None]
         try:
-            results = await self.store.append_batch([request for _, request in good])
-            for (entry, request), result in zip(good, results, strict=True):
+            results = await self.store.append_batch(requests)
+            for entry, request, result in zip(good, requests, results, strict=True):
                 if not isinstance(result, Exception):
                     continue
                 if isinstance(result, Unavailable) or not isinstance(result, StagelineError):
@@ -316,7 +301,7 @@ class Worker:
                 error = f"append to stream {request.stream!r} refused: {result.message}"
                 poison.append((entry, error, deliveries.get(entry.entry_id, 1)))
         except (*_UNREACHABLE, Unavailable):
-            await self._uncount(channel, group, [e for e, _ in good], deliveries)
+            await self._uncount(channel, group, good, deliveries)
             raise
         for entry, error, count in poison:
             dead_letter = await self.dead_letters.add(
@@ -553,6 +538,27 @@ class CappedTimeouts(PipelineCatalog):
 
     def names(self, workspace: str) -> list[str]:
         return self.catalog.names(workspace)
+
+
+E = TypeVar("E", Entry, IngestEntry)
+
+
+def _triage(
+    entries: Sequence[E], usable: Callable[[E], bool], deliveries: Mapping[bytes, int], limit: int
+) -> tuple[list[E], list[tuple[E, str, int]]]:
+    """A read's entries to handle, and its poison: each unusable entry, or one delivered more
+    than ``limit`` times, with the reason and its delivery count."""
+    good: list[E] = []
+    poison: list[tuple[E, str, int]] = []
+    for entry in entries:
+        count = deliveries.get(entry.entry_id, 1)
+        if not usable(entry):
+            poison.append((entry, entry.error, count))
+        elif count > limit:
+            poison.append((entry, _too_often(count, limit), count))
+        else:
+            good.append(entry)
+    return good, poison
 
 
 def _too_often(count: int, limit: int) -> str:
