@@ -201,12 +201,17 @@ async def _state(stack: Stack) -> list[Any]:
 
 
 async def _channels(stack: Stack) -> list[GaugeMetricFamily]:
-    """Each stage channel's length, and its consumer group's pending entries, lag and consumers."""
-    actors = sorted(stack.actors.names())
+    """Each stage channel's length, and its consumer group's pending entries, lag and
+    consumers; the ingest channel's too, as actor ``@ingest``."""
+    channels = [
+        (actor, keys.stage_channel(actor), keys.stage_group(actor))
+        for actor in sorted(stack.actors.names())
+    ]
+    channels.append((keys.INGEST_ACTOR, keys.INGEST_CHANNEL, keys.INGEST_GROUP))
     pipe = stack.broker_client.pipeline(transaction=False)
-    for actor in actors:
-        pipe.xlen(keys.stage_channel(actor))
-        pipe.xinfo_groups(keys.stage_channel(actor))
+    for _, channel, _ in channels:
+        pipe.xlen(channel)
+        pipe.xinfo_groups(channel)
     pipe.zcard(keys.SCHEDULED)
     replies = await pipe.execute(raise_on_error=False)
     length = GaugeMetricFamily(
@@ -223,10 +228,10 @@ async def _channels(stack: Stack) -> list[GaugeMetricFamily]:
     consumers = GaugeMetricFamily(
         "stageline_channel_consumers", "Workers reading a stage channel.", labels=["actor"]
     )
-    for i, actor in enumerate(actors):
+    for i, (actor, _, name) in enumerate(channels):
         n, groups = replies[2 * i], replies[2 * i + 1]
         length.add_metric([actor], n if isinstance(n, int) else 0)
-        group = _group(groups, keys.stage_group(actor))
+        group = _group(groups, name)
         if group is not None:
             pending.add_metric([actor], int(group.get("pending") or 0))
             waiting.add_metric([actor], int(group.get("lag") or 0))

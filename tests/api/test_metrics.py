@@ -65,8 +65,8 @@ async def test_the_state_of_a_workspace_is_read_at_each_scrape(
     assert of(samples, "stageline_runs", workspace=workspace, status="processing") == 0
     stage = dead["stage"]
     assert of(samples, "stageline_dead_letters_open", workspace=workspace, stage=stage) == 1
-    # the package's worker reads every actor's channel
-    for actor in stack.actors.names():
+    # the package's worker reads every actor's channel, and the ingest channel
+    for actor in [*stack.actors.names(), "@ingest"]:
         assert (of(samples, "stageline_channel_consumers", actor=actor) or 0) >= 1, actor
         assert of(samples, "stageline_channel_entries", actor=actor) is not None
     assert of(samples, "stageline_state_up") == 1
