@@ -108,7 +108,7 @@ def parse(
     else:
         request = AppendRequest(workspace, message.stream, events, expected_version(message))
         return IngestEntry(entry_id, raw, request, workspace)
-    if not _valid_workspace(workspace):
+    if not keys.is_workspace(workspace):
         workspace = default_workspace
     return IngestEntry(entry_id, raw, None, workspace, error)
 
@@ -128,11 +128,3 @@ def _correlation_id(headers: dict[str, Any], entry_id: bytes) -> str:
     if isinstance(value, str) and 0 < len(value) <= _LABEL_MAX:
         return value
     return entry_id.decode()
-
-
-def _valid_workspace(workspace: str) -> bool:
-    try:
-        keys.check_workspace(workspace)
-    except StagelineError:
-        return False
-    return True

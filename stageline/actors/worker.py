@@ -49,7 +49,7 @@ from stageline.actors.runtime import StageRuntime
 from stageline.actors.schedule import Scheduler
 from stageline.actors.stage import ActorRegistry
 from stageline.actors.supervise import Supervisor
-from stageline.errors import InvalidArgument, StagelineError, Unavailable
+from stageline.errors import StagelineError, Unavailable
 from stageline.events import keys
 from stageline.events.redis_store import (
     CONNECT_TIMEOUT_SECONDS,
@@ -388,7 +388,7 @@ class Worker:
         for entry, error, deliveries in poison:
             command = entry.command
             workspace = self.config.workspace
-            if command is not None and _valid_workspace(command.workspace):
+            if command is not None and keys.is_workspace(command.workspace):
                 workspace = command.workspace
             # the same entry dead-lettered twice (the ack below was lost) is recorded once
             dead_letter_id = entry_dead_letter_id(actor, entry.entry_id)
@@ -571,11 +571,3 @@ def _too_often(count: int, limit: int) -> str:
 def claim_poll_ms(config: WorkerConfig) -> int:
     """How long a claimer waits after a scan of the pending entries found nothing."""
     return max(config.poll_ms, config.claim_idle_ms // 10)
-
-
-def _valid_workspace(workspace: str) -> bool:
-    try:
-        keys.check_workspace(workspace)
-    except InvalidArgument:
-        return False
-    return True

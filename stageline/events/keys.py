@@ -40,6 +40,11 @@ def check_workspace(workspace: str, *, internal: bool = False) -> str:
     return workspace
 
 
+def is_workspace(workspace: str, *, internal: bool = False) -> bool:
+    """Whether ``check_workspace`` lets ``workspace`` pass."""
+    return (internal and workspace == GLOBAL_WORKSPACE) or bool(_WORKSPACE.fullmatch(workspace))
+
+
 def check_stream(stream: str) -> str:
     if not _STREAM.fullmatch(stream):
         raise InvalidArgument(

@@ -121,14 +121,6 @@ def _as_sent(response: Any, **options: Any) -> Any:
     return response
 
 
-def _valid_workspace(name: str) -> bool:
-    try:
-        keys.check_workspace(name, internal=True)
-    except InvalidArgument:
-        return False
-    return True
-
-
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
@@ -423,7 +415,9 @@ class RedisEventStore:
         """List the workspaces this store has not listed yet, and return them; those no store
         had listed wait in ``_unannounced`` for their first append to land."""
         # names no append can use are never listed
-        new = sorted(ws for ws in workspaces - self._known_workspaces if _valid_workspace(ws))
+        new = sorted(
+            ws for ws in workspaces - self._known_workspaces if keys.is_workspace(ws, internal=True)
+        )
         if not new:
             return set()
         pipe = self.client.pipeline(transaction=False)
