@@ -46,6 +46,7 @@ app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(ontology_app, name="ontology")
 app.command()(cli_debug.replay)
 app.command()(cli_debug.diff)
+app.command()(cli_debug.lineage)
 app.command("import")(cli_import.import_log)
 
 RunId = Annotated[str, typer.Argument(help="The run's id.")]

@@ -12,15 +12,19 @@ from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.tree import Tree
 
 from stageline.cli_http import console, print_json, print_table
 from stageline.errors import InvalidArgument
 from stageline.events import RecordedEvent
+from stageline.events.lineage import Lineage
+from stageline.events.lineage import lineage as event_lineage
 from stageline.events.logfile import DEFAULT_IGNORED, LogDiff, diff_logs, iter_lines, read_log
 from stageline.projections.replay import runs_as_of
 
-__all__ = ["diff", "replay"]
+__all__ = ["diff", "lineage", "replay"]
 
 LogFile = Annotated[
     Path,
@@ -174,3 +178,81 @@ def _event(shape: dict[str, Any] | None) -> str:
     if shape is None:
         return "(no event)"
     return f"{shape['type']} {json.dumps(shape['data'], sort_keys=True, default=str)}"
+
+
+def lineage(
+    log: LogFile,
+    of: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID", help="An event id, a stream name, or a run id (its run-<id> stream)."
+        ),
+    ],
+    as_json: AsJson = False,
+) -> None:
+    """Show what led to an event (or to a stream's events) and what it led to, following
+    each event's causation id through the whole log: its causes back to the first, and its
+    effects, in any stream."""
+    try:
+        with log.open("rb") as first, log.open("rb") as again, _reading(log) as advance:
+            found = event_lineage(
+                _in_log_order(log, first, advance), (e for _, e in iter_lines(again)), of
+            )
+    except InvalidArgument as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    if not found.start:
+        console.print(f"[red]error:[/red] no event, stream or run {of!r} in {log}")
+        raise typer.Exit(1)
+    if as_json:
+        print_json(
+            {
+                "of": found.of,
+                "start": found.start,
+                "causes": found.causes,
+                "effects": found.effects,
+                "unknown_causes": found.unknown_causes,
+            }
+        )
+    elif console.is_terminal:
+        console.print(_tree(found))
+    else:
+        relation = {
+            **{e.event_id: "cause" for e in found.causes},
+            **{e.event_id: "effect" for e in found.effects},
+        }
+        shown = sorted([*found.causes, *found.start, *found.effects], key=lambda e: e.position)
+        print_table(
+            ({**_row(e), "relation": relation.get(e.event_id, "start")} for e in shown),
+            ("relation", "position", "stream", "version", "type", "event_id", "causation_id"),
+        )
+
+
+def _row(e: RecordedEvent) -> dict[str, Any]:
+    return {
+        "position": e.position,
+        "stream": e.stream,
+        "version": e.version,
+        "type": e.type,
+        "event_id": str(e.event_id),
+        "causation_id": e.causation_id,
+    }
+
+
+def _tree(found: Lineage) -> Tree:
+    """The events as a tree of causes: each under the event that caused it, the ones asked
+    about in bold."""
+    start = {e.event_id for e in found.start}
+    events = sorted([*found.causes, *found.start, *found.effects], key=lambda e: e.position)
+    root = Tree(f"lineage of {found.of}", guide_style="dim")
+    for cause in found.unknown_causes:
+        root.add(f"[dim]{escape(cause)} (no event of this log)[/dim]")
+    nodes: dict[str, Tree] = {}
+    for e in events:
+        label = escape(f"#{e.position} {e.type}  {e.stream} v{e.version}  {str(e.event_id)[:8]}")
+        label = f"[bold]{label}[/bold]" if e.event_id in start else label
+        data = json.dumps(e.data, default=str)
+        label += f"  [dim]{escape(data if len(data) <= 80 else data[:79] + '…')}[/dim]"
+        parent = nodes.get(e.causation_id or "", root)
+        nodes[str(e.event_id)] = parent.add(label)
+    return root
