@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
@@ -21,7 +22,7 @@ from stageline.errors import InvalidArgument
 from stageline.events import RecordedEvent
 from stageline.events.lineage import Lineage
 from stageline.events.lineage import lineage as event_lineage
-from stageline.events.logfile import DEFAULT_IGNORED, LogDiff, diff_logs, iter_lines, read_log
+from stageline.events.logfile import DEFAULT_IGNORED, LogDiff, diff_logs, iter_lines
 from stageline.projections.replay import runs_as_of
 
 __all__ = ["diff", "lineage", "replay"]
@@ -41,13 +42,25 @@ PROGRESS_LINES = 4096
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _load(path: Path) -> list[RecordedEvent]:
-    try:
-        with path.open("rb") as lines:
-            return read_log(lines, source=str(path))
-    except InvalidArgument as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from exc
+def _rereadable(path: Path) -> Callable[[], Iterator[RecordedEvent]]:
+    """What reads the events of ``path`` as they are needed, with a progress bar, each time
+    it is called; ``InvalidArgument`` for a line that is not an event, or when the file is
+    not as it was when first read."""
+    first: list[tuple[int, int]] = []
+
+    def events() -> Iterator[RecordedEvent]:
+        with path.open("rb") as lines, _reading(path) as advance:
+            stat = os.fstat(lines.fileno())
+            now = (stat.st_size, stat.st_mtime_ns)
+            if first and first[0] != now:
+                raise InvalidArgument(f"{path} changed while it was read; read it again")
+            first.append(now)
+            for number, event in iter_lines(lines, source=str(path)):
+                if not number % PROGRESS_LINES:
+                    advance(lines.tell())
+                yield event
+
+    return events
 
 
 def _in_log_order(
@@ -143,12 +156,16 @@ def diff(
 ) -> None:
     """Compare two logs stream by stream (each event's type and data, in version order) and
     show where each stream first differs. Exits 1 when they differ, like diff."""
-    result = diff_logs(
-        _load(a),
-        _load(b),
-        runs_by_input=runs_by_input,
-        ignore=DEFAULT_IGNORED if ignore is None else ignore,
-    )
+    try:
+        result = diff_logs(
+            _rereadable(a),
+            _rereadable(b),
+            runs_by_input=runs_by_input,
+            ignore=DEFAULT_IGNORED if ignore is None else ignore,
+        )
+    except InvalidArgument as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
     if as_json:
         print_json(dataclasses.asdict(result) | {"equal": result.equal})
     else:
