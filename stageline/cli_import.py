@@ -8,14 +8,18 @@ in order.
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from stageline.cli_debug import LogFile
 from stageline.cli_http import console
-from stageline.events import log_import
-from stageline.events.logfile import read_lines
+from stageline.errors import InvalidArgument
+from stageline.events import RecordedEvent, log_import
+from stageline.events.logfile import iter_lines
 
 __all__ = ["import_log"]
 
@@ -46,14 +50,14 @@ def import_log(
     async def go() -> None:
         from stageline.stack import Stack
 
-        data = await asyncio.to_thread(log.read_bytes)
-        lines = read_lines(data.splitlines(), source=str(log), exact=True)
-        if not lines:
+        if not await asyncio.to_thread(_any_event, log):
             console.print(f"nothing to import: {log} holds no events", highlight=False)
             return
         stack = await Stack.open(settings)
         try:  # checked once the stack is open: its actors' event types are known then
-            checked = log_import.check_log(lines, source=str(log))
+            checked = await asyncio.to_thread(
+                log_import.check_log, _rereadable(log), source=str(log)
+            )
             ws = workspace or checked.workspace
             assert ws is not None  # the log has events
             with _progress() as bar:
@@ -68,6 +72,33 @@ def import_log(
         _summary(result)
 
     _run(go())
+
+
+def _any_event(log: Path) -> bool:
+    """Whether ``log`` has an event; ``InvalidArgument`` if its first line that is not blank
+    is not one."""
+    with log.open("rb") as lines:
+        return next(iter_lines(lines, source=str(log), exact=True), None) is not None
+
+
+def _rereadable(log: Path) -> Callable[[], Iterator[tuple[int, RecordedEvent]]]:
+    """What reads the numbered lines of ``log`` each time it is called; ``InvalidArgument``
+    when the file is not as it was when first read."""
+    first: list[tuple[int, int]] = []
+
+    def lines() -> Iterator[tuple[int, RecordedEvent]]:
+        with log.open("rb") as f:
+            stat = os.fstat(f.fileno())
+            now = (stat.st_size, stat.st_mtime_ns)
+            if first and first[0] != now:
+                raise InvalidArgument(
+                    f"{log} changed since it was checked; nothing more was imported: "
+                    "import it again"
+                )
+            first.append(now)
+            yield from iter_lines(f, source=str(log), exact=True)
+
+    return lines
 
 
 def _summary(result: log_import.ImportResult) -> None:

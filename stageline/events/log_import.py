@@ -10,10 +10,12 @@ in log order, through any ``EventStore``.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +33,7 @@ __all__ = [
     "ImportPlan",
     "ImportResult",
     "LoggedEvent",
+    "StreamDigest",
     "check_log",
     "import_log",
     "plan_import",
@@ -52,27 +55,62 @@ class LoggedEvent:
     new: NewEvent
 
 
+@dataclass(slots=True)
+class StreamDigest:
+    """One stream's events, version by version from 0: each one's id, position, line (0 for
+    none) and a digest of it (``_digest``); what an import keeps of a stream
+    instead of its events."""
+
+    ids: bytearray = field(default_factory=bytearray)
+    positions: array[int] = field(default_factory=lambda: array("q"))
+    lines: array[int] = field(default_factory=lambda: array("q"))
+    digests: array[int] = field(default_factory=lambda: array("Q"))
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def add(self, e: RecordedEvent, line: int = 0) -> None:
+        self.ids += e.event_id.bytes
+        self.positions.append(e.position)
+        self.lines.append(line)
+        self.digests.append(_digest(e))
+
+    def event_id(self, version: int) -> uuid.UUID:
+        return uuid.UUID(bytes=bytes(self.ids[16 * version : 16 * version + 16]))
+
+    def version_of(self, event_id: uuid.UUID) -> int | None:
+        """The version of the event with that id, if the stream has it."""
+        at = self.ids.find(event_id.bytes)
+        while at >= 0 and at % 16:
+            at = self.ids.find(event_id.bytes, at + 1)
+        return None if at < 0 else at // 16
+
+
+Lines = Iterable[tuple[int, RecordedEvent]]
+"""Numbered lines of a log, as ``read_lines`` gives them."""
+
+
 @dataclass(frozen=True)
 class CheckedLog:
-    """A log ``check_log`` found importable: its events in log (position) order."""
+    """A log ``check_log`` found importable: what it has of each stream, and what reads its
+    events again (in log order) to import them."""
 
     source: str
     workspace: str | None
     """The workspace its events name (None when it has none)."""
-    events: list[LoggedEvent]
-
-    def streams(self) -> dict[str, list[LoggedEvent]]:
-        """Each stream's events, in version order."""
-        out: dict[str, list[LoggedEvent]] = defaultdict(list)
-        for logged in self.events:
-            out[logged.event.stream].append(logged)
-        return dict(out)
+    streams: dict[str, StreamDigest]
+    """Each stream's events, streams in the order they first appear in the log."""
+    events: int
+    lines: Callable[[], Lines]
+    types: EventRegistry = registry
 
 
 @dataclass(frozen=True)
 class ImportPlan:
-    missing: list[LoggedEvent]
-    """The events the workspace lacks, in log order: each stream's from some version on."""
+    start: dict[str, int]
+    """The version of each stream of the log from which the workspace lacks it."""
+    missing: int
+    """How many events the workspace lacks."""
     present: int
     """Events the workspace holds already: the same id at the same version of the stream,
     with the same content (their positions and recorded times may differ)."""
@@ -92,13 +130,15 @@ class ImportResult:
 
 
 def check_log(
-    lines: Iterable[tuple[int, RecordedEvent]],
+    lines: Sequence[tuple[int, RecordedEvent]] | Callable[[], Lines],
     *,
     source: str = "log",
     types: EventRegistry = registry,
 ) -> CheckedLog:
-    """The events of a log (``read_lines``: numbered lines) if all of it can be imported;
-    else ``InvalidArgument`` naming the first line that cannot.
+    """The events of a log (``read_lines``: numbered lines, or what reads them afresh each
+    time it is called) if all of it can be imported; else ``InvalidArgument`` naming the
+    first line that cannot (a line that is not an event first, as when it is all read
+    before it is checked).
 
     A log can be imported when its events are of one workspace, in increasing
     positions, each stream's versions running on from 0 with no event id twice,
@@ -108,44 +148,53 @@ def check_log(
     payload class of its type and schema version holds it exactly: then it is appended
     as that class, so a field the writer stored as a time is stored so again, not as
     the text JSON has of it.
+
+    The log is read once here and kept as digests (``StreamDigest``), and once more by
+    ``import_log``.
     """
-    events: list[LoggedEvent] = []
+    again = lines if callable(lines) else lambda: lines
+    streams: dict[str, StreamDigest] = {}
     workspace: str | None = None
-    versions: dict[str, int] = {}
-    seen: dict[tuple[str, uuid.UUID], int] = {}  # (stream, event id) -> line
-    for line, e in lines:
+    before: tuple[int, int] | None = None  # the last event's position and line
+    count = 0
+    read = iter(again())
+    for line, e in read:
         # what makes a line wrong beside the lines before it
         why: str | None = None
-        before = events[-1] if events else None
-        expected = versions.get(e.stream, 0)
-        first = seen.setdefault((e.stream, e.event_id), line)
+        stream = streams.get(e.stream)
+        expected = 0 if stream is None else len(stream)
+        first = None if stream is None else stream.version_of(e.event_id)
         if workspace is not None and e.workspace != workspace:
             why = (
                 f"an event of workspace {e.workspace!r} in a log of {workspace!r}: "
                 "an import takes one workspace's log"
             )
-        elif before is not None and e.position <= before.event.position:
-            why = (
-                f"position {e.position} after {before.event.position} (line {before.line}): "
-                "positions must increase"
-            )
+        elif before is not None and e.position <= before[0]:
+            why = f"position {e.position} after {before[0]} (line {before[1]}): positions must increase"
         elif e.version != expected:
             why = (
                 f"version {e.version} of stream {e.stream!r}, expected {expected}: "
                 "a stream's versions run on from 0, one by one, in log order"
             )
-        elif first != line:
-            why = f"event {e.event_id} is in stream {e.stream!r} already (line {first})"
+        elif first is not None and stream is not None:
+            why = (
+                f"event {e.event_id} is in stream {e.stream!r} already (line {stream.lines[first]})"
+            )
         try:
             if why is not None:
                 raise InvalidArgument(why)
-            new = _new_event(e, types)
+            _new_event(e, types)
         except InvalidArgument as exc:
+            for _ in read:  # a line that is not an event, further on, is named first
+                pass
             raise InvalidArgument(f"{source}, line {line}: {exc.message}") from None
         workspace = e.workspace
-        versions[e.stream] = expected + 1
-        events.append(LoggedEvent(line, e, new))
-    return CheckedLog(source, workspace, events)
+        if stream is None:
+            stream = streams[e.stream] = StreamDigest()
+        stream.add(e, line)
+        before = (e.position, line)
+        count += 1
+    return CheckedLog(source, workspace, streams, count, again, types)
 
 
 def _new_event(e: RecordedEvent, types: EventRegistry) -> NewEvent:
@@ -200,66 +249,92 @@ def _typed(event: RecordedEvent, types: EventRegistry) -> Any:
     return typed if _json.encode(typed) == _json.encode(event.data) else event.data
 
 
-def plan_import(
-    log: CheckedLog, workspace: str, held: Mapping[str, Sequence[RecordedEvent]]
-) -> ImportPlan:
-    """What ``workspace``, holding ``held`` (its events of the log's streams, each stream's
-    in version order), lacks of ``log``; ``Conflict`` naming the stream, version and line
-    where it holds another event (or the same id with other content) than the log."""
-    missing: list[LoggedEvent] = []
-    present = 0
+def plan_import(log: CheckedLog, workspace: str, held: Mapping[str, StreamDigest]) -> ImportPlan:
+    """What ``workspace``, holding ``held`` (its events of the log's streams), lacks of
+    ``log``; ``Conflict`` naming the stream, version and line where it holds another event
+    (or the same id with other content) than the log."""
+    start: dict[str, int] = {}
+    missing = present = 0
     kept = True
-    for stream, logged in log.streams().items():
-        stored = held.get(stream, ())
-        for x in logged[: len(stored)]:
-            there = stored[x.event.version]
-            if not _same(there, x.event):
-                what = (
-                    f"event {there.event_id}"
-                    if there.event_id != x.event.event_id
-                    else "that event with other content"
-                )
+    for stream, logged in log.streams.items():
+        stored = held.get(stream, StreamDigest())
+        start[stream] = min(len(stored), len(logged))
+        for version in range(start[stream]):
+            if stored.digests[version] != logged.digests[version]:
+                there, here = stored.event_id(version), logged.event_id(version)
+                what = f"event {there}" if there != here else "that event with other content"
                 raise Conflict(
                     f"stream {stream!r} of workspace {workspace!r} holds other events than "
-                    f"{log.source}: at version {x.event.version} it has {what}, the log has "
-                    f"{x.event.event_id} (line {x.line}); nothing was imported"
+                    f"{log.source}: at version {version} it has {what}, the log has "
+                    f"{here} (line {logged.lines[version]}); nothing was imported"
                 )
-            present += 1
-            kept = kept and there.position == x.event.position
-        missing.extend(logged[len(stored) :])
-    missing.sort(key=lambda x: x.event.position)
-    return ImportPlan(missing, present, kept)
+            kept = kept and stored.positions[version] == logged.positions[version]
+        present += start[stream]
+        missing += len(logged) - start[stream]
+    return ImportPlan(start, missing, present, kept)
 
 
-def _same(a: RecordedEvent, b: RecordedEvent) -> bool:
-    """Whether two events are one, as JSON has them (a time stored as such and the text of
-    it in an exported log are the same): all alike but where they are and when they were
-    recorded, which is how the store takes an event appended again."""
-    return _json.encode(_what(a)) == _json.encode(_what(b))
+def _digest(e: RecordedEvent) -> int:
+    """A digest of an event as JSON has it (a time stored as such and the text of it in an
+    exported log are the same), all but where it is and when it was recorded, which is
+    how the store takes an event appended again: two events with the same one are one,
+    but for one chance in 2**64."""
+    text = _json.encode(_what(e))
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
 
 
 def _what(e: RecordedEvent) -> RecordedEvent:
     return msgspec.structs.replace(e, position=0, workspace="", recorded_at=_EPOCH)
 
 
+def _missing(log: CheckedLog, plan: ImportPlan) -> Iterator[LoggedEvent]:
+    """The events of ``log`` the workspace lacks, read again, in log order;
+    ``InvalidArgument`` where the log is not as ``check_log`` found it."""
+    count = 0
+    for line, e in log.lines():
+        logged = log.streams.get(e.stream)
+        if (
+            logged is None
+            or not 0 <= e.version < len(logged)
+            or logged.lines[e.version] != line
+            or logged.positions[e.version] != e.position
+            or logged.event_id(e.version) != e.event_id
+        ):
+            raise _Changed(f"{log.source}, line {line}: not as when it was checked")
+        count += 1
+        if e.version >= plan.start[e.stream]:
+            try:
+                if _digest(e) != logged.digests[e.version]:
+                    raise InvalidArgument("not as when it was checked")
+                new = _new_event(e, log.types)
+            except InvalidArgument as exc:
+                raise _Changed(f"{log.source}, line {line}: {exc.message}") from None
+            yield LoggedEvent(line, e, new)
+    if count != log.events:
+        raise _Changed(f"{log.source}: {count} events, not {log.events} as when it was checked")
+
+
+class _Changed(InvalidArgument):
+    """A log read again is not as ``check_log`` found it."""
+
+
 def _requests(
-    missing: Sequence[LoggedEvent], workspace: str
-) -> list[tuple[AppendRequest, list[int]]]:
+    missing: Iterable[LoggedEvent], workspace: str
+) -> Iterator[tuple[AppendRequest, list[int]]]:
     """Appends of ``missing`` in order, each with the log positions of its events: one per
     run of a stream's events recorded at one time, each expecting the version before it."""
-    out: list[tuple[AppendRequest, list[int]]] = []
     run: list[LoggedEvent] = []
 
-    def flush() -> None:
+    def request() -> tuple[AppendRequest, list[int]]:
         first = run[0].event
-        request = AppendRequest(
+        append = AppendRequest(
             workspace,
             first.stream,
             [x.new for x in run],
             first.version - 1,  # -1 for a stream's first events: NO_STREAM
             recorded_at=first.recorded_at,
         )
-        out.append((request, [x.event.position for x in run]))
+        return append, [x.event.position for x in run]
 
     for x in missing:
         if run and (
@@ -267,26 +342,25 @@ def _requests(
             or x.event.recorded_at != run[0].event.recorded_at
             or len(run) == MAX_EVENTS_PER_APPEND
         ):
-            flush()
+            yield request()
             run = []
         run.append(x)
     if run:
-        flush()
-    return out
+        yield request()
 
 
 async def _held(
     store: EventStore, workspace: str, streams: Iterable[str]
-) -> dict[str, list[RecordedEvent]]:
-    """The workspace's events of ``streams``, each stream's in version order: its whole log
-    is read, a page a round trip (one, when it is empty)."""
+) -> dict[str, StreamDigest]:
+    """The workspace's events of ``streams``, as digests: its whole log is read, a page a
+    round trip (one, when it is empty)."""
     wanted = set(streams)
-    out: dict[str, list[RecordedEvent]] = defaultdict(list)
+    out: dict[str, StreamDigest] = defaultdict(StreamDigest)
     after = 0
     while page := await store.read_log(workspace, after=after, limit=1000):
         for e in page:
             if e.stream in wanted:
-                out[e.stream].append(e)
+                out[e.stream].add(e)
         after = page[-1].position
     return out
 
@@ -305,21 +379,19 @@ async def import_log(
 
     Raises ``Conflict`` before writing anything when a stream of the workspace holds
     other events than the log (``plan_import``), or, if a writer changes such a stream
-    meanwhile, when an append meets it (what was imported by then stays).
+    meanwhile, when an append meets it (what was imported by then stays); and
+    ``InvalidArgument`` if the log, read again, is not as ``check_log`` found it (what
+    was imported by then stays).
     ``progress(done, total)`` is told of the events appended after each batch.
     """
     check_workspace(workspace)
-    streams = log.streams()
-    plan = plan_import(log, workspace, await _held(store, workspace, streams))
-    requests = _requests(plan.missing, workspace)
-    total, done, kept = len(plan.missing), 0, plan.positions_kept
-    start = 0
-    while start < len(requests):
-        end, size = start, 0
-        while end < len(requests) and (size < batch_events or end == start):
-            size += len(requests[end][0].events)
-            end += 1
-        batch = requests[start:end]
+    plan = plan_import(log, workspace, await _held(store, workspace, log.streams))
+    total, done, kept = plan.missing, 0, plan.positions_kept
+    batch: list[tuple[AppendRequest, list[int]]] = []
+    size = 0
+
+    async def send() -> None:
+        nonlocal done, kept, size
         results = await store.append_batch([request for request, _ in batch])
         failed = None
         for (request, positions), result in zip(batch, results, strict=True):
@@ -332,8 +404,23 @@ async def import_log(
             progress(done, total)
         if failed is not None:
             raise _stopped(workspace, *failed, done, total)
-        start = end
-    return ImportResult(workspace, done, plan.present, len(streams), kept)
+        batch.clear()
+        size = 0
+
+    try:
+        for request in _requests(_missing(log, plan), workspace):
+            batch.append(request)
+            size += len(request[0].events)
+            if size >= batch_events:
+                await send()
+    except _Changed as exc:
+        raise InvalidArgument(
+            f"{exc.message}: it changed while importing; {done} of {total} events were "
+            "imported: import it again"
+        ) from None
+    if batch:
+        await send()
+    return ImportResult(workspace, done, plan.present, len(log.streams), kept)
 
 
 def _stopped(
