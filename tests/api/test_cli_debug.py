@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from api_helpers import served, submit
 from click.testing import Result
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from stageline.cli import app as cli_app
+from stageline.cli_debug import _rereadable
+from stageline.errors import InvalidArgument
+from stageline.events import RecordedEvent
 from stageline.events.logfile import diff_logs, read_log
 
 TEXTS = [
@@ -193,3 +197,42 @@ async def test_replay_until_a_position_reads_no_further(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert [r["id"] for r in json.loads(result.stdout)] == ["x"]
     assert (await cli("replay", str(log))).exit_code == 2
+
+
+def test_streams_pair_and_compare_as_in_version_order_whatever_the_log_order() -> None:
+    def log(*rows: tuple[int, str, int, str, dict[str, Any]]) -> list[RecordedEvent]:
+        return read_log([logged(*row) for row in rows])
+
+    first = {**SUBMITTED, "input": {"id": "i1"}}
+    a = log(
+        (1, "run-x", 1, "StageStarted", {"n": 1}),
+        (2, "run-x", 0, "RunSubmitted", first),  # its first event, all the same
+        (3, "run-x", 3, "StageCompleted", {"n": 2.0}),  # a gap, and 2.0 for 2
+    )
+    b = log(
+        (1, "run-y", 0, "RunSubmitted", first),
+        (2, "run-y", 1, "StageStarted", {"n": True}),  # True for 1
+        (3, "run-y", 2, "StageCompleted", {"n": 2}),
+        (4, "run-y", 3, "StageCompleted", {"n": 3}),
+    )
+    assert diff_logs(a, a[::-1], runs_by_input=True).equal
+    result = diff_logs(a, b, runs_by_input=True)
+    assert (result.same, result.only_a, result.only_b) == (0, [], [])
+    [d] = result.differ
+    assert (d.key, d.streams, d.version) == ("run of input 'i1'", ("run-x", "run-y"), 3)
+    assert (d.a, d.b) == (None, {"type": "StageCompleted", "data": {"n": 3}})
+
+
+def test_a_log_that_changed_between_its_two_readings_is_refused(tmp_path: Path) -> None:
+    rows = [logged(1, "s", 0, "A", {"n": 1}), logged(2, "s", 1, "A", {"n": 2})]
+    readings = iter([read_log(rows), read_log(rows[:1])])
+    with pytest.raises(InvalidArgument, match=r"'s' has no event 1 .* changed while it was read"):
+        diff_logs(lambda: next(readings), read_log(rows[:1]))
+
+    path = tmp_path / "log.jsonl"
+    path.write_text(rows[0] + "\n")
+    events = _rereadable(path)
+    assert len(list(events())) == 1
+    path.write_text(rows[0] + "\n" + rows[1] + "\n")
+    with pytest.raises(InvalidArgument, match=r"log\.jsonl changed while it was read"):
+        list(events())

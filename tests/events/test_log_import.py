@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from stageline.errors import Conflict, InvalidArgument
 from stageline.events import NO_STREAM, AppendResult, EventStore, NewEvent, RecordedEvent
 from stageline.events import new_event as typed_event
 from stageline.events.log_import import CheckedLog, check_log, import_log
-from stageline.events.logfile import read_lines
+from stageline.events.logfile import iter_lines, read_lines
 from stageline.events.memory_store import MemoryEventStore
 from stageline.events.redis_store import RedisEventStore
 from stageline.events.store import MAX_EVENTS_PER_APPEND, AppendRequest
@@ -290,3 +290,35 @@ def test_a_log_that_can_be_imported() -> None:
     assert (log.workspace, log.events) == ("w", 3)
     assert {s: list(kept.lines) for s, kept in log.streams.items()} == {"s": [2, 3], "t": [4]}
     assert (checked([]).workspace, checked([]).events) == (None, 0)
+
+
+async def test_a_log_changed_after_its_check_stops_the_import_naming_the_line(
+    workspace: str,
+) -> None:
+    rows = [_line(n, recorded_at=f"2025-06-01T12:00:0{n}.250Z") for n in range(4)]
+    first = read_lines([json.dumps(r) for r in rows], source="log.jsonl", exact=True)
+    rows[2]["event_id"] = str(uuid.uuid4())  # another event by the second reading
+    second = read_lines([json.dumps(r) for r in rows], source="log.jsonl", exact=True)
+    readings = iter([first, second])
+    log = check_log(lambda: next(readings), source="log.jsonl")
+    store = MemoryEventStore()
+
+    with pytest.raises(InvalidArgument) as info:
+        await import_log(store, log, workspace, batch_events=1)
+
+    assert info.value.message == (
+        "log.jsonl, line 3: not as when it was checked: it changed while importing; "
+        "1 of 4 events were imported: import it again"
+    )
+    assert [e.version for e in await store.read_log(workspace)] == [0]  # what was sent
+
+
+def test_a_line_that_is_not_an_event_is_named_before_an_earlier_wrong_one() -> None:
+    lines = _log(_set(1, version=5))
+    lines.append('{"event_id": ')
+    with pytest.raises(InvalidArgument, match=r"^log, line 4: not an event"):
+        check_log(lambda: read_lines_lazily(lines))
+
+
+def read_lines_lazily(lines: Sequence[str]) -> Iterator[tuple[int, RecordedEvent]]:
+    yield from iter_lines(lines)
