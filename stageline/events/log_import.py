@@ -157,13 +157,16 @@ def check_log(
     workspace: str | None = None
     before: tuple[int, int] | None = None  # the last event's position and line
     count = 0
+    ids: set[bytes] = set()  # of every event: a stream's own ids are only searched on a match
     read = iter(again())
     for line, e in read:
         # what makes a line wrong beside the lines before it
         why: str | None = None
         stream = streams.get(e.stream)
         expected = 0 if stream is None else len(stream)
-        first = None if stream is None else stream.version_of(e.event_id)
+        first = None
+        if stream is not None and e.event_id.bytes in ids:
+            first = stream.version_of(e.event_id)
         if workspace is not None and e.workspace != workspace:
             why = (
                 f"an event of workspace {e.workspace!r} in a log of {workspace!r}: "
@@ -192,6 +195,7 @@ def check_log(
         if stream is None:
             stream = streams[e.stream] = StreamDigest()
         stream.add(e, line)
+        ids.add(e.event_id.bytes)
         before = (e.position, line)
         count += 1
     return CheckedLog(source, workspace, streams, count, again, types)
