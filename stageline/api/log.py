@@ -11,7 +11,7 @@ from pydantic import BeforeValidator
 from starlette.responses import Response
 
 from stageline.api.deps import StackDep, Workspace, WorkspaceOrQuery
-from stageline.api.feed import HEADERS, PAGE, EventStream, FeedFilter, Feeds, follow
+from stageline.api.feed import HEADERS, PAGE, EventStream, FeedFilter, Feeds
 from stageline.api.limits import MAX_POSITION
 from stageline.api.responses import json_response
 from stageline.api.schemas import LogPage, error_responses
@@ -69,10 +69,10 @@ LastEventId = Annotated[
 MAX_TYPES = 50
 
 
-async def feed_slot(request: Request) -> AsyncIterator[Feeds]:
+async def feed_slot(request: Request, workspace: WorkspaceOrQuery) -> AsyncIterator[Feeds]:
     """One of the app's places for an open feed, held until the answer ends (503 if none)."""
     feeds: Feeds = request.app.state.feeds
-    with feeds.slot():
+    with feeds.slot(workspace):
         yield feeds
 
 
@@ -123,6 +123,4 @@ async def feed(
     start = after if last_event_id is None else last_event_id
     keep = FeedFilter(stream_prefix, frozenset(types or ()))
     first = await stack.store.read_log(workspace, after=start, limit=PAGE)
-    return EventStream(
-        follow(stack.store, workspace, first, start, keep, feeds.stopping), headers=HEADERS
-    )
+    return EventStream(feeds.follow(stack.store, workspace, first, start, keep), headers=HEADERS)

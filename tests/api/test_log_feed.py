@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import signal
 import socket
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,6 +22,7 @@ from fastapi import FastAPI
 
 from stageline.api import create_app
 from stageline.api import feed as feed_module
+from stageline.api import log as log_module
 from stageline.api.limits import MAX_POSITION
 from stageline.events import NewEvent
 from stageline.stack import Stack
@@ -305,6 +308,110 @@ async def test_feeds_past_the_limit_are_refused_with_503(app: FastAPI, workspace
             assert refused.headers["retry-after"] == "1"
         await until(lambda: app.state.feeds.open == 0)
         async with opened(url, workspace) as feed:  # the place is free again
+            await feed.until_raw(b"retry:")
+
+
+class InFlight(Reads):
+    """``Reads`` that also counts the ``tail`` calls of each workspace under way at once."""
+
+    def __init__(self, store: Any) -> None:
+        super().__init__(store)
+        self.now: Counter[str] = Counter()
+        self.most: Counter[str] = Counter()
+
+    async def tail(self, after: Any, *args: Any, **kwargs: Any) -> Any:
+        for ws in after:
+            self.now[ws] += 1
+            self.most[ws] = max(self.most[ws], self.now[ws])
+        try:
+            return await super().tail(after, *args, **kwargs)
+        finally:
+            for ws in after:
+                self.now[ws] -= 1
+
+
+async def test_the_feeds_of_a_workspace_share_one_read_and_one_far_behind_catches_up(
+    stack: Stack, workspace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed_module, "PAGE", 5)
+    monkeypatch.setattr(log_module, "PAGE", 5)
+    monkeypatch.setattr(feed_module, "RECENT_PAGES", 2)
+    reads = InFlight(stack.store)
+    app = create_app(stack=dataclasses.replace(stack, store=reads), stopping=asyncio.Event())
+    for n in range(30):
+        await append(stack, workspace, f"s{n % 3}", "Noted", n=n)
+
+    async with served(app) as url, contextlib.AsyncExitStack() as feeds:
+        near = [await feeds.enter_async_context(opened(url, workspace, {"after": 25}))
+                for _ in range(3)]  # fmt: skip
+        got = {id(f): [int(m.last_id or 0) for m in await f.events(5)] for f in near}
+        for n in range(30, 50):  # pages of the shared read: more than it keeps
+            await append(stack, workspace, "s0", "Noted", n=n)
+        far = await feeds.enter_async_context(opened(url, workspace, {"after": 0}))
+        got[id(far)] = [int(m.last_id or 0) for m in await far.events(50)]
+        for f in near:
+            got[id(f)] += [int(m.last_id or 0) for m in await f.events(20)]
+        await append(stack, workspace, "s1", "Noted", "Noted", n=50)
+        for f in [*near, far]:
+            got[id(f)] += [int(m.last_id or 0) for m in await f.events(2)]
+        assert reads.most[workspace] == 1  # one read of the log at a time, for four feeds
+
+    assert got[id(far)] == list(range(1, 53))
+    assert [got[id(f)] for f in near] == [list(range(26, 53))] * 3
+
+
+async def test_a_feed_the_shared_read_left_behind_reads_on_its_own_then_joins_it_again(
+    stack: Stack, workspace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed_module, "PAGE", 5)
+    monkeypatch.setattr(log_module, "PAGE", 5)
+    monkeypatch.setattr(feed_module, "RECENT_PAGES", 2)
+    reads = InFlight(stack.store)
+    app = create_app(stack=dataclasses.replace(stack, store=reads), stopping=asyncio.Event())
+    tails = app.state.feeds._tails
+    for n in range(12):
+        await append(stack, workspace, "s", "Noted", n=n)
+
+    async def run_ahead() -> None:
+        """Before the late feed has its last page: the shared read moves on by more pages
+        than it keeps, so the late feed finds itself behind them."""
+        for n in range(12, 24):
+            await append(stack, workspace, "s", "Noted", n=n)
+            await until(lambda n=n: tails[workspace].head == n + 1)
+
+    read_log = stack.store.read_log
+
+    async def late_read(*args: Any, **kwargs: Any) -> Any:
+        page = await read_log(*args, **kwargs)
+        if kwargs.get("after") == 10:
+            await run_ahead()
+        return page
+
+    async with served(app) as url, opened(url, workspace, {"after": 12}) as ahead:
+        await ahead.until_raw(b"retry:")
+        await until(lambda: workspace in tails)
+        monkeypatch.setattr(reads, "read_log", late_read)
+        async with opened(url, workspace) as late:
+            got = [int(m.last_id or 0) for m in await late.events(24)]
+            await append(stack, workspace, "s", "Noted", n=24)
+            got += [int(m.last_id or 0) for m in await late.events(1)]
+        assert [int(m.last_id or 0) for m in await ahead.events(13)] == list(range(13, 26))
+    assert got == list(range(1, 26))
+
+
+async def test_feeds_of_more_workspaces_than_the_limit_are_refused_with_503(
+    app: FastAPI, workspace: str
+) -> None:
+    app.state.feeds.workspaces = 1
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=HANG_GUARD) as c:
+        async with opened(url, workspace) as feed, opened(url, workspace) as same:
+            await feed.until_raw(b"retry:")
+            await same.until_raw(b"retry:")  # another feed of the same workspace is served
+            async with asyncio.timeout(HANG_GUARD):
+                refused = await c.get("/v1/log/feed", headers={"X-Workspace": workspace + "-2"})
+            assert_error(refused, 503, "UNAVAILABLE")
+        await until(lambda: app.state.feeds.open == 0)
+        async with opened(url, workspace + "-2") as feed:  # free again
             await feed.until_raw(b"retry:")
 
 
