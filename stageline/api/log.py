@@ -7,14 +7,15 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, StringConstraints
 from starlette.responses import Response
 
 from stageline.api.deps import StackDep, Workspace, WorkspaceOrQuery
 from stageline.api.feed import HEADERS, PAGE, EventStream, FeedFilter, Feeds
 from stageline.api.limits import MAX_POSITION
 from stageline.api.responses import json_response
-from stageline.api.schemas import LogPage, error_responses
+from stageline.api.schemas import EVENT_TYPE_PATTERN, LogPage, error_responses
+from stageline.errors import InvalidArgument
 
 __all__ = ["router"]
 
@@ -67,6 +68,8 @@ LastEventId = Annotated[
     ),
 ]
 MAX_TYPES = 50
+STREAM_PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@=+-]*$"
+"""The start of a stream name (see ``keys.check_stream``)."""
 
 
 async def feed_slot(request: Request, workspace: WorkspaceOrQuery) -> AsyncIterator[Feeds]:
@@ -92,10 +95,15 @@ async def feed(
     last_event_id: LastEventId = None,
     stream_prefix: Annotated[
         str | None,
-        Query(min_length=1, max_length=200, description="Only events of streams named so."),
+        Query(
+            min_length=1,
+            max_length=200,
+            pattern=STREAM_PREFIX_PATTERN,
+            description="Only events of streams named so.",
+        ),
     ] = None,
     types: Annotated[
-        list[str] | None,
+        list[Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]] | None,
         Query(
             alias="type",
             max_length=MAX_TYPES,
@@ -123,4 +131,12 @@ async def feed(
     start = after if last_event_id is None else last_event_id
     keep = FeedFilter(stream_prefix, frozenset(types or ()))
     first = await stack.store.read_log(workspace, after=start, limit=PAGE)
+    if not first and start and start > (head := await stack.store.head(workspace)):
+        # a feed from there would send nothing, ever, of the events to come before it
+        which = "after" if last_event_id is None else "Last-Event-ID"
+        raise InvalidArgument(
+            f"{which} {start} is past the workspace log's head ({head})",
+            **{which: start},
+            head=head,
+        )
     return EventStream(feeds.follow(stack.store, workspace, first, start, keep), headers=HEADERS)

@@ -196,6 +196,9 @@ async def test_filters_leave_events_out_and_resumption_passes_them_over(
         ({"after": 0}, {"Last-Event-ID": " 7"}, "Last-Event-ID"),
         ({"stream_prefix": ""}, {}, "stream_prefix"),
         ({"type": [f"T{n}" for n in range(51)]}, {}, "type"),
+        ({"stream_prefix": " run-"}, {}, "stream_prefix"),
+        ({"type": ""}, {}, "type[0]"),
+        ({"type": ["Noted", "not a type"]}, {}, "type[1]"),
     ],
 )
 async def test_a_bad_position_or_filter_is_400_before_anything_is_streamed(
@@ -204,6 +207,21 @@ async def test_a_bad_position_or_filter_is_400_before_anything_is_streamed(
     async with asyncio.timeout(HANG_GUARD):  # a feed that streams would never end
         r = await client.get("/v1/log/feed", params=params, headers=headers)
     assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == [field]
+
+
+async def test_a_position_past_the_head_is_400_not_a_feed_that_never_sends(
+    stack: Stack, client: httpx.AsyncClient, workspace: str
+) -> None:
+    await append(stack, workspace, "s", "Noted")
+    for params, headers, field in (
+        ({"after": 1000}, {}, "after"),
+        ({}, {"Last-Event-ID": "2"}, "Last-Event-ID"),
+    ):
+        async with asyncio.timeout(HANG_GUARD):  # a feed that streams would never end
+            r = await client.get("/v1/log/feed", params=params, headers=headers)
+        error = assert_error(r, 400, "INVALID_ARGUMENT")
+        assert error["details"] == {field: int(params.get("after", 2)), "head": 1}
+        assert "past the workspace log's head (1)" in error["message"]
 
 
 async def test_a_feed_named_by_the_workspace_parameter_sends_only_that_workspaces_events(
