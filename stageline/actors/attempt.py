@@ -59,6 +59,8 @@ class Attempt:
     opening: list[NewEvent] = field(default_factory=list)  # StageStarted, if not yet recorded
     hand_on: StageCommand | None = None  # sent once the result is recorded
     retry_at: float | None = None  # or: the same stage comes back then
+    lost: int = 0
+    """The stage's attempts before this one lost with their workers (not its failures)."""
 
 
 def stage_event(
@@ -96,10 +98,12 @@ def abandoned_event(command: StageCommand, spec: StageSpec, attempt: int) -> New
 
 
 def retry_delay(a: Attempt) -> float | None:
-    """Seconds until a failed attempt's stage is tried again, or None: it gives up."""
+    """Seconds until a failed attempt's stage is tried again, or None: it gives up.
+
+    Attempts lost with their workers do not count: a redeploy does not use up retries."""
     if isinstance(a.outcome, AttemptAbandoned):  # decided, not retried
         return None
-    return next_delay(a.attempt, _permanent(a.outcome), a.spec.retry)
+    return next_delay(a.attempt - a.lost, _permanent(a.outcome), a.spec.retry)
 
 
 def plan_retry(a: Attempt, retry_at: float) -> None:

@@ -28,9 +28,18 @@ class StageCommand(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     """Record the start before running the stage, as for a redelivered command: set on a
     command put off because an attempt of its stage was in flight (which may be one that
     crashed its worker), so it runs again only once that attempt is recorded lost."""
+    lost: int = 0
+    """Attempts of this stage lost with their workers before this one: they do not count
+    against the stage's retries."""
 
     def to(
-        self, index: int, version: int, item: dict[str, Any], cause: str | None, attempt: int = 1
+        self,
+        index: int,
+        version: int,
+        item: dict[str, Any],
+        cause: str | None,
+        attempt: int = 1,
+        lost: int = 0,
     ) -> StageCommand:
         """The command for another stage (or another attempt) of the same run."""
         return StageCommand(
@@ -44,6 +53,7 @@ class StageCommand(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
             attempt=attempt,
             correlation_id=self.correlation_id,
             cause=cause,
+            lost=lost,
         )
 
 

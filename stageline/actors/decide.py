@@ -164,11 +164,13 @@ class Forward:
 
 @dataclass(frozen=True)
 class Begin:
-    """Start ``attempt`` at ``version``; ``abandoned`` names an attempt presumed lost."""
+    """Start ``attempt`` at ``version``; ``abandoned`` names an attempt presumed lost, and
+    ``lost`` counts the stage's attempts lost before this one (that one too)."""
 
     version: int
     attempt: int
     abandoned: int | None = None
+    lost: int = 0
 
 
 @dataclass(frozen=True)
@@ -241,10 +243,10 @@ def decide_start(
             return Defer(deadline)
         if max_abandoned is not None and p.abandoned + 1 >= max_abandoned:
             return GiveUp(state.version, p.attempt, p.started_id)
-        return Begin(state.version, p.attempt + 1, abandoned=p.attempt)
+        return Begin(state.version, p.attempt + 1, abandoned=p.attempt, lost=p.abandoned + 1)
     if p.retry_at is not None:
         if attempt > p.attempt or now >= p.retry_at:
-            return Begin(state.version, p.attempt + 1)
+            return Begin(state.version, p.attempt + 1, lost=p.abandoned)
         return Defer(p.retry_at)
     return Drop("stage gave up")
 

@@ -129,6 +129,7 @@ class RunOperations:
                 attempt=attempt,
                 correlation_id=new[0].correlation_id,
                 cause=str(new[0].event_id),
+                lost=state.progress(index).abandoned,
             )
             await self.bus.publish([(pipeline.stage(index).actor, command)])
             return OperationResult(run_id, "processing", result.position, True)

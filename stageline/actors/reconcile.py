@@ -61,6 +61,7 @@ def nudge(workspace: str, run_id: str, state: RunState, pipeline: Pipeline) -> S
         attempt=max(progress.attempt if progress else 1, 1),
         correlation_id=state.correlation_id,
         cause=state.cursor_cause,
+        lost=progress.abandoned if progress else 0,
     )
 
 

@@ -193,7 +193,8 @@ class StageRuntime:
                 )
                 continue
             if mark or command.mark_start or self.actors.marks_start(spec.actor):
-                todo.append((command, pipeline, spec, Begin(command.version, command.attempt)))
+                begin = Begin(command.version, command.attempt, lost=command.lost)
+                todo.append((command, pipeline, spec, begin))
                 continue
             # recorded with the result, in one append at the command's version
             started = started_event(command, spec, command.attempt)
@@ -206,6 +207,7 @@ class StageRuntime:
                     command.version,
                     str(started.event_id),
                     opening=[started],
+                    lost=command.lost,
                 )
             )
         return attempts + await self._start(actor, todo, out)
@@ -248,6 +250,7 @@ class StageRuntime:
                             begin.attempt,
                             result.version,
                             str(started.event_id),
+                            lost=begin.lost,
                         )
                     )
             todo, decided = await self._decide_start(actor, clashed, out)
@@ -464,7 +467,7 @@ class StageRuntime:
             nxt = a.hand_on.to(a.hand_on.index, version, a.hand_on.item, a.hand_on.cause)
             out.forwards.append((a.pipeline.stage(nxt.index).actor, nxt))
         elif a.retry_at is not None:
-            retry = c.to(c.index, version, c.item, c.cause, attempt=a.attempt + 1)
+            retry = c.to(c.index, version, c.item, c.cause, attempt=a.attempt + 1, lost=a.lost)
             if a.retry_at <= self.clock():
                 out.forwards.append((a.spec.actor, retry))
             else:

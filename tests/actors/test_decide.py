@@ -115,7 +115,7 @@ def test_unfinished_attempt_within_its_timeout_is_deferred_not_doubled() -> None
 def test_unfinished_attempt_past_timeout_and_grace_is_abandoned_for_a_new_attempt() -> None:
     state = fold_run(history(SUBMITTED, started(0, attempt=1)))
     now = T0.timestamp() + 1 + 36
-    assert decide_start(state, 0, now=now, timeout=30, grace=5) == Begin(1, 2, abandoned=1)
+    assert decide_start(state, 0, now=now, timeout=30, grace=5) == Begin(1, 2, abandoned=1, lost=1)
 
 
 def test_finish_of_the_live_attempt_retries_at_the_actual_version() -> None:
@@ -240,5 +240,5 @@ def test_a_stage_whose_attempts_keep_being_lost_gives_up() -> None:
         3, 2, str(events[3].event_id)
     )
     assert decide_start(state, 0, now=now, timeout=30, grace=5, max_abandoned=3) == Begin(
-        3, 3, abandoned=2
+        3, 3, abandoned=2, lost=2
     )

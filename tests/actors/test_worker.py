@@ -19,7 +19,13 @@ from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
 from stageline.actors.deadletters import STREAM
 from stageline.actors.events import StageStarted
-from stageline.actors.pipeline import MEMORY_INGEST, Pipeline, PipelineCatalog, StageSpec
+from stageline.actors.pipeline import (
+    MEMORY_INGEST,
+    Pipeline,
+    PipelineCatalog,
+    RetryPolicy,
+    StageSpec,
+)
 from stageline.actors.stage import ActorRegistry, StageContext, StageResult
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig, _StreamSub
@@ -41,6 +47,17 @@ SLOW = Pipeline(
     ),
 )
 FAILING = Pipeline(name="failing", stages=(StageSpec(name="boom", actor="boom"),))
+ONE_RETRY = Pipeline(
+    name="one-retry",
+    stages=(
+        StageSpec(
+            name="flaky",
+            actor="flaky",
+            timeout_seconds=0.5,
+            retry=RetryPolicy(max_retries=1, backoff_seconds=0.05),
+        ),
+    ),
+)
 
 
 def actors() -> ActorRegistry:
@@ -58,7 +75,7 @@ def actors() -> ActorRegistry:
     return registry
 
 
-CATALOG = PipelineCatalog([MEMORY_INGEST, SLOW, FAILING])
+CATALOG = PipelineCatalog([MEMORY_INGEST, SLOW, FAILING, ONE_RETRY])
 
 
 @pytest.fixture
@@ -181,6 +198,32 @@ async def test_attempt_left_unfinished_by_a_dead_worker_is_abandoned_then_retrie
         e for e in await redis_store.read_stream(workspace, stream) if e.type == "StageFailed"
     ]
     assert failed[0].data["error_type"] == "AttemptAbandoned"
+
+
+async def test_an_attempt_lost_with_its_worker_does_not_use_up_the_stages_retries(
+    redis_store: RedisEventStore, redis_url: str, submitter: Submitter, workspace: str
+) -> None:
+    # one retry; the stage fails on its first two attempts, and the first is lost
+    result = await submitter.submit(workspace, "one-retry", {"flaky": {"fail_times": 2}})
+    stream = keys.run_stream(result.run_id)
+    started = new_event(StageStarted(stage="flaky", index=0, attempt=1))
+    await redis_store.append(workspace, stream, [started], expected_version=0)
+    w = make_worker(redis_store, redis_url, "w-lost", abandon_grace_seconds=0.2)
+    await w.start()
+    try:
+        assert await wait_terminal(redis_store, workspace, [result.run_id]) == {
+            result.run_id: "RunCompleted"
+        }
+    finally:
+        await w.stop()
+    failed = [
+        (e.data["attempt"], e.data["error_type"], e.data["will_retry"])
+        for e in await redis_store.read_stream(workspace, stream)
+        if e.type == "StageFailed"
+    ]
+    assert failed == [(1, "AttemptAbandoned", True), (2, "StageError", True)]
+    counts = await transitions(redis_store, workspace, result.run_id)
+    assert counts[("StageCompleted", 0, 3)] == 1
 
 
 async def test_pending_entries_of_a_dead_consumer_are_claimed_by_another_worker(
