@@ -113,7 +113,7 @@ class ImportPlan:
     """How many events the workspace lacks."""
     present: int
     """Events the workspace holds already: the same id at the same version of the stream,
-    with the same content (their positions and recorded times may differ)."""
+    with the same content (their positions and times may differ)."""
     positions_kept: bool
     """Whether those it holds are at their positions in the log."""
 
@@ -280,15 +280,18 @@ def plan_import(log: CheckedLog, workspace: str, held: Mapping[str, StreamDigest
 
 def _digest(e: RecordedEvent) -> int:
     """A digest of an event as JSON has it (a time stored as such and the text of it in an
-    exported log are the same), all but where it is and when it was recorded, which is
-    how the store takes an event appended again: two events with the same one are one,
-    but for one chance in 2**64."""
+    exported log are the same), all but where it is and when it was made and recorded,
+    which is how the store takes an event appended again: two events with the same one
+    are one, but for one chance in 2**64. A decision the ontology reactor records again
+    (the same id and data) as it reacts to what an import appended is made later."""
     text = _json.encode(_what(e))
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
 
 
 def _what(e: RecordedEvent) -> RecordedEvent:
-    return msgspec.structs.replace(e, position=0, workspace="", recorded_at=_EPOCH)
+    return msgspec.structs.replace(
+        e, position=0, workspace="", recorded_at=_EPOCH, occurred_at=_EPOCH
+    )
 
 
 def _missing(log: CheckedLog, plan: ImportPlan) -> Iterator[LoggedEvent]:

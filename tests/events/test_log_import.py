@@ -152,8 +152,13 @@ async def test_a_workspace_with_other_events_takes_the_log_after_them(
     source = await history(store, f"{workspace}src")
     await store.append(workspace, "unrelated", [ev(9)])
     # the workspace has more of a stream than the log (its one event, then another), and
-    # that event recorded at another time: it is there already all the same
-    await store.append(workspace, "order-2", [again(source[7]), ev(10)], NO_STREAM)
+    # that event recorded at another time, and made at another (the ontology reactor
+    # records the same decision, with the same id, when it reacts to what an import
+    # appended): it is there already all the same
+    later = source[7].occurred_at + timedelta(minutes=5)
+    await store.append(
+        workspace, "order-2", [again(source[7], occurred_at=later), ev(10)], NO_STREAM
+    )
 
     result = await import_log(store, checked(await export(store, f"{workspace}src")), workspace)
 
