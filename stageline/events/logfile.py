@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from array import array
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -218,12 +218,17 @@ def _digests(
 
 
 def _paired(streams: dict[str, _Stream]) -> dict[str, _Stream]:
-    """The streams under the key each pairs by."""
+    """The streams under the key each pairs by: runs of the same input by their order in
+    the log (the second is ``... #2``), so the same items submitted twice to two stacks
+    pair up."""
     out: dict[str, _Stream] = {}
+    runs: Counter[str] = Counter()
     for name, stream in streams.items():
         key = stream.run_of or name
-        if key in out:  # two runs of the same input: the later ones by name
-            key = f"{key} ({name})"
+        if stream.run_of is not None:
+            runs[key] += 1
+            if runs[key] > 1:
+                key = f"{key} #{runs[key]}"
         out[key] = stream
     return out
 

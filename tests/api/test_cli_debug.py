@@ -236,3 +236,23 @@ def test_a_log_that_changed_between_its_two_readings_is_refused(tmp_path: Path) 
     path.write_text(rows[0] + "\n" + rows[1] + "\n")
     with pytest.raises(InvalidArgument, match=r"log\.jsonl changed while it was read"):
         list(events())
+
+
+def test_runs_of_the_same_input_pair_in_the_order_they_were_submitted() -> None:
+    same = {**SUBMITTED, "input": {"id": "item-1"}}
+
+    def log(prefix: str, second: str) -> list[RecordedEvent]:
+        return read_log(
+            [
+                logged(1, f"run-{prefix}1", 0, "RunSubmitted", same),
+                logged(2, f"run-{prefix}2", 0, "RunSubmitted", same),
+                logged(3, f"run-{prefix}1", 1, "RunCompleted", {"n": "first"}),
+                logged(4, f"run-{prefix}2", 1, "RunCompleted", {"n": second}),
+            ]
+        )
+
+    assert diff_logs(log("a", "second"), log("b", "second"), runs_by_input=True).equal
+    result = diff_logs(log("a", "second"), log("b", "other"), runs_by_input=True)
+    assert (result.same, result.only_a, result.only_b) == (1, [], [])
+    [d] = result.differ
+    assert (d.key, d.streams, d.version) == ("run of input 'item-1' #2", ("run-a2", "run-b2"), 1)
