@@ -13,6 +13,7 @@ import structlog
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from stageline.errors import ConcurrencyError, InvalidArgument, PartialRetry
@@ -51,16 +52,23 @@ def retry_policy(kind: type[Retry] = Retry) -> Retry:
     """How stageline's Redis clients retry, so a server restart is ridden out.
 
     A command that fails with a connection error (server gone, socket missing,
-    still loading its AOF) or a timeout is sent again on a new connection after
-    growing, jittered pauses, ~4-8 s in all; a longer outage reaches the
-    caller, whose own loop (subscriber, scheduler, projector) tries again
-    later. Every command stageline sends is safe to repeat: appends drop event
-    ids they already hold, XACK/ZADD/XGROUP CREATE are idempotent, a repeated
-    XADD of a command is a duplicate the version check absorbs, and a view
-    write is guarded by its checkpoint. ``kind`` is a ``Retry`` subclass to
-    build the same policy as (e.g. the worker's ``NoRetryOnceCancelled``).
+    still loading its AOF) is sent again on a new connection after growing,
+    jittered pauses, ~4-8 s in all; a longer outage reaches the caller, whose
+    own loop (subscriber, scheduler, projector) tries again later. Every command
+    stageline sends is safe to repeat: appends drop event ids they already hold,
+    XACK/ZADD/XGROUP CREATE are idempotent, a repeated XADD of a command is a
+    duplicate the version check absorbs, and a view write is guarded by its
+    checkpoint. A timeout is not sent again: a server that takes a command and
+    does not answer (stopped, hung, a half-open connection) would take the socket
+    timeout each time, and an API request waited 10 of them (over 100 s) before
+    its 503. ``kind`` is a ``Retry`` subclass to build the same policy as (e.g.
+    the worker's ``NoRetryOnceCancelled``).
     """
-    return kind(EqualJitterBackoff(cap=1.0, base=0.05), retries=10)
+    return kind(
+        EqualJitterBackoff(cap=1.0, base=0.05),
+        retries=10,
+        supported_errors=(RedisConnectionError,),
+    )
 
 
 def connect(url: str) -> aioredis.Redis:

@@ -10,12 +10,15 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from test_store_contract import ev, evs, mixed_appends
 
 from stageline.errors import ConcurrencyError, InvalidArgument
 from stageline.events import ANY, NO_STREAM, NewEvent, keys
 from stageline.events import redis_store as redis_store_module
-from stageline.events.redis_store import RedisEventStore, _Call
+from stageline.events.redis_store import RedisEventStore, _Call, retry_policy
 from stageline.events.store import MAX_EVENTS_PER_APPEND, AppendRequest, AppendResult
 
 
@@ -254,3 +257,25 @@ async def test_a_workspace_whose_listing_was_lost_with_its_log_is_listed_again(
         assert workspace in await follower.tail({}, block_ms=1000, new_workspaces=True)
     finally:
         await follower.close()
+
+
+async def test_a_connection_error_is_sent_again_and_a_timeout_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a server that takes a command and does not answer costs the socket timeout each
+    # time: sent ten times, an API request waited over 100 s for its 503
+    monkeypatch.setattr(EqualJitterBackoff, "compute", lambda self, failures: 0)
+    for error, sent in ((RedisConnectionError("gone"), 11), (RedisTimeoutError("hung"), 1)):
+        calls = 0
+
+        async def command(error: Exception = error) -> None:
+            nonlocal calls
+            calls += 1
+            raise error
+
+        async def failed(error: Exception) -> None:
+            pass
+
+        with pytest.raises(type(error)):
+            await retry_policy().call_with_retry(command, failed)
+        assert calls == sent, type(error)
