@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import msgspec
 from fastapi import APIRouter
 from starlette.responses import Response
 
@@ -17,7 +19,8 @@ from stageline.api.schemas import Appended, AppendEvents, StreamEvents, error_re
 from stageline.errors import Conflict, PartialRetry
 from stageline.events import codec
 from stageline.events.envelope import NewEvent
-from stageline.events.keys import check_stream
+from stageline.events.keys import IDEMPOTENCY_TTL_SECONDS, check_stream, idempotency_key
+from stageline.events.redis_store import RedisEventStore
 from stageline.events.store import AppendResult, EventStore
 
 __all__ = ["idempotent_event_id", "router"]
@@ -27,6 +30,26 @@ router = APIRouter(prefix="/v1/streams", tags=["streams"])
 
 def _key_reused(stream: str) -> Conflict:
     return Conflict("Idempotency-Key was already used for a different request", stream=stream)
+
+
+def request_digest(stream: str, body: AppendEvents) -> bytes:
+    """What identifies an append request: its stream, expected version and events as sent."""
+    request = {"stream": stream, **body.model_dump(mode="json")}
+    return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest().encode()
+
+
+async def _claim_key(
+    store: RedisEventStore, workspace: str, stream: str, key: str, body: AppendEvents
+) -> None:
+    """Bind ``key`` to this request, unless it is bound already: ``Conflict`` if to another.
+
+    Whatever ids the events carry, the key names one request; a retry of it goes on
+    to an append the store deduplicates.
+    """
+    digest = request_digest(stream, body)
+    held = await store.claim(idempotency_key(workspace, key), digest, IDEMPOTENCY_TTL_SECONDS)
+    if held is not None and held != digest:
+        raise _key_reused(stream)
 
 
 async def _check_same_request(
@@ -72,8 +95,10 @@ async def append_events(
     knows are checked against its schema (400, nothing written) and stored as that
     schema has them, like the events stageline writes: a time as a time (in UTC),
     defaults filled in, fields it lacks left out. Other events' data is stored as
-    sent. With an `Idempotency-Key`, events without an `event_id` get ids derived
-    from the key, so a retried request writes nothing new and gets the same answer.
+    sent. An `Idempotency-Key` names one request of the workspace for 24 hours:
+    a retry of it writes nothing new and gets the same answer, another request
+    with the key (other stream, events or expected version) is a 409 that writes
+    nothing. Events without an `event_id` get ids derived from the key.
     """
     check_stream(stream)
     now = datetime.now(UTC)
@@ -91,6 +116,7 @@ async def append_events(
     if idempotency_key is None:
         result = await stack.store.append(workspace, stream, events, expected_version)
     else:
+        await _claim_key(stack.store, workspace, stream, idempotency_key, body)
         try:
             result = await stack.store.append(
                 workspace, stream, events, expected_version, whole=True

@@ -64,6 +64,15 @@ def stream_key(workspace: str, stream: str) -> str:
     return f"{PREFIX}:{{{workspace}}}:s:{stream}"
 
 
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+"""How long an append's ``Idempotency-Key`` stays bound to the request first sent with it."""
+
+
+def idempotency_key(workspace: str, key: str) -> str:
+    """The digest of the append request first sent with Idempotency-Key ``key``."""
+    return f"{PREFIX}:{{{workspace}}}:idem:{key}"
+
+
 def graph_name(workspace: str) -> str:
     """The FalkorDB graph holding the workspace's read models."""
     return f"{PREFIX}:{{{workspace}}}:views"

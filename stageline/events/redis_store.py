@@ -633,6 +633,12 @@ class RedisEventStore:
                 self._added_after = last[0][0] if last else b"0-0"
         return self._added_after
 
+    async def claim(self, key: str, value: bytes, ttl_seconds: int) -> bytes | None:
+        """Set ``key`` to ``value`` for ``ttl_seconds`` unless it is set, in one command:
+        ``None`` if this call set it, else the value it holds."""
+        held: Any = await self.client.set(key, value, ex=ttl_seconds, nx=True, get=True)
+        return held if isinstance(held, bytes) else None
+
     async def head(self, workspace: str) -> int:
         try:
             info = await self.client.xinfo_stream(keys.log_key(workspace))

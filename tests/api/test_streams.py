@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -86,6 +87,36 @@ async def test_idempotency_key_makes_a_retry_append_nothing(
     # without a key, the same body is a new append
     r = await append(client, "ledger", [event(0)])
     assert r.status_code == 201 and r.json()["positions"] == [3]
+
+
+async def test_an_idempotency_key_names_one_request_whatever_its_event_ids(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    key = {"Idempotency-Key": "same-key"}
+    sent = [event(0, event_id=str(uuid.uuid4()))]
+    first = await append(client, "s", sent, headers=key)
+    assert first.status_code == 201, first.text
+    retry = await append(client, "s", sent, headers=key)
+    assert retry.json() == {**first.json(), "deduplicated": True}
+
+    other_id = await append(client, "s", [event(1, event_id=str(uuid.uuid4()))], headers=key)
+    assert "Idempotency-Key" in assert_error(other_id, 409, "CONFLICT")["message"]
+    no_id = await append(client, "s", [event(2)], headers=key)
+    assert "Idempotency-Key" in assert_error(no_id, 409, "CONFLICT")["message"]
+    other_stream = await append(client, "t", sent, headers=key)
+    assert "Idempotency-Key" in assert_error(other_stream, 409, "CONFLICT")["message"]
+    assert await stack.store.head(workspace) == 1
+
+
+async def test_concurrent_requests_with_one_key_write_once(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    key = {"Idempotency-Key": "together"}
+    sent = [event(0, event_id=str(uuid.uuid4())), event(1)]
+    answers = await asyncio.gather(*(append(client, "s", sent, headers=key) for _ in range(8)))
+    assert [r.status_code for r in answers] == [201] * 8
+    assert sorted(r.json()["deduplicated"] for r in answers) == [False] + [True] * 7
+    assert await stack.store.head(workspace) == 2
 
 
 async def test_explicit_event_ids_are_kept_and_deduplicated(

@@ -16,6 +16,7 @@ def test_a_workspace_keys_share_one_cluster_slot(workspace: str) -> None:
         keys.stream_key(workspace, "run-1"),
         keys.stream_key(workspace, "pipeline:ingest@3"),
         keys.graph_name(workspace),
+        keys.idempotency_key(workspace, "k"),
     ]
     assert {key_slot(n.encode()) for n in names} == {key_slot(workspace.encode())}
     assert len(set(names)) == len(names)
