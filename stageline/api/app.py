@@ -38,7 +38,8 @@ cancel them, inspect and redrive dead letters, manage the workspace's named
 pipeline configs, append and read events of the log.
 
 * `X-Workspace` selects the workspace (default: the server's); workspaces never see
-  each other's data. The live feed also takes it as `?workspace=`, for `EventSource`.
+  each other's data. Every route also takes it as `?workspace=` (for `EventSource`,
+  which cannot send headers); if both are sent they must agree (400 otherwise).
 * `X-Correlation-ID` is taken from the request or generated, returned on every
   response, and recorded on the events the request writes.
 * Every error answer is `{"error": {"code", "message", "details"}, "correlation_id"}`.

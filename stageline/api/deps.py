@@ -53,15 +53,7 @@ XWorkspace = Annotated[
 ]
 
 
-async def get_workspace(request: Request, x_workspace: XWorkspace = None) -> str:
-    """The request's workspace: ``X-Workspace``, else the configured default (400 if malformed)."""
-    if x_workspace is None:
-        settings: Settings = request.app.state.settings
-        return settings.workspace
-    return check_workspace(x_workspace)
-
-
-async def get_workspace_or_query(
+async def get_workspace(
     request: Request,
     x_workspace: XWorkspace = None,
     workspace: Annotated[
@@ -76,7 +68,10 @@ async def get_workspace_or_query(
     """The request's workspace: ``X-Workspace`` or the ``workspace`` query parameter, else
     the configured default; 400 if either is malformed or they name different workspaces."""
     if workspace is None:
-        return await get_workspace(request, x_workspace)
+        if x_workspace is None:
+            settings: Settings = request.app.state.settings
+            return settings.workspace
+        return check_workspace(x_workspace)
     check_workspace(workspace)
     if x_workspace is not None and check_workspace(x_workspace) != workspace:
         raise InvalidArgument(
@@ -98,9 +93,9 @@ async def get_correlation_id(request: Request) -> str:
 StackDep = Annotated[Stack, Depends(get_stack)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Workspace = Annotated[str, Depends(get_workspace)]
-WorkspaceOrQuery = Annotated[str, Depends(get_workspace_or_query)]
-"""For routes a browser opens without headers (``EventSource``): the workspace may be a
-query parameter."""
+"""The workspace a route acts in, named alike by every route: header or query parameter."""
+WorkspaceOrQuery = Workspace
+"""The same as ``Workspace``: every route takes the query parameter now."""
 CorrelationId = Annotated[str, Depends(get_correlation_id)]
 IdempotencyKey = Annotated[
     str | None,

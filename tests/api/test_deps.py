@@ -80,3 +80,40 @@ async def test_a_workspace_named_by_the_query_parameter_is_the_one_bound_for_log
         await c.get("/test/workspace", params={"workspace": workspace})
         await c.get("/test/workspace", headers={"X-Workspace": workspace})
     assert seen == [(default, default), (workspace, workspace), (workspace, workspace)]
+
+
+async def test_every_route_takes_the_workspace_query_parameter(
+    client: httpx.AsyncClient, app: FastAPI, stack: Stack, workspace: str
+) -> None:
+    other = workspace + "-q"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        body = {"pipeline": "memory-ingest", "input": {"text": "hi"}}
+        r = await c.post("/v1/runs", json=body, params={"workspace": other})
+        assert r.status_code == 202, r.text
+        assert await stack.store.stream_version(other, r.json()["stream"]) >= 0
+        events = {"events": [{"type": "A", "data": {}}]}
+        r = await c.post("/v1/streams/s/events", json=events, params={"workspace": other})
+        assert r.status_code == 201, r.text
+        assert (await c.get("/v1/streams/s/events", params={"workspace": other})).status_code == 200
+    # the client's header names another workspace: 400, and nothing is written
+    r = await client.post("/v1/streams/s/events", json=events, params={"workspace": other})
+    error = assert_error(r, 400, "INVALID_ARGUMENT")
+    assert error["details"] == {"header": workspace, "query": other}
+    assert await stack.store.head(workspace) == 0
+
+
+@pytest.mark.parametrize("workspace", ["_global", "has space", ""])
+async def test_a_malformed_workspace_query_parameter_is_400_as_the_header(
+    app: FastAPI, stack: Stack, workspace: str
+) -> None:
+    before = await stack.store.workspaces()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        for headers, params in (({"X-Workspace": workspace}, {}), ({}, {"workspace": workspace})):
+            r = await c.post(
+                "/v1/runs",
+                json={"pipeline": "memory-ingest", "input": {"text": "hi"}},
+                headers=headers,
+                params=params,
+            )
+            assert "workspace" in assert_error(r, 400, "INVALID_ARGUMENT")["message"]
+    assert await stack.store.workspaces() == before
