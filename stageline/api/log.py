@@ -38,15 +38,22 @@ async def read_log(
     """Events of every stream of the workspace with position > `after`, oldest first.
 
     Page on by passing `next_after` as `after`; `head` is the newest position, so
-    `next_after == head` means the page reached the end of the log.
+    `next_after == head` means the page reached the end of the log. An `after` past
+    the head is a 400: the log never gave that position out.
     """
     events, head = await asyncio.gather(
         stack.store.read_log(workspace, after=after, limit=limit), stack.store.head(workspace)
     )
+    if events:  # read after the head, they may be past it
+        head = max(head, events[-1].position)
+    elif after > head:
+        head = await stack.store.head(workspace)  # the log may have reached `after` since
+        if after > head:
+            raise InvalidArgument(
+                f"after {after} is past the workspace log's head ({head})", after=after, head=head
+            )
     next_after = events[-1].position if events else after
-    return json_response(
-        {"events": events, "next_after": next_after, "head": max(head, next_after)}
-    )
+    return json_response({"events": events, "next_after": next_after, "head": head})
 
 
 def _digits(value: Any) -> Any:

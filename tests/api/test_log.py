@@ -24,6 +24,15 @@ async def test_the_log_pages_by_position(client: httpx.AsyncClient) -> None:
     assert page == {"events": [], "next_after": 3, "head": 3}
 
 
+async def test_a_position_past_the_head_is_400(client: httpx.AsyncClient) -> None:
+    body = {"events": [{"type": "Noted", "data": {}}]}
+    assert (await client.post("/v1/streams/a/events", json=body)).status_code == 201
+    r = await client.get("/v1/log", params={"after": 1000})
+    error = assert_error(r, 400, "INVALID_ARGUMENT")
+    assert error["details"] == {"after": 1000, "head": 1}
+    assert (await client.get("/v1/log", params={"after": 1})).json()["head"] == 1
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
