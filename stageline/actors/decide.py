@@ -14,6 +14,9 @@ from typing import Any
 
 from stageline.actors.events import (
     RUN_TERMINAL,
+    RunCancelled,
+    RunCompensated,
+    RunCompleted,
     RunFailed,
     RunRetried,
     RunSubmitted,
@@ -32,6 +35,13 @@ ABANDONED_ERROR = "AttemptAbandoned"
 """``StageFailed.error_type`` of an attempt whose worker was lost."""
 
 DEAD_LETTER_CLOSED = frozenset({"DeadLetterRedriven", "DeadLetterDiscarded"})
+
+_ENDED_AS = {
+    RunCompleted.topic: "completed",
+    RunFailed.topic: "failed",
+    RunCancelled.topic: "cancelled",
+    RunCompensated.topic: "compensated",
+}
 
 
 @dataclass
@@ -64,6 +74,15 @@ class RunState:
     dead_letter: str | None = None
     correlation_id: str | None = None
     compensated: set[str] = field(default_factory=set)
+    retrying: bool = False
+    """A failed attempt waits for its retry (until the next ``StageStarted``)."""
+
+    @property
+    def status(self) -> str:
+        """The run's status as the run-status view shows it (``RunStatus``'s values)."""
+        if self.terminal:
+            return _ENDED_AS[self.terminal]
+        return "retrying" if self.retrying else "processing"
 
     def progress(self, index: int) -> StageProgress:
         return self.stages.setdefault(index, StageProgress())
@@ -107,6 +126,7 @@ def fold_run(events: Iterable[RecordedEvent]) -> RunState:
             p.started_at = e.recorded_at.timestamp()
             p.started_id = str(e.event_id)
             p.in_flight, p.retry_at, p.gave_up = True, None, False
+            state.retrying = False
             attempt_of[str(e.event_id)] = d["index"]
         elif t == StageCompleted.topic:
             p = state.progress(d["index"])
@@ -120,6 +140,7 @@ def fold_run(events: Iterable[RecordedEvent]) -> RunState:
                 p.abandoned += 1
             if d.get("will_retry"):
                 p.retry_at = _epoch(d.get("retry_at"))
+                state.retrying = True
             else:
                 p.gave_up = True
         elif t == StageSkipped.topic:
@@ -128,7 +149,7 @@ def fold_run(events: Iterable[RecordedEvent]) -> RunState:
         elif t == RunRetried.topic:
             p = state.progress(d["index"])
             p.gave_up, p.retry_at = False, 0.0
-            state.terminal, state.dead_letter = None, None
+            state.terminal, state.dead_letter, state.retrying = None, None, False
             state.cursor, state.cursor_cause = d["index"], str(e.event_id)
         elif t in RUN_TERMINAL:
             state.terminal = t

@@ -82,7 +82,7 @@ class RunOperations:
                 return None
             if state.terminal:
                 raise Conflict(
-                    f"run has already ended ({state.terminal})", run_id=run_id, ended=state.terminal
+                    f"run has already ended ({state.status})", run_id=run_id, status=state.status
                 )
             return [RunCancelled(reason=reason)]
 
@@ -101,7 +101,7 @@ class RunOperations:
                 raise Conflict(
                     "only a failed run can be retried",
                     run_id=run_id,
-                    status=state.terminal or "processing",
+                    status=state.status,
                 )
             pipeline = self._pipeline(workspace, state)
             index = state.cursor

@@ -20,6 +20,7 @@ from stageline.actors.decide import (
     fold_run,
 )
 from stageline.events.envelope import RecordedEvent
+from stageline.projections.run_status import RunStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -242,3 +243,33 @@ def test_a_stage_whose_attempts_keep_being_lost_gives_up() -> None:
     assert decide_start(state, 0, now=now, timeout=30, grace=5, max_abandoned=3) == Begin(
         3, 3, abandoned=2, lost=2
     )
+
+
+def test_a_runs_status_is_the_one_the_run_status_view_shows() -> None:
+    failed = ("StageFailed", {"stage": "s", "index": 0, "will_retry": True, "retry_at": None})
+    retried = ("RunRetried", {"stage": "s", "index": 0, "attempt": 2})
+    ended = ("RunFailed", {"stage": "s", "error_type": "E", "error": "e"})
+    seen = [
+        fold_run(history(*events)).status
+        for events in (
+            (SUBMITTED, started(0)),
+            (SUBMITTED, started(0), failed),
+            (SUBMITTED, started(0), failed, started(0, 2)),
+            (SUBMITTED, started(0), failed, ended),
+            (SUBMITTED, started(0), failed, ended, retried),
+            (SUBMITTED, ("RunCancelled", {"reason": ""})),
+            (SUBMITTED, ("RunCompleted", {})),
+            (SUBMITTED, ("RunCompensated", {"stages": ["a", "b"]})),
+        )
+    ]
+    assert seen == [
+        "processing",
+        "retrying",
+        "processing",
+        "failed",
+        "processing",
+        "cancelled",
+        "completed",
+        "compensated",
+    ]
+    assert set(seen) <= set(RunStatus)

@@ -88,7 +88,7 @@ async def test_retry_drives_a_failed_run_on_from_the_stage_that_failed(
 
     again = await client.post(f"/v1/runs/{failed['id']}/retry")
     error = assert_error(again, 409, "CONFLICT")
-    assert error["details"] == {"run_id": failed["id"], "status": "RunCompleted"}
+    assert error["details"] == {"run_id": failed["id"], "status": "completed"}
 
 
 async def test_undo_retracts_the_runs_effects_and_keeps_its_history(
@@ -191,9 +191,9 @@ async def test_runs_that_ended_cannot_be_cancelled_or_retried(
     failed = (await submit_flaky(client, wait=20, permanent=True)).json()
     assert (done["status"], failed["status"]) == ("completed", "failed")
     position = await stack.store.head(workspace)
-    for run, status in ((done, "RunCompleted"), (failed, "RunFailed")):
+    for run in (done, failed):
         error = assert_error(await client.post(f"/v1/runs/{run['id']}/cancel"), 409, "CONFLICT")
-        assert error["details"] == {"run_id": run["id"], "ended": status}
+        assert error["details"] == {"run_id": run["id"], "status": run["status"]}
     error = assert_error(await client.post(f"/v1/runs/{done['id']}/retry"), 409, "CONFLICT")
     assert "failed" in error["message"]
     assert await stack.store.head(workspace) == position  # nothing written
