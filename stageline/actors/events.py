@@ -13,6 +13,10 @@ import msgspec
 
 from stageline.events.envelope import DomainEvent
 
+REPORTED_VERSION = 0
+"""The ``pipeline_version`` of a run reported from outside (``Stageline.report``): no
+pipeline has it, so stageline never drives the run."""
+
 
 class RunSubmitted(DomainEvent, frozen=True, kw_only=True):
     topic = "RunSubmitted"

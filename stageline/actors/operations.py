@@ -16,6 +16,7 @@ from stageline.actors.commands import StageCommand
 from stageline.actors.compensation import Compensator, undo_run
 from stageline.actors.decide import RunState, fold_run
 from stageline.actors.events import (
+    REPORTED_VERSION,
     DeadLetterDiscarded,
     DeadLetterRedriven,
     RunCancelled,
@@ -40,6 +41,18 @@ class OperationResult(msgspec.Struct, frozen=True):
     changed: bool
 
 
+def _check_driven(state: RunState, run_id: str, done: str) -> None:
+    """``Conflict`` if the run was reported from outside: only its reporter drives it."""
+    if state.pipeline_version == REPORTED_VERSION:
+        raise Conflict(
+            f"run {run_id!r} was reported from outside (pipeline_version {REPORTED_VERSION}); "
+            f"stageline does not drive it, so it cannot be {done} here",
+            run_id=run_id,
+            status=state.status,
+            pipeline_version=REPORTED_VERSION,
+        )
+
+
 class RunOperations:
     """Undo, retry and cancel runs."""
 
@@ -57,10 +70,12 @@ class RunOperations:
         """Compensate every stage's effects, last stage first; the run ends ``compensated``.
 
         Works on a run in any state (a running one stops: later results are
-        discarded). Undoing an undone run changes nothing.
+        discarded). Undoing an undone run changes nothing. ``Conflict`` for a run
+        reported from outside: its effects are the reporter's, stageline cannot reverse them.
         """
 
         def plan(state: RunState) -> list[DomainEvent] | None:
+            _check_driven(state, run_id, "undone")
             if state.terminal == RunCompensated.topic:
                 return None
             pipeline = self._pipeline(workspace, state)
@@ -93,10 +108,12 @@ class RunOperations:
     ) -> OperationResult:
         """Drive a failed run again from the stage that failed, with a fresh attempt.
 
-        Closes the run's dead letter, if it has one. ``Conflict`` unless the run failed.
+        Closes the run's dead letter, if it has one. ``Conflict`` unless the run failed,
+        or if it was reported from outside (stageline has no stages to drive it with).
         """
         for _ in range(_ATTEMPTS):
             state = await self._load(workspace, run_id)
+            _check_driven(state, run_id, "retried")
             if state.terminal != RunFailed.topic:
                 raise Conflict(
                     "only a failed run can be retried",
@@ -168,6 +185,8 @@ class RunOperations:
         state = fold_run(await self.store.read_stream(workspace, keys.run_stream(run_id)))
         if state.version < 0 or state.pipeline is None:
             raise NotFound(f"no run {run_id!r}", run_id=run_id)
+        if state.pipeline_version == REPORTED_VERSION:
+            return state  # no pipeline has its version
         # the version the run started with, even if its config was changed or deleted since
         await self.catalog.prefetch([(workspace, state.pipeline, state.pipeline_version)])
         return state

@@ -32,7 +32,8 @@ async def undo_run(
     The original events stay in the log, followed by compensating events that each
     name the event they reverse (e.g. entity mentions are retracted). A running run
     stops: results arriving later are discarded. Undoing an undone run writes
-    nothing and answers `changed: false`.
+    nothing and answers `changed: false`. 409 CONFLICT for a run reported from
+    outside (`pipeline_version` 0): its effects are the reporter's to reverse.
     """
     check_run_id(run_id)
     result = await stack.operations.undo(workspace, run_id, correlation_id=correlation_id)
@@ -51,7 +52,8 @@ async def retry_run(
     """Drive a failed run again from the stage that failed, with the next attempt number.
 
     Answers 202 at once: the run is `processing` again and its dead letter is
-    closed as redriven. 409 CONFLICT unless the run failed.
+    closed as redriven. 409 CONFLICT unless the run failed, or if it was reported
+    from outside (`pipeline_version` 0): stageline does not drive such a run.
     """
     check_run_id(run_id)
     result = await stack.operations.retry(workspace, run_id, correlation_id=correlation_id)

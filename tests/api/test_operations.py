@@ -199,6 +199,29 @@ async def test_runs_that_ended_cannot_be_cancelled_or_retried(
     assert await stack.store.head(workspace) == position  # nothing written
 
 
+@pytest.mark.parametrize("operation", ["undo", "retry"])
+async def test_a_run_reported_from_outside_is_neither_undone_nor_retried(
+    client: httpx.AsyncClient, stack: Stack, workspace: str, operation: str
+) -> None:
+    # what Stageline.report records for a run of "nightly-etl" that failed
+    submitted = {
+        "pipeline": "nightly-etl",
+        "pipeline_version": 0,
+        "stages": ["extract"],
+        "input": {"text": "x"},
+    }
+    failed = {"stage": "extract", "error_type": "IOError", "error": "disk full"}
+    events = [{"type": "RunSubmitted", "data": submitted}, {"type": "RunFailed", "data": failed}]
+    r = await client.post("/v1/streams/run-etl-1/events", json={"events": events})
+    assert r.status_code == 201, r.text
+    position = await stack.store.head(workspace)
+
+    error = assert_error(await client.post(f"/v1/runs/etl-1/{operation}"), 409, "CONFLICT")
+    assert "reported from outside" in error["message"]
+    assert error["details"] == {"run_id": "etl-1", "status": "failed", "pipeline_version": 0}
+    assert await stack.store.head(workspace) == position  # nothing written
+
+
 @pytest.mark.parametrize("operation", ["undo", "retry", "cancel"])
 async def test_an_unknown_run_is_404_and_a_malformed_id_400(
     client: httpx.AsyncClient, stack: Stack, workspace: str, operation: str
