@@ -22,7 +22,6 @@ __all__ = [
     "SettingsDep",
     "StackDep",
     "Workspace",
-    "WorkspaceOrQuery",
     "check_run_id",
     "views_at",
 ]
@@ -94,8 +93,6 @@ StackDep = Annotated[Stack, Depends(get_stack)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Workspace = Annotated[str, Depends(get_workspace)]
 """The workspace a route acts in, named alike by every route: header or query parameter."""
-WorkspaceOrQuery = Workspace
-"""The same as ``Workspace``: every route takes the query parameter now."""
 CorrelationId = Annotated[str, Depends(get_correlation_id)]
 IdempotencyKey = Annotated[
     str | None,

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BeforeValidator, StringConstraints
 from starlette.responses import Response
 
-from stageline.api.deps import StackDep, Workspace, WorkspaceOrQuery
+from stageline.api.deps import StackDep, Workspace
 from stageline.api.feed import HEADERS, PAGE, EventStream, FeedFilter, Feeds
 from stageline.api.limits import MAX_POSITION
 from stageline.api.responses import json_response
@@ -79,7 +79,7 @@ STREAM_PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@=+-]*$"
 """The start of a stream name (see ``keys.check_stream``)."""
 
 
-async def feed_slot(request: Request, workspace: WorkspaceOrQuery) -> AsyncIterator[Feeds]:
+async def feed_slot(request: Request, workspace: Workspace) -> AsyncIterator[Feeds]:
     """One of the app's places for an open feed, held until the answer ends (503 if none)."""
     feeds: Feeds = request.app.state.feeds
     with feeds.slot(workspace):
@@ -96,7 +96,7 @@ async def feed_slot(request: Request, workspace: WorkspaceOrQuery) -> AsyncItera
 )
 async def feed(
     stack: StackDep,
-    workspace: WorkspaceOrQuery,
+    workspace: Workspace,
     feeds: Annotated[Feeds, Depends(feed_slot)],
     after: After = 0,
     last_event_id: LastEventId = None,

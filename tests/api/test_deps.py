@@ -11,7 +11,7 @@ from api_helpers import assert_error
 from fastapi import FastAPI
 
 from stageline.api import create_app
-from stageline.api.deps import WorkspaceOrQuery
+from stageline.api.deps import Workspace
 from stageline.stack import Stack
 
 
@@ -70,7 +70,7 @@ async def test_a_workspace_named_by_the_query_parameter_is_the_one_bound_for_log
     seen: list[tuple[str, Any]] = []
 
     @app.get("/test/workspace")
-    async def named(chosen: WorkspaceOrQuery) -> dict[str, Any]:
+    async def named(chosen: Workspace) -> dict[str, Any]:
         seen.append((chosen, structlog.contextvars.get_contextvars()["workspace"]))
         return {}
 
