@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from stageline import __version__
@@ -25,6 +25,7 @@ from stageline.api import (
     runs,
     streams,
 )
+from stageline.api.bodies import finite_numbers
 from stageline.api.feed import Feeds
 from stageline.api.middleware import BodyLimitMiddleware, CorrelationMiddleware
 from stageline.settings import Settings
@@ -91,6 +92,7 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(finite_numbers)],
     )
     app.state.settings = settings
     app.state.stack = stack
