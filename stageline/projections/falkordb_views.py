@@ -411,7 +411,9 @@ class FalkorDBViews:
         """Run counts by status, their total, and per stage name the completed durations."""
         counts = await self.run_counts(workspace)
         stages = {
-            name: {"count": int(n), "p50_ms": float(p50), "p95_ms": float(p95)}
+            # a stage whose only durations are null (non-finite, stored as null by older
+            # versions) has no percentile: 0, as for a stage with none
+            name: {"count": int(n), "p50_ms": float(p50 or 0.0), "p95_ms": float(p95 or 0.0)}
             for name, n, p50, p95 in await self._stage_durations(workspace)
         }
         return {"counts": counts, "total": sum(counts.values()), "stages": stages}

@@ -10,7 +10,7 @@ import httpx
 from api_helpers import Projecting, assert_error, fields, submit
 
 from stageline.actors.builtin.memory import EntityMentioned
-from stageline.events import new_event
+from stageline.events import NewEvent, new_event
 from stageline.events.keys import pipeline_stream
 from stageline.projections import ENTITIES, RUN_STATUS, Projector
 from stageline.stack import Stack
@@ -299,3 +299,21 @@ async def test_a_bad_parameter_is_refused_before_any_wait_for_min_position(
         assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["limit"]
         assert time.perf_counter() - started < 1.0  # read_wait_seconds is 5
     assert accepted["position"] < later["position"]
+
+
+async def test_stats_take_a_duration_stored_as_null(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    # an older version stored a non-finite duration_ms as null: the view has a completed
+    # stage without a duration, which must not break the workspace's stats for good
+    events = [
+        ("RunSubmitted", {"pipeline": "p", "pipeline_version": 1, "stages": ["only"]}),
+        ("StageStarted", {"stage": "only", "index": 0, "attempt": 1}),
+        ("StageCompleted", {"stage": "only", "index": 0, "duration_ms": None}),
+    ]
+    result = await stack.store.append(
+        workspace, "run-nulled", [NewEvent(type=t, data=data) for t, data in events]
+    )
+    stats = await client.get("/v1/runs/stats", params={"min_position": result.positions[-1]})
+    assert stats.status_code == 200, stats.text
+    assert stats.json()["stages"]["only"] == {"count": 0, "p50_ms": 0.0, "p95_ms": 0.0}
