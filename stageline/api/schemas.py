@@ -203,6 +203,13 @@ class DeadLetterView(BaseModel):
     created_at: datetime | None
     closed_at: datetime | None
     reason: str | None = Field(description="Why it was discarded, when it was.")
+    raw: str | None = Field(
+        description="A poison entry that did not decode (e.g. the ingest channel's): the raw "
+        "entry, as `raw_encoding` says; null for a run or a decoded command."
+    )
+    raw_encoding: Literal["utf-8", "base64"] | None = Field(
+        description="`utf-8`: `raw` is the entry's text; `base64`: the entry was not UTF-8."
+    )
 
 
 class DeadLetterList(BaseModel):

@@ -8,10 +8,16 @@ Two kinds of entry: ``run`` (a run whose stage gave up with no fallback; its
 ``dead-letters`` stream; one appended to any other stream opens nothing, as it
 could be neither redriven nor discarded). ``DeadLetterRedriven`` and
 ``DeadLetterDiscarded`` close an entry by id, whichever stream they were appended to.
+
+A poison entry that did not decode (the ingest channel's, or a stage command's)
+keeps its raw entry: ``raw`` holds it as text when it is UTF-8 (``raw_encoding``
+``utf-8``), else as base64 (``base64``); both are null for a decoded command.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from enum import StrEnum
 from typing import Any
 
@@ -33,7 +39,10 @@ __all__ = [
 # Every key a change may carry: view adapters write exactly these properties
 # (and ``deliveries``, computed from the change's ``stage`` and ``deliveries``).
 # ``seq`` is the log position of the event that opened the entry: it orders the list.
-DEAD_LETTER_CREATED = ("kind", "stream", "actor", "stage", "run_id", "error", "created_at", "seq")
+DEAD_LETTER_CREATED = (
+    "kind", "stream", "actor", "stage", "run_id", "error", "created_at", "seq",
+    "raw", "raw_encoding",
+)  # fmt: skip
 DEAD_LETTER_FIELDS = ("status", "closed_at", "reason")
 
 
@@ -75,6 +84,8 @@ def open_for_run(
         "error": error,
         "created_at": at,
         "seq": position,
+        "raw": None,
+        "raw_encoding": None,
     }
     started = b.stages.get((run_id, stage))
     change.stage = (run_id, stage)
@@ -96,6 +107,7 @@ def _dead_lettered(
         "error": d["error"],
         "created_at": at,
         "seq": e.position,
+        **_raw(d.get("raw")),
     }
     deliveries = int(d["deliveries"])
     change = b.dead_letter(d["dead_letter"])
@@ -103,6 +115,16 @@ def _dead_lettered(
         return
     change.created, change.deliveries = created, deliveries
     change.fields.setdefault("status", DeadLetterStatus.OPEN)
+
+
+def _raw(encoded: Any) -> dict[str, str | None]:
+    """The raw entry (base64 in the event) as text when it is UTF-8, else as base64."""
+    if encoded is None:
+        return {"raw": None, "raw_encoding": None}
+    try:
+        return {"raw": base64.b64decode(encoded, validate=True).decode(), "raw_encoding": "utf-8"}
+    except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
+        return {"raw": str(encoded), "raw_encoding": "base64"}
 
 
 def _closed(status: DeadLetterStatus) -> DeadLetterHandler:

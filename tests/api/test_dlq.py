@@ -40,6 +40,8 @@ ROW_KEYS = {
     "created_at",
     "closed_at",
     "reason",
+    "raw",
+    "raw_encoding",
 }
 
 
@@ -166,6 +168,26 @@ async def test_a_poison_command_is_redriven_onto_its_channel(
     )
     assert entry.json()["status"] == "redriven"
     assert_error(await client.post(f"/v1/dlq/{dead_letter}/redrive"), 409, "CONFLICT")
+
+
+async def test_a_poison_entry_shows_its_raw_entry_as_text_or_base64(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    body = b'{"stream": "s", "events": [{"type": "Foo", "data": {"n": 1e400}}]}'
+    ingest = await stack.dead_letters.add(
+        workspace, "@ingest", raw=body, error="malformed JSON", deliveries=1
+    )
+    binary = await stack.dead_letters.add(
+        workspace, "flaky", raw=b"\xc1 not msgpack", error="undecodable command", deliveries=5
+    )
+    rows = {row["id"]: row for row in await dead_letters(client)}
+    assert (rows[ingest]["raw"], rows[ingest]["raw_encoding"]) == (body.decode(), "utf-8")
+    assert (rows[binary]["raw"], rows[binary]["raw_encoding"]) == (
+        base64.b64encode(b"\xc1 not msgpack").decode(),
+        "base64",
+    )
+    one = (await client.get(f"/v1/dlq/{ingest}")).json()
+    assert (one["raw"], one["raw_encoding"]) == (body.decode(), "utf-8")
 
 
 async def test_a_redrive_or_discard_first_lets_the_view_catch_up_with_the_log(

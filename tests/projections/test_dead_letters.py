@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 
 from projection_helpers import T0, Clock, as_recorded, lifecycle, of_run, poison
 from reference_view import apply, empty
 
-from stageline.actors.events import DeadLetterDiscarded, RunFailed
+from stageline.actors.events import DeadLetterDiscarded, DeadLettered, RunFailed
 from stageline.events import new_event
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
 from stageline.projections.run_status import fold
@@ -30,6 +31,8 @@ def test_a_run_that_gives_up_opens_a_dead_letter_counting_its_attempts() -> None
         "error": 'ValueError: bad "doc"\nline 2',
         "created_at": int(events[-1].occurred_at.timestamp() * 1000),
         "seq": events[-1].position,
+        "raw": None,
+        "raw_encoding": None,
     }
     assert (entry.stage, entry.deliveries, entry.fields) == (("r1", "parse"), 2, {"status": "open"})
     assert changes.runs["r1"].fields["dead_letter"] == life.dead_letter
@@ -85,9 +88,30 @@ def test_a_poison_command_is_an_entry_of_the_dead_letters_stream() -> None:
         "error": "DecodeError: not a command",
         "created_at": int(events[0].occurred_at.timestamp() * 1000),
         "seq": 1,
+        "raw": None,
+        "raw_encoding": None,
     }
     assert (p1.stage, p1.deliveries, p1.fields) == (None, 5, {"status": "open"})
     assert (p2.fields["status"], p2.fields["reason"]) == ("discarded", "junk")
+
+
+def test_a_raw_entry_is_kept_as_text_when_it_is_utf8_else_as_base64() -> None:
+    def raw_of(raw: str | None) -> tuple[object, object]:
+        event = DeadLettered(
+            dead_letter="p1", actor="@ingest", error="malformed JSON", deliveries=1, raw=raw
+        )
+        [recorded] = as_recorded([("dead-letters", new_event(event))])
+        created = fold([recorded]).dead_letters["p1"].created or {}
+        return created["raw"], created["raw_encoding"]
+
+    text = '{"n": 1e400, "é": 1}'
+    assert raw_of(base64.b64encode(text.encode()).decode()) == (text, "utf-8")
+    assert raw_of(base64.b64encode(b"\xc1 not msgpack").decode()) == (
+        "wSBub3QgbXNncGFjaw==",
+        "base64",
+    )
+    assert raw_of("not base64!") == ("not base64!", "base64")
+    assert raw_of(None) == (None, None)
 
 
 def test_a_dead_lettered_event_on_another_stream_opens_no_entry() -> None:

@@ -182,6 +182,8 @@ async def test_dead_letters_read_back_newest_first_and_by_status(
         "status": "open",
         "closed_at": None,
         "reason": None,
+        "raw": None,
+        "raw_encoding": None,
     }
     opened = await views.list_dead_letters(workspace)
     assert [d["id"] for d in opened] == ["p1", dead.dead_letter]
