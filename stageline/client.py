@@ -12,16 +12,26 @@ whatever its pipeline is called.
 Every write carries an ``Idempotency-Key`` (one per call unless given), so
 connection errors and 503 answers are retried, with backoff, without ever
 writing an event twice. Any other error answer is raised as ``ApiError``.
+
+Bodies are encoded as JSON here (``to_json``): datetimes, dates, UUIDs, Decimals
+and paths as text, as the server writes them. A value JSON cannot hold (``NaN``,
+an infinity, an object of another type) raises ``TypeError`` or ``ValueError``
+before anything is sent; a reported stage (or run) whose ``output`` or
+``metadata`` holds one is recorded as failed with that reason, and the error raised.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from datetime import time as time_of_day
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
+from pathlib import PurePath
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -40,12 +50,14 @@ __all__ = [
     "Unreachable",
     "VersionConflict",
     "next_delay",
+    "to_json",
 ]
 
 REPORTED_VERSION = 0
 """The ``pipeline_version`` of a reported run: none of stageline's pipelines has it."""
 
 Expected = int | Literal["any", "no_stream"]
+_JSON = {"Content-Type": "application/json"}
 Outcome = httpx.Response | httpx.TransportError
 
 
@@ -110,6 +122,34 @@ def _retry_after(value: str | None) -> float:
             return 0.0
 
 
+def _text(value: Any) -> str:
+    if isinstance(value, date | time_of_day):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | Decimal | PurePath):
+        return str(value)
+    raise TypeError(f"a {type(value).__name__} cannot be sent as JSON: {value!r}"[:300])
+
+
+def to_json(value: Any) -> bytes:
+    """``value`` as a request body: ``TypeError`` or ``ValueError`` for what JSON cannot hold."""
+    try:
+        text = json.dumps(
+            value, default=_text, allow_nan=False, ensure_ascii=False, separators=(",", ":")
+        )
+    except ValueError as exc:  # the stdlib's says only "Out of range float values ..."
+        raise ValueError(f"NaN and infinities cannot be sent as JSON ({exc})") from None
+    return text.encode()
+
+
+def _refused(what: str, value: Any) -> TypeError | ValueError | None:
+    """Why ``value`` cannot be recorded as ``what``, or None if it can."""
+    try:
+        to_json(value)
+    except (TypeError, ValueError) as exc:
+        return type(exc)(f"{what} cannot be recorded: {exc}")
+    return None
+
+
 def _answer(outcome: Outcome) -> Any:
     """The JSON of a successful answer; ``ApiError`` (or a subclass) otherwise."""
     if isinstance(outcome, httpx.TransportError):
@@ -152,8 +192,8 @@ class _Client:
         return {
             "method": "POST",
             "url": f"/v1/streams/{stream}/events",
-            "json": {"expected_version": expected_version, "events": list(events)},
-            "headers": {"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
+            "content": to_json({"expected_version": expected_version, "events": list(events)}),
+            "headers": {**_JSON, "Idempotency-Key": idempotency_key or uuid.uuid4().hex},
         }
 
     @staticmethod
@@ -167,9 +207,9 @@ class _Client:
         return {
             "method": "POST",
             "url": "/v1/runs",
-            "json": {"pipeline": pipeline, "input": dict(input)},
+            "content": to_json({"pipeline": pipeline, "input": dict(input)}),
             "params": {"wait": wait} if wait is not None else {},
-            "headers": {"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
+            "headers": {**_JSON, "Idempotency-Key": idempotency_key or uuid.uuid4().hex},
             # the answer comes once the run ended or `wait` ran out
             "timeout": timeout + wait if wait is not None else timeout,
         }
@@ -400,6 +440,9 @@ class Stage:
         data.update(_error(exc), permanent=True)
         return [{"type": "StageFailed", "data": data, "occurred_at": _now()}]
 
+    def _refused(self) -> TypeError | ValueError | None:
+        return _refused(f"stage {self.name!r}'s output or metadata", [self.output, self.metadata])
+
     def __enter__(self) -> Self:
         assert isinstance(self._run, RunReport), "a reported async run's stage: `async with`"
         self._run._write(self._started())
@@ -409,7 +452,10 @@ class Stage:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert isinstance(self._run, RunReport)
-        self._run._write(self._ended(exc), exc)
+        refused = self._refused() if exc is None else None
+        self._run._write(self._ended(exc or refused), exc or refused)
+        if refused is not None:  # the stage is recorded failed with it: the run fails too
+            raise refused
 
     async def __aenter__(self) -> Self:
         assert isinstance(self._run, AsyncRunReport), "a reported run's stage: `with`"
@@ -420,7 +466,10 @@ class Stage:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert isinstance(self._run, AsyncRunReport)
-        await self._run._write(self._ended(exc), exc)
+        refused = self._refused() if exc is None else None
+        await self._run._write(self._ended(exc or refused), exc or refused)
+        if refused is not None:
+            raise refused
 
 
 class _Report:
@@ -482,6 +531,9 @@ class _Report:
         data = {"stage": self.at_stage or "", **_error(exc)}
         return [{"type": "RunFailed", "data": data, "occurred_at": _now()}]
 
+    def _refused(self) -> TypeError | ValueError | None:
+        return _refused("the run's output", self.output)
+
     @staticmethod
     def _unrecorded(exc: BaseException | None, failure: ApiError) -> None:
         """A write that failed: raised, unless the caller's own exception is on its way."""
@@ -511,7 +563,10 @@ class RunReport(_Report):
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._write(self._ended(exc), exc)
+        refused = self._refused() if exc is None else None
+        self._write(self._ended(exc or refused), exc or refused)
+        if refused is not None:
+            raise refused
 
 
 class AsyncRunReport(_Report):
@@ -534,4 +589,7 @@ class AsyncRunReport(_Report):
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self._write(self._ended(exc), exc)
+        refused = self._refused() if exc is None else None
+        await self._write(self._ended(exc or refused), exc or refused)
+        if refused is not None:
+            raise refused

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import PurePosixPath
 from typing import Any
 
 import httpx
@@ -21,6 +24,7 @@ from stageline.client import (
     Unreachable,
     VersionConflict,
     next_delay,
+    to_json,
 )
 from stageline.stack import Stack
 
@@ -195,6 +199,97 @@ async def test_the_reconciler_leaves_a_reported_run_alone(
         view = await stageline.run(run.run_id, min_position=run.position)
     assert view["status"] == "completed"
     assert [s["attempts"] for s in view["stages"]] == [1]
+
+
+def report_with_metadata(url: str, workspace: str, value: Any) -> tuple[str, int | None]:
+    """A one-stage run through the blocking client whose stage's metadata holds ``value``."""
+    with Stageline(url, workspace) as client:
+        try:
+            with client.report("odd-values", ["only"]) as run, run.stage("only") as s:
+                s.metadata["value"] = value
+        except ValueError as exc:
+            return f"{type(exc).__name__}: {exc}", run.position
+        return "", run.position
+
+
+WHEN = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+TEXTS = [
+    (WHEN, "2026-11-23T06:00:00+00:00"),
+    (uuid.UUID(int=7), str(uuid.UUID(int=7))),
+    (Decimal("1.10"), "1.10"),
+    (PurePosixPath("/data/in.csv"), "/data/in.csv"),
+]
+
+
+@pytest.mark.parametrize(("value", "text"), TEXTS, ids=["datetime", "uuid", "decimal", "path"])
+async def test_a_stage_metadata_value_json_lacks_is_recorded_as_text(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str, value: Any, text: str
+) -> None:
+    async with served(app) as url:
+        raised, position = await asyncio.to_thread(report_with_metadata, url, workspace, value)
+    assert raised == "" and position is not None
+    listed = await client.get(
+        "/v1/runs", params={"pipeline": "odd-values", "min_position": position}
+    )
+    [summary] = listed.json()["runs"]
+    view = (await client.get(f"/v1/runs/{summary['id']}")).json()
+    assert view["status"] == "completed"
+    assert view["stages"][0]["metadata"] == {"value": text}
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+async def test_a_stage_metadata_value_json_cannot_hold_fails_the_stage_with_why(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str, sync: bool
+) -> None:
+    async with served(app) as url, AsyncStageline(url, workspace) as stageline:
+        if sync:
+            raised, position = await asyncio.to_thread(
+                report_with_metadata, url, workspace, float("nan")
+            )
+        else:
+            with pytest.raises(ValueError) as caught:
+                async with (
+                    stageline.report("odd-values", ["only"]) as run,
+                    run.stage("only") as s,
+                ):
+                    s.metadata["value"] = float("inf")
+            raised, position = f"ValueError: {caught.value}", run.position
+        assert position is not None
+        assert raised.startswith("ValueError: stage 'only''s output or metadata cannot be recorded")
+        listed = await client.get(
+            "/v1/runs", params={"pipeline": "odd-values", "min_position": position}
+        )
+        [summary] = listed.json()["runs"]
+        view = await stageline.run(summary["id"], min_position=position)
+    assert view["status"] == "failed"
+    assert view["error"] == raised
+    [stage] = view["stages"]
+    assert (stage["status"], stage["error"]) == ("failed", raised)
+
+
+async def test_a_run_output_json_cannot_hold_fails_the_run_with_why(
+    app: FastAPI, workspace: str
+) -> None:
+    async with served(app) as url, AsyncStageline(url, workspace) as stageline:
+        with pytest.raises(TypeError, match="the run's output cannot be recorded"):
+            async with stageline.report("odd-values", ["only"]) as run:
+                async with run.stage("only"):
+                    pass
+                run.output["odd"] = object()
+        assert run.position is not None
+        view = await stageline.run(run.run_id, min_position=run.position)
+    assert view["status"] == "failed"
+    assert view["stages"][0]["status"] == "completed"
+
+
+def test_to_json_writes_text_for_dates_uuids_decimals_paths_and_refuses_the_rest() -> None:
+    for value, text in TEXTS:
+        assert to_json({"v": value}) == b'{"v":"' + text.encode() + b'"}'
+    for number in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="NaN and infinities"):
+            to_json([number])
+    with pytest.raises(TypeError, match="a set cannot be sent as JSON"):
+        to_json({"v": {1}})
 
 
 def test_report_refuses_a_stage_it_was_not_told_of() -> None:
