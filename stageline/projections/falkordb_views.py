@@ -53,6 +53,7 @@ from stageline.projections.run_status import (
     STAGE_CREATED,
     STAGE_FIELDS,
     RunStatus,
+    shown_stages,
 )
 
 __all__ = ["FalkorDBViews", "connect"]
@@ -353,7 +354,7 @@ class FalkorDBViews:
         if not rows:
             return None
         run = _run_dict(rows[0][0])
-        run["stages"] = _stages(rows[0][0])
+        run["stages"] = shown_stages(run["status"], _stages(rows[0][0]))
         return run
 
     async def stale_runs(

@@ -55,6 +55,7 @@ __all__ = [
     "RunStatus",
     "StageStatus",
     "fold",
+    "shown_stages",
 ]
 
 # Every key a change may carry: view adapters write exactly these properties.
@@ -292,6 +293,23 @@ FOLD: Handlers[RunStatusChanges] = {
     **{topic: (h, False) for topic, h in dead_letters.HANDLERS.items()},
 }
 """Every event type the projection folds: run lifecycle (run streams only) and dead letters."""
+
+
+def shown_stages(run_status: str | None, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's stored stages as the view shows them, in place.
+
+    A cancelled run's stage that waited for a retry waits for nothing: it shows
+    ``pending`` with no ``retry_at``, as a stage the cancel found not started does
+    (its last error stays, as after ``RunRetried``). Done as the row is read, not
+    folded: ``RunCancelled`` names no stage, and which one waits may be known only
+    to the stored row, which a batch's changes cannot address by a computed name.
+    Live and rebuilt views hold the same rows, so they show the same.
+    """
+    if run_status == RunStatus.CANCELLED:
+        for stage in stages:
+            if stage.get("status") == StageStatus.RETRYING:
+                stage.update(status=StageStatus.PENDING.value, retry_at=None)
+    return stages
 
 
 def fold(events: Iterable[RecordedEvent]) -> RunStatusChanges:

@@ -156,6 +156,23 @@ async def test_every_split_of_a_run_ends_with_the_same_counts(
         assert await counts_match_rows(views, ws) == {KINDS[kind]: 1}
 
 
+async def test_a_run_cancelled_while_a_stage_waits_for_its_retry_shows_it_pending(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    events = of_run(lifecycle("r1", "cancelled", Clock()))
+    for cut in range(1, len(events)):  # the failure and the cancel in one batch or two
+        ws = f"{workspace}-{cut}"
+        write = Writer(views, ws)
+        await write(events[:cut])
+        await write(events[cut:])
+        run = await views.get_run(ws, "r1")
+        assert run is not None and run["status"] == "cancelled"
+        fetch = run["stages"][0]
+        assert (fetch["name"], fetch["status"], fetch["retry_at"]) == ("fetch", "pending", None)
+        assert fetch["error"] == "Timeout: slow"  # the last attempt's error stays
+        assert [s["status"] for s in run["stages"][1:]] == ["pending", "pending"]
+
+
 async def test_dead_letters_read_back_newest_first_and_by_status(
     views: FalkorDBViews, workspace: str
 ) -> None:

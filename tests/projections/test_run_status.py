@@ -25,6 +25,7 @@ from stageline.projections.run_status import (
     STAGE_CREATED,
     STAGE_FIELDS,
     fold,
+    shown_stages,
 )
 
 MS0 = int(T0.timestamp() * 1000)
@@ -219,6 +220,25 @@ def test_a_cancelled_run_keeps_its_reason() -> None:
         "user asked",
     )
     assert fold(events).stages[("r1", "fetch")].fields["status"] == "retrying"
+
+
+def test_a_cancelled_runs_stage_waiting_for_a_retry_shows_pending_without_retry_at() -> None:
+    def stages() -> list[dict[str, Any]]:
+        return [
+            {"name": "fetch", "status": "retrying", "retry_at": "t", "error": "Timeout: slow"},
+            {"name": "parse", "status": "pending", "retry_at": None, "error": None},
+        ]
+
+    shown = shown_stages("cancelled", stages())
+    assert shown[0] == {
+        "name": "fetch",
+        "status": "pending",
+        "retry_at": None,
+        "error": "Timeout: slow",
+    }
+    assert shown[1] == stages()[1]
+    for status in ("retrying", "processing", "failed", "compensated"):
+        assert shown_stages(status, stages()) == stages()
 
 
 def test_a_retried_run_reopens_with_its_stage_pending() -> None:
