@@ -35,7 +35,8 @@ def runs_as_of(events: Iterable[RecordedEvent], until: int | None = None) -> lis
         if run.created is None:  # its RunSubmitted lies before the log's first position
             continue
         row = {"id": run_id, **run.created, **run.fields}
-        row["stages"] = sorted(stages.get(run_id, []), key=lambda s: s.get("index", 0))
+        stages_of = sorted(stages.get(run_id, []), key=lambda s: s.get("index", 0))
+        row["stages"] = run_status.shown_stages(row.get("status"), stages_of)
         runs.append(row)
     return sorted(runs, key=lambda r: r.get("seq", 0))
 

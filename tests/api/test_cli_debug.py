@@ -256,3 +256,21 @@ def test_runs_of_the_same_input_pair_in_the_order_they_were_submitted() -> None:
     assert (result.same, result.only_a, result.only_b) == (1, [], [])
     [d] = result.differ
     assert (d.key, d.streams, d.version) == ("run of input 'item-1' #2", ("run-a2", "run-b2"), 1)
+
+
+def test_replay_shows_a_cancelled_runs_stage_that_waited_for_a_retry_as_the_view_does() -> None:
+    from stageline.projections.replay import runs_as_of
+
+    failed = {"stage": "a", "index": 0, "attempt": 1, "error_type": "E", "error": "boom",
+              "will_retry": True, "retry_at": "2026-11-23T10:05:00Z"}  # fmt: skip
+    events = read_log(
+        [
+            logged(1, "run-x", 0, "RunSubmitted", SUBMITTED),
+            logged(2, "run-x", 1, "StageStarted", {"stage": "a", "index": 0, "attempt": 1}),
+            logged(3, "run-x", 2, "StageFailed", failed),
+            logged(4, "run-x", 3, "RunCancelled", {"reason": "no"}),
+        ]
+    )
+    [run] = runs_as_of(events)
+    [stage] = run["stages"]
+    assert (run["status"], stage["status"], stage.get("retry_at")) == ("cancelled", "pending", None)
