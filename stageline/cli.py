@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,6 +28,7 @@ from stageline.cli_http import (
     api_answers,
     call,
     console,
+    err_console,
     print_json,
     print_table,
 )
@@ -58,11 +60,7 @@ def _settings() -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
-        console.print(
-            f"[red]invalid STAGELINE_* setting:[/red] {describe(exc)}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        err_console.print(f"[red]invalid STAGELINE_* setting:[/red] {describe(exc)}")
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level, settings.log_format)
     return settings
@@ -76,7 +74,7 @@ def _run(coro: Any) -> Any:
         return asyncio.run(coro)
     # an OSError (a TimeoutError too) says what failed: no traceback needed
     except (StagelineError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -84,7 +82,7 @@ def _run(coro: Any) -> Any:
 
 def _require_url(settings: Settings, what: str) -> None:
     if settings.redis_url is None:
-        console.print(
+        err_console.print(
             f"[red]{what} needs STAGELINE_REDIS_URL[/red]: point it at the server "
             "`stageline up` printed, or at your Redis/FalkorDB"
         )
@@ -315,14 +313,14 @@ ProjectionName = Annotated[
 
 
 def _progress() -> Progress:
-    """A progress bar on the console (left out when it is not a terminal)."""
+    """A progress bar on stderr (left out when that is not a terminal): stdout is for data."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("events"),
         TimeRemainingColumn(),
-        console=console,
+        console=Console(stderr=True),
         transient=True,
     )
 
@@ -334,7 +332,7 @@ def projections_rebuild(workspace: Workspace = None, projection: ProjectionName 
     Each projection is rebuilt alone: the others' views and checkpoints stay as they are.
     """
     if projection is not None and projection not in NAMES:
-        console.print(
+        err_console.print(
             f"[red]error:[/red] no projection named {projection!r}; projections: {', '.join(NAMES)}"
         )
         raise typer.Exit(2)

@@ -23,6 +23,7 @@ __all__ = [
     "api_answers",
     "call",
     "console",
+    "err_console",
     "load_document",
     "print_json",
     "print_table",
@@ -47,6 +48,10 @@ Workspace = Annotated[
 ]
 
 console = Console()
+"""Where data goes: stdout."""
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+"""Where errors and warnings go: stderr, one line each however long (not wrapped), so that
+stdout holds data only (``stageline tail > log.jsonl``, ``replay --json | jq``)."""
 
 
 def send(method: str, url: str, path: str, workspace: str | None, **kwargs: Any) -> httpx.Response:
@@ -61,7 +66,9 @@ def send(method: str, url: str, path: str, workspace: str | None, **kwargs: Any)
 
 def unreachable(url: str, error: object) -> typer.Exit:
     """Print that the API at ``url`` could not be reached, and why; the exit (2) to raise."""
-    console.print(f"[red]cannot reach the API at {url}[/red] ({error}); is `stageline up` running?")
+    err_console.print(
+        f"[red]cannot reach the API at {url}[/red] ({error}); is `stageline up` running?"
+    )
     return typer.Exit(2)
 
 
@@ -73,7 +80,7 @@ def call(method: str, url: str, path: str, workspace: str | None, **kwargs: Any)
 def answer(reply: httpx.Response) -> Any:
     """The JSON of a successful answer; prints the error and exits 1 otherwise."""
     if reply.status_code >= 400:
-        console.print(f"[red]{reply.status_code} {_error_text(reply)}[/red]", highlight=False)
+        err_console.print(f"[red]{reply.status_code} {_error_text(reply)}[/red]", highlight=False)
         raise typer.Exit(1)
     return reply.json()
 
@@ -97,14 +104,12 @@ def load_document(file: Path) -> Any:
         text = file.read_text()
         data = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
-        console.print(f"[red]cannot read {file}:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]cannot read {file}:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from exc
     problem = _not_json(data)
     if problem is not None:
-        console.print(
-            f"[red]{file}: {problem}, which JSON cannot hold; quote it to make it a string[/red]",
-            highlight=False,
-            soft_wrap=True,
+        err_console.print(
+            f"[red]{file}: {problem}, which JSON cannot hold; quote it to make it a string[/red]"
         )
         raise typer.Exit(2)
     return data

@@ -171,7 +171,8 @@ def check_run_operations_from_the_cli(url: str) -> None:
     discard = cli(url, "dlq", "discard", discarded["dead_letter"], "--reason", "bad input")
     assert discard.exit_code == 0 and '"discarded"' in discard.output, discard.output
     closed = cli(url, "dlq", "discard", discarded["dead_letter"])
-    assert closed.exit_code == 1 and "409 CONFLICT" in closed.output, closed.output
+    assert closed.exit_code == 1 and "409 CONFLICT" in closed.stderr, closed.output
+    assert closed.stdout == ""
 
     for args in (["retry", retried["run"]], ["cancel", retried["run"], "--reason", "late"]):
         ended = cli(url, *args)
@@ -181,7 +182,8 @@ def check_run_operations_from_the_cli(url: str) -> None:
     retry = cli(url, "retry", discarded["run"])  # its dead letter is closed; the run still failed
     assert retry.exit_code == 0 and '"processing"' in retry.output, retry.output
     missing = cli(url, "undo", "nope")
-    assert missing.exit_code == 1 and "404 NOT_FOUND" in missing.output, missing.output
+    assert missing.exit_code == 1 and "404 NOT_FOUND" in missing.stderr, missing.output
+    assert missing.stdout == ""
 
 
 def test_demo_without_a_running_api_starts_its_own_stack(data_dir: Path) -> None:
@@ -217,7 +219,8 @@ def test_worker_without_a_store_url_says_what_to_do(data_dir: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2
-    assert "STAGELINE_REDIS_URL" in result.stdout
+    assert result.stdout == ""
+    assert "STAGELINE_REDIS_URL" in result.stderr
 
 
 def test_a_start_up_failure_that_is_not_redis_exits_at_once_saying_why(data_dir: Path) -> None:
@@ -232,7 +235,7 @@ def test_a_start_up_failure_that_is_not_redis_exits_at_once_saying_why(data_dir:
         timeout=30,  # it used to retry forever, as if Redis were unreachable
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"{not_a_dir}/data" in result.stdout
+    assert f"{not_a_dir}/data" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert "redis_unreachable" not in result.stderr
 
@@ -268,7 +271,8 @@ def test_a_server_refusing_the_credentials_is_not_waited_for(
         timeout=30,  # a refused password used to be waited for, forever
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "refused stageline's credentials" in result.stdout
+    assert result.stdout == ""
+    assert "refused stageline's credentials" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
@@ -285,7 +289,8 @@ def test_a_bad_setting_exits_2_with_one_line_saying_which(env: dict[str, str], s
     result = CliRunner().invoke(cli_app, ["worker"], env={"COLUMNS": "300", **env})
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
-    [line] = result.output.splitlines()
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
     assert says in line, line
 
 

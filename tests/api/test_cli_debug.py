@@ -73,7 +73,8 @@ async def test_replay_shows_the_runs_as_the_view_did_at_any_position(
     result = await cli("replay", str(log), "--run", run_ids[2])
     assert result.exit_code == 0 and json.loads(result.stdout)["id"] == run_ids[2]
     result = await cli("replay", str(log), "--run", "no-such-run")
-    assert result.exit_code == 1 and "no run 'no-such-run'" in result.output
+    assert result.exit_code == 1 and "no run 'no-such-run'" in result.stderr
+    assert result.stdout == ""  # `replay --run x | jq` gets no error as data
     # into a pipe, 80 columns wide: tab-separated lines, every value whole
     result = await asyncio.to_thread(CliRunner().invoke, cli_app, ["replay", str(log)])
     assert result.exit_code == 0, result.output
@@ -138,8 +139,8 @@ async def test_a_log_line_that_is_not_an_event_is_named(tmp_path: Path) -> None:
     log = tmp_path / "bad.jsonl"
     log.write_text('\n{"not": "an event"}\n')
     result = await cli("replay", str(log))
-    assert result.exit_code == 2
-    assert "bad.jsonl, line 2: not an event" in result.output
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "bad.jsonl, line 2: not an event" in result.stderr
     assert "Traceback" not in result.output
 
 
@@ -185,7 +186,8 @@ async def test_replay_refuses_a_log_out_of_log_order_naming_the_line(tmp_path: P
     )
     result = await cli("replay", str(log))
     assert result.exit_code == 2, result.output
-    assert "mixed.jsonl, line 2: position 1 after 2" in result.output
+    assert result.stdout == ""
+    assert "mixed.jsonl, line 2: position 1 after 2" in result.stderr
     assert "Traceback" not in result.output
 
 

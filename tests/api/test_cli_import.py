@@ -126,7 +126,8 @@ async def test_a_workspace_whose_stream_holds_other_events_is_refused_naming_it(
     result = await import_cli(redis_url, str(log), "-w", target)
 
     assert result.exit_code == 1, result.output
-    [line] = result.output.strip().splitlines()
+    assert result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: stream '{stream}' of workspace '{target}' holds other events")
     assert "at version 0" in line and "nothing was imported" in line
     assert await stack.store.head(target) == 1
@@ -151,7 +152,8 @@ async def test_a_log_with_a_bad_line_is_refused_naming_it(
         result = await import_cli(redis_url, str(log), "-w", target)
 
         assert result.exit_code == 1, result.output
-        [line] = result.output.strip().splitlines()
+        assert result.stdout == ""
+        [line] = result.stderr.strip().splitlines()
         assert line.startswith(f"error: {log}, {error}"), line
         assert await stack.store.head(target) == 0  # not even the lines before it
 

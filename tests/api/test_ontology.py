@@ -842,24 +842,24 @@ async def test_the_cli_adds_removes_exports_and_imports(
         r = await cli("ontology", "remove", pid)
         assert r.exit_code == 0 and pid in r.output, r.output
         r = await cli("ontology", "remove", pid)
-        assert r.exit_code == 1 and "404 NOT_FOUND" in r.output, r.output
+        assert r.exit_code == 1 and "404 NOT_FOUND" in r.stderr, r.output
         r = await cli("ontology", "add", "Bob", "Person")
-        assert r.exit_code == 1 and "400 INVALID_ARGUMENT" in r.output, r.output
+        assert r.exit_code == 1 and "400 INVALID_ARGUMENT" in r.stderr, r.output
 
         bad = tmp_path / "bad.yaml"
         bad.write_text("format: stageline.ontology\nversion: 2\n")
         head = await stack.store.head(other)
         r = await cli("ontology", "import", str(bad), ws=other)
-        assert r.exit_code == 1 and "400 INVALID_ARGUMENT" in r.output, r.output
+        assert r.exit_code == 1 and "400 INVALID_ARGUMENT" in r.stderr, r.output
         assert await stack.store.head(other) == head
         broken = tmp_path / "broken.json"
         broken.write_text("{")
         r = await cli("ontology", "import", str(broken))
-        assert r.exit_code == 2 and "cannot read" in r.output, r.output
+        assert r.exit_code == 2 and "cannot read" in r.stderr, r.output
         dated = tmp_path / "dated.yaml"
         dated.write_text("format: stageline.ontology\nversion: 1\nexported_at: 2024-05-01\n")
         r = await cli("ontology", "import", str(dated), ws=other)
-        assert r.exit_code == 2 and "exported_at" in r.output, r.output
+        assert r.exit_code == 2 and "exported_at" in r.stderr, r.output
         assert await stack.store.head(other) == head
 
 
@@ -890,4 +890,4 @@ async def test_the_cli_lists_patterns_and_shows_the_status(
         assert r.exit_code == 0, r.output
         assert json_of(r)["type_counts"]["confirmed"] == 1
         r = await cli("ontology", "status", "--bucket-runs", "15")
-        assert r.exit_code == 1 and "400 INVALID_ARGUMENT" in r.output, r.output
+        assert r.exit_code == 1 and "400 INVALID_ARGUMENT" in r.stderr, r.output

@@ -410,20 +410,20 @@ async def test_the_cli_applies_lists_shows_and_deletes(
         assert json.loads(r.output)["description"] == RETRYING["description"]
 
         r = await cli("pipelines", "delete", "retrying", "--if-version", "1")
-        assert r.exit_code == 1 and "409 CONFLICT" in r.output, r.output
+        assert r.exit_code == 1 and "409 CONFLICT" in r.stderr, r.output
         r = await cli("pipelines", "delete", "retrying", "--reason", "done")
         assert r.exit_code == 0 and '"version": 2' in r.output, r.output
         r = await cli("pipelines", "show", "retrying")
-        assert r.exit_code == 1 and "404 NOT_FOUND" in r.output, r.output
+        assert r.exit_code == 1 and "404 NOT_FOUND" in r.stderr, r.output
 
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps(variant(name="broken", stages=[])))
         r = await cli("pipelines", "apply", str(bad))
-        assert r.exit_code == 1 and "400 INVALID_ARGUMENT" in r.output, r.output
+        assert r.exit_code == 1 and "400 INVALID_ARGUMENT" in r.stderr, r.output
         nameless = tmp_path / "nameless.yaml"
         nameless.write_text("stages: []\n")
         r = await cli("pipelines", "apply", str(nameless))
-        assert r.exit_code == 2 and "name" in r.output, r.output
+        assert r.exit_code == 2 and "name" in r.stderr, r.output
 
 
 @pytest.mark.parametrize(

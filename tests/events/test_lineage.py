@@ -98,7 +98,11 @@ def write(path: Path, events: list[RecordedEvent]) -> None:
 
 
 def invoke(*argv: str) -> tuple[int, str]:
+    """The exit code and stdout, or stderr when it failed (then stdout must be empty)."""
     result = CliRunner().invoke(cli_app, list(argv), env={"COLUMNS": "300"})
+    if result.exit_code:
+        assert result.stdout == "", result.stdout
+        return result.exit_code, result.stderr
     return result.exit_code, result.stdout
 
 
