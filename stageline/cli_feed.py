@@ -3,8 +3,9 @@
 The feed (``GET /v1/log/feed``) is read as Server-Sent Events; each event is printed as
 the JSON line ``stageline tail`` prints for it. A connection that drops, or that the
 server ends (it is stopping), is made again with ``Last-Event-ID`` set to the last id
-received, so nothing is printed twice or skipped; after ``RECONNECT_DELAYS`` run out
-without one succeeding, one line says why and the command exits.
+received, so nothing is printed twice or skipped. Tries back off from
+``FIRST_RECONNECT_DELAY`` to ``MAX_RECONNECT_DELAY`` seconds apart; once none has succeeded
+for ``RECONNECT_GIVE_UP_SECONDS``, one line on stderr says why and the command exits.
 """
 
 from __future__ import annotations
@@ -20,10 +21,23 @@ import typer
 
 from stageline.cli_http import answer, unreachable
 
-__all__ = ["RECONNECT_DELAYS", "Message", "SseParser", "follow_log", "reconnect_delay"]
+__all__ = [
+    "FIRST_RECONNECT_DELAY",
+    "MAX_RECONNECT_DELAY",
+    "RECONNECT_GIVE_UP_SECONDS",
+    "Message",
+    "SseParser",
+    "follow_log",
+    "reconnect_delay",
+]
 
-RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0)
-"""Seconds before each next try after a connection failed; the one after the last gives up."""
+FIRST_RECONNECT_DELAY = 0.25
+"""Seconds before the first try after a connection failed; each next wait doubles."""
+MAX_RECONNECT_DELAY = 4.0
+"""The longest wait between two tries."""
+RECONNECT_GIVE_UP_SECONDS = 60.0
+"""How long tries go on failing before it gives up: well past a restart of ``stageline up``
+(4-5 s with its drain), so following survives one."""
 READ_TIMEOUT_SECONDS = 45.0
 """The feed sends a keep-alive every 15 s: three missed, the connection is taken as lost."""
 
@@ -99,9 +113,13 @@ class SseParser:
         return None
 
 
-def reconnect_delay(failures: int) -> float | None:
-    """Seconds to wait after ``failures`` connections in a row failed; None: give up."""
-    return RECONNECT_DELAYS[failures - 1] if failures <= len(RECONNECT_DELAYS) else None
+def reconnect_delay(failures: int, failing_for: float) -> float | None:
+    """Seconds to wait after ``failures`` connections in a row failed, the first of them
+    ``failing_for`` seconds ago; None: give up."""
+    if failing_for >= RECONNECT_GIVE_UP_SECONDS:
+        return None
+    backoff = FIRST_RECONNECT_DELAY * 2 ** min(failures - 1, 16)
+    return min(backoff, MAX_RECONNECT_DELAY, RECONNECT_GIVE_UP_SECONDS - failing_for)
 
 
 def follow_log(url: str, workspace: str | None, after: int, out: TextIO) -> None:
@@ -109,12 +127,13 @@ def follow_log(url: str, workspace: str | None, after: int, out: TextIO) -> None
 
     Runs until interrupted (exits 130), until the API answers a request error (exits 1,
     as ``answer`` does), or until it could not be reached, or kept answering 5xx, for
-    every one of ``RECONNECT_DELAYS`` (exits 2, or 1 for an answer).
+    ``RECONNECT_GIVE_UP_SECONDS`` (exits 2, or 1 for an answer).
     """
     headers = {"X-Workspace": workspace} if workspace else {}
     timeout = httpx.Timeout(10.0, read=READ_TIMEOUT_SECONDS)
     parser = SseParser(str(after))
     failures = 0
+    first_failure = 0.0
     try:
         while True:
             lost: httpx.Response | httpx.HTTPError | None = None
@@ -137,7 +156,9 @@ def follow_log(url: str, workspace: str | None, after: int, out: TextIO) -> None
             except httpx.HTTPError as exc:
                 lost = exc
             failures += 1
-            delay = reconnect_delay(failures)
+            if failures == 1:
+                first_failure = time.monotonic()
+            delay = reconnect_delay(failures, time.monotonic() - first_failure)
             if delay is None:
                 if isinstance(lost, httpx.Response):
                     answer(lost)

@@ -16,7 +16,14 @@ from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from stageline.cli import app as cli_app
-from stageline.cli_feed import RECONNECT_DELAYS, Message, SseParser, reconnect_delay
+from stageline.cli_feed import (
+    FIRST_RECONNECT_DELAY,
+    MAX_RECONNECT_DELAY,
+    RECONNECT_GIVE_UP_SECONDS,
+    Message,
+    SseParser,
+    reconnect_delay,
+)
 from stageline.events import NewEvent
 from stageline.stack import Stack
 
@@ -56,14 +63,30 @@ def test_an_id_counts_once_its_block_is_complete() -> None:
     assert parser.last_id == "4"
 
 
-def test_reconnecting_backs_off_then_gives_up() -> None:
-    delays = [reconnect_delay(n) for n in range(1, len(RECONNECT_DELAYS) + 2)]
-    assert delays == [*RECONNECT_DELAYS, None]
+RESTART_SECONDS = 5.0
+"""What a restart of `stageline up` takes, its drain included."""
+
+
+def test_reconnecting_backs_off_then_gives_up_well_after_a_restart() -> None:
+    waited, delays = 0.0, []
+    while (delay := reconnect_delay(len(delays) + 1, waited)) is not None:
+        delays.append(delay)
+        waited += delay
+    assert delays[0] == FIRST_RECONNECT_DELAY
     assert delays[:-1] == sorted(delays[:-1])
+    assert max(delays) == MAX_RECONNECT_DELAY
+    assert waited == pytest.approx(RECONNECT_GIVE_UP_SECONDS)
+    assert waited > 4 * RESTART_SECONDS
+    assert reconnect_delay(1, RECONNECT_GIVE_UP_SECONDS + 30) is None  # slow failed tries
 
 
-CUTS = len(RECONNECT_DELAYS) + 1
-"""More than it tries to reconnect after one failure: each success starts the count over."""
+CUTS = 5
+"""Cuts in a row: each success starts the count of failures over."""
+GIVE_UP_SOON = (
+    "import sys, stageline.cli_feed as feed; feed.RECONNECT_GIVE_UP_SECONDS = 1.0; "
+    "from stageline.cli import main; sys.argv[0] = 'stageline'; main()"
+)
+"""``stageline`` giving up after 1 s without the API, so a test need not wait a minute."""
 
 
 async def cli(*argv: str) -> Result:
@@ -82,12 +105,12 @@ async def test_tail_follow_prints_events_as_they_land_and_resumes_across_a_cut(
     await append(stack, workspace, 3)
     async with served(app) as url, proxied(url) as proxy:
         tail = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "stageline", "tail", "--follow", "--after", "1",
+            sys.executable, "-c", GIVE_UP_SOON, "tail", "--follow", "--after", "1",
             "--url", proxy.url, "-w", workspace,
-            env={**os.environ, "COLUMNS": "300"},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "30"},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        assert tail.stdout is not None
+        assert tail.stdout is not None and tail.stderr is not None
         try:
 
             async def lines(count: int) -> list[str]:
@@ -108,6 +131,7 @@ async def test_tail_follow_prints_events_as_they_land_and_resumes_across_a_cut(
             await proxy.close()  # the API is gone for good: a few tries, then one line
             async with asyncio.timeout(HANG_GUARD):
                 rest = (await tail.stdout.read()).decode()
+                errors = (await tail.stderr.read()).decode()
                 code = await tail.wait()
             # the same lines `stageline tail` prints, all of them, once each
             plain = await cli("tail", "--after", "1", "--url", url, "-w", workspace)
@@ -121,8 +145,10 @@ async def test_tail_follow_prints_events_as_they_land_and_resumes_across_a_cut(
     assert [e["position"] for e in events] == list(range(2, 6 + 2 * CUTS))
     assert plain.exit_code == 0 and plain.stdout == "".join(printed)
     assert code == 2
-    [error] = rest.splitlines()
-    assert error.startswith(f"cannot reach the API at {proxy.url}"), rest
+    assert rest == ""  # stdout holds the events only: the export stays a log
+    [error] = errors.splitlines()  # one line, however narrow the terminal
+    assert error.startswith(f"cannot reach the API at {proxy.url}"), errors
+    assert error.endswith("is `stageline up` running?"), errors
 
 
 async def test_tail_follow_refused_by_the_api_says_why_at_once(
@@ -131,6 +157,6 @@ async def test_tail_follow_refused_by_the_api_says_why_at_once(
     async with served(app) as url, proxied(url) as proxy:
         result = await cli("tail", "--follow", "--after", "-1", "--url", proxy.url, "-w", workspace)
     assert len(proxy.heads) == 1  # asked once: asking again would get the same answer
-    assert result.exit_code == 1
-    [error] = result.stdout.splitlines()
-    assert error.startswith("400 INVALID_ARGUMENT: after:"), result.stdout
+    assert result.exit_code == 1 and result.stdout == ""
+    [error] = result.stderr.splitlines()
+    assert error.startswith("400 INVALID_ARGUMENT: after:"), result.stderr
