@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -60,7 +61,7 @@ def _settings() -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
-        err_console.print(f"[red]invalid STAGELINE_* setting:[/red] {describe(exc)}")
+        err_console.print(f"[red]invalid STAGELINE_* setting:[/red] {escape(describe(exc))}")
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level, settings.log_format)
     return settings

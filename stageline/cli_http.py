@@ -13,7 +13,10 @@ import msgspec
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from stageline.settings import HTTP_SCHEMES, check_url
 
 __all__ = [
     "DEFAULT_API",
@@ -33,8 +36,21 @@ __all__ = [
 
 DEFAULT_API = "http://127.0.0.1:8000"
 
+
+def _api_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host; else one line saying so, and exit 2."""
+    try:
+        return check_url(url, HTTP_SCHEMES)
+    except ValueError as exc:
+        err_console.print(f"[red]invalid --url/STAGELINE_API_URL:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+
 ApiUrl = Annotated[
-    str, typer.Option("--url", envvar="STAGELINE_API_URL", help="The API's base URL.")
+    str,
+    typer.Option(
+        "--url", envvar="STAGELINE_API_URL", callback=_api_url, help="The API's base URL."
+    ),
 ]
 Workspace = Annotated[
     str | None,

@@ -4,13 +4,43 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WORKSPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+HTTP_SCHEMES = ("http", "https")
+
+
+def check_url(url: str, schemes: tuple[str, ...]) -> str:
+    """``url`` if it has one of ``schemes`` and, but for ``unix``, a host and port that parse
+    (a Redis URL's path, if any, a database number); ``ValueError`` saying what is wrong,
+    with any password in it masked."""
+    shown = repr(_PASSWORD.sub(r"\1***@", url))
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a port that is not a number, or out of range: ValueError)
+    except ValueError as exc:
+        raise ValueError(f"{shown} is not a URL ({exc})") from None
+    if parts.scheme not in schemes:
+        raise ValueError(f"{shown} must start with {', '.join(s + '://' for s in schemes)}")
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError(f"{shown} names no socket path")
+    named_host = parts.scheme in HTTP_SCHEMES or (parts.scheme != "unix" and parts.netloc)
+    if named_host and not parts.hostname:
+        raise ValueError(f"{shown} names no host")
+    database = parts.path.strip("/")
+    if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+        raise ValueError(f"{shown}: its path must be a database number, as in redis://host:6379/0")
+    return url
+
+
+_PASSWORD = re.compile(r"(//[^:@/]*:)[^@/]*@")
 
 
 def _cpus() -> int:
@@ -145,6 +175,11 @@ class Settings(BaseSettings):
         if name not in logging.getLevelNamesMapping():
             raise ValueError(f"unknown log level {level!r}; use DEBUG, INFO, WARNING or ERROR")
         return name
+
+    @field_validator("redis_url", "broker_url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        return None if url is None else check_url(url, REDIS_SCHEMES)
 
     @property
     def effective_broker_url(self) -> str | None:

@@ -283,6 +283,9 @@ def test_a_server_refusing_the_credentials_is_not_waited_for(
         ({"STAGELINE_BATCH_SIZE": "0"}, "STAGELINE_BATCH_SIZE: Input should be greater than"),
         # empty is unset, as everywhere: a worker needs a store URL
         ({"STAGELINE_REDIS_URL": ""}, "worker needs STAGELINE_REDIS_URL"),
+        ({"STAGELINE_REDIS_URL": "http://nope"}, "STAGELINE_REDIS_URL: 'http://nope' must"),
+        ({"STAGELINE_REDIS_URL": "redis://h:notaport/0"}, "STAGELINE_REDIS_URL: 'redis://h:notap"),
+        ({"STAGELINE_BROKER_URL": "redis://[::1"}, "STAGELINE_BROKER_URL: 'redis://[::1' is"),
     ],
 )
 def test_a_bad_setting_exits_2_with_one_line_saying_which(env: dict[str, str], says: str) -> None:
@@ -292,6 +295,16 @@ def test_a_bad_setting_exits_2_with_one_line_saying_which(env: dict[str, str], s
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
     assert says in line, line
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "127.0.0.1:8000", "http://"])
+def test_a_bad_api_url_exits_2_with_one_line_saying_so(url: str) -> None:
+    result = CliRunner().invoke(cli_app, ["runs"], env={"COLUMNS": "300", "STAGELINE_API_URL": url})
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"invalid --url/STAGELINE_API_URL: {url!r}"), line
 
 
 def projections_cli(redis_url: str, *args: str) -> Result:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from stageline.settings import Settings
+from stageline.settings import Settings, describe
 
 
 def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,3 +26,47 @@ def test_an_unknown_log_level_is_refused(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("STAGELINE_LOG_LEVEL", "verbose")
     with pytest.raises(ValidationError, match="log_level"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0",
+        "rediss://:secret@example.com:6380",
+        "redis://[::1]:6379",
+        "unix:///tmp/stageline/redis.sock",
+    ],
+)
+def test_a_redis_url_is_taken(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("STAGELINE_REDIS_URL", url)
+    monkeypatch.setenv("STAGELINE_BROKER_URL", url)
+    assert (Settings().redis_url, Settings().broker_url) == (url, url)
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "says"),
+    [
+        ("REDIS_URL", "http://nope", "must start with redis://, rediss://, unix://"),
+        ("REDIS_URL", "redis://host:notaport/0", "is not a URL"),
+        ("REDIS_URL", "redis://host:99999", "is not a URL"),
+        ("REDIS_URL", "redis://host/zero", "database number"),
+        ("REDIS_URL", "unix://", "names no socket path"),
+        ("BROKER_URL", "localhost:6379", "must start with"),
+        ("BROKER_URL", "redis://[::1", "is not a URL"),
+    ],
+)
+def test_a_bad_redis_url_is_refused(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str, says: str
+) -> None:
+    monkeypatch.setenv(f"STAGELINE_{variable}", url)
+    with pytest.raises(ValidationError, match=variable.lower()) as caught:
+        Settings()
+    assert says in describe(caught.value)
+
+
+def test_a_password_in_a_refused_url_is_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STAGELINE_REDIS_URL", "redis://user:s3cret@host:port/0")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    said = describe(caught.value)
+    assert "s3cret" not in said and "'redis://user:***@host:port/0' is not a URL" in said
