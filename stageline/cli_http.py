@@ -118,9 +118,9 @@ def load_document(file: Path) -> Any:
     """
     try:
         text = file.read_text()
-        data = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if file.suffix.lower() == ".json" else yaml.load(text, _Loader)
     except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
-        err_console.print(f"[red]cannot read {file}:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]cannot read {file}:[/red] {escape(_one_line(exc))}")
         raise typer.Exit(2) from exc
     problem = _not_json(data)
     if problem is not None:
@@ -129,6 +129,35 @@ def load_document(file: Path) -> Any:
         )
         raise typer.Exit(2)
     return data
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing anchors and aliases: a config file has no need of them,
+    and through them a few lines can hold themselves (a recursion without end) or a billion
+    values (billion laughs)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        event = self.peek_event()
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            found = f"*{anchor}" if isinstance(event, yaml.AliasEvent) else f"&{anchor}"
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"YAML anchors and aliases ({found}) are refused: a config file has no need "
+                "of them; write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def _one_line(error: Exception) -> str:
+    """What ``error`` says in one line; for a YAML error, where in the file, then what."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        said = ", ".join(str(part) for part in (error.context, error.problem) if part)
+        return f"line {mark.line + 1}, column {mark.column + 1}: {said}"
+    return " ".join(str(error).split())
 
 
 def _not_json(value: Any, where: str = "") -> str | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
+import pytest
 from api_helpers import served, submit
 from click.testing import Result
 from fastapi import FastAPI
@@ -34,3 +36,39 @@ async def test_the_workspace_defaults_to_stageline_workspace(
     assert other.exit_code == 0 and run_id not in other.output, other.output
     # unset: no X-Workspace header, so the server's default workspace
     assert unset.exit_code == 0 and run_id not in unset.output, unset.output
+
+
+RECURSIVE = "a: &a [*a]\n"
+LAUGHS = "name: laughs\nl0: &l0 [lol]\n" + "".join(
+    f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 10)}]\n" for n in range(1, 10)
+)
+"""Nine levels of ten aliases each: a billion values from ten lines."""
+
+
+@pytest.mark.parametrize(
+    ("command", "text", "found"),
+    [
+        ("pipelines apply", RECURSIVE, "line 1, column 4: YAML anchors and aliases (&a)"),
+        ("ontology import", RECURSIVE, "line 1, column 4: YAML anchors and aliases (&a)"),
+        ("pipelines apply", LAUGHS, "line 2, column 5: YAML anchors and aliases (&l0)"),
+        (
+            "pipelines apply",
+            "name: x\nstages: *s\n",
+            "line 2, column 9: YAML anchors and aliases (*s)",
+        ),
+    ],
+    ids=["recursive-apply", "recursive-import", "billion-laughs", "alias"],
+)
+def test_yaml_anchors_and_aliases_are_refused_in_one_line(
+    tmp_path: Path, command: str, text: str, found: str
+) -> None:
+    file = tmp_path / "aliased.yaml"
+    file.write_text(text)
+    argv = [*command.split(), str(file), "--url", "http://127.0.0.1:1"]  # never asked
+    result = CliRunner().invoke(cli_app, argv, env={"COLUMNS": "80"})
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"cannot read {file}: {found} are refused"), line
+    assert "a config file has no need of them" in line
