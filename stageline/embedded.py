@@ -108,6 +108,19 @@ class EmbeddedServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def exited(self) -> str | None:
+        """What to tell an operator if the server this object started has exited (by
+        itself, or killed): its exit code and its log file; None while it runs, or when
+        it was never started or was stopped through ``stop``."""
+        code = self._proc.poll() if self._proc is not None else None
+        if code is None:
+            return None
+        how = str(code)
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                how += f" ({signal.Signals(-code).name})"
+        return f"embedded redis-server exited with {how}; see {self.logfile}"
+
     def start(self, timeout: float = 15.0) -> str:
         """Start the server and wait until it answers; returns its URL."""
         if self._proc is not None and self._proc.poll() is None:
@@ -137,11 +150,10 @@ class EmbeddedServer:
         self._proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:
-            if self._proc.poll() is not None:
+            exited = self.exited()
+            if exited is not None:
                 self._release_lock()
-                raise Unavailable(
-                    f"embedded redis-server exited with {self._proc.returncode}; see {self.logfile}"
-                )
+                raise Unavailable(exited)
             if self._ping():
                 self._stop_idle_children()  # that of a server that died on its own
                 if hasattr(os, "SCHED_IDLE"):

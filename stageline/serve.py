@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stageline.actors.worker import Worker
+from stageline.embedded import EmbeddedServer
 from stageline.errors import Unavailable
 from stageline.settings import Settings
 from stageline.stack import Stack
@@ -37,6 +38,8 @@ T = TypeVar("T")
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 _REFUSED = (AuthenticationError, AuthorizationError)
 _MAX_RETRY_SECONDS = 5.0
+SERVER_CHECK_SECONDS = 0.5
+"""How often a process that started the embedded server looks whether it is still running."""
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -59,7 +62,8 @@ async def serve(
 
     Without ``then`` it runs until SIGINT/SIGTERM; with it, until ``then(api_url)`` returns.
     A Redis that does not answer yet is waited for (until a signal), not a reason to exit;
-    any other start-up failure is raised.
+    any other start-up failure is raised. If the embedded server it started exits, it
+    stops everything and raises ``Unavailable`` saying so, for a supervisor to restart it.
     """
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -69,7 +73,11 @@ async def serve(
     tasks: list[asyncio.Task[None]] = []
     server: uvicorn.Server | None = None
     the_worker: Worker | None = None
+    died: list[str] = []
     try:
+        if stack.server is not None:
+            watch = _watch_server(stack.server, stop, died)
+            tasks.append(asyncio.create_task(watch, name="embedded-server"))
         if worker:
             the_worker = await _start_worker(stack, stop)
             if the_worker is None:
@@ -134,6 +142,25 @@ async def serve(
         )
         await stack.close()
         log.info("stageline.stopped")
+        if died:  # the cause of whatever else failed meanwhile
+            raise Unavailable(died[0])
+
+
+async def _watch_server(server: EmbeddedServer, stop: asyncio.Event, died: list[str]) -> None:
+    """Until ``stop`` is set: if ``server`` exits, say why into ``died`` and set ``stop``.
+
+    Without it, a process whose server was killed kept running, every read failing, and
+    a supervisor never restarted it.
+    """
+    while not stop.is_set():
+        exited = server.exited()
+        if exited is not None:
+            log.error("embedded.exited", error=exited)
+            died.append(exited)
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SERVER_CHECK_SECONDS)
 
 
 async def _start_worker(stack: Stack, stop: asyncio.Event) -> Worker | None:

@@ -223,6 +223,25 @@ def test_worker_without_a_store_url_says_what_to_do(data_dir: Path) -> None:
     assert "STAGELINE_REDIS_URL" in result.stderr
 
 
+def test_up_whose_server_is_killed_exits_saying_so(data_dir: Path) -> None:
+    port = free_port()
+    proc = start_up(data_dir, port)
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}")
+        os.kill(int((data_dir / "redis.pid").read_text()), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)  # it used to run on, every read failing
+    finally:
+        if proc.poll() is None:
+            stop(proc, signal.SIGKILL)
+    assert proc.returncode == 1, out
+    said = [line for line in out.splitlines() if not line.startswith("{")]  # not a log line
+    assert said[-1] == (
+        f"error: embedded redis-server exited with -9 (SIGKILL); see {data_dir}/redis.log"
+    ), out
+    assert "stageline.stopped" in out  # in order, the drain included
+    assert not (data_dir / "redis.sock").exists()
+
+
 def test_a_start_up_failure_that_is_not_redis_exits_at_once_saying_why(data_dir: Path) -> None:
     not_a_dir = data_dir / "file"
     not_a_dir.write_text("")
