@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -202,16 +202,17 @@ async def _state(stack: Stack) -> list[Any]:
 
 async def _channels(stack: Stack) -> list[GaugeMetricFamily]:
     """Each stage channel's length, and its consumer group's pending entries, lag and
-    consumers; the ingest channel's too, as actor ``@ingest``."""
+    live consumers; the ingest channel's too, as actor ``@ingest``."""
     channels = [
         (actor, keys.stage_channel(actor), keys.stage_group(actor))
         for actor in sorted(stack.actors.names())
     ]
     channels.append((keys.INGEST_ACTOR, keys.INGEST_CHANNEL, keys.INGEST_GROUP))
     pipe = stack.broker_client.pipeline(transaction=False)
-    for _, channel, _ in channels:
+    for _, channel, group_name in channels:
         pipe.xlen(channel)
         pipe.xinfo_groups(channel)
+        pipe.xinfo_consumers(channel, group_name)
     pipe.zcard(keys.SCHEDULED)
     replies = await pipe.execute(raise_on_error=False)
     length = GaugeMetricFamily(
@@ -226,16 +227,21 @@ async def _channels(stack: Stack) -> list[GaugeMetricFamily]:
         "stageline_channel_lag", "Commands on a stage channel not yet delivered.", labels=["actor"]
     )
     consumers = GaugeMetricFamily(
-        "stageline_channel_consumers", "Workers reading a stage channel.", labels=["actor"]
+        "stageline_channel_consumers",
+        "Workers reading a stage channel: consumers that read it within the claim idle time.",
+        labels=["actor"],
     )
+    live_within_ms = stack.settings.claim_idle_ms
     for i, (actor, _, name) in enumerate(channels):
-        n, groups = replies[2 * i], replies[2 * i + 1]
+        n, groups, readers = replies[3 * i : 3 * i + 3]
         length.add_metric([actor], n if isinstance(n, int) else 0)
         group = _group(groups, name)
         if group is not None:
             pending.add_metric([actor], int(group.get("pending") or 0))
             waiting.add_metric([actor], int(group.get("lag") or 0))
-            consumers.add_metric([actor], int(group.get("consumers") or 0))
+            if isinstance(readers, Exception):
+                raise readers
+            consumers.add_metric([actor], live_consumers(readers, live_within_ms))
     scheduled = replies[-1]
     if isinstance(scheduled, Exception):
         raise scheduled
@@ -243,6 +249,19 @@ async def _channels(stack: Stack) -> list[GaugeMetricFamily]:
         "stageline_retries_scheduled", "Commands waiting for their retry's backoff.", scheduled
     )
     return [length, pending, waiting, consumers, retries]
+
+
+def live_consumers(consumers: Sequence[Mapping[str, Any]], within_ms: int) -> int:
+    """How many of a group's consumers (an ``XINFO CONSUMERS`` reply) read or claimed
+    within the last ``within_ms``.
+
+    A consumer is named after its worker's host and pid and is never deleted, so the
+    group's own count keeps every worker that ever read, a killed or stopped one too.
+    A live worker's subscriber reads every ``poll_ms`` and its claimer claims every
+    tenth of the claim idle time, both under its name; one silent for the whole claim
+    idle time is gone (its pending entries are claimable by then).
+    """
+    return sum(1 for consumer in consumers if int(consumer.get("idle") or 0) < within_ms)
 
 
 def _group(groups: Any, name: str) -> dict[str, Any] | None:

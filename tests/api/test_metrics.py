@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from stageline.api import create_app
+from stageline.api.metrics import live_consumers
 from stageline.projections.registry import NAMES
 from stageline.stack import Stack
 
@@ -91,3 +92,24 @@ async def test_a_scrape_without_the_store_still_answers_with_state_up_0(stack: S
         samples = await scrape(client)
     assert of(samples, "stageline_state_up") == 0
     assert not [key for key in samples if key[0] == "stageline_log_events_total"]
+
+
+async def test_only_consumers_that_read_within_the_claim_idle_time_are_counted(
+    stack: Stack, workspace: str
+) -> None:
+    redis = stack.broker_client
+    channel, group = f"test-consumers-{workspace}", "g"
+    await redis.xgroup_create(channel, group, id="0", mkstream=True)
+    try:
+        await redis.xreadgroup(group, "host-1", {channel: ">"})  # a worker reading now
+        reading = await redis.xinfo_consumers(channel, group)
+    finally:
+        await redis.delete(channel)
+    [now] = reading
+    assert now["idle"] < stack.settings.claim_idle_ms
+    gone = [  # as Redis keeps them for a worker killed an hour ago and one stopped 30 s ago
+        {**now, "name": b"host-2", "pending": 3, "idle": 3_600_000, "inactive": 3_600_000},
+        {**now, "name": b"host-3", "pending": 0, "idle": 30_000, "inactive": 30_000},
+    ]
+    assert live_consumers([now, *gone], 30_000) == 1
+    assert live_consumers([now, *gone], 3_600_001) == 3
