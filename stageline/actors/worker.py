@@ -66,6 +66,14 @@ _DATA = DATA_FIELD.encode()
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 T = TypeVar("T")
 _READERS_END_SECONDS = 0.5
+_LEAVE_GROUP = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+    return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"""
+"""Delete a consumer from a group only if nothing is pending under it, in one step: a
+consumer deleted with pending entries would lose them."""
 """How long ``stop()`` keeps cancelling read tasks that did not end with the broker."""
 
 
@@ -448,8 +456,22 @@ class Worker:
         await _end(readers, _READERS_END_SECONDS)
         if self._scheduler_task is not None:
             await self._scheduler_task
+        await self._leave_groups()
         await self.client.aclose()
         log.info("worker.stopped", consumer=self.config.consumer)
+
+    async def _leave_groups(self) -> None:
+        """Delete this worker's consumer from each group it read that holds nothing pending
+        under it, so the groups list only live workers (a consumer is never deleted
+        otherwise). One with entries pending stays: they are another worker's to claim."""
+        groups = [(keys.stage_channel(a), keys.stage_group(a)) for a in sorted(self.actors.names())]
+        pipe = self.client.pipeline(transaction=False)
+        for channel, group in [*groups, *self._ingest]:
+            pipe.eval(_LEAVE_GROUP, 1, channel, group, self.config.consumer)
+        try:
+            await pipe.execute(raise_on_error=False)  # a group lost meanwhile: nothing to leave
+        except Exception as exc:  # the broker is gone: the consumers stay, idle
+            log.warning("worker.leave_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 class NoRetryOnceCancelled(Retry):

@@ -107,3 +107,34 @@ async def test_a_read_that_missed_its_cancellation_takes_nothing_after_stop(
     finally:
         await second.stop()
     assert done == {run: "RunCompleted"}
+
+
+async def consumers(client: aioredis.Redis, channel: str, group: str) -> dict[bytes, int]:
+    """Each consumer of the group, with how many entries are pending under it."""
+    return {c["name"]: c["pending"] for c in await client.xinfo_consumers(channel, group)}
+
+
+async def test_a_stopped_worker_leaves_the_groups_where_nothing_is_pending_under_it(
+    redis_store: RedisEventStore, redis_url: str, client: aioredis.Redis
+) -> None:
+    await CommandBus(client).ensure_group(CHANNEL, GROUP)
+    await client.xgroup_delconsumer(CHANNEL, GROUP, "w-stop")  # a test before left it pending
+    await client.xadd(CHANNEL, {"junk": "1"})
+    [[_, [(held, _)]]] = await client.xreadgroup(GROUP, "w-held", {CHANNEL: ">"}, count=1)
+    worker = make_worker(redis_store, redis_url)
+    await worker.start()
+    read = await consumers(client, CHANNEL, GROUP)
+    ingest = await consumers(client, keys.INGEST_CHANNEL, keys.INGEST_GROUP)
+    assert b"w-stop" in read and b"w-stop" in ingest
+    await worker.stop()
+    assert b"w-stop" not in await consumers(client, CHANNEL, GROUP)
+    assert b"w-stop" not in await consumers(client, keys.INGEST_CHANNEL, keys.INGEST_GROUP)
+
+    # one with an entry pending under it stays, the entry with it, for a claimer to take
+    held_by_worker = make_worker(redis_store, redis_url)
+    await held_by_worker.start()
+    await client.xclaim(CHANNEL, GROUP, "w-stop", 0, [held])
+    await held_by_worker.stop()
+    assert (await consumers(client, CHANNEL, GROUP))[b"w-stop"] == 1
+    await client.xack(CHANNEL, GROUP, held)
+    await client.xgroup_delconsumer(CHANNEL, GROUP, "w-held")
