@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -29,9 +28,9 @@ from stageline.cli_http import (
     api_answers,
     call,
     console,
-    err_console,
     print_json,
     print_table,
+    say_error,
 )
 from stageline.cli_ontology import app as ontology_app
 from stageline.cli_pipelines import app as pipelines_app
@@ -61,7 +60,7 @@ def _settings() -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
-        err_console.print(f"[red]invalid STAGELINE_* setting:[/red] {escape(describe(exc))}")
+        say_error(f"invalid STAGELINE_* setting: {describe(exc)}")
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level, settings.log_format)
     return settings
@@ -75,7 +74,7 @@ def _run(coro: Any) -> Any:
         return asyncio.run(coro)
     # an OSError (a TimeoutError too) says what failed: no traceback needed
     except (StagelineError, OSError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        say_error(f"error: {exc}")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -83,8 +82,8 @@ def _run(coro: Any) -> Any:
 
 def _require_url(settings: Settings, what: str) -> None:
     if settings.redis_url is None:
-        err_console.print(
-            f"[red]{what} needs STAGELINE_REDIS_URL[/red]: point it at the server "
+        say_error(
+            f"{what} needs STAGELINE_REDIS_URL: point it at the server "
             "`stageline up` printed, or at your Redis/FalkorDB"
         )
         raise typer.Exit(2)
@@ -333,9 +332,7 @@ def projections_rebuild(workspace: Workspace = None, projection: ProjectionName 
     Each projection is rebuilt alone: the others' views and checkpoints stay as they are.
     """
     if projection is not None and projection not in NAMES:
-        err_console.print(
-            f"[red]error:[/red] no projection named {projection!r}; projections: {', '.join(NAMES)}"
-        )
+        say_error(f"error: no projection named {projection!r}; projections: {', '.join(NAMES)}")
         raise typer.Exit(2)
     settings = _settings()
     ws = workspace or settings.workspace

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.tree import Tree
 
-from stageline.cli_http import console, err_console, print_json, print_table
+from stageline.cli_http import console, print_json, print_table, say_error
 from stageline.errors import InvalidArgument
 from stageline.events import RecordedEvent
 from stageline.events.lineage import Lineage
@@ -114,12 +114,12 @@ def replay(
         with log.open("rb") as lines, _reading(log) as advance:
             runs = runs_as_of(_in_log_order(log, lines, advance), until)
     except InvalidArgument as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        say_error(f"error: {exc}")
         raise typer.Exit(2) from exc
     if run is not None:
         found = [r for r in runs if r["id"] == run]
         if not found:
-            err_console.print(f"[red]error:[/red] no run {run!r} in {log} up to that position")
+            say_error(f"error: no run {run!r} in {log} up to that position")
             raise typer.Exit(1)
         print_json(found[0])
         return
@@ -164,7 +164,7 @@ def diff(
             ignore=DEFAULT_IGNORED if ignore is None else ignore,
         )
     except InvalidArgument as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        say_error(f"error: {exc}")
         raise typer.Exit(2) from exc
     if as_json:
         print_json(dataclasses.asdict(result) | {"equal": result.equal})
@@ -216,10 +216,10 @@ def lineage(
                 _in_log_order(log, first, advance), (e for _, e in iter_lines(again)), of
             )
     except InvalidArgument as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        say_error(f"error: {exc}")
         raise typer.Exit(2) from exc
     if not found.start:
-        err_console.print(f"[red]error:[/red] no event, stream or run {of!r} in {log}")
+        say_error(f"error: no event, stream or run {of!r} in {log}")
         raise typer.Exit(1)
     if as_json:
         print_json(

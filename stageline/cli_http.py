@@ -13,7 +13,6 @@ import msgspec
 import typer
 import yaml
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from stageline.settings import HTTP_SCHEMES, check_url
@@ -30,6 +29,7 @@ __all__ = [
     "load_document",
     "print_json",
     "print_table",
+    "say_error",
     "send",
     "unreachable",
 ]
@@ -42,7 +42,7 @@ def _api_url(url: str) -> str:
     try:
         return check_url(url, HTTP_SCHEMES)
     except ValueError as exc:
-        err_console.print(f"[red]invalid --url/STAGELINE_API_URL:[/red] {escape(str(exc))}")
+        say_error(f"invalid --url/STAGELINE_API_URL: {exc}")
         raise typer.Exit(2) from None
 
 
@@ -70,6 +70,12 @@ err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 stdout holds data only (``stageline tail > log.jsonl``, ``replay --json | jq``)."""
 
 
+def say_error(text: str) -> None:
+    """``text`` as one line on stderr, red on a terminal; printed as it is (a ``[`` in a
+    path or a message is not taken for markup)."""
+    err_console.print(text, style="red", markup=False)
+
+
 def send(method: str, url: str, path: str, workspace: str | None, **kwargs: Any) -> httpx.Response:
     """One API request, whatever its answer; exits 2 if the API is unreachable."""
     headers = {"X-Workspace": workspace} if workspace else {}
@@ -82,9 +88,7 @@ def send(method: str, url: str, path: str, workspace: str | None, **kwargs: Any)
 
 def unreachable(url: str, error: object) -> typer.Exit:
     """Print that the API at ``url`` could not be reached, and why; the exit (2) to raise."""
-    err_console.print(
-        f"[red]cannot reach the API at {url}[/red] ({error}); is `stageline up` running?"
-    )
+    say_error(f"cannot reach the API at {url} ({error}); is `stageline up` running?")
     return typer.Exit(2)
 
 
@@ -96,7 +100,7 @@ def call(method: str, url: str, path: str, workspace: str | None, **kwargs: Any)
 def answer(reply: httpx.Response) -> Any:
     """The JSON of a successful answer; prints the error and exits 1 otherwise."""
     if reply.status_code >= 400:
-        err_console.print(f"[red]{reply.status_code} {_error_text(reply)}[/red]", highlight=False)
+        say_error(f"{reply.status_code} {_error_text(reply)}")
         raise typer.Exit(1)
     return reply.json()
 
@@ -120,13 +124,11 @@ def load_document(file: Path) -> Any:
         text = file.read_text()
         data = json.loads(text) if file.suffix.lower() == ".json" else yaml.load(text, _Loader)
     except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
-        err_console.print(f"[red]cannot read {file}:[/red] {escape(_one_line(exc))}")
+        say_error(f"cannot read {file}: {_one_line(exc)}")
         raise typer.Exit(2) from exc
     problem = _not_json(data)
     if problem is not None:
-        err_console.print(
-            f"[red]{file}: {problem}, which JSON cannot hold; quote it to make it a string[/red]"
-        )
+        say_error(f"{file}: {problem}, which JSON cannot hold; quote it to make it a string")
         raise typer.Exit(2)
     return data
 

@@ -15,10 +15,10 @@ from stageline.cli_http import (
     Workspace,
     call,
     console,
-    err_console,
     load_document,
     print_json,
     print_table,
+    say_error,
 )
 
 __all__ = ["app"]
@@ -163,7 +163,7 @@ def export(
     try:
         output.write_text(text)
     except OSError as exc:
-        err_console.print(f"[red]cannot write {output}:[/red] {exc}")
+        say_error(f"cannot write {output}: {exc}")
         raise typer.Exit(2) from exc
     types, patterns = len(document["types"]), len(document["patterns"])
     console.print(f"wrote {types} types and {patterns} patterns to {output}", highlight=False)

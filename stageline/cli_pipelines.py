@@ -14,10 +14,10 @@ from stageline.cli_http import (
     Workspace,
     answer,
     call,
-    err_console,
     load_document,
     print_json,
     print_table,
+    say_error,
     send,
 )
 
@@ -111,7 +111,7 @@ def load_definition(file: Path) -> dict[str, Any]:
     """The definition in a ``.json`` file, or a YAML one (any other suffix); exits 2 if unusable."""
     data = load_document(file)
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        err_console.print(f"[red]{file} must hold an object with a `name` and `stages`[/red]")
+        say_error(f"{file} must hold an object with a `name` and `stages`")
         raise typer.Exit(2)
     return data
 

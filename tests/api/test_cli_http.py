@@ -72,3 +72,15 @@ def test_yaml_anchors_and_aliases_are_refused_in_one_line(
     [line] = result.stderr.splitlines()
     assert line.startswith(f"cannot read {file}: {found} are refused"), line
     assert "a config file has no need of them" in line
+
+
+def test_an_error_naming_a_path_with_brackets_prints_it_as_it_is(tmp_path: Path) -> None:
+    file = tmp_path / "[" / "b]" / "[red]p.yaml"  # rich took "[/b]" for markup: MarkupError
+    file.parent.mkdir(parents=True)
+    file.write_text("name: [\n")
+    argv = ["pipelines", "apply", str(file), "--url", "http://127.0.0.1:1"]
+    result = CliRunner().invoke(cli_app, argv, env={"COLUMNS": "80"})
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"cannot read {file}: line 2, column 1: "), line
