@@ -123,10 +123,13 @@ def load_document(file: Path) -> Any:
     try:
         text = file.read_text()
         data = json.loads(text) if file.suffix.lower() == ".json" else yaml.load(text, _Loader)
+        problem = _not_json(data)
     except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
         say_error(f"cannot read {file}: {_one_line(exc)}")
         raise typer.Exit(2) from exc
-    problem = _not_json(data)
+    except RecursionError as exc:  # the parsers and _not_json recurse into each level
+        say_error(f"cannot read {file}: it is nested too deeply")
+        raise typer.Exit(2) from exc
     if problem is not None:
         say_error(f"{file}: {problem}, which JSON cannot hold; quote it to make it a string")
         raise typer.Exit(2)

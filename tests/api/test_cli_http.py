@@ -84,3 +84,14 @@ def test_an_error_naming_a_path_with_brackets_prints_it_as_it_is(tmp_path: Path)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     [line] = result.stderr.splitlines()
     assert line.startswith(f"cannot read {file}: line 2, column 1: "), line
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_document_nested_too_deeply_is_refused_in_one_line(tmp_path: Path, suffix: str) -> None:
+    file = tmp_path / f"deep{suffix}"
+    file.write_text("[" * 100_000 + "]" * 100_000)
+    argv = ["pipelines", "apply", str(file), "--url", "http://127.0.0.1:1"]
+    result = CliRunner().invoke(cli_app, argv, env={"COLUMNS": "80"})
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.stderr.splitlines() == [f"cannot read {file}: it is nested too deeply"]
