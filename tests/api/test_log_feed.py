@@ -348,14 +348,22 @@ class InFlight(Reads):
                 self.now[ws] -= 1
 
 
-async def test_the_feeds_of_a_workspace_share_one_read_and_one_far_behind_catches_up(
-    stack: Stack, workspace: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def small_pages(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> tuple[InFlight, FastAPI]:
+    """An app whose feeds read pages of 5 events, whose shared reads keep 2, and whose
+    store's reads are watched."""
     monkeypatch.setattr(feed_module, "PAGE", 5)
     monkeypatch.setattr(log_module, "PAGE", 5)
     monkeypatch.setattr(feed_module, "RECENT_PAGES", 2)
     reads = InFlight(stack.store)
-    app = create_app(stack=dataclasses.replace(stack, store=reads), stopping=asyncio.Event())
+    return reads, create_app(
+        stack=dataclasses.replace(stack, store=reads), stopping=asyncio.Event()
+    )
+
+
+async def test_the_feeds_of_a_workspace_share_one_read_and_one_far_behind_catches_up(
+    stack: Stack, workspace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads, app = small_pages(stack, monkeypatch)
     for n in range(30):
         await append(stack, workspace, f"s{n % 3}", "Noted", n=n)
 
@@ -381,11 +389,7 @@ async def test_the_feeds_of_a_workspace_share_one_read_and_one_far_behind_catche
 async def test_a_feed_the_shared_read_left_behind_reads_on_its_own_then_joins_it_again(
     stack: Stack, workspace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(feed_module, "PAGE", 5)
-    monkeypatch.setattr(log_module, "PAGE", 5)
-    monkeypatch.setattr(feed_module, "RECENT_PAGES", 2)
-    reads = InFlight(stack.store)
-    app = create_app(stack=dataclasses.replace(stack, store=reads), stopping=asyncio.Event())
+    reads, app = small_pages(stack, monkeypatch)
     tails = app.state.feeds._tails
     for n in range(12):
         await append(stack, workspace, "s", "Noted", n=n)
