@@ -66,6 +66,7 @@ _DATA = DATA_FIELD.encode()
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 T = TypeVar("T")
 _READERS_END_SECONDS = 0.5
+"""How long ``stop()`` keeps cancelling read tasks that did not end with the broker."""
 _LEAVE_GROUP = """
 if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
     return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
@@ -74,7 +75,6 @@ return -1
 """
 """Delete a consumer from a group only if nothing is pending under it, in one step: a
 consumer deleted with pending entries would lose them."""
-"""How long ``stop()`` keeps cancelling read tasks that did not end with the broker."""
 
 
 @dataclass(frozen=True)
