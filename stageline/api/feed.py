@@ -84,6 +84,8 @@ MAX_FOLLOWED_WORKSPACES = 32
 while it waits, and the store's pool (100) serves every other request of the process."""
 RECENT_PAGES = 4
 """Pages of a workspace's log its shared read keeps, for the feeds a little behind it."""
+TAIL_BLOCK_MS = 2000
+"""How long one read of a shared tail waits for new events before it reads again."""
 
 KEEP_ALIVE = b": keep-alive\n\n"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -210,10 +212,6 @@ class _Tail:
 
 def _position(event: RecordedEvent) -> int:
     return event.position
-
-
-TAIL_BLOCK_MS = 2000
-"""How long one read of a shared tail waits for new events before it reads again."""
 
 
 class Feeds:
