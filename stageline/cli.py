@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -38,6 +38,9 @@ from stageline.errors import StagelineError
 from stageline.logs import configure_logging
 from stageline.projections.registry import NAMES
 from stageline.settings import Settings, describe
+
+if TYPE_CHECKING:
+    from stageline.projections.projector import RebuildResult
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 projections_app = typer.Typer(no_args_is_help=True, help="Projection status and rebuilds.")
@@ -357,12 +360,20 @@ def projections_rebuild(workspace: Workspace = None, projection: ProjectionName 
                     bar.update(task, completed=position, total=head)
 
                 result = await projector.rebuild(ws, name, progress=report)
-            console.print(
-                f"rebuilt {name} in {ws}: {result.events} events in {result.seconds:.2f}s "
-                f"({result.rate:,.0f} events/s)"
-            )
+            console.print(rebuilt_line(ws, result))
 
     _run(go())
+
+
+def rebuilt_line(workspace: str, result: RebuildResult) -> str:
+    """What ``projections rebuild`` says of one rebuilt view."""
+    line = (
+        f"rebuilt {result.projection} in {workspace}: {result.head} events in "
+        f"{result.seconds:.2f}s ({result.rate:,.0f} events/s)"
+    )
+    if result.events < result.head:
+        line += f"; a projector running meanwhile wrote {result.head - result.events} of them"
+    return line
 
 
 @projections_app.command("status")

@@ -21,9 +21,11 @@ from typer.testing import CliRunner
 
 from stageline.actors.builtin.memory import EntityMentioned
 from stageline.cli import app as cli_app
+from stageline.cli import rebuilt_line
 from stageline.events import new_event
 from stageline.events.redis_store import RedisEventStore
 from stageline.projections import NAMES, FalkorDBViews
+from stageline.projections.projector import RebuildResult
 
 
 def free_port() -> int:
@@ -357,6 +359,20 @@ async def stored_view(
 
 def rebuilt_lines(result: Result) -> list[str]:
     return [line for line in result.output.splitlines() if line.startswith("rebuilt ")]
+
+
+def test_a_rebuild_reports_the_view_up_to_the_head_and_what_a_running_projector_wrote() -> None:
+    alone = RebuildResult("run_status", head=40_000, events=40_000, seconds=2.0)
+    shared = RebuildResult("run_status", head=40_000, events=30_000, seconds=2.0)
+
+    assert (
+        rebuilt_line("w", alone)
+        == "rebuilt run_status in w: 40000 events in 2.00s (20,000 events/s)"
+    )
+    assert rebuilt_line("w", shared) == (
+        "rebuilt run_status in w: 40000 events in 2.00s (20,000 events/s);"
+        " a projector running meanwhile wrote 10000 of them"
+    )
 
 
 def status_rows(output: str, workspace: str) -> dict[str, list[str]]:

@@ -61,7 +61,7 @@ class Rebuild:
         self.finished_at = datetime.now(UTC)
         if result is not None:
             self.events = result.events
-            self.position = max(self.position, self.head or 0)
+            self.position = self.head = result.head
         self.error = error
 
     def view(self) -> dict[str, Any]:

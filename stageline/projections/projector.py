@@ -60,14 +60,18 @@ class ViewStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RebuildResult:
+    """A rebuilt view: up to log position ``head``, of which this call wrote ``events``
+    (a projector running meanwhile may have written the rest)."""
+
     projection: str
+    head: int
     events: int
     seconds: float
 
     @property
     def rate(self) -> float:
-        """Events replayed per second."""
-        return self.events / self.seconds if self.seconds > 0 else 0.0
+        """Log positions rebuilt per second."""
+        return self.head / self.seconds if self.seconds > 0 else 0.0
 
 
 def next_delay(attempt: int) -> float:
@@ -402,11 +406,12 @@ class Projector:
                 workspace, (p,), until=head, batch_size=batch_size, progress=progress
             )
         events = await replay
-        result = RebuildResult(p.name, events=events, seconds=time.perf_counter() - started)
+        result = RebuildResult(p.name, head, events, time.perf_counter() - started)
         log.info(
             "projector.rebuilt",
             workspace=workspace,
             projection=p.name,
+            head=head,
             events=events,
             seconds=result.seconds,
         )

@@ -91,7 +91,7 @@ async def test_a_second_rebuild_of_the_same_view_is_409(
 
     async def held(ws: str, name: str, progress: Any) -> RebuildResult:
         await release.wait()
-        return RebuildResult(name, events=0, seconds=0.0)
+        return RebuildResult(name, head=0, events=0, seconds=0.0)
 
     rebuilds: Rebuilds = app.state.rebuilds
     rebuilds.start(workspace, RUN_STATUS.name, held)
@@ -114,7 +114,7 @@ async def test_rebuilds_keep_how_each_one_ended() -> None:
     async def ok(ws: str, name: str, progress: Any) -> RebuildResult:
         progress(5, 10)
         await release.wait()
-        return RebuildResult(name, events=10, seconds=0.1)
+        return RebuildResult(name, head=10, events=10, seconds=0.1)
 
     async def broken(ws: str, name: str, progress: Any) -> RebuildResult:
         raise RuntimeError("views gone")
