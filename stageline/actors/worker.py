@@ -212,7 +212,9 @@ class Worker:
     def _subscribe_ingest(self) -> None:
         def handler(claimed: bool) -> Any:
             async def handle(batch: Any) -> None:
-                await self.handle_ingest(batch, claimed=claimed)
+                await self._unless_cut_off(
+                    keys.INGEST_CHANNEL, self.handle_ingest(batch, claimed=claimed)
+                )
 
             handle.__name__ = "claim_ingest" if claimed else "ingest"
             return handle
@@ -243,10 +245,26 @@ class Worker:
 
     def _handler(self, actor: str, claimed: bool) -> Any:
         async def handle(batch: Any) -> None:
-            await self.handle(actor, batch, claimed=claimed)
+            channel = keys.stage_channel(actor)
+            await self._unless_cut_off(channel, self.handle(actor, batch, claimed=claimed))
 
         handle.__name__ = f"{'claim' if claimed else 'stage'}_{actor}"
         return handle
+
+    async def _unless_cut_off(self, channel: str, handling: Awaitable[None]) -> None:
+        """``handling`` a batch; if the drain time runs out first, one warning line.
+
+        At ``stop()`` FastStream cancels the batches still running after its graceful
+        timeout. Their entries stay pending for another worker's claimer, as they should;
+        but the cancellation, raised on, was logged by FastStream as an error with its
+        traceback, on every deploy that stopped a worker with a long stage in hand.
+        """
+        try:
+            await handling
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                raise
+            log.warning("worker.batch_cut_off", channel=channel)
 
     async def handle(self, actor: str, entries: Sequence[Entry], *, claimed: bool = False) -> None:
         """Handle one read of ``actor``'s channel; raises (the entries stay pending) on failure.

@@ -390,6 +390,11 @@ async def test_sigterm_exits_within_the_drain_time_leaving_a_long_batch_pending(
         await until(lambda: stage_started(store, workspace, run, 1), what="the flaky stage")
         took = await sigterm_and_time(proc, within=1.5 + 1)
         print(f"\nSIGTERM with a 4 s stage in hand, drain 1.5 s: exited after {took:.2f}s")
+        # a stop, not a failure: one warning line, no traceback of the cancellation
+        assert proc.returncode == 0, tail(log)
+        said = log.read_text()
+        assert "Traceback" not in said and "CancelledError" not in said, said
+        assert '"worker.batch_cut_off"' in said
         events = await store.read_stream(workspace, keys.run_stream(run))
         assert events[-1].type == "StageStarted"  # no result: the attempt was cut off
         pending = await client.xpending(keys.stage_channel("flaky"), keys.stage_group("flaky"))
