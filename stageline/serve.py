@@ -74,6 +74,8 @@ async def serve(
     server: uvicorn.Server | None = None
     the_worker: Worker | None = None
     died: list[str] = []
+    # the services' share of the drain time; the rest is for closing the clients and the exit
+    drain = max(settings.drain_seconds - 1.0, settings.drain_seconds * 0.75)
     try:
         if stack.server is not None:
             watch = _watch_server(stack.server, stop, died)
@@ -100,6 +102,11 @@ async def serve(
                 log_config=None,
                 access_log=False,
             )
+            # then uvicorn cancels the requests still running (the app answers them 503) and
+            # ends its lifespan, within the drain and with the stack open; without it they ran
+            # on until the loop's end cancelled them, each logged with a traceback
+            # (uvicorn takes any number of seconds; it is typed int)
+            config.timeout_graceful_shutdown = max(drain - 1.0, drain / 2)  # type: ignore[assignment]
             server = uvicorn.Server(config)
             # our handlers stop every service in order; uvicorn's own would replace them
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
@@ -136,10 +143,7 @@ async def serve(
         stop.set()
         if server is not None:
             server.should_exit = True
-        # the rest of the drain time is for closing the clients and the process's exit
-        await _drain(
-            the_worker, tasks, max(settings.drain_seconds - 1.0, settings.drain_seconds * 0.75)
-        )
+        await _drain(the_worker, tasks, drain)
         await stack.close()
         log.info("stageline.stopped")
         if died:  # the cause of whatever else failed meanwhile

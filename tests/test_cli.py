@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 from stageline.actors.builtin.memory import EntityMentioned
 from stageline.cli import app as cli_app
 from stageline.cli import rebuilt_line
+from stageline.embedded import EmbeddedServer
 from stageline.events import new_event
 from stageline.events.redis_store import RedisEventStore
 from stageline.projections import NAMES, FalkorDBViews
@@ -115,6 +117,7 @@ def test_up_serves_the_demo_then_stops_cleanly_and_starts_again(data_dir: Path) 
     finally:
         out = stop(proc)
     assert proc.returncode == 0, out
+    assert "Traceback" not in out and "CancelledError" not in out, out
     assert "stageline is up" in out and "unix://" in out
     assert not (data_dir / "redis.sock").exists()
     assert not (data_dir / "redis.pid").exists()
@@ -242,6 +245,48 @@ def test_up_whose_server_is_killed_exits_saying_so(data_dir: Path) -> None:
     ), out
     assert "stageline.stopped" in out  # in order, the drain included
     assert not (data_dir / "redis.sock").exists()
+
+
+def test_a_request_outlasting_the_drain_is_answered_503_and_the_stop_is_clean(
+    data_dir: Path,
+) -> None:
+    server = EmbeddedServer(data_dir / "srv")
+    port = free_port()
+    env = {
+        **env_for(data_dir),
+        "STAGELINE_REDIS_URL": server.start(),
+        "STAGELINE_DRAIN_SECONDS": "2",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stageline", "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            # no worker: the run never ends, and the request waits for 30 s
+            waiting = pool.submit(
+                httpx.post,
+                f"http://127.0.0.1:{port}/v1/runs",
+                params={"wait": 30},
+                json={"pipeline": "memory-ingest", "input": {"text": "Ada"}},
+                timeout=30,
+            )
+            time.sleep(0.5)
+            out = stop(proc)
+            answer = waiting.result()
+    finally:
+        if proc.poll() is None:
+            stop(proc, signal.SIGKILL)
+        server.stop()
+    assert proc.returncode == 0, out
+    # it used to run on past the drain, cancelled by the loop's end with two tracebacks
+    assert "Traceback" not in out and "CancelledError" not in out, out
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["code"] == "UNAVAILABLE"
 
 
 def test_a_start_up_failure_that_is_not_redis_exits_at_once_saying_why(data_dir: Path) -> None:

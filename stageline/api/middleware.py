@@ -6,6 +6,7 @@ the same task and sees the structlog context bound here.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
@@ -40,7 +41,8 @@ class CorrelationMiddleware:
     The id is taken from the request header (or generated), stored in the scope's
     ``state`` for handlers, and bound with the workspace into structlog's context
     for every line logged while the request runs. An exception nothing else handled
-    is logged here and answered with the INTERNAL envelope, never a traceback.
+    is logged here and answered with the INTERNAL envelope, never a traceback; a
+    request cancelled as the server stops, with UNAVAILABLE.
     """
 
     def __init__(self, app: ASGIApp, *, default_workspace: str) -> None:
@@ -69,6 +71,17 @@ class CorrelationMiddleware:
         ):
             try:
                 await self.app(scope, receive, send_with_id)
+            except asyncio.CancelledError:
+                # the server is stopping: uvicorn cancels what outlasts its graceful
+                # shutdown, and logs a cancellation raised on as an error with its traceback
+                log.warning("api.request_cancelled", path=scope["path"])
+                if not started:
+                    response = errors.error_response(
+                        "UNAVAILABLE",
+                        "the server is stopping; retry",
+                        correlation_id=correlation_id,
+                    )
+                    await response(scope, receive, send_with_id)
             except Exception as exc:
                 if started:  # too late for an error answer: the server closes the connection
                     log.error("api.error_after_response_started", exc_info=exc)
