@@ -28,6 +28,7 @@ from stageline.cli_http import (
     api_answers,
     call,
     console,
+    err_console,
     print_json,
     print_table,
     say_error,
@@ -41,6 +42,7 @@ from stageline.settings import Settings, describe
 
 if TYPE_CHECKING:
     from stageline.projections.projector import RebuildResult
+    from stageline.stack import Stack
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 projections_app = typer.Typer(no_args_is_help=True, help="Projection status and rebuilds.")
@@ -81,6 +83,22 @@ def _run(coro: Any) -> Any:
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+async def _open_stack(settings: Settings) -> Stack:
+    """The stack of a one-shot command that talks to the store: ``STAGELINE_REDIS_URL``'s;
+    else the embedded server of the ``stageline up`` running on the data directory; else
+    that server started for the command alone, which one line on stderr says."""
+    from stageline.stack import Stack
+
+    stack = await Stack.open(settings, share=True)
+    if stack.server is not None:
+        err_console.print(
+            f"no STAGELINE_REDIS_URL and no `stageline up` on {stack.server.data_dir}: "
+            "started the embedded server there for this command",
+            markup=False,
+        )
+    return stack
 
 
 def _require_url(settings: Settings, what: str) -> None:
@@ -341,9 +359,7 @@ def projections_rebuild(workspace: Workspace = None, projection: ProjectionName 
     ws = workspace or settings.workspace
 
     async def go() -> None:
-        from stageline.stack import Stack
-
-        stack = await Stack.open(settings)
+        stack = await _open_stack(settings)
         try:
             projector = stack.projector()
             async with projector.fold_pool or contextlib.nullcontext():  # one for all
@@ -386,9 +402,7 @@ def projections_status(
     settings = _settings()
 
     async def go() -> None:
-        from stageline.stack import Stack
-
-        stack = await Stack.open(settings)
+        stack = await _open_stack(settings)
         try:
             rows = []
             names = [workspace] if workspace else await stack.store.workspaces()

@@ -43,17 +43,15 @@ def import_log(
     skipped, so importing again finishes an import that stopped part-way.
     """
     # the entry point's helpers: stageline.cli imports this module, so they are taken late
-    from stageline.cli import _progress, _run, _settings
+    from stageline.cli import _open_stack, _progress, _run, _settings
 
     settings = _settings()
 
     async def go() -> None:
-        from stageline.stack import Stack
-
         if not await asyncio.to_thread(_any_event, log):
             console.print(f"nothing to import: {log} holds no events", highlight=False)
             return
-        stack = await Stack.open(settings)
+        stack = await _open_stack(settings)
         try:  # checked once the stack is open: its actors' event types are known then
             checked = await asyncio.to_thread(
                 log_import.check_log, _rereadable(log), source=str(log)

@@ -121,6 +121,25 @@ class EmbeddedServer:
                 how += f" ({signal.Signals(-code).name})"
         return f"embedded redis-server exited with {how}; see {self.logfile}"
 
+    def owners_url(self) -> str | None:
+        """The URL of the server another live process owns on this data directory (it
+        holds the lock, and its server answers); None when there is none."""
+        if self._lock is not None:
+            return None  # this object is the owner
+        try:
+            lock = self._lockfile.open("r")
+        except FileNotFoundError:
+            return None
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = True
+            else:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                held = False
+        return self.url if held and self._ping() else None
+
     def start(self, timeout: float = 15.0) -> str:
         """Start the server and wait until it answers; returns its URL."""
         if self._proc is not None and self._proc.poll() is None:

@@ -61,8 +61,12 @@ class Stack:
     server: EmbeddedServer | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, *, embedded: bool = True) -> Stack:
-        """Connect to ``settings.redis_url``, or start the embedded server when it is unset."""
+    async def open(cls, settings: Settings, *, embedded: bool = True, share: bool = False) -> Stack:
+        """Connect to ``settings.redis_url``, or start the embedded server when it is unset.
+
+        With ``share``, an embedded server another process owns on the data directory
+        (a ``stageline up``) is connected to instead of failing; ``server`` stays None.
+        """
         entries = [entry.strip() for entry in settings.actors.split(",") if entry.strip()]
         installs = [(entry, _installer(entry)) for entry in entries]
         server = None
@@ -71,8 +75,12 @@ class Stack:
             if not embedded:
                 raise ValueError("STAGELINE_REDIS_URL is not set")
             server = EmbeddedServer(settings.data_dir, appendfsync=settings.appendfsync)
-            store_url = await asyncio.to_thread(server.start)
-            log.info("embedded.started", url=store_url, data_dir=str(server.data_dir))
+            owners = await asyncio.to_thread(server.owners_url) if share else None
+            if owners is not None:
+                store_url, server = owners, None
+            else:
+                store_url = await asyncio.to_thread(server.start)
+                log.info("embedded.started", url=store_url, data_dir=str(server.data_dir))
         clients: list[aioredis.Redis] = []
         try:  # whatever fails from here (a bad URL, a bad install) leaves no server behind
             broker_url = settings.broker_url or store_url

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -492,3 +494,57 @@ def test_commands_run_with_the_tuned_garbage_collector() -> None:
         assert cli._run(threshold())[0] == GC_GEN0_THRESHOLD
     finally:
         gc.set_threshold(*before)
+
+
+def store_cli(data_dir: Path, *args: str) -> Result:
+    """``stageline *args`` in this process without STAGELINE_REDIS_URL, on ``data_dir``."""
+    env = {"STAGELINE_REDIS_URL": None, "STAGELINE_DATA_DIR": str(data_dir), "COLUMNS": "300"}
+    return CliRunner().invoke(cli_app, list(args), env=env)
+
+
+def said(result: Result) -> list[str]:
+    """The lines on stderr that are not log lines (nor blank)."""
+    return [line for line in result.stderr.splitlines() if line.strip() and line[0] != "{"]
+
+
+def test_store_commands_use_the_server_an_up_runs_on_the_data_dir(
+    data_dir: Path, workspace: str
+) -> None:
+    owner = EmbeddedServer(data_dir)  # as `stageline up` holds it: another owner is refused
+    asyncio.run(mentions_logged(owner.start(), workspace, 2))
+    event = {
+        "event_id": str(uuid.uuid4()), "type": "Noted", "schema_version": 1,
+        "stream": "notes-2", "version": 0, "position": 1, "workspace": "w",
+        "occurred_at": "2026-11-23T10:00:00Z", "recorded_at": "2026-11-23T10:00:00Z",
+        "correlation_id": None, "causation_id": None, "data": {"text": "t"},
+    }  # fmt: skip
+    log = data_dir / "log.jsonl"
+    log.write_text(json.dumps(event) + "\n")
+    try:
+        status = store_cli(data_dir, "projections", "status", "-w", workspace)
+        imported = store_cli(data_dir, "import", str(log), "-w", workspace)
+        after = store_cli(data_dir, "projections", "status", "-w", workspace)
+        socket_left = (data_dir / "redis.sock").exists()
+    finally:
+        owner.stop()
+    # it used to exit 1: "another stageline process owns ..."
+    assert status.exit_code == 0, status.output
+    assert status_rows(status.stdout, workspace)["entities"] == ["0", "2", "2"]
+    assert imported.exit_code == 0, imported.output
+    assert imported.stdout.startswith(f"imported 1 events into {workspace}")
+    assert status_rows(after.stdout, workspace)["entities"][1] == "3"  # the head
+    assert said(status) == said(imported) == said(after) == []
+    assert socket_left  # the owner's server was left running
+
+
+def test_a_store_command_without_a_server_says_it_starts_the_embedded_one(
+    data_dir: Path,
+) -> None:
+    result = store_cli(data_dir, "projections", "status")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["workspace\tprojection\tcheckpoint\thead\tlag"]
+    assert said(result) == [
+        f"no STAGELINE_REDIS_URL and no `stageline up` on {data_dir.resolve()}: "
+        "started the embedded server there for this command"
+    ]
+    assert not (data_dir / "redis.sock").exists()  # and stopped it
