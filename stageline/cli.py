@@ -188,7 +188,7 @@ def demo(
     if api_answers(url):
         _run(run_demo(url, workspace=workspace, count=count, timeout=timeout, console=console))
         return
-    console.print(f"no API at {url}: starting an embedded stack for the demo")
+    err_console.print(f"no API at {url}: starting an embedded stack for the demo", markup=False)
 
     async def then(api_url: str | None) -> None:
         assert api_url is not None

@@ -66,8 +66,9 @@ Workspace = Annotated[
 console = Console()
 """Where data goes: stdout."""
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
-"""Where errors and warnings go: stderr, one line each however long (not wrapped), so that
-stdout holds data only (``stageline tail > log.jsonl``, ``replay --json | jq``)."""
+"""Where errors, warnings, notices and progress go: stderr, one line each however long (not
+wrapped), so that stdout holds data only (``stageline tail > log.jsonl``, ``replay --json |
+jq``)."""
 
 
 def say_error(text: str) -> None:

@@ -15,6 +15,7 @@ from stageline.cli_http import (
     Workspace,
     call,
     console,
+    err_console,
     load_document,
     print_json,
     print_table,
@@ -108,7 +109,8 @@ def patterns(
         columns.append("active")
     print_table(rows, columns)
     counts = ", ".join(f"{k} {v}" for k, v in reply["stats_by_source"].items())
-    console.print(f"workspace patterns by source: {counts}", highlight=False)
+    # a note under the table, not a row of it: stdout holds the rows only
+    err_console.print(f"workspace patterns by source: {counts}", markup=False)
 
 
 @app.command("add")

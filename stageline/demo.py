@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from stageline.cli_http import answer
+from stageline.cli_http import answer, err_console
 from stageline.errors import Unavailable
 from stageline.projections.run_status import RUN_ENDINGS
 
@@ -32,6 +32,8 @@ async def run_demo(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Submit the samples, show progress until every run ends, print and return the stats.
+
+    The stats are printed on ``console``; the progress and notices on stderr.
 
     An error answer of the API is printed and exits 1 (as in every HTTP command);
     ``TimeoutError`` if the runs do not all end within ``timeout`` seconds.
@@ -56,7 +58,7 @@ async def _demo(
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=err_console,
     ) as progress:
         submitted = progress.add_task("submitted", total=n)
         finished = progress.add_task("finished ", total=n)
@@ -74,7 +76,7 @@ async def _demo(
         statuses = await _wait_all(client, run_ids, progress, finished, timeout)
         elapsed = time.perf_counter() - started
     stats = answer(await client.get("/v1/runs/stats"))
-    console.print("waiting for the ontology to settle (it follows the runs' events)...")
+    err_console.print("waiting for the ontology to settle (it follows the runs' events)...")
     ontology = await _settled_ontology(client)
     _print(console, statuses, stats, elapsed, workspace)
     discoveries = _discoveries(before, ontology, len(run_ids))

@@ -875,9 +875,12 @@ async def test_the_cli_lists_patterns_and_shows_the_status(
 
         r = await cli("ontology", "patterns", "--source", "manual")
         assert r.exit_code == 0, r.output
-        row = next(line for line in r.output.splitlines() if "Operator SDK" in line)
+        row = next(line for line in r.stdout.splitlines() if "Operator SDK" in line)
         assert "tooling" in row and "manual" in row
-        assert "manual 1" in r.output
+        # the counts under the rows are a note, on stderr: stdout holds the rows only
+        assert "workspace patterns by source:" in r.stderr and "manual 1" in r.stderr
+        assert "patterns by source" not in r.stdout
+        assert all(line.count("\t") == 8 for line in r.stdout.splitlines()), r.stdout
         r = await cli("ontology", "patterns", "--json", "--type", "tooling")
         assert r.exit_code == 0, r.output
         assert [p["name"] for p in json_of(r)["patterns"]] == ["Operator SDK"]
