@@ -90,9 +90,11 @@ class RunOperations:
     async def cancel(
         self, workspace: str, run_id: str, *, reason: str = "", correlation_id: str | None = None
     ) -> OperationResult:
-        """Stop a run at its next stage boundary; ``Conflict`` if it has already ended."""
+        """Stop a run at its next stage boundary; ``Conflict`` if it has already ended, or
+        if it was reported from outside (its reporter runs it, stageline cannot stop it)."""
 
         def plan(state: RunState) -> list[DomainEvent] | None:
+            _check_driven(state, run_id, "cancelled")
             if state.terminal == RunCancelled.topic:
                 return None
             if state.terminal:

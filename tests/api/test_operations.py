@@ -199,11 +199,12 @@ async def test_runs_that_ended_cannot_be_cancelled_or_retried(
     assert await stack.store.head(workspace) == position  # nothing written
 
 
-@pytest.mark.parametrize("operation", ["undo", "retry"])
-async def test_a_run_reported_from_outside_is_neither_undone_nor_retried(
-    client: httpx.AsyncClient, stack: Stack, workspace: str, operation: str
+@pytest.mark.parametrize("ended", [True, False], ids=["failed", "running"])
+@pytest.mark.parametrize("operation", ["undo", "retry", "cancel"])
+async def test_a_run_reported_from_outside_is_neither_undone_retried_nor_cancelled(
+    client: httpx.AsyncClient, stack: Stack, workspace: str, operation: str, ended: bool
 ) -> None:
-    # what Stageline.report records for a run of "nightly-etl" that failed
+    # what Stageline.report records for a run of "nightly-etl" that failed, or still runs
     submitted = {
         "pipeline": "nightly-etl",
         "pipeline_version": 0,
@@ -211,14 +212,18 @@ async def test_a_run_reported_from_outside_is_neither_undone_nor_retried(
         "input": {"text": "x"},
     }
     failed = {"stage": "extract", "error_type": "IOError", "error": "disk full"}
-    events = [{"type": "RunSubmitted", "data": submitted}, {"type": "RunFailed", "data": failed}]
+    events = [{"type": "RunSubmitted", "data": submitted}]
+    if ended:
+        events.append({"type": "RunFailed", "data": failed})
     r = await client.post("/v1/streams/run-etl-1/events", json={"events": events})
     assert r.status_code == 201, r.text
     position = await stack.store.head(workspace)
 
     error = assert_error(await client.post(f"/v1/runs/etl-1/{operation}"), 409, "CONFLICT")
     assert "reported from outside" in error["message"]
-    assert error["details"] == {"run_id": "etl-1", "status": "failed", "pipeline_version": 0}
+    assert error["details"]["run_id"] == "etl-1"
+    assert error["details"]["pipeline_version"] == 0
+    assert error["details"]["status"] == ("failed" if ended else "processing")
     assert await stack.store.head(workspace) == position  # nothing written
 
 
