@@ -22,14 +22,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 
 from stageline.errors import ConcurrencyError, StagelineError
 from stageline.events.envelope import ANY, NO_STREAM
 
 __all__ = [
     "CORRELATION_STATE",
+    "METHODS",
     "STATUS",
     "PayloadTooLarge",
+    "allowed_methods",
     "correlation_of",
     "error_response",
     "install",
@@ -129,6 +132,26 @@ def internal_error(exc: BaseException, correlation_id: str | None) -> Response:
     )
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+"""The methods a 405's ``Allow`` may name, in the order it names them."""
+
+
+def allowed_methods(routes: Sequence[BaseRoute], scope: Mapping[str, Any]) -> list[str]:
+    """Every method some route of ``routes`` answers at the request's path (RFC 9110's
+    ``Allow``), not only those of the first route that matched the path."""
+    probe = {
+        "type": "http",
+        "path": scope["path"],
+        "root_path": scope.get("root_path", ""),
+        "headers": scope.get("headers", []),
+    }
+    return [
+        method
+        for method in METHODS
+        if any(route.matches({**probe, "method": method})[0] is Match.FULL for route in routes)
+    ]
+
+
 # -- request validation ------------------------------------------------------------
 
 
@@ -206,17 +229,22 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     if code is None:
         code = "INVALID_ARGUMENT" if exc.status_code < 500 else "INTERNAL"
     message = str(exc.detail)
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and message == "Not Found":
         message = f"no route {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
+        allowed = allowed_methods(request.app.router.routes, request.scope)
+        if allowed:  # the route that raised it names only its own methods
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+            headers["Allow"] = ", ".join(allowed)
     return error_response(
         code,
         message,
         getattr(exc, "details", None),
         correlation_id=correlation_of(request.scope),
         status=exc.status_code,
-        headers=exc.headers,
+        headers=headers,
     )
 
 

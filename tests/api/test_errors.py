@@ -108,6 +108,26 @@ async def test_unknown_routes_and_methods_use_the_envelope(client: httpx.AsyncCl
     assert "GET" in r.headers["Allow"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/v1/runs", {"GET", "POST"}),
+        ("PATCH", "/v1/pipelines/p-1", {"GET", "PUT", "DELETE"}),
+        ("GET", "/v1/runs/r-1/cancel", {"POST"}),
+        ("PUT", "/v1/streams/s-1/events", {"GET", "POST"}),
+    ],
+)
+async def test_a_405_allows_every_method_of_the_path(
+    client: httpx.AsyncClient, method: str, path: str, allowed: set[str]
+) -> None:
+    r = await client.request(method, path)
+    error = assert_error(r, 405, "METHOD_NOT_ALLOWED")
+    assert error["message"] == f"method {method} is not allowed on {path}"
+    named = [m.strip() for m in r.headers["Allow"].split(",")]
+    assert len(r.headers.get_list("Allow")) == 1 and len(named) == len(set(named))
+    assert set(named) - {"HEAD"} == allowed
+
+
 async def test_an_unreachable_store_is_503_unavailable(stack: Stack, workspace: str) -> None:
     dead = RedisEventStore(aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0)))
     app = create_app(stack=dataclasses.replace(stack, store=dead))
