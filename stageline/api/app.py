@@ -27,7 +27,7 @@ from stageline.api import (
 )
 from stageline.api.bodies import finite_numbers
 from stageline.api.feed import Feeds
-from stageline.api.middleware import BodyLimitMiddleware, CorrelationMiddleware
+from stageline.api.middleware import BodyLimitMiddleware, CorrelationMiddleware, HeadMiddleware
 from stageline.settings import Settings
 from stageline.stack import Stack
 
@@ -113,12 +113,14 @@ def create_app(
     ):
         app.include_router(module.router)
     app.state.metrics = metrics.process_registry()
-    app.add_api_route("/metrics", metrics.metrics, include_in_schema=False)
+    app.add_api_route("/metrics", metrics.metrics, methods=["GET", "HEAD"], include_in_schema=False)
     # the last added runs first: correlation ids must be set before a body is refused;
-    # the route a request matched is known inside the others
+    # the route a request matched is known inside the others; no answer to HEAD, the
+    # last-resort 500 too, gets past the first with a body
     app.add_middleware(metrics.HttpMetrics, registry=app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationMiddleware, default_workspace=settings.workspace)
+    app.add_middleware(HeadMiddleware)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

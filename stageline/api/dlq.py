@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 from starlette.responses import Response
 
 from stageline.api.deps import (
@@ -21,6 +21,7 @@ from stageline.api.deps import (
     views_at,
 )
 from stageline.api.responses import json_response
+from stageline.api.routing import Router
 from stageline.api.schemas import DeadLetterClosed, DeadLetterList, DeadLetterView, error_responses
 from stageline.errors import Conflict, NotFound
 from stageline.projections.registry import RUN_STATUS
@@ -29,7 +30,7 @@ from stageline.stack import Stack
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/dlq", tags=["dead letters"])
+router = Router(prefix="/v1/dlq", tags=["dead letters"])
 
 DeadLetterId = Annotated[
     str, Path(min_length=1, max_length=200, description="The dead letter's `id`.")

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 from starlette.responses import Response
 
 from stageline.api.deps import MinPosition, SettingsDep, StackDep, Workspace, views_at
 from stageline.api.responses import json_response
+from stageline.api.routing import Router
 from stageline.api.schemas import EntityList, EntityView, error_responses
 from stageline.errors import NotFound
 from stageline.projections.registry import ENTITIES
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/entities", tags=["entities"])
+router = Router(prefix="/v1/entities", tags=["entities"])
 
 Label = Annotated[str, Path(min_length=1, max_length=200)]
 

@@ -7,17 +7,17 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter
 from starlette.responses import Response
 
 from stageline.api import errors
 from stageline.api.deps import CorrelationId, SettingsDep, StackDep
 from stageline.api.responses import json_response
+from stageline.api.routing import Router
 from stageline.api.schemas import Alive, Ready, error_responses
 
 __all__ = ["CHECK_TIMEOUT_SECONDS", "router"]
 
-router = APIRouter(tags=["health"])
+router = Router(tags=["health"])
 
 CHECK_TIMEOUT_SECONDS = 1.0
 

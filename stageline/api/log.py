@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import Depends, Header, Query, Request
 from pydantic import BeforeValidator, StringConstraints
 from starlette.responses import Response
 
@@ -14,12 +14,13 @@ from stageline.api.deps import StackDep, Workspace
 from stageline.api.feed import HEADERS, PAGE, EventStream, FeedFilter, Feeds
 from stageline.api.limits import MAX_POSITION
 from stageline.api.responses import json_response
+from stageline.api.routing import Router
 from stageline.api.schemas import EVENT_TYPE_PATTERN, LogPage, error_responses
 from stageline.errors import InvalidArgument
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/log", tags=["log"])
+router = Router(prefix="/v1/log", tags=["log"])
 
 After = Annotated[
     int, Query(ge=0, le=MAX_POSITION, description="Return events with a position above this.")
@@ -95,6 +96,7 @@ async def feed_slot(request: Request, workspace: Workspace) -> AsyncIterator[Fee
     },
 )
 async def feed(
+    request: Request,
     stack: StackDep,
     workspace: Workspace,
     feeds: Annotated[Feeds, Depends(feed_slot)],
@@ -133,7 +135,8 @@ async def feed(
     the `workspace` query parameter instead.
 
     A bad `after`, `Last-Event-ID`, workspace or filter is a 400, and an unreachable
-    store a 503, before anything is streamed.
+    store a 503, before anything is streamed. `HEAD` makes the same checks and
+    answers the same status and headers, without opening a feed.
     """
     start = after if last_event_id is None else last_event_id
     keep = FeedFilter(stream_prefix, frozenset(types or ()))
@@ -146,4 +149,11 @@ async def feed(
             **{which: start},
             head=head,
         )
+    if request.method == "HEAD":  # the GET's status and headers, without opening a feed
+        return EventStream(_nothing(), headers=HEADERS)
     return EventStream(feeds.follow(stack.store, workspace, first, start, keep), headers=HEADERS)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator that yields nothing

@@ -1,6 +1,7 @@
-"""ASGI middleware: correlation ids, the log context, the body size limit, the last-resort 500.
+"""ASGI middleware: correlation ids, the log context, the body size limit, the last-resort 500,
+no body in answer to HEAD.
 
-Both are plain ASGI classes (not ``BaseHTTPMiddleware``), so the endpoint runs in
+All are plain ASGI classes (not ``BaseHTTPMiddleware``), so the endpoint runs in
 the same task and sees the structlog context bound here.
 """
 
@@ -16,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stageline.api import errors
 
-__all__ = ["CORRELATION_HEADER", "BodyLimitMiddleware", "CorrelationMiddleware"]
+__all__ = ["CORRELATION_HEADER", "BodyLimitMiddleware", "CorrelationMiddleware", "HeadMiddleware"]
 
 CORRELATION_HEADER = "X-Correlation-ID"
 WORKSPACE_HEADER = "X-Workspace"
@@ -139,3 +140,24 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+class HeadMiddleware:
+    """Sends no body in answer to HEAD, whatever answered it (a route's HEAD twin, see
+    ``routing.Router``, or an error handler): the status and headers, ``Content-Length``
+    included, stay those of the GET."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app(scope, receive, headers_only)

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Iterable, Set
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import Body, Path, Query
 from starlette.responses import Response
 
 from stageline.api.deps import (
@@ -26,6 +26,7 @@ from stageline.api.deps import (
 )
 from stageline.api.limits import MAX_POSITION
 from stageline.api.responses import json_response
+from stageline.api.routing import Router
 from stageline.api.schemas import (
     OntologyDocument,
     OntologyImported,
@@ -45,7 +46,7 @@ from stageline.stack import Stack
 
 __all__ = ["merge_patterns", "router"]
 
-router = APIRouter(prefix="/v1/ontology", tags=["ontology"])
+router = Router(prefix="/v1/ontology", tags=["ontology"])
 
 PATTERNS = "patterns"
 """The pattern-stats projection."""

@@ -7,16 +7,16 @@ while the view lags; its answer carries the log `position` to pass as
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from starlette.responses import Response
 
 from stageline.api.deps import CorrelationId, StackDep, Workspace, check_run_id
 from stageline.api.responses import json_response
+from stageline.api.routing import Router
 from stageline.api.schemas import CancelRun, RunOperation, error_responses
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = Router(prefix="/v1/runs", tags=["runs"])
 
 
 @router.post(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import Header, Path, Query, Request
 from starlette.responses import Response
 
 from stageline.actors.configs import ConfigVersion
@@ -26,6 +26,7 @@ from stageline.api.deps import (
     views_at,
 )
 from stageline.api.responses import json_response
+from stageline.api.routing import Router
 from stageline.api.schemas import (
     PipelineCreate,
     PipelineList,
@@ -40,7 +41,7 @@ from stageline.projections.registry import PIPELINES
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
+router = Router(prefix="/v1/pipelines", tags=["pipelines"])
 
 PipelineName = Annotated[
     str, Path(pattern=NAME_PATTERN, description="The pipeline's name.", examples=["memory-ingest"])

@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Path, Request
+from fastapi import Path, Request
 from starlette.responses import Response
 
 from stageline.api.deps import StackDep, Workspace
 from stageline.api.responses import json_response
+from stageline.api.routing import Router
 from stageline.api.schemas import ProjectionList, RebuildView, error_responses
 from stageline.errors import Conflict, NotFound
 from stageline.projections.projector import RebuildResult
@@ -30,7 +31,7 @@ __all__ = ["Rebuild", "Rebuilds", "router"]
 
 log = structlog.get_logger(__name__)
 
-router = APIRouter(prefix="/v1/projections", tags=["projections"])
+router = Router(prefix="/v1/projections", tags=["projections"])
 
 ProjectionName = Annotated[
     str, Path(min_length=1, max_length=100, description=f"One of: {', '.join(NAMES)}.")

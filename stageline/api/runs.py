@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Query, Request
 from starlette.responses import Response
 
 from stageline.api.deps import (
@@ -20,6 +20,7 @@ from stageline.api.deps import (
     views_at,
 )
 from stageline.api.responses import Backwards, FromVersion, PageLimit, json_response, stream_page
+from stageline.api.routing import Router
 from stageline.api.schemas import (
     RunList,
     RunStats,
@@ -37,7 +38,7 @@ from stageline.projections.run_status import RUN_ENDINGS, RunStatus
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = Router(prefix="/v1/runs", tags=["runs"])
 
 """Statuses that end a run; ``wait`` returns as soon as the view shows one."""
 POLL_SECONDS = 0.02

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import msgspec
-from fastapi import APIRouter
 from starlette.responses import Response
 
 from stageline.api.appends import expected_version as expected_version_of
 from stageline.api.appends import idempotent_event_id, new_events
 from stageline.api.deps import CorrelationId, IdempotencyKey, StackDep, Workspace
 from stageline.api.responses import Backwards, FromVersion, PageLimit, json_response, stream_page
+from stageline.api.routing import Router
 from stageline.api.schemas import Appended, AppendEvents, StreamEvents, error_responses
 from stageline.errors import Conflict, PartialRetry
 from stageline.events import codec
@@ -25,7 +25,7 @@ from stageline.events.store import AppendResult, EventStore
 
 __all__ = ["idempotent_event_id", "router"]
 
-router = APIRouter(prefix="/v1/streams", tags=["streams"])
+router = Router(prefix="/v1/streams", tags=["streams"])
 
 
 def _key_reused(stream: str) -> Conflict:

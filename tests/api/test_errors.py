@@ -125,7 +125,7 @@ async def test_a_405_allows_every_method_of_the_path(
     assert error["message"] == f"method {method} is not allowed on {path}"
     named = [m.strip() for m in r.headers["Allow"].split(",")]
     assert len(r.headers.get_list("Allow")) == 1 and len(named) == len(set(named))
-    assert set(named) - {"HEAD"} == allowed
+    assert set(named) == allowed | ({"HEAD"} if "GET" in allowed else set())
 
 
 async def test_an_unreachable_store_is_503_unavailable(stack: Stack, workspace: str) -> None:

@@ -1,0 +1,89 @@
+"""``Router``: every GET route answers HEAD with the GET's status and headers, no body."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+from api_helpers import HANG_GUARD, assert_error
+from fastapi import FastAPI
+
+from stageline.api.feed import HEADERS
+
+# headers whose values differ from one answer to the next whatever the method
+_VARYING = {"x-correlation-id", "content-length"}
+
+
+def _get_paths(app: FastAPI) -> list[str]:
+    """Each GET route of the schema with its parameters filled in, and /metrics."""
+    paths = [
+        re.sub(r"\{[^}]+\}", "x-1", path)
+        for path, operations in app.openapi()["paths"].items()
+        if "get" in operations and path != "/v1/log/feed"
+    ]
+    return [*paths, "/metrics"]
+
+
+async def test_head_answers_every_get_route_as_get_does_without_a_body(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    paths = _get_paths(app)
+    assert len(paths) > 15
+    for path in paths:
+        get, head = await client.get(path), await client.head(path)
+        assert head.status_code == get.status_code, path
+        assert head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        same = {k: v for k, v in get.headers.items() if k not in _VARYING}
+        assert {k: v for k, v in head.headers.items() if k not in _VARYING} == same, path
+        assert ("content-length" in head.headers) == ("content-length" in get.headers), path
+
+
+async def test_head_has_the_content_length_of_the_get(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/streams/s-1/events", json={"events": [{"type": "A", "data": {}}]})
+    assert r.status_code == 201, r.text
+    get, head = (
+        await client.get("/v1/streams/s-1/events"),
+        await client.head("/v1/streams/s-1/events"),
+    )
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
+
+
+async def test_head_on_a_path_without_get_is_405_naming_its_methods(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.head("/v1/runs/r-1/cancel")
+    assert r.status_code == 405 and r.content == b""
+    assert r.headers["Allow"] == "POST"
+    assert_error(await client.delete("/v1/runs"), 405, "METHOD_NOT_ALLOWED")
+    r = await client.delete("/v1/runs")
+    assert r.headers["Allow"] == "GET, HEAD, POST"
+
+
+async def test_the_schema_lists_no_head_twins(app: FastAPI) -> None:
+    for path, operations in app.openapi()["paths"].items():
+        assert "head" not in operations, path
+
+
+async def test_head_on_the_live_feed_opens_no_feed(app: FastAPI, client: httpx.AsyncClient) -> None:
+    r = await asyncio.wait_for(client.head("/v1/log/feed"), HANG_GUARD)
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers["content-type"].startswith("text/event-stream")
+    for name, value in HEADERS.items():
+        assert r.headers[name] == value
+    assert "content-length" not in r.headers  # a stream's: none, as the GET's
+    assert app.state.feeds.open == 0 and not app.state.feeds.following
+
+
+@pytest.mark.parametrize("params", [{"after": 5}, {"type": "not a type!"}])
+async def test_head_on_the_live_feed_refuses_what_get_refuses(
+    client: httpx.AsyncClient, params: dict[str, object]
+) -> None:
+    get = await client.get("/v1/log/feed", params=params)
+    head = await asyncio.wait_for(client.head("/v1/log/feed", params=params), HANG_GUARD)
+    assert get.status_code == head.status_code == 400
+    assert head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"]
