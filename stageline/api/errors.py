@@ -72,6 +72,19 @@ class PayloadTooLarge(HTTPException):
         self.details = {"max_bytes": max_bytes}
 
 
+class MalformedBody(HTTPException):
+    """Raised into whoever parses a request body that is not UTF-8 or not JSON, saying where.
+
+    An ``HTTPException``, so FastAPI, which reads the body before the route runs, passes it
+    on to the handlers (any other exception it would turn into a 400 that says nothing).
+    """
+
+    def __init__(self, message: str, kind: str, **where: int) -> None:
+        super().__init__(400, message)
+        item = {"field": "", "in": "body", "message": message, "type": kind, **where}
+        self.details = {"errors": [item]}
+
+
 def correlation_of(scope: Mapping[str, Any]) -> str | None:
     state = scope.get("state") or {}
     value = state.get(CORRELATION_STATE)

@@ -1,5 +1,6 @@
 """A JSON body holding NaN, Infinity or a number past a float's range is a 400, whatever the
-route and the field, naming each place, with nothing appended."""
+route and the field, naming each place, with nothing appended; so is a body that is not
+UTF-8 or not JSON, saying where."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import math
 
 import httpx
 import pytest
+from api_helpers import assert_error
+from fastapi import FastAPI
 
-from stageline.api.bodies import finite_numbers, non_finite
+from stageline.api.bodies import finite_numbers, non_finite, parse_json
+from stageline.api.errors import MalformedBody
 from stageline.stack import Stack
 
 JSON = {"content-type": "application/json"}
@@ -84,3 +88,67 @@ def test_non_finite_names_every_place() -> None:
 def test_every_route_depends_on_the_check(client: httpx.AsyncClient) -> None:
     app = client._transport.app  # type: ignore[attr-defined]
     assert any(d.dependency is finite_numbers for d in app.router.dependencies)
+
+
+# every route that takes a body, a path of it (each is one the schema lists with a body)
+BODY_ROUTES = [
+    ("POST", "/v1/runs"),
+    ("POST", "/v1/runs/r-1/cancel"),
+    ("POST", "/v1/streams/s-1/events"),
+    ("POST", "/v1/pipelines"),
+    ("PUT", "/v1/pipelines/p-1"),
+    ("POST", "/v1/ontology/patterns"),
+    ("POST", "/v1/ontology/import"),
+]
+BAD_BODIES = [
+    # latin-1, not UTF-8: the é of "café" is one byte, 0xe9, the 11th
+    (b'{"text": "caf\xe9"}', "body is not UTF-8 at byte 13", {"byte": 13}),
+    (b'{"text": \n  "x"\n  "y"}', "body is not JSON: Expecting ',' delimiter at line 3 column 3",
+     {"line": 3, "column": 3}),
+    (b"{\n  \n  oops", "body is not JSON: Expecting property name enclosed in double quotes "
+     "at line 3 column 3", {"line": 3, "column": 3}),
+]  # fmt: skip
+
+
+def test_body_routes_are_every_route_the_schema_lists_with_a_body(app: FastAPI) -> None:
+    listed = {
+        (method.upper(), path)
+        for path, operations in app.openapi()["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+    }
+    templates = {
+        (
+            method,
+            path.replace("r-1", "{run_id}").replace("s-1", "{stream}").replace("p-1", "{name}"),
+        )
+        for method, path in BODY_ROUTES
+    }
+    assert templates == listed
+
+
+@pytest.mark.parametrize(("body", "message", "where"), BAD_BODIES, ids=["latin-1", "json", "json3"])
+@pytest.mark.parametrize(("method", "path"), BODY_ROUTES)
+async def test_a_body_not_utf8_or_not_json_is_400_saying_where(
+    client: httpx.AsyncClient,
+    stack: Stack,
+    workspace: str,
+    method: str,
+    path: str,
+    body: bytes,
+    message: str,
+    where: dict[str, int],
+) -> None:
+    reply = await client.request(method, path, content=body, headers=JSON)
+    error = assert_error(reply, 400, "INVALID_ARGUMENT")
+    assert error["message"] == message
+    [item] = error["details"]["errors"]
+    assert item == {"field": "", "in": "body", "message": message, "type": item["type"], **where}
+    assert await stack.store.head(workspace) == 0
+
+
+def test_parse_json_takes_utf8_json_and_a_byte_order_mark() -> None:
+    assert parse_json('{"a": "café"}'.encode()) == {"a": "café"}
+    assert parse_json(b"\xef\xbb\xbf[1]") == [1]
+    with pytest.raises(MalformedBody, match="not UTF-8 at byte 0"):
+        parse_json("[1]".encode("utf-16"))

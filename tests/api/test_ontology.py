@@ -238,7 +238,7 @@ async def test_a_body_that_is_not_an_object_is_400(
     r = await client.post("/v1/ontology/patterns", json=["Bob", "person"])
     assert_error(r, 400, "INVALID_ARGUMENT")
     r = await client.post("/v1/ontology/patterns", content=b'{"name": "Bob",', headers=JSON)
-    assert "malformed JSON" in assert_error(r, 400, "INVALID_ARGUMENT")["message"]
+    assert "body is not JSON" in assert_error(r, 400, "INVALID_ARGUMENT")["message"]
     assert await stack.store.head(workspace) == 0
 
 
@@ -503,7 +503,7 @@ async def test_an_invalid_import_leaves_an_existing_ontology_as_it_was(
     for body in ([before], "a string", None):
         assert_error(await client.post("/v1/ontology/import", json=body), 400, "INVALID_ARGUMENT")
     r = await client.post("/v1/ontology/import", content=b'{"format": ', headers=JSON)
-    assert "malformed JSON" in assert_error(r, 400, "INVALID_ARGUMENT")["message"]
+    assert "body is not JSON" in assert_error(r, 400, "INVALID_ARGUMENT")["message"]
     assert await stack.store.head(workspace) == head
     assert await export(client) == before
 

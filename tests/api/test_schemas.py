@@ -72,7 +72,9 @@ async def test_malformed_json_is_400_with_where_it_broke(
         headers={"Content-Type": "application/json"},
     )
     error = assert_error(r, 400, "INVALID_ARGUMENT")
-    assert "malformed JSON" in error["message"]
+    assert error["message"] == (
+        "body is not JSON: Expecting property name enclosed in double quotes at line 1 column 41"
+    )
     assert error["details"]["errors"][0]["type"] == "json_invalid"
     assert await stack.store.head(workspace) == 0
 
