@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import msgspec
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import Response
 
 from stageline.api.appends import expected_version as expected_version_of
@@ -27,6 +30,8 @@ __all__ = ["idempotent_event_id", "router"]
 
 router = Router(prefix="/v1/streams", tags=["streams"])
 
+log = structlog.get_logger("stageline.api")
+
 
 def _key_reused(stream: str) -> Conflict:
     return Conflict("Idempotency-Key was already used for a different request", stream=stream)
@@ -39,17 +44,35 @@ def request_digest(stream: str, body: AppendEvents) -> bytes:
 
 
 async def _claim_key(
-    store: RedisEventStore, workspace: str, stream: str, key: str, body: AppendEvents
+    store: RedisEventStore, workspace: str, stream: str, key: str, digest: bytes
 ) -> None:
-    """Bind ``key`` to this request, unless it is bound already: ``Conflict`` if to another.
+    """Bind ``key`` to the request of ``digest``, unless it is bound already: ``Conflict``
+    if to another.
 
     Whatever ids the events carry, the key names one request; a retry of it goes on
     to an append the store deduplicates.
     """
-    digest = request_digest(stream, body)
     held = await store.claim(idempotency_key(workspace, key), digest, IDEMPOTENCY_TTL_SECONDS)
     if held is not None and held != digest:
         raise _key_reused(stream)
+
+
+async def _release_key(
+    store: RedisEventStore,
+    workspace: str,
+    stream: str,
+    key: str,
+    digest: bytes,
+    events: Sequence[NewEvent],
+) -> None:
+    """Unbind ``key`` from the request of ``digest`` if it appended nothing, so the request
+    can be sent again corrected (another expected version, say) with the same key."""
+    try:
+        await store.release(
+            idempotency_key(workspace, key), digest, workspace, stream, [e.event_id for e in events]
+        )
+    except (RedisConnectionError, RedisTimeoutError) as exc:  # the key stays: same request only
+        log.warning("api.idempotency_key_kept", error=f"{type(exc).__name__}: {exc}")
 
 
 async def _check_same_request(
@@ -98,7 +121,9 @@ async def append_events(
     sent. An `Idempotency-Key` names one request of the workspace for 24 hours:
     a retry of it writes nothing new and gets the same answer, another request
     with the key (other stream, events or expected version) is a 409 that writes
-    nothing. Events without an `event_id` get ids derived from the key.
+    nothing. A request that appended nothing (a version clash, the store down)
+    leaves its key free for the request corrected. Events without an `event_id`
+    get ids derived from the key.
     """
     check_stream(stream)
     now = datetime.now(UTC)
@@ -116,13 +141,17 @@ async def append_events(
     if idempotency_key is None:
         result = await stack.store.append(workspace, stream, events, expected_version)
     else:
-        await _claim_key(stack.store, workspace, stream, idempotency_key, body)
+        digest = request_digest(stream, body)
+        await _claim_key(stack.store, workspace, stream, idempotency_key, digest)
         try:
             result = await stack.store.append(
                 workspace, stream, events, expected_version, whole=True
             )
         except PartialRetry:  # an earlier request with the key holds some of these events
             raise _key_reused(stream) from None
+        except Exception:  # a version clash, the store down, ...: it may be sent corrected
+            await _release_key(stack.store, workspace, stream, idempotency_key, digest, events)
+            raise
         if result.deduplicated:
             await _check_same_request(
                 stack.store, workspace, stream, idempotency_key, events, result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -359,6 +360,7 @@ class RedisEventStore:
             self._entries.set_response_callback(command, _as_sent)
         self._append = client.register_script(_script("append.lua"))
         self._read = client.register_script(_script("read_stream.lua"))
+        self._release = client.register_script(_script("release.lua"))
         self._known_workspaces: set[str] = set()
         self._added_after: bytes | None = None
         """The last ``WORKSPACES_ADDED`` entry this store has seen (None: not read yet)."""
@@ -638,6 +640,23 @@ class RedisEventStore:
         ``None`` if this call set it, else the value it holds."""
         held: Any = await self.client.set(key, value, ex=ttl_seconds, nx=True, get=True)
         return held if isinstance(held, bytes) else None
+
+    async def release(
+        self,
+        key: str,
+        value: bytes,
+        workspace: str,
+        stream: str,
+        event_ids: Sequence[uuid.UUID],
+    ) -> bool:
+        """Delete ``key`` (set by ``claim``) if it still holds ``value`` and ``stream`` holds
+        none of ``event_ids``, in one step: whether it did. Undoes the claim of a request
+        that appended nothing, even one whose append landed though its answer was lost."""
+        fields = [b"i:" + event_id.bytes for event_id in event_ids]
+        done: Any = await self._release(
+            keys=[key, keys.stream_key(workspace, stream)], args=[value, *fields]
+        )
+        return bool(done)
 
     async def head(self, workspace: str) -> int:
         try:

@@ -12,6 +12,8 @@ import pytest
 from api_helpers import assert_error, fields, nested
 
 from stageline.api.limits import MAX_JSON_DEPTH
+from stageline.events.envelope import NewEvent
+from stageline.events.keys import idempotency_key
 from stageline.stack import Stack
 
 
@@ -117,6 +119,55 @@ async def test_concurrent_requests_with_one_key_write_once(
     assert [r.status_code for r in answers] == [201] * 8
     assert sorted(r.json()["deduplicated"] for r in answers) == [False] + [True] * 7
     assert await stack.store.head(workspace) == 2
+
+
+async def test_a_key_whose_request_appended_nothing_is_free_for_the_corrected_request(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    key = {"Idempotency-Key": "fix-me"}
+    stale = await append(client, "ledger", [event(0)], 3, headers=key)
+    assert assert_error(stale, 409, "CONFLICT")["details"]["actual_version"] == -1
+    assert await stack.store.head(workspace) == 0
+
+    fixed = await append(client, "ledger", [event(0)], "no_stream", headers=key)
+    assert fixed.status_code == 201, fixed.text
+    again = await append(client, "ledger", [event(0)], "no_stream", headers=key)
+    assert again.json() == {**fixed.json(), "deduplicated": True}
+    # appended: the key stays bound to it
+    other = await append(client, "ledger", [event(0)], 0, headers=key)
+    assert "Idempotency-Key" in assert_error(other, 409, "CONFLICT")["message"]
+    assert await stack.store.head(workspace) == 1
+
+
+async def test_concurrent_clashing_requests_with_one_key_leave_it_free(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    await append(client, "s", [event(0)])
+    key = {"Idempotency-Key": "both-stale"}
+    sent = [event(1), event(2)]
+    answers = await asyncio.gather(*(append(client, "s", sent, 5, headers=key) for _ in range(4)))
+    for answer in answers:
+        assert "version" in assert_error(answer, 409, "CONFLICT")["message"]
+    fixed = await asyncio.gather(*(append(client, "s", sent, 0, headers=key) for _ in range(4)))
+    assert [r.status_code for r in fixed] == [201] * 4
+    assert sorted(r.json()["deduplicated"] for r in fixed) == [False] + [True] * 3
+    assert await stack.store.head(workspace) == 3
+
+
+async def test_a_key_is_released_only_while_its_events_are_not_in_the_stream(
+    stack: Stack, workspace: str
+) -> None:
+    # an append that landed though its answer was lost (a 503) keeps its key bound
+    store = stack.store
+    key = idempotency_key(workspace, "landed")
+    sent = NewEvent(type="T", data={}, event_id=uuid.uuid4())
+    assert await store.claim(key, b"digest", 60) is None
+    await store.append(workspace, "s", [sent])
+    assert not await store.release(key, b"digest", workspace, "s", [sent.event_id])
+    assert not await store.release(key, b"other", workspace, "s", [uuid.uuid4()])
+    assert await store.claim(key, b"other", 60) == b"digest"
+    assert await store.release(key, b"digest", workspace, "s", [uuid.uuid4()])
+    assert await store.claim(key, b"other", 60) is None
 
 
 async def test_explicit_event_ids_are_kept_and_deduplicated(
