@@ -1,0 +1,134 @@
+"""What the runtime records when one run's stage, result or compensator misbehaves: that
+run's attempt fails, with the real error, and the rest of its batch goes on."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from stageline.actors import commands
+from stageline.actors.channels import CommandBus
+from stageline.actors.pipeline import Pipeline, PipelineCatalog, RetryPolicy, StageSpec
+from stageline.actors.stage import ActorRegistry, Compensator, StageContext, StageResult
+from stageline.actors.submit import Submitter
+from stageline.actors.worker import Worker, WorkerConfig
+from stageline.events import keys
+from stageline.events.envelope import RecordedEvent
+from stageline.events.redis_store import RedisEventStore
+
+StageFn = Callable[[dict[str, Any], StageContext], Any]
+
+
+def ok(item: dict[str, Any], ctx: StageContext) -> StageResult:
+    return StageResult(output={"ok": True})
+
+
+class Harness:
+    """A worker (not started: its runtime is called directly) for a pipeline of plain stages
+    ``first`` then ``second``."""
+
+    def __init__(
+        self,
+        store: RedisEventStore,
+        url: str,
+        broker: aioredis.Redis,
+        first: StageFn,
+        *,
+        second: StageFn = ok,
+        retry: RetryPolicy | None = None,
+        compensate: Compensator | None = None,
+    ) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.first, self.second = f"first-{tag}", f"second-{tag}"
+        actors = ActorRegistry()
+        actors.register(self.first, first, compensate=compensate)
+        actors.register(self.second, second)
+        self.actors = actors
+        self.pipeline = Pipeline(
+            name=f"rf-{tag}",
+            stages=(
+                StageSpec(name="first", actor=self.first, retry=retry or RetryPolicy()),
+                StageSpec(name="second", actor=self.second),
+            ),
+        )
+        self.catalog = PipelineCatalog([self.pipeline])
+        self.worker = Worker(store, url, self.catalog, actors, WorkerConfig(consumer=tag))
+        self.submitter = Submitter(store, self.catalog, CommandBus(broker))
+        self.store = store
+        self.broker = broker
+
+    async def batch(self, workspace: str, texts: Sequence[str], actor: str = "") -> list[str]:
+        """Submit a run per text, then handle the first stage's channel in one batch, as a
+        worker reads it; returns the run ids."""
+        actor = actor or self.first
+        runs = [
+            (await self.submitter.submit(workspace, self.pipeline.name, {"text": t})).run_id
+            for t in texts
+        ]
+        channel, group = keys.stage_channel(actor), keys.stage_group(actor)
+        await self.worker.bus.ensure_groups([actor])
+        [(_, entries)] = await self.broker.xreadgroup(group, "t", {channel: ">"})
+        batch = [commands.decode(f[b"__data__"]) for _, f in entries]
+        await self.worker.runtime.handle(actor, batch, ack=[e for e, _ in entries])
+        return runs
+
+    async def events(self, workspace: str, run_id: str) -> list[RecordedEvent]:
+        return await self.store.read_stream(workspace, keys.run_stream(run_id))
+
+    async def pending(self, actor: str = "") -> int:
+        actor = actor or self.first
+        channel, group = keys.stage_channel(actor), keys.stage_group(actor)
+        return int((await self.broker.xpending(channel, group))["pending"])
+
+    async def close(self) -> None:
+        await self.broker.delete(keys.stage_channel(self.first), keys.stage_channel(self.second))
+        await self.worker.client.aclose()
+
+
+@pytest.fixture
+async def harness(
+    redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis
+) -> AsyncIterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(first: StageFn, **kwargs: Any) -> Harness:
+        h = Harness(redis_store, redis_url, broker, first, **kwargs)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        await h.close()
+
+
+def types(events: Sequence[RecordedEvent]) -> list[str]:
+    return [e.type for e in events]
+
+
+def failed(events: Sequence[RecordedEvent]) -> dict[str, Any]:
+    [data] = [e.data for e in events if e.type == "StageFailed"]
+    return data
+
+
+async def test_a_retry_delay_past_the_float_range_waits_a_day_and_crashes_nothing(
+    harness: Callable[..., Harness], workspace: str
+) -> None:
+    def boom(item: dict[str, Any], ctx: StageContext) -> StageResult:
+        raise ValueError("boom")
+
+    huge = RetryPolicy(max_retries=3, backoff_seconds=1e308, backoff_multiplier=1e308)
+    h = harness(boom, retry=huge)
+    [run] = await h.batch(workspace, ["x"])
+    events = await h.events(workspace, run)
+    assert types(events) == ["RunSubmitted", "StageStarted", "StageFailed"]
+    data = failed(events)
+    assert data["will_retry"] and data["error"] == "boom"
+    retry_at = data["retry_at"]
+    retry_at = retry_at if isinstance(retry_at, datetime) else datetime.fromisoformat(retry_at)
+    assert retry_at - datetime.now(UTC) <= timedelta(days=1)
+    assert await h.pending() == 0
