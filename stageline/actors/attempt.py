@@ -10,7 +10,9 @@ reading and appending itself.
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +32,7 @@ from stageline.actors.events import (
 )
 from stageline.actors.pipeline import Pipeline, StageSpec
 from stageline.actors.retry import next_delay
-from stageline.actors.stage import Compensator, StageError, StageResult
+from stageline.actors.stage import Compensator, InvalidResult, StageError, StageResult
 from stageline.errors import InvalidArgument
 from stageline.events.envelope import DomainEvent, NewEvent, RecordedEvent, new_event
 
@@ -95,6 +97,82 @@ def abandoned_event(command: StageCommand, spec: StageSpec, attempt: int) -> New
         will_retry=True,
     )
     return stage_event(failed, command)
+
+
+def check_outcome(a: Attempt) -> None:
+    """Replace an outcome that could not be recorded as it is with the permanent failure
+    saying why, so that it fails its attempt rather than the batch.
+
+    A result's output and metadata must be mappings with string keys holding no number
+    JSON cannot carry (NaN, infinity: the log would keep it, the HTTP API serve it as
+    null), and its events (or a ``StageError``'s) ``DomainEvent``s. What cannot be encoded
+    at all is found by the append, as the store encodes it.
+    """
+    outcome = a.outcome
+    if isinstance(outcome, StageResult):
+        problem = _result_problem(outcome)
+    elif isinstance(outcome, StageError):
+        problem = _events_problem(outcome.events, "raised a StageError whose events hold")
+        if problem is not None:
+            problem += f"; its error: {_describe(outcome)[1]}"
+    else:
+        return
+    if problem is not None:
+        a.outcome = InvalidResult(f"actor {a.spec.actor!r} {problem}", stage=a.spec.name)
+
+
+def _result_problem(result: StageResult) -> str | None:
+    for name in ("output", "metadata"):
+        value = getattr(result, name)
+        if not isinstance(value, dict):
+            return f"returned a StageResult whose {name} is a {type(value).__name__}, not a dict"
+        for key in value:
+            if not isinstance(key, str):
+                return (
+                    f"returned a StageResult whose {name} has a key of type "
+                    f"{type(key).__name__} ({key!r}): keys must be strings"
+                )
+        where = _nonfinite(value)
+        if where is not None:
+            return (
+                f"returned a number JSON cannot carry ({where[0]}) at "
+                f"{name}{''.join(reversed(where[1:]))}: NaN and infinity cannot be stored"
+            )
+    if not isinstance(result.events, list):
+        return f"returned a StageResult whose events are a {type(result.events).__name__}"
+    return _events_problem(result.events, "returned a StageResult whose events hold")
+
+
+def _events_problem(events: object, what: str) -> str | None:
+    if not isinstance(events, list):
+        return f"{what} a {type(events).__name__}, not a list"
+    for e in events:
+        if not isinstance(e, DomainEvent):
+            return f"{what} a {type(e).__name__}, not a DomainEvent"
+    return None
+
+
+def _nonfinite(value: object) -> list[str] | None:
+    """Where in ``value`` the first float that is not finite sits: the float, then the path
+    to it innermost first (``[".b", "[2]"]`` for ``x[2].b``); None if there is none.
+
+    Only floats and containers are looked into, so a value without them costs one
+    ``isinstance`` per item."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else [repr(value)]
+    if isinstance(value, dict):
+        items: Iterable[tuple[object, object]] = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(item, float | dict | list | tuple):
+            found = _nonfinite(item)
+            if found is not None:
+                found.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+                return found
+    return None
 
 
 def retry_delay(a: Attempt) -> float | None:
@@ -224,7 +302,11 @@ def _permanent(outcome: object) -> bool:
 
 def _describe(outcome: object) -> tuple[str, str]:
     error = outcome if isinstance(outcome, BaseException) else RuntimeError("no outcome")
-    return type(error).__name__, str(error)[:_MAX_ERROR_CHARS]
+    try:
+        message = str(error)
+    except Exception as exc:  # the actor's own exception class: its failure is the run's
+        message = f"(its message could not be read: {type(exc).__name__})"
+    return type(error).__name__, message[:_MAX_ERROR_CHARS]
 
 
 def _recorded(event: NewEvent, workspace: str) -> RecordedEvent:

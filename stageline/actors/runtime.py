@@ -35,6 +35,7 @@ from stageline.actors.attempt import (
     Attempt,
     AttemptAbandoned,
     abandoned_event,
+    check_outcome,
     plan_give_up,
     plan_retry,
     plan_success,
@@ -59,7 +60,7 @@ from stageline.actors.decide import (
 )
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
 from stageline.actors.stage import ActorRegistry, StageContext, StageResult
-from stageline.errors import ConcurrencyError, InvalidArgument, StagelineError
+from stageline.errors import ConcurrencyError, InvalidArgument, InvalidEvent, StagelineError
 from stageline.events import keys
 from stageline.events.envelope import NewEvent
 from stageline.events.store import AppendRequest, EventStore, Outbox
@@ -371,6 +372,7 @@ class StageRuntime:
     async def _plan(self, attempts: list[Attempt]) -> None:
         exhausted: list[Attempt] = []
         for a in attempts:
+            check_outcome(a)
             if isinstance(a.outcome, StageResult):
                 plan_success(a, a.outcome)
                 continue
@@ -396,17 +398,11 @@ class StageRuntime:
         for _ in range(_MAX_ROUNDS):
             if not todo:
                 return moved
-            requests = [
-                AppendRequest(
-                    a.command.workspace,
-                    keys.run_stream(a.command.run_id),
-                    a.opening + a.events,
-                    version,
-                    self._outbox(a, version, out),
-                )
-                for a, version in todo
-            ]
-            results = await self.store.append_batch(requests)
+            requests = [self._request(a, version, out) for a, version in todo]
+            replies = iter(
+                await self.store.append_batch([r for r in requests if isinstance(r, AppendRequest)])
+            )
+            results = [next(replies) if isinstance(r, AppendRequest) else r for r in requests]
             clashed: list[Attempt] = []
             unstorable: list[tuple[Attempt, int]] = []
             for (a, version), request, result in zip(todo, requests, results, strict=True):
@@ -422,8 +418,10 @@ class StageRuntime:
                     unstorable.append((a, version))
                 elif isinstance(result, Exception):
                     raise result
-                elif request.outbox is not None and result.version == version + len(
-                    request.events
+                elif (
+                    isinstance(request, AppendRequest)
+                    and request.outbox is not None
+                    and result.version == version + len(request.events)
                 ):  # every event new, so the outbox was written (see append.lua)
                     if request.outbox.ack is not None:
                         out.acked.add(request.outbox.ack[2])
@@ -443,6 +441,23 @@ class StageRuntime:
         for a, _ in todo:
             log.warning("stage.finish_unsettled", **_context(a.command), attempt=a.attempt)
         return moved
+
+    def _request(self, a: Attempt, version: int, out: _Batch) -> AppendRequest | InvalidEvent:
+        """The append of ``a``'s result at ``version``, or why it cannot be: the command
+        handing its run on holds something that cannot be encoded (the stage's output)."""
+        try:
+            outbox = self._outbox(a, version, out)
+        except (TypeError, ValueError, OverflowError) as exc:  # as codec.encode says it
+            return InvalidEvent(
+                f"stage output cannot be handed on to the next stage: {exc}", stage=a.spec.name
+            )
+        return AppendRequest(
+            a.command.workspace,
+            keys.run_stream(a.command.run_id),
+            a.opening + a.events,
+            version,
+            outbox,
+        )
 
     def _outbox(self, a: Attempt, version: int, out: _Batch) -> Outbox | None:
         """What the append of ``a``'s result at ``version`` writes with it when every event

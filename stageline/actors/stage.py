@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stageline.errors import InvalidArgument
 from stageline.events import keys
 from stageline.events.envelope import DomainEvent, RecordedEvent
 
@@ -47,6 +48,12 @@ class StageError(Exception):
         super().__init__(message)
         self.permanent = permanent
         self.events = events or []
+
+
+class InvalidResult(InvalidArgument):
+    """What a stage returned cannot be recorded as its result (e.g. a number JSON cannot
+    carry in its output): its attempt fails for good, as the same code would return the
+    same again."""
 
 
 StageFn = Callable[[dict[str, Any], StageContext], StageResult | Awaitable[StageResult]]

@@ -14,7 +14,13 @@ import redis.asyncio as aioredis
 from stageline.actors import commands
 from stageline.actors.channels import CommandBus
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, RetryPolicy, StageSpec
-from stageline.actors.stage import ActorRegistry, Compensator, StageContext, StageResult
+from stageline.actors.stage import (
+    ActorRegistry,
+    Compensator,
+    StageContext,
+    StageError,
+    StageResult,
+)
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.events import keys
@@ -132,3 +138,118 @@ async def test_a_retry_delay_past_the_float_range_waits_a_day_and_crashes_nothin
     retry_at = retry_at if isinstance(retry_at, datetime) else datetime.fromisoformat(retry_at)
     assert retry_at - datetime.now(UTC) <= timedelta(days=1)
     assert await h.pending() == 0
+
+
+BAD_OUTPUTS: dict[str, dict[Any, Any]] = {
+    "object": {"o": object()},
+    "bigint": {"i": 2**80},
+    "nan": {"scores": [1.0, {"x": float("nan")}]},
+    "inf": {"worst": float("-inf")},
+    "intkey": {1: "one"},
+}
+
+
+def by_text(item: dict[str, Any], ctx: StageContext) -> StageResult:
+    return StageResult(output=BAD_OUTPUTS.get(item["text"], {"ok": True}))
+
+
+async def test_an_output_that_cannot_be_handed_on_fails_only_its_run_for_good(
+    harness: Callable[..., Harness], workspace: str
+) -> None:
+    h = harness(by_text)
+    texts = ["good", *BAD_OUTPUTS, "good"]
+    runs = dict(zip(range(len(texts)), await h.batch(workspace, texts), strict=True))
+    assert await h.pending() == 0  # the whole batch is acknowledged
+    handed_on = await h.broker.xrange(keys.stage_channel(h.second))
+    assert len(handed_on) == 2  # the healthy runs went on
+    errors = {}
+    for i, text in enumerate(texts):
+        events = await h.events(workspace, runs[i])
+        if text == "good":
+            assert types(events) == ["RunSubmitted", "StageStarted", "StageCompleted"]
+            continue
+        assert types(events) == ["RunSubmitted", "StageStarted", "StageFailed", "RunFailed"]
+        data = failed(events)
+        assert data["permanent"] and not data["will_retry"]
+        errors[text] = (data["error_type"], data["error"])
+    assert errors["object"][0] == errors["bigint"][0] == "InvalidEvent"
+    assert "Encoding objects of type object is unsupported" in errors["object"][1]
+    assert "stage='first'" in errors["object"][1]
+    assert errors["nan"] == (
+        "InvalidResult",
+        f"actor {h.first!r} returned a number JSON cannot carry (nan) at output.scores[1].x: "
+        "NaN and infinity cannot be stored (stage='first')",
+    )
+    assert "(-inf) at output.worst" in errors["inf"][1]
+    assert "output has a key of type int (1): keys must be strings" in errors["intkey"][1]
+
+
+async def test_a_last_stage_output_holding_nan_fails_for_good(
+    harness: Callable[..., Harness], workspace: str
+) -> None:
+    h = harness(ok, second=by_text)
+    [good, bad] = await h.batch(workspace, ["good", "nan"])
+    channel, group = keys.stage_channel(h.second), keys.stage_group(h.second)
+    await h.worker.bus.ensure_groups([h.second])
+    [(_, entries)] = await h.broker.xreadgroup(group, "t", {channel: ">"})
+    batch = [commands.decode(f[b"__data__"]) for _, f in entries]
+    await h.worker.runtime.handle(h.second, batch, ack=[e for e, _ in entries])
+    assert types(await h.events(workspace, good))[-1] == "RunCompleted"
+    events = await h.events(workspace, bad)
+    assert types(events)[-2:] == ["StageFailed", "RunFailed"]
+    assert failed(events)["error_type"] == "InvalidResult"
+
+
+def shaped(item: dict[str, Any], ctx: StageContext) -> Any:
+    kind = item["text"]
+    if kind == "list-output":
+        return StageResult(output=["a"])  # type: ignore[arg-type]
+    if kind == "str-event":
+        return StageResult(events=["not an event"])  # type: ignore[list-item]
+    if kind == "stage-error-event":
+        raise StageError("gave up", events=[{"not": "an event"}])  # type: ignore[list-item]
+    return StageResult(output={"ok": True})
+
+
+async def test_a_result_or_stage_error_of_the_wrong_shape_fails_only_its_run(
+    harness: Callable[..., Harness], workspace: str
+) -> None:
+    h = harness(shaped)
+    texts = ["list-output", "good", "str-event", "stage-error-event"]
+    runs = await h.batch(workspace, texts)
+    assert await h.pending() == 0
+    got = {}
+    for text, run in zip(texts, runs, strict=True):
+        events = await h.events(workspace, run)
+        if text == "good":
+            assert types(events)[-1] == "StageCompleted"
+            continue
+        data = failed(events)
+        assert data["permanent"] and data["error_type"] == "InvalidResult"
+        got[text] = data["error"]
+    assert "output is a list, not a dict" in got["list-output"]
+    assert "events hold a str, not a DomainEvent" in got["str-event"]
+    assert got["stage-error-event"].endswith(
+        "not a DomainEvent; its error: gave up (stage='first')"
+    )
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+def unprintable(item: dict[str, Any], ctx: StageContext) -> StageResult:
+    raise Unprintable
+
+
+async def test_an_exception_whose_message_cannot_be_read_fails_only_its_attempt(
+    harness: Callable[..., Harness], workspace: str
+) -> None:
+    h = harness(unprintable)
+    [run] = await h.batch(workspace, ["x"])
+    data = failed(await h.events(workspace, run))
+    assert (data["error_type"], data["error"]) == (
+        "Unprintable",
+        "(its message could not be read: RuntimeError)",
+    )
