@@ -115,8 +115,10 @@ def check_outcome(a: Attempt) -> None:
         problem = _events_problem(outcome.events, "raised a StageError whose events hold")
         if problem is not None:
             problem += f"; its error: {_describe(outcome)[1]}"
-    else:
+    elif isinstance(outcome, BaseException):
         return
+    else:  # what the actor returned (None, a plain dict): the same code returns it again
+        problem = f"returned {type(outcome).__name__}, not a StageResult"
     if problem is not None:
         a.outcome = InvalidResult(f"actor {a.spec.actor!r} {problem}", stage=a.spec.name)
 

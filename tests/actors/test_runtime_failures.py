@@ -253,3 +253,28 @@ async def test_an_exception_whose_message_cannot_be_read_fails_only_its_attempt(
         "Unprintable",
         "(its message could not be read: RuntimeError)",
     )
+
+
+def not_a_result(item: dict[str, Any], ctx: StageContext) -> Any:
+    return None if item["text"] == "none" else {"plain": "dict"}
+
+
+async def test_an_actor_returning_no_stage_result_fails_for_good_saying_what_it_returned(
+    harness: Callable[..., Harness], workspace: str
+) -> None:
+    h = harness(not_a_result, retry=RetryPolicy(max_retries=3, backoff_seconds=0))
+    runs = await h.batch(workspace, ["none", "dict"])
+    got = []
+    for run in runs:
+        events = await h.events(workspace, run)
+        assert types(events) == ["RunSubmitted", "StageStarted", "StageFailed", "RunFailed"]
+        data = failed(events)
+        assert data["permanent"] and not data["will_retry"]
+        got.append((data["error_type"], data["error"]))
+    assert got == [
+        (
+            "InvalidResult",
+            f"actor {h.first!r} returned NoneType, not a StageResult (stage='first')",
+        ),
+        ("InvalidResult", f"actor {h.first!r} returned dict, not a StageResult (stage='first')"),
+    ]
