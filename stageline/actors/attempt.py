@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from stageline.actors.commands import StageCommand
-from stageline.actors.compensation import compensate_stage
+from stageline.actors.compensation import CompensationFailed, compensate_stage
 from stageline.actors.decide import ABANDONED_ERROR, RunState
 from stageline.actors.events import (
     RunCompleted,
@@ -63,6 +63,8 @@ class Attempt:
     retry_at: float | None = None  # or: the same stage comes back then
     lost: int = 0
     """The stage's attempts before this one lost with their workers (not its failures)."""
+    compensating: bool = False
+    """Its events include compensating ones (a give-up with effects to reverse)."""
 
 
 def stage_event(
@@ -113,6 +115,11 @@ def check_outcome(a: Attempt) -> None:
         problem = _result_problem(outcome)
     elif isinstance(outcome, StageError):
         problem = _events_problem(outcome.events, "raised a StageError whose events hold")
+        if problem is None and outcome.events:
+            try:  # a compensator is handed them as recorded events (rare: failures only)
+                msgspec.to_builtins(outcome.events)
+            except (TypeError, ValueError, OverflowError) as exc:
+                problem = f"raised a StageError whose events cannot be encoded: {exc}"
         if problem is not None:
             problem += f"; its error: {_describe(outcome)[1]}"
     elif isinstance(outcome, BaseException):
@@ -212,23 +219,45 @@ def plan_success(a: Attempt, result: StageResult) -> None:
     _continue_at(a, c.index + 1, item, str(completed.event_id))
 
 
-def plan_give_up(a: Attempt, state: RunState, compensator: Compensator | None) -> None:
+def plan_give_up(
+    a: Attempt,
+    state: RunState,
+    compensator: Compensator | None,
+    *,
+    uncompensated: CompensationFailed | None = None,
+) -> None:
     """Plan the events of an attempt whose stage gives up: its effects compensated, then
-    the run failed, or carried on at the stage's fallback."""
+    the run failed, or carried on at the stage's fallback.
+
+    If the compensation fails (the compensator raises or returns no list of events, or
+    ``uncompensated`` says its events could not be stored), the effects stay as they are
+    and the run fails into the dead letters whatever the fallback, its ``RunFailed``
+    saying why the stage failed and why its compensation did.
+    """
     c, spec = a.command, a.spec
     failed = _failed(a, will_retry=False)
     effects = _effects(a)
-    compensations = compensate_stage(
-        state,
-        c.index,
-        compensator,
-        reason="retries_exhausted",
-        extra=[_recorded(e, c.workspace) for e in effects],
-    )
+    compensations: list[DomainEvent] = []
+    if uncompensated is None:
+        try:
+            compensations = compensate_stage(
+                state,
+                c.index,
+                compensator,
+                reason="retries_exhausted",
+                extra=[_recorded(e, c.workspace) for e in effects],
+            )
+        except CompensationFailed as exc:
+            uncompensated = exc
     a.events = [failed, *effects, *(stage_event(e, c, a.started_id) for e in compensations)]
-    fallback = spec.retry.fallback
+    a.compensating = bool(compensations)
+    # a fallback goes on as if the stage had left nothing behind: not so with its effects
+    fallback = spec.retry.fallback if uncompensated is None else None
     if fallback is None:
         error_type, message = _describe(a.outcome)
+        if uncompensated is not None:
+            message = f"{message[: _MAX_ERROR_CHARS // 2]}; then {uncompensated.message}"
+            message = message[:_MAX_ERROR_CHARS]
         dead_letter = uuid.uuid4()
         a.events.append(
             stage_event(

@@ -44,6 +44,7 @@ from stageline.actors.attempt import (
 )
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
+from stageline.actors.compensation import CompensationFailed
 from stageline.actors.deadletters import DeadLetters, entry_dead_letter_id
 from stageline.actors.decide import (
     ABANDON_GRACE_SECONDS,
@@ -386,8 +387,11 @@ class StageRuntime:
             for a, state in zip(exhausted, states, strict=True):
                 self._plan_give_up(a, state)
 
-    def _plan_give_up(self, a: Attempt, state: RunState) -> None:
-        plan_give_up(a, state, self.actors.compensator(a.spec.actor))
+    def _plan_give_up(
+        self, a: Attempt, state: RunState, *, uncompensated: CompensationFailed | None = None
+    ) -> None:
+        compensator = self.actors.compensator(a.spec.actor)
+        plan_give_up(a, state, compensator, uncompensated=uncompensated)
 
     # -- record -----------------------------------------------------------------
 
@@ -404,7 +408,7 @@ class StageRuntime:
             )
             results = [next(replies) if isinstance(r, AppendRequest) else r for r in requests]
             clashed: list[Attempt] = []
-            unstorable: list[tuple[Attempt, int]] = []
+            unstorable: list[tuple[Attempt, int, InvalidArgument]] = []
             for (a, version), request, result in zip(todo, requests, results, strict=True):
                 if isinstance(result, ConcurrencyError):
                     if a.opening:  # never started: its result describes nothing recorded
@@ -412,10 +416,7 @@ class StageRuntime:
                     else:
                         clashed.append(a)
                 elif isinstance(result, InvalidArgument):
-                    # the stage's output or events cannot be stored: this attempt fails
-                    # for good, the rest of the batch goes on
-                    a.outcome, a.hand_on, a.retry_at = result, None, None
-                    unstorable.append((a, version))
+                    unstorable.append((a, version, result))
                 elif isinstance(result, Exception):
                     raise result
                 elif (
@@ -428,15 +429,26 @@ class StageRuntime:
                 else:
                     self._follow_up(a, result.version, out)
             todo = []
-            states = await self._states([a.command for a in clashed + [a for a, _ in unstorable]])
+            states = await self._states(
+                [a.command for a in [*clashed, *(u[0] for u in unstorable)]]
+            )
             for a, state in zip(clashed, states, strict=False):
                 decision = decide_finish(state, a.command.index, a.attempt)
                 if isinstance(decision, Finish):
                     todo.append((a, decision.version))
                 else:
                     self._settle(a.command, a.pipeline, decision, out)
-            for (a, version), state in zip(unstorable, states[len(clashed) :], strict=True):
-                self._plan_give_up(a, state)
+            for (a, version, error), state in zip(unstorable, states[len(clashed) :], strict=True):
+                if a.compensating:
+                    # a give-up whose compensating events may be what cannot be stored:
+                    # recorded without them first, the stage's own failure kept
+                    failure = CompensationFailed(a.spec.name, type(error).__name__, error.message)
+                    self._plan_give_up(a, state, uncompensated=failure)
+                else:
+                    # the stage's output or events cannot be stored: this attempt fails
+                    # for good, the rest of the batch goes on
+                    a.outcome, a.hand_on, a.retry_at = error, None, None
+                    self._plan_give_up(a, state)
                 todo.append((a, version))
         for a, _ in todo:
             log.warning("stage.finish_unsettled", **_context(a.command), attempt=a.attempt)

@@ -12,7 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from stageline.actors import commands
+from stageline.actors.builtin.flaky import FlakyEffectApplied, FlakyEffectReverted
 from stageline.actors.channels import CommandBus
+from stageline.actors.compensation import CompensationFailed
+from stageline.actors.operations import RunOperations
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, RetryPolicy, StageSpec
 from stageline.actors.stage import (
     ActorRegistry,
@@ -24,7 +27,7 @@ from stageline.actors.stage import (
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.events import keys
-from stageline.events.envelope import RecordedEvent
+from stageline.events.envelope import DomainEvent, RecordedEvent
 from stageline.events.redis_store import RedisEventStore
 
 StageFn = Callable[[dict[str, Any], StageContext], Any]
@@ -206,6 +209,8 @@ def shaped(item: dict[str, Any], ctx: StageContext) -> Any:
         return StageResult(output=["a"])  # type: ignore[arg-type]
     if kind == "str-event":
         return StageResult(events=["not an event"])  # type: ignore[list-item]
+    if kind == "stage-error-unencodable":
+        raise StageError("failed", events=[FlakyEffectApplied(key=object(), attempt=1)])  # type: ignore[arg-type]
     if kind == "stage-error-event":
         raise StageError("gave up", events=[{"not": "an event"}])  # type: ignore[list-item]
     return StageResult(output={"ok": True})
@@ -215,7 +220,7 @@ async def test_a_result_or_stage_error_of_the_wrong_shape_fails_only_its_run(
     harness: Callable[..., Harness], workspace: str
 ) -> None:
     h = harness(shaped)
-    texts = ["list-output", "good", "str-event", "stage-error-event"]
+    texts = ["list-output", "good", "str-event", "stage-error-event", "stage-error-unencodable"]
     runs = await h.batch(workspace, texts)
     assert await h.pending() == 0
     got = {}
@@ -229,6 +234,7 @@ async def test_a_result_or_stage_error_of_the_wrong_shape_fails_only_its_run(
         got[text] = data["error"]
     assert "output is a list, not a dict" in got["list-output"]
     assert "events hold a str, not a DomainEvent" in got["str-event"]
+    assert "StageError whose events cannot be encoded" in got["stage-error-unencodable"]
     assert got["stage-error-event"].endswith(
         "not a DomainEvent; its error: gave up (stage='first')"
     )
@@ -278,3 +284,72 @@ async def test_an_actor_returning_no_stage_result_fails_for_good_saying_what_it_
         ),
         ("InvalidResult", f"actor {h.first!r} returned dict, not a StageResult (stage='first')"),
     ]
+
+
+def effect_then_fail(item: dict[str, Any], ctx: StageContext) -> StageResult:
+    if item["text"] == "good":
+        return StageResult(output={"ok": True})
+    raise StageError("no luck", events=[FlakyEffectApplied(key=item["text"], attempt=1)])
+
+
+def raising(effects: Sequence[RecordedEvent]) -> list[DomainEvent]:
+    raise ValueError("cannot reverse that")
+
+
+def a_dict(effects: Sequence[RecordedEvent]) -> list[DomainEvent]:
+    return {"not": "a list"}  # type: ignore[return-value]
+
+
+def unencodable(effects: Sequence[RecordedEvent]) -> list[DomainEvent]:
+    return [FlakyEffectReverted(compensates=str(e.event_id), key=object()) for e in effects]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("compensate", "fallback", "why"),
+    [
+        (raising, None, "ValueError: cannot reverse that"),
+        (raising, "skip", "ValueError: cannot reverse that"),
+        (a_dict, None, "TypeError: returned a dict, not a list of events"),
+        (unencodable, "skip", "InvalidEvent: event cannot be encoded"),
+    ],
+)
+async def test_a_compensator_that_fails_fails_its_run_into_the_dead_letters_saying_so(
+    harness: Callable[..., Harness],
+    workspace: str,
+    compensate: Compensator,
+    fallback: str | None,
+    why: str,
+) -> None:
+    h = harness(effect_then_fail, compensate=compensate, retry=RetryPolicy(fallback=fallback))
+    bad, good = await h.batch(workspace, ["bad", "good"])
+    assert await h.pending() == 0
+    assert types(await h.events(workspace, good))[-1] == "StageCompleted"
+    events = await h.events(workspace, bad)
+    # the effect stays, uncompensated; the run fails whatever the fallback
+    assert types(events) == [
+        "RunSubmitted", "StageStarted", "StageFailed", "FlakyEffectApplied", "RunFailed",
+    ]  # fmt: skip
+    run_failed = events[-1].data
+    assert run_failed["dead_letter"] and run_failed["stage"] == "first"
+    assert run_failed["error"].startswith("no luck; then compensating stage 'first' failed: ")
+    assert why in run_failed["error"]
+
+
+async def test_undo_of_a_run_whose_compensator_fails_is_a_conflict_naming_it(
+    harness: Callable[..., Harness], workspace: str, redis_store: RedisEventStore
+) -> None:
+    def effect(item: dict[str, Any], ctx: StageContext) -> StageResult:
+        return StageResult(events=[FlakyEffectApplied(key="k", attempt=1)])
+
+    h = harness(effect, compensate=raising)
+    [run] = await h.batch(workspace, ["x"])
+    before = await h.events(workspace, run)
+    operations = RunOperations(redis_store, h.catalog, h.actors, h.worker.bus)
+    with pytest.raises(CompensationFailed) as caught:
+        await operations.undo(workspace, run)
+    assert caught.value.code == "CONFLICT"
+    assert str(caught.value) == (
+        "compensating stage 'first' failed: ValueError: cannot reverse that "
+        "(stage='first', error_type='ValueError')"
+    )
+    assert await h.events(workspace, run) == before

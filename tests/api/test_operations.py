@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -18,7 +20,9 @@ from api_helpers import (
     until_status,
 )
 
+from stageline.actors.stage import StageContext, StageResult
 from stageline.events import keys
+from stageline.events.envelope import DomainEvent, RecordedEvent
 from stageline.stack import Stack
 
 TEXT = "Met Alice and Bob in Berlin to talk about the Redis migration with Carol."
@@ -245,3 +249,42 @@ async def test_a_bad_cancel_body_is_400(client: httpx.AsyncClient) -> None:
         assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == [field]
     r = await client.post(f"/v1/runs/{run['id']}/cancel", json={"reason": "r" * 501})
     assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["reason"]
+
+
+async def test_undo_of_a_run_whose_compensator_fails_is_409_naming_stage_and_error(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    actor, pipeline = f"brittle-{tag}", f"brittle-{tag}"
+
+    def brittle(item: dict[str, Any], ctx: StageContext) -> StageResult:
+        return StageResult()
+
+    def broken(effects: Sequence[RecordedEvent]) -> list[DomainEvent]:
+        raise ValueError("cannot reverse that")
+
+    stack.actors.register(actor, brittle, compensate=broken)
+    stages = [{"name": "first", "actor": actor}]
+    r = await client.post("/v1/pipelines", json={"name": pipeline, "stages": stages})
+    assert r.status_code == 201, r.text
+    run_id, started = str(uuid.uuid4()), str(uuid.uuid4())
+    submitted = {"pipeline": pipeline, "pipeline_version": 1, "stages": ["first"], "input": {}}
+    events = [
+        {"type": "RunSubmitted", "data": submitted},
+        {"type": "StageStarted", "event_id": started, "data": {"stage": "first", "index": 0}},
+        {"type": "FlakyEffectApplied", "causation_id": started, "data": {"key": "k", "attempt": 1}},
+        {"type": "StageCompleted", "data": {"stage": "first", "index": 0}},
+    ]
+    stream = keys.run_stream(run_id)
+    body = {"expected_version": "no_stream", "events": events}
+    r = await client.post(f"/v1/streams/{stream}/events", json=body)
+    assert r.status_code == 201, r.text
+
+    r = await client.post(f"/v1/runs/{run_id}/undo")
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert error["code"] == "CONFLICT"
+    assert error["message"] == "compensating stage 'first' failed: ValueError: cannot reverse that"
+    assert error["details"] == {"stage": "first", "error_type": "ValueError"}
+    r = await client.get(f"/v1/streams/{stream}/events")
+    assert len(r.json()["events"]) == 4  # nothing appended
