@@ -112,7 +112,10 @@ def check_outcome(a: Attempt) -> None:
     """
     outcome = a.outcome
     if isinstance(outcome, StageResult):
-        problem = _result_problem(outcome)
+        try:
+            problem = _result_problem(outcome)
+        except RecursionError:
+            problem = "returned a StageResult nested too deeply to be stored"
     elif isinstance(outcome, StageError):
         problem = _events_problem(outcome.events, "raised a StageError whose events hold")
         if problem is None and outcome.events:

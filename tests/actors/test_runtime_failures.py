@@ -353,3 +353,19 @@ async def test_undo_of_a_run_whose_compensator_fails_is_a_conflict_naming_it(
         "(stage='first', error_type='ValueError')"
     )
     assert await h.events(workspace, run) == before
+
+
+def deep(item: dict[str, Any], ctx: StageContext) -> StageResult:
+    nested: Any = 1.0
+    for _ in range(100_000):
+        nested = [nested]
+    return StageResult(output={"deep": nested})
+
+
+async def test_an_output_nested_too_deeply_fails_only_its_attempt(
+    harness: Callable[..., Harness], workspace: str
+) -> None:
+    h = harness(deep)
+    [run] = await h.batch(workspace, ["x"])
+    data = failed(await h.events(workspace, run))
+    assert data["permanent"] and "nested too deeply" in data["error"]
