@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -20,7 +20,7 @@ from stageline.actors.channels import CommandBus
 from stageline.actors.deadletters import DeadLetters
 from stageline.actors.decide import RunState
 from stageline.actors.operations import RunOperations
-from stageline.actors.pipeline import Pipeline, PipelineCatalog
+from stageline.actors.pipeline import Pipeline, PipelineCatalog, validate
 from stageline.actors.pipelines_store import PipelineConfigs
 from stageline.actors.reconcile import Reconciler
 from stageline.actors.stage import ActorRegistry
@@ -91,13 +91,23 @@ class Stack:
             ontology = OntologyStore(store)
             actors = default_actors(ontology.view)
             catalog = PipelineCatalog()
+            added: list[tuple[str, Pipeline]] = []
             for entry, install in installs:
+                before = catalog.builtin_versions()
                 try:
                     install(actors, catalog)
                 except Exception as exc:  # whatever the user's install raised
                     raise InvalidArgument(
                         f"STAGELINE_ACTORS entry {entry!r}: install failed: {exc}"
                     ) from exc
+                added += [
+                    (entry, pipeline)
+                    for key, pipeline in catalog.builtin_versions().items()
+                    if before.get(key) is not pipeline
+                ]
+            # after every install: one entry's pipeline may use another entry's actor
+            for entry, pipeline in added:
+                _check_installed(entry, pipeline, actors.names())
         except BaseException:
             for client in clients:
                 await client.aclose()
@@ -184,6 +194,25 @@ class Stack:
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
             log.info("embedded.stopped", data_dir=str(self.server.data_dir))
+
+
+def _check_installed(entry: str, pipeline: Pipeline, actors: Collection[str]) -> None:
+    """Refuse a pipeline a ``STAGELINE_ACTORS`` entry added that a config could not be.
+
+    The checks are those of configs sent over HTTP (``validate``), plus a version
+    of at least 1 (0 is the version of reported runs, which no worker drives).
+    """
+    try:
+        validate(pipeline, actors)
+        if isinstance(pipeline.version, bool) or not (
+            isinstance(pipeline.version, int) and pipeline.version >= 1
+        ):
+            raise InvalidArgument("version must be an integer >= 1", field="version")
+    except InvalidArgument as exc:
+        raise InvalidArgument(
+            f"STAGELINE_ACTORS entry {entry!r}: pipeline {pipeline.name!r} "
+            f"version {pipeline.version!r}: {exc}"
+        ) from exc
 
 
 def _installer(entry: str) -> Callable[[ActorRegistry, PipelineCatalog], None]:

@@ -346,6 +346,34 @@ def test_a_server_refusing_the_credentials_is_not_waited_for(
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_an_installed_pipeline_that_could_never_run_stops_the_process_at_start(
+    data_dir: Path,
+) -> None:
+    (data_dir / "my_stages.py").write_text(
+        "from stageline.actors.pipeline import Pipeline, StageSpec\n"
+        "def install(actors, catalog):\n"
+        "    catalog.add(Pipeline(name='mine', stages=(StageSpec(name='a', actor='nobody'),)))\n"
+    )
+    env = {
+        **env_for(data_dir),
+        "PYTHONPATH": os.pathsep.join([str(data_dir), *sys.path]),
+        "STAGELINE_REDIS_URL": f"unix://{data_dir}/no.sock",
+        "STAGELINE_ACTORS": "my_stages:install",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "stageline", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,  # it used to start, and the pipeline's runs stayed `processing` for good
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert "STAGELINE_ACTORS entry 'my_stages:install': pipeline 'mine'" in line, line
+    assert "unknown actor 'nobody'" in line, line
+
+
 @pytest.mark.parametrize(
     ("env", "says"),
     [

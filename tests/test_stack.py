@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
+from stageline.actors.pipeline import Pipeline, PipelineCatalog, RetryPolicy, StageSpec
 from stageline.actors.stage import ActorRegistry, StageContext, StageResult
 from stageline.errors import InvalidArgument
 from stageline.settings import Settings
@@ -76,6 +78,86 @@ async def test_an_actors_install_that_fails_leaves_no_embedded_server_behind(
     pidfile = data_dir / "redis.pid"
     assert not pidfile.exists()
     assert not _processes_naming(data_dir)
+
+
+BAD_PIPELINES = {
+    "an unknown actor": (
+        Pipeline(name="bad", stages=(StageSpec(name="a", actor="nobody"),)),
+        r"unknown actor 'nobody'.*field='stages\[0\]\.actor'",
+    ),
+    "a name with a space": (
+        Pipeline(name="my pipeline", stages=(StageSpec(name="a", actor="shout"),)),
+        r"pipeline 'my pipeline'.*pipeline name must be.*field='name'",
+    ),
+    "a negative timeout": (
+        Pipeline(name="bad", stages=(StageSpec(name="a", actor="shout", timeout_seconds=-1),)),
+        r"timeout_seconds must be.*field='stages\[0\]\.timeout_seconds'",
+    ),
+    "negative retries": (
+        Pipeline(
+            name="bad",
+            stages=(StageSpec(name="a", actor="shout", retry=RetryPolicy(max_retries=-1)),),
+        ),
+        r"retry\.max_retries must be.*field='stages\[0\]\.retry\.max_retries'",
+    ),
+    "a fallback to an earlier stage": (
+        Pipeline(
+            name="bad",
+            stages=(
+                StageSpec(name="a", actor="shout"),
+                StageSpec(name="b", actor="shout", retry=RetryPolicy(fallback="a")),
+            ),
+        ),
+        r"fallback 'a' must be 'skip' or .*field='stages\[1\]\.retry\.fallback'",
+    ),
+    "no stages": (Pipeline(name="bad"), r"at least one stage.*field='stages'"),
+    "version 0, the version of reported runs": (
+        Pipeline(name="bad", version=0, stages=(StageSpec(name="a", actor="shout"),)),
+        r"version must be an integer >= 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PIPELINES))
+async def test_an_installed_pipeline_is_checked_as_a_config_sent_over_http(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, says = BAD_PIPELINES[case]
+
+    def install_bad(actors: ActorRegistry, catalog: PipelineCatalog) -> None:
+        install(actors, catalog)
+        catalog.add(pipeline)
+
+    monkeypatch.setattr(sys.modules[__name__], "install_bad", install_bad, raising=False)
+    settings = Settings(
+        redis_url="unix:///nonexistent/redis.sock", actors=f"{__name__}:install_bad"
+    )
+    # they used to be accepted: their runs stuck in `processing`, or a 500 on submit
+    with pytest.raises(InvalidArgument) as raised:
+        await Stack.open(settings)
+    line = str(raised.value)
+    assert line.startswith(f"STAGELINE_ACTORS entry '{__name__}:install_bad': pipeline "), line
+    assert re.search(says, line), line
+    assert "\n" not in line
+
+
+def install_actor_only(actors: ActorRegistry, catalog: PipelineCatalog) -> None:
+    actors.register("shout", shout)
+
+
+def install_pipeline_only(actors: ActorRegistry, catalog: PipelineCatalog) -> None:
+    catalog.add(MINE)
+
+
+async def test_an_installed_pipeline_may_use_an_actor_a_later_entry_registers(
+    redis_url: str,
+) -> None:
+    entries = f"{__name__}:install_pipeline_only,{__name__}:install_actor_only"
+    stack = await Stack.open(Settings(redis_url=redis_url, actors=entries))
+    try:
+        assert MINE in stack.catalog.builtins()
+    finally:
+        await stack.close()
 
 
 def _processes_naming(path: Path) -> list[Path]:

@@ -257,6 +257,10 @@ class PipelineCatalog:
         """The latest version of every built-in, by name."""
         return [self._latest[name] for name in sorted(self._latest)]
 
+    def builtin_versions(self) -> dict[tuple[str, int], Pipeline]:
+        """Every version of every built-in, by (name, version)."""
+        return dict(self._builtin)
+
     def get(self, workspace: str, name: str, version: int | None = None) -> Pipeline:
         """A built-in, or a workspace config version already loaded; ``NotFound`` otherwise.
 
