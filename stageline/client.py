@@ -40,6 +40,7 @@ import httpx
 from stageline.errors import StagelineError
 
 __all__ = [
+    "MAX_ERROR_CHARS",
     "REPORTED_VERSION",
     "ApiError",
     "AsyncRunReport",
@@ -55,6 +56,11 @@ __all__ = [
 
 REPORTED_VERSION = 0
 """The ``pipeline_version`` of a reported run: none of stageline's pipelines has it."""
+
+MAX_ERROR_CHARS = 2000
+"""A reported error's text is cut to this many characters, as stageline's own stages cut
+theirs (a whole traceback-sized message could exceed the API's body limit, leaving the
+failure unrecorded)."""
 
 Expected = int | Literal["any", "no_stream"]
 _JSON = {"Content-Type": "application/json"}
@@ -404,7 +410,7 @@ def _now() -> str:
 
 
 def _error(exc: BaseException) -> dict[str, str]:
-    return {"error_type": type(exc).__name__, "error": str(exc) or repr(exc)}
+    return {"error_type": type(exc).__name__, "error": (str(exc) or repr(exc))[:MAX_ERROR_CHARS]}
 
 
 class Stage:

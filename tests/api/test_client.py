@@ -16,7 +16,9 @@ import pytest
 from api_helpers import served
 from fastapi import FastAPI
 
+from stageline.actors import attempt
 from stageline.client import (
+    MAX_ERROR_CHARS,
     REPORTED_VERSION,
     ApiError,
     AsyncStageline,
@@ -101,6 +103,30 @@ async def test_a_stage_that_raises_fails_the_run_and_the_error_reaches_the_calle
         "RunFailed",
     ]
     assert events[-1]["data"]["stage"] == "transform"
+
+
+async def test_a_huge_error_message_is_cut_as_stageline_cuts_its_own_stages(
+    app: FastAPI, workspace: str
+) -> None:
+    huge = RuntimeError("x" * 2_000_000)  # 2 MB: past the API's 1 MB body limit
+    async with served(app) as url, AsyncStageline(url, workspace) as stageline:
+        with pytest.raises(RuntimeError) as raised:
+            async with stageline.report("nightly-etl", ["extract"]) as run, run.stage("extract"):
+                raise huge
+        assert raised.value is huge
+        assert not getattr(raised.value, "__notes__", None)  # "could not record this failure"
+        assert run.position is not None
+        view = await stageline.run(run.run_id, min_position=run.position)
+    # it used to be a 413 for StageFailed and RunFailed: the run stayed processing
+    assert view["status"] == "failed"
+    assert view["error"] == "RuntimeError: " + "x" * MAX_ERROR_CHARS
+    [stage] = view["stages"]
+    assert stage["status"] == "failed"
+    assert stage["error"] == "RuntimeError: " + "x" * MAX_ERROR_CHARS
+
+
+def test_the_client_cuts_errors_where_stageline_cuts_its_own() -> None:
+    assert MAX_ERROR_CHARS == attempt._MAX_ERROR_CHARS
 
 
 class LostAnswers(httpx.AsyncBaseTransport):
