@@ -7,7 +7,8 @@ or ``StageFailed``, ``RunCompleted`` or ``RunFailed``), so it shows in
 ``/v1/runs``, ``/v1/runs/stats`` and the log like any run. Such a run is
 recorded at ``pipeline_version`` 0, a version no pipeline has (configs and
 built-ins start at 1), so stageline's workers and reconciler never drive it,
-whatever its pipeline is called.
+whatever its pipeline is called. A report makes its appends one at a time, so its
+stages may run concurrently (threads, ``asyncio.gather``).
 
 Every write carries an ``Idempotency-Key`` (one per call unless given), so
 connection errors and 503 answers are retried, with backoff, without ever
@@ -24,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from datetime import time as time_of_day
 from decimal import Decimal
@@ -427,11 +429,15 @@ class Stage:
         self._began = 0.0
 
     def _started(self) -> list[dict[str, Any]]:
+        # built under the report's lock: the same stage entered twice at once is two attempts
+        self.attempt = self._run.attempts.get(self.name, 0) + 1
         self._began = time.perf_counter()
-        self._run.attempts[self.name] = self.attempt
-        self._run.at_stage = self.name
         data = {"stage": self.name, "index": self.index, "attempt": self.attempt}
         return [{"type": "StageStarted", "data": data, "occurred_at": _now()}]
+
+    def _start_recorded(self) -> None:
+        self._run.attempts[self.name] = self.attempt
+        self._run.at_stage = self.name
 
     def _ended(self, exc: BaseException | None) -> list[dict[str, Any]]:
         data = {
@@ -446,40 +452,55 @@ class Stage:
         data.update(_error(exc), permanent=True)
         return [{"type": "StageFailed", "data": data, "occurred_at": _now()}]
 
-    def _refused(self) -> TypeError | ValueError | None:
-        return _refused(f"stage {self.name!r}'s output or metadata", [self.output, self.metadata])
+    def _failure(self, exc: BaseException | None) -> BaseException | None:
+        """What the stage failed with: ``exc``, or why its output cannot be recorded."""
+        if exc is None:
+            exc = _refused(
+                f"stage {self.name!r}'s output or metadata", [self.output, self.metadata]
+            )
+        if exc is not None:
+            self._run.failures.append((exc, self.name))
+        return exc
 
     def __enter__(self) -> Self:
         assert isinstance(self._run, RunReport), "a reported async run's stage: `async with`"
-        self._run._write(self._started())
+        self._run._write(self._started, recorded=self._start_recorded)
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert isinstance(self._run, RunReport)
-        refused = self._refused() if exc is None else None
-        self._run._write(self._ended(exc or refused), exc or refused)
-        if refused is not None:  # the stage is recorded failed with it: the run fails too
-            raise refused
+        failure = self._failure(exc)
+        self._run._write(lambda: self._ended(failure), failure)
+        if failure is not None and failure is not exc:  # recorded as the stage's: raised too
+            raise failure
 
     async def __aenter__(self) -> Self:
         assert isinstance(self._run, AsyncRunReport), "a reported run's stage: `with`"
-        await self._run._write(self._started())
+        await self._run._write(self._started, recorded=self._start_recorded)
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert isinstance(self._run, AsyncRunReport)
-        refused = self._refused() if exc is None else None
-        await self._run._write(self._ended(exc or refused), exc or refused)
-        if refused is not None:
-            raise refused
+        failure = self._failure(exc)
+        await self._run._write(lambda: self._ended(failure), failure)
+        if failure is not None and failure is not exc:
+            raise failure
+
+
+Events = Callable[[], list[dict[str, Any]]]
+"""Builds the events of one append, once the report's earlier appends are done."""
 
 
 class _Report:
-    """A reported run's state: its stream's version and the events each step appends."""
+    """A reported run's state: its stream's version and the events each step appends.
+
+    Its appends are made one at a time (stages may run concurrently: threads, or
+    ``asyncio.gather``), each expecting the version the one before left.
+    """
 
     def __init__(
         self,
@@ -503,6 +524,9 @@ class _Report:
         """The log position of its last event: a read's ``min_position`` to see it."""
         self.attempts: dict[str, int] = {}
         self.at_stage: str | None = None
+        """The stage whose start was recorded last."""
+        self.failures: list[tuple[BaseException, str]] = []
+        """What each failed stage raised: the run's failure names the stage it came from."""
         self._writer = uuid.uuid4().hex  # another reporter of this run never shares its keys
 
     def stage(self, name: str) -> Stage:
@@ -534,8 +558,21 @@ class _Report:
             return [
                 {"type": "RunCompleted", "data": {"output": self.output}, "occurred_at": _now()}
             ]
-        data = {"stage": self.at_stage or "", **_error(exc)}
+        data = {"stage": self._stage_of(exc), **_error(exc)}
         return [{"type": "RunFailed", "data": data, "occurred_at": _now()}]
+
+    def _stage_of(self, exc: BaseException) -> str:
+        """The stage ``exc`` (or one in it, an exception group's) came out of; else the
+        stage started last (the run failed outside its stages)."""
+        found = [exc]
+        for error in found:  # grows as groups are opened
+            if isinstance(error, BaseExceptionGroup):
+                found.extend(error.exceptions)
+        for error in found:
+            for failed, stage in self.failures:
+                if failed is error:
+                    return stage
+        return self.at_stage or ""
 
     def _refused(self) -> TypeError | ValueError | None:
         return _refused("the run's output", self.output)
@@ -555,22 +592,32 @@ class RunReport(_Report):
     def __init__(self, client: Stageline, *args: Any) -> None:
         super().__init__(*args)
         self._client = client
+        self._lock = threading.Lock()
 
-    def _write(self, events: list[dict[str, Any]], exc: BaseException | None = None) -> None:
-        try:
-            self._appended(self._client.append(self.stream, **self._request(events)))
-        except ApiError as failure:
-            self._unrecorded(exc, failure)
+    def _write(
+        self,
+        events: Events,
+        exc: BaseException | None = None,
+        recorded: Callable[[], None] | None = None,
+    ) -> None:
+        with self._lock:
+            try:
+                self._appended(self._client.append(self.stream, **self._request(events())))
+            except ApiError as failure:
+                self._unrecorded(exc, failure)
+                return
+            if recorded is not None:
+                recorded()
 
     def __enter__(self) -> Self:
-        self._write(self._started())
+        self._write(self._started)
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         refused = self._refused() if exc is None else None
-        self._write(self._ended(exc or refused), exc or refused)
+        self._write(lambda: self._ended(exc or refused), exc or refused)
         if refused is not None:
             raise refused
 
@@ -581,21 +628,31 @@ class AsyncRunReport(_Report):
     def __init__(self, client: AsyncStageline, *args: Any) -> None:
         super().__init__(*args)
         self._client = client
+        self._lock = asyncio.Lock()
 
-    async def _write(self, events: list[dict[str, Any]], exc: BaseException | None = None) -> None:
-        try:
-            self._appended(await self._client.append(self.stream, **self._request(events)))
-        except ApiError as failure:
-            self._unrecorded(exc, failure)
+    async def _write(
+        self,
+        events: Events,
+        exc: BaseException | None = None,
+        recorded: Callable[[], None] | None = None,
+    ) -> None:
+        async with self._lock:
+            try:
+                self._appended(await self._client.append(self.stream, **self._request(events())))
+            except ApiError as failure:
+                self._unrecorded(exc, failure)
+                return
+            if recorded is not None:
+                recorded()
 
     async def __aenter__(self) -> Self:
-        await self._write(self._started())
+        await self._write(self._started)
         return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         refused = self._refused() if exc is None else None
-        await self._write(self._ended(exc or refused), exc or refused)
+        await self._write(lambda: self._ended(exc or refused), exc or refused)
         if refused is not None:
             raise refused

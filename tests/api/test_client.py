@@ -4,6 +4,7 @@ the API fixtures): reported runs, retries that write nothing twice, errors."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 import uuid
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from stageline.client import (
     MAX_ERROR_CHARS,
     REPORTED_VERSION,
     ApiError,
+    AsyncRunReport,
     AsyncStageline,
     Stageline,
     Unreachable,
@@ -127,6 +129,82 @@ async def test_a_huge_error_message_is_cut_as_stageline_cuts_its_own_stages(
 
 def test_the_client_cuts_errors_where_stageline_cuts_its_own() -> None:
     assert MAX_ERROR_CHARS == attempt._MAX_ERROR_CHARS
+
+
+async def test_stages_of_one_reported_run_may_run_concurrently(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str
+) -> None:
+    async def stage(run: AsyncRunReport, name: str, seconds: float) -> None:
+        async with run.stage(name) as s:
+            await asyncio.sleep(seconds)
+            s.metadata["slept"] = seconds
+
+    async with served(app) as url, AsyncStageline(url, workspace) as stageline:
+        # it used to be "409 CONFLICT: Idempotency-Key was already used for a different request"
+        async with stageline.report("fan-out", ["a", "b", "c"]) as run:
+            await asyncio.gather(stage(run, "a", 0.1), stage(run, "b", 0), stage(run, "c", 0.05))
+        assert run.position is not None
+        view = await stageline.run(run.run_id, min_position=run.position)
+    assert view["status"] == "completed"
+    for s in view["stages"]:
+        assert (s["status"], s["attempts"]) == ("completed", 1), s
+    events = (await client.get(f"/v1/runs/{run.run_id}/events")).json()["events"]
+    assert [e["type"] for e in events].count("StageCompleted") == 3
+    assert events[-1]["type"] == "RunCompleted"
+
+
+def report_in_threads(url: str, workspace: str) -> tuple[str, int | None]:
+    with Stageline(url, workspace) as client:
+        with client.report("fan-out", ["a", "b", "c"]) as run:
+
+            def stage(name: str) -> None:
+                with run.stage(name):
+                    time.sleep(0.05)
+
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                list(pool.map(stage, run.stages))
+        return run.run_id, run.position
+
+
+async def test_stages_of_one_blocking_reported_run_may_run_in_threads(
+    app: FastAPI, workspace: str
+) -> None:
+    async with served(app) as url, AsyncStageline(url, workspace) as stageline:
+        run_id, position = await asyncio.to_thread(report_in_threads, url, workspace)
+        view = await stageline.run(run_id, min_position=position)
+    assert view["status"] == "completed"
+    assert [s["status"] for s in view["stages"]] == ["completed"] * 3
+
+
+async def test_a_concurrent_stage_that_fails_is_the_one_the_run_failure_names(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str
+) -> None:
+    async def stage(run: AsyncRunReport, name: str) -> None:
+        async with run.stage(name):
+            if name == "b":
+                raise RuntimeError("b broke")
+            await asyncio.sleep(5)
+
+    async with served(app) as url, AsyncStageline(url, workspace) as stageline:
+        with pytest.raises(ExceptionGroup):
+            async with (
+                stageline.report("fan-out", ["a", "b", "c"]) as run,
+                asyncio.TaskGroup() as group,
+            ):
+                for name in run.stages:
+                    group.create_task(stage(run, name))
+        assert run.position is not None
+        view = await stageline.run(run.run_id, min_position=run.position)
+    assert view["status"] == "failed"
+    stages = {s["name"]: s for s in view["stages"]}
+    assert stages["b"]["error"] == "RuntimeError: b broke"
+    # the others were cancelled by the task group: recorded failed, none left active
+    for name in "ac":
+        assert stages[name]["status"] == "failed", stages[name]
+        assert stages[name]["error"].startswith("CancelledError"), stages[name]
+    events = (await client.get(f"/v1/runs/{run.run_id}/events")).json()["events"]
+    assert events[-1]["type"] == "RunFailed"
+    assert events[-1]["data"]["stage"] == "b"
 
 
 class LostAnswers(httpx.AsyncBaseTransport):
