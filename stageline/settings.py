@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     library code never reads the environment itself. An empty variable is an unset one.
     """
 
+    # allow_inf_nan: a bound like ``ge=0`` alone lets ``inf`` through
     model_config = SettingsConfigDict(
-        env_prefix="STAGELINE_", extra="ignore", env_ignore_empty=True
+        env_prefix="STAGELINE_", extra="ignore", env_ignore_empty=True, allow_inf_nan=False
     )
 
     redis_url: str | None = Field(

@@ -379,6 +379,10 @@ def test_an_installed_pipeline_that_could_never_run_stops_the_process_at_start(
     [
         ({"STAGELINE_LOG_LEVEL": "verbose"}, "STAGELINE_LOG_LEVEL: unknown log level 'verbose'"),
         ({"STAGELINE_BATCH_SIZE": "0"}, "STAGELINE_BATCH_SIZE: Input should be greater than"),
+        (
+            {"STAGELINE_ABANDON_GRACE_SECONDS": "inf"},
+            "STAGELINE_ABANDON_GRACE_SECONDS: Input should be a finite number",
+        ),
         # empty is unset, as everywhere: a worker needs a store URL
         ({"STAGELINE_REDIS_URL": ""}, "worker needs STAGELINE_REDIS_URL"),
         ({"STAGELINE_REDIS_URL": "http://nope"}, "STAGELINE_REDIS_URL: 'http://nope' must"),

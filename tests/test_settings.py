@@ -70,3 +70,28 @@ def test_a_password_in_a_refused_url_is_not_shown(monkeypatch: pytest.MonkeyPatc
         Settings()
     said = describe(caught.value)
     assert "s3cret" not in said and "'redis://user:***@host:port/0' is not a URL" in said
+
+
+FLOAT_SETTINGS = [
+    name
+    for name, field in Settings.model_fields.items()
+    if field.annotation in (float, float | None)
+]
+
+
+def test_the_float_settings_are_the_ones_with_seconds() -> None:
+    assert "abandon_grace_seconds" in FLOAT_SETTINGS and len(FLOAT_SETTINGS) >= 6
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity", "nan"])
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+def test_a_float_setting_that_is_not_finite_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    variable = f"STAGELINE_{name.upper()}"
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as caught:  # inf used to be taken where no bound was
+        Settings()
+    said = describe(caught.value)
+    assert said.startswith(f"{variable}: "), said
+    assert "\n" not in said
