@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import json.decoder
+import json.scanner
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -119,11 +121,15 @@ def load_document(file: Path) -> Any:
     """The JSON of a ``.json`` file, or of a YAML one (any other suffix); exits 2 if unusable.
 
     YAML values JSON has no type for (a date, a timestamp, binary, a non-string key,
-    ``.nan``) are refused, naming where they are, rather than guessed at.
+    ``.nan``) are refused, naming where they are, rather than guessed at; so is a key
+    given twice in one mapping (which would silently be the last one).
     """
     try:
         text = file.read_text()
-        data = json.loads(text) if file.suffix.lower() == ".json" else yaml.load(text, _Loader)
+        if file.suffix.lower() == ".json":
+            data = _JSONDecoder().decode(text)
+        else:
+            data = yaml.load(text, _Loader)
         problem = _not_json(data)
     except (OSError, ValueError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
         say_error(f"cannot read {file}: {_one_line(exc)}")
@@ -155,6 +161,59 @@ class _Loader(yaml.SafeLoader):
                 event.start_mark,
             )
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: {...}`: the SafeLoader's
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                seen = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the SafeLoader refuses it below
+                continue
+            if seen is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"the key {key!r} is given twice (first at line {seen.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep)
+
+
+class _JSONDecoder(json.JSONDecoder):
+    """``json.JSONDecoder`` refusing a key given twice in one object, saying where.
+
+    Uses the Python scanner: the C one cannot be given another way to parse objects.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parse_object = self._object
+        self.scan_once = json.scanner.py_make_scanner(self)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _object(
+        s_and_end: tuple[str, int], strict: bool, scan_once: Any, *hooks: Any
+    ) -> tuple[dict[str, Any], int]:
+        text = s_and_end[0]
+        starts: list[int] = []  # where each of this object's values starts
+
+        def scan(string: str, index: int) -> Any:
+            starts.append(index)
+            return scan_once(string, index)
+
+        object_hook, _, memo = hooks
+        pairs, end = json.decoder.JSONObject(  # type: ignore[attr-defined]
+            s_and_end, strict, scan, object_hook, list, memo
+        )
+        found: dict[str, Any] = {}
+        for (key, value), start in zip(pairs, starts, strict=True):
+            if key in found:
+                raise json.JSONDecodeError(f"the key {key!r} is given twice", text, start)
+            found[key] = value
+        return found, end
 
 
 def _one_line(error: Exception) -> str:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from stageline.cli import app as cli_app
+from stageline.cli_http import load_document
 
 
 async def cli(*argv: str, env: dict[str, str]) -> Result:
@@ -72,6 +73,63 @@ def test_yaml_anchors_and_aliases_are_refused_in_one_line(
     [line] = result.stderr.splitlines()
     assert line.startswith(f"cannot read {file}: {found} are refused"), line
     assert "a config file has no need of them" in line
+
+
+@pytest.mark.parametrize(
+    ("command", "name", "text", "found"),
+    [
+        (
+            "pipelines apply",
+            "twice.yaml",
+            "name: a\nstages: []\nname: b\n",
+            "line 3, column 1: the key 'name' is given twice (first at line 1)",
+        ),
+        (
+            "pipelines apply",
+            "nested.yaml",
+            "name: a\nstages:\n  - name: s\n    actor: x\n    actor: y\n",
+            "line 5, column 5: the key 'actor' is given twice (first at line 4)",
+        ),
+        (
+            "pipelines apply",
+            "twice.json",
+            '{"name": "a",\n "stages": [],\n "name": "b"}',
+            "the key 'name' is given twice: line 3 column 10",
+        ),
+        (
+            "ontology import",
+            "twice.json",
+            '{"patterns": [{"name": "x", "name": "y"}]}',
+            "the key 'name' is given twice: line 1 column 37",
+        ),
+    ],
+    ids=["yaml", "yaml-nested", "json", "json-import"],
+)
+def test_a_key_given_twice_in_one_mapping_is_refused_in_one_line(
+    tmp_path: Path, command: str, name: str, text: str, found: str
+) -> None:
+    file = tmp_path / name
+    file.write_text(text)
+    argv = [*command.split(), str(file), "--url", "http://127.0.0.1:1"]  # never asked
+    result = CliRunner().invoke(cli_app, argv, env={"COLUMNS": "80"})
+    # it used to be taken, the last one winning
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"cannot read {file}: {found}"), line
+
+
+def test_the_same_key_in_two_mappings_is_no_duplicate(tmp_path: Path) -> None:
+    for file, text in [
+        (tmp_path / "ok.yaml", "a: {name: x}\nb: {name: y}\n"),
+        (tmp_path / "ok.json", '{"a": {"name": "x"}, "b": {"name": "y"}}'),
+    ]:
+        file.write_text(text)
+        assert load_document(file) == {"a": {"name": "x"}, "b": {"name": "y"}}
+    merged = tmp_path / "merged.yaml"  # a merge key's keys give way to the mapping's own
+    merged.write_text("<<: {name: x, actor: a}\nname: y\n")
+    assert load_document(merged) == {"name": "y", "actor": "a"}
 
 
 def test_an_error_naming_a_path_with_brackets_prints_it_as_it_is(tmp_path: Path) -> None:
