@@ -207,14 +207,30 @@ async def get_run(
     if run is not None:
         return json_response(run)
     stream = run_stream(run_id)
-    if await stack.store.stream_version(workspace, stream) >= 0:
+    last = await stack.store.read_stream(workspace, stream, backwards=True, limit=1)
+    if not last:
+        raise NotFound(f"no run {run_id!r} in workspace {workspace!r}", run_id=run_id)
+    position = last[0].position
+    if await views.checkpoint(workspace, RUN_STATUS.name) < position:
         raise NotFound(
-            f"run {run_id!r} is in the log but not in the view yet; pass the position its "
-            "submit returned as min_position to wait for it",
+            f"run {run_id!r} is in the log but not in the view yet; pass "
+            f"min_position={position} to wait for it",
             run_id=run_id,
             in_log=True,
+            position=position,
         )
-    raise NotFound(f"no run {run_id!r} in workspace {workspace!r}", run_id=run_id)
+    run = await views.get_run(workspace, run_id)  # the view may have applied them just now
+    if run is not None:
+        return json_response(run)
+    # the view applied every event of the stream, and none made it a run
+    raise NotFound(
+        f"{stream!r} is in the log but is not a run: it has no RunSubmitted "
+        f"(its events, to position {position}: GET /v1/runs/{run_id}/events)",
+        run_id=run_id,
+        in_log=True,
+        run=False,
+        position=position,
+    )
 
 
 @router.get(

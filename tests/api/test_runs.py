@@ -143,6 +143,38 @@ async def test_min_position_not_reached_in_time_is_503_naming_the_position_reach
         assert r.status_code == 200, r.text
 
 
+async def test_a_run_stream_with_no_run_submitted_is_a_404_saying_it_is_not_a_run(
+    client: httpx.AsyncClient, stack: Stack, projector: Projecting, workspace: str
+) -> None:
+    appended = await client.post(
+        "/v1/streams/run-by-hand/events",
+        json={"events": [{"type": "NoteTaken", "data": {"note": "not a run"}}]},
+    )
+    assert appended.status_code == 201, appended.text
+    position = appended.json()["positions"][-1]
+    r = await client.get("/v1/runs/by-hand", params={"min_position": position})
+    error = assert_error(r, 404, "NOT_FOUND")
+    # it used to say "pass the position its submit returned as min_position", which it was
+    assert "no RunSubmitted" in error["message"], error
+    assert "/v1/runs/by-hand/events" in error["message"]
+    assert error["details"] == {
+        "run_id": "by-hand",
+        "in_log": True,
+        "run": False,
+        "position": position,
+    }
+    async with projector.paused():  # its events not applied yet: min_position says how long
+        appended = await client.post(
+            "/v1/streams/run-later/events",
+            json={"events": [{"type": "NoteTaken", "data": {}}]},
+        )
+        later = appended.json()["positions"][-1]
+        r = await client.get("/v1/runs/later", params={"min_position": position})
+        error = assert_error(r, 404, "NOT_FOUND")
+        assert f"pass min_position={later}" in error["message"], error
+        assert error["details"] == {"run_id": "later", "in_log": True, "position": later}
+
+
 async def test_min_position_past_the_head_is_invalid(client: httpx.AsyncClient) -> None:
     accepted = (await submit(client)).json()
     head = accepted["position"]
