@@ -46,6 +46,18 @@ LAUGHS = "name: laughs\nl0: &l0 [lol]\n" + "".join(
 """Nine levels of ten aliases each: a billion values from ten lines."""
 
 
+def refused(file: Path, text: str, command: str) -> tuple[Path, str]:
+    """``command FILE`` of a document holding ``text``: it exits 2, its one line on stderr."""
+    file.write_text(text)
+    argv = [*command.split(), str(file), "--url", "http://127.0.0.1:1"]  # never asked
+    result = CliRunner().invoke(cli_app, argv, env={"COLUMNS": "80"})
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    return file, line
+
+
 @pytest.mark.parametrize(
     ("command", "text", "found"),
     [
@@ -63,14 +75,7 @@ LAUGHS = "name: laughs\nl0: &l0 [lol]\n" + "".join(
 def test_yaml_anchors_and_aliases_are_refused_in_one_line(
     tmp_path: Path, command: str, text: str, found: str
 ) -> None:
-    file = tmp_path / "aliased.yaml"
-    file.write_text(text)
-    argv = [*command.split(), str(file), "--url", "http://127.0.0.1:1"]  # never asked
-    result = CliRunner().invoke(cli_app, argv, env={"COLUMNS": "80"})
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert result.stdout == ""
-    [line] = result.stderr.splitlines()
+    file, line = refused(tmp_path / "aliased.yaml", text, command)
     assert line.startswith(f"cannot read {file}: {found} are refused"), line
     assert "a config file has no need of them" in line
 
@@ -108,15 +113,7 @@ def test_yaml_anchors_and_aliases_are_refused_in_one_line(
 def test_a_key_given_twice_in_one_mapping_is_refused_in_one_line(
     tmp_path: Path, command: str, name: str, text: str, found: str
 ) -> None:
-    file = tmp_path / name
-    file.write_text(text)
-    argv = [*command.split(), str(file), "--url", "http://127.0.0.1:1"]  # never asked
-    result = CliRunner().invoke(cli_app, argv, env={"COLUMNS": "80"})
-    # it used to be taken, the last one winning
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert result.stdout == ""
-    [line] = result.stderr.splitlines()
+    file, line = refused(tmp_path / name, text, command)  # it used to be taken, the last winning
     assert line.startswith(f"cannot read {file}: {found}"), line
 
 
