@@ -32,11 +32,15 @@ from stageline.actors.events import (
 )
 from stageline.actors.pipeline import Pipeline, StageSpec
 from stageline.actors.retry import next_delay
-from stageline.actors.stage import Compensator, InvalidResult, StageError, StageResult
+from stageline.actors.stage import (
+    MAX_ERROR_CHARS,
+    Compensator,
+    InvalidResult,
+    StageError,
+    StageResult,
+)
 from stageline.errors import InvalidArgument
 from stageline.events.envelope import DomainEvent, NewEvent, RecordedEvent, new_event
-
-_MAX_ERROR_CHARS = 2000
 
 ABANDONED = "no result within the stage timeout; worker presumed lost"
 
@@ -259,8 +263,8 @@ def plan_give_up(
     if fallback is None:
         error_type, message = _describe(a.outcome)
         if uncompensated is not None:
-            message = f"{message[: _MAX_ERROR_CHARS // 2]}; then {uncompensated.message}"
-            message = message[:_MAX_ERROR_CHARS]
+            message = f"{message[: MAX_ERROR_CHARS // 2]}; then {uncompensated.message}"
+            message = message[:MAX_ERROR_CHARS]
         dead_letter = uuid.uuid4()
         a.events.append(
             stage_event(
@@ -340,7 +344,7 @@ def _describe(outcome: object) -> tuple[str, str]:
         message = str(error)
     except Exception as exc:  # the actor's own exception class: its failure is the run's
         message = f"(its message could not be read: {type(exc).__name__})"
-    return type(error).__name__, message[:_MAX_ERROR_CHARS]
+    return type(error).__name__, message[:MAX_ERROR_CHARS]
 
 
 def _recorded(event: NewEvent, workspace: str) -> RecordedEvent:

@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 
 from stageline.actors.decide import RunState
 from stageline.actors.events import EffectCompensated, StageCompensated
-from stageline.actors.stage import Compensator
+from stageline.actors.stage import MAX_ERROR_CHARS, Compensator
 from stageline.errors import Conflict
 from stageline.events.envelope import DomainEvent, RecordedEvent
 
-_MAX_ERROR_CHARS = 1000
+_MAX_ERROR_CHARS = MAX_ERROR_CHARS // 2
+"""A compensator's error is cut to half: it is told after the stage's own in one message."""
 
 
 class CompensationFailed(Conflict):

@@ -23,6 +23,7 @@ from stageline.actors.commands import StageCommand
 from stageline.actors.decide import fold_run
 from stageline.actors.events import DeadLetterDiscarded, DeadLettered, DeadLetterRedriven
 from stageline.actors.ingest import message_workspace
+from stageline.actors.stage import MAX_ERROR_CHARS
 from stageline.errors import Conflict, NotFound
 from stageline.events import keys
 from stageline.events.envelope import ANY, new_event
@@ -79,7 +80,7 @@ class DeadLetters:
         event = DeadLettered(
             dead_letter=str(dead_letter),
             actor=actor,
-            error=error[:2000],
+            error=error[:MAX_ERROR_CHARS],
             deliveries=deliveries,
             run_id=command.run_id if command else None,
             stage=stage or (str(command.index) if command else None),

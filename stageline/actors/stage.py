@@ -11,6 +11,9 @@ from stageline.errors import InvalidArgument
 from stageline.events import keys
 from stageline.events.envelope import DomainEvent, RecordedEvent
 
+MAX_ERROR_CHARS = 2000
+"""A recorded error's text (a failed attempt's, a dead letter's) is cut to this many characters."""
+
 
 @dataclass(frozen=True, slots=True)
 class StageContext:

@@ -17,7 +17,7 @@ import pytest
 from api_helpers import served
 from fastapi import FastAPI
 
-from stageline.actors import attempt
+from stageline.actors.stage import MAX_ERROR_CHARS as STAGES_MAX_ERROR_CHARS
 from stageline.client import (
     MAX_ERROR_CHARS,
     REPORTED_VERSION,
@@ -128,7 +128,7 @@ async def test_a_huge_error_message_is_cut_as_stageline_cuts_its_own_stages(
 
 
 def test_the_client_cuts_errors_where_stageline_cuts_its_own() -> None:
-    assert MAX_ERROR_CHARS == attempt._MAX_ERROR_CHARS
+    assert MAX_ERROR_CHARS == STAGES_MAX_ERROR_CHARS
 
 
 async def test_stages_of_one_reported_run_may_run_concurrently(
