@@ -27,7 +27,7 @@ from stageline.actors.pipeline import (
     StageSpec,
 )
 from stageline.actors.stage import ActorRegistry, StageContext, StageResult
-from stageline.actors.submit import Submitter
+from stageline.actors.submit import SubmitResult, Submitter
 from stageline.actors.worker import Worker, WorkerConfig, _StreamSub
 from stageline.errors import Conflict
 from stageline.events import keys
@@ -174,22 +174,30 @@ async def test_redelivered_batch_after_a_crash_before_ack_is_harmless(
         await w.client.aclose()
 
 
+async def completed_after_a_lost_start(
+    store: RedisEventStore, url: str, workspace: str, submitted: SubmitResult, stage: str
+) -> str:
+    """A worker took the run's first command, recorded its start and died before any
+    result; another worker then runs the run to completion. The run's stream."""
+    stream = keys.run_stream(submitted.run_id)
+    started = new_event(StageStarted(stage=stage, index=0, attempt=1))
+    await store.append(workspace, stream, [started], expected_version=0)
+    w = make_worker(store, url, "w-after-lost", abandon_grace_seconds=0.2)
+    await w.start()
+    try:
+        assert await wait_terminal(store, workspace, [submitted.run_id]) == {
+            submitted.run_id: "RunCompleted"
+        }
+    finally:
+        await w.stop()
+    return stream
+
+
 async def test_attempt_left_unfinished_by_a_dead_worker_is_abandoned_then_retried(
     redis_store: RedisEventStore, redis_url: str, submitter: Submitter, workspace: str
 ) -> None:
     result = await submitter.submit(workspace, "slow", {"text": "nap time"})
-    stream = keys.run_stream(result.run_id)
-    # a worker took the command, recorded its start and died before any result
-    started = new_event(StageStarted(stage="nap", index=0, attempt=1))
-    await redis_store.append(workspace, stream, [started], expected_version=0)
-    w = make_worker(redis_store, redis_url, "w-abandon", abandon_grace_seconds=0.2)
-    await w.start()
-    try:
-        assert await wait_terminal(redis_store, workspace, [result.run_id]) == {
-            result.run_id: "RunCompleted"
-        }
-    finally:
-        await w.stop()
+    stream = await completed_after_a_lost_start(redis_store, redis_url, workspace, result, "nap")
     counts = await transitions(redis_store, workspace, result.run_id)
     assert counts[("StageFailed", 0, 1)] == 1  # the lost attempt, recorded as abandoned
     assert counts[("StageStarted", 0, 2)] == 1
@@ -205,17 +213,7 @@ async def test_an_attempt_lost_with_its_worker_does_not_use_up_the_stages_retrie
 ) -> None:
     # one retry; the stage fails on its first two attempts, and the first is lost
     result = await submitter.submit(workspace, "one-retry", {"flaky": {"fail_times": 2}})
-    stream = keys.run_stream(result.run_id)
-    started = new_event(StageStarted(stage="flaky", index=0, attempt=1))
-    await redis_store.append(workspace, stream, [started], expected_version=0)
-    w = make_worker(redis_store, redis_url, "w-lost", abandon_grace_seconds=0.2)
-    await w.start()
-    try:
-        assert await wait_terminal(redis_store, workspace, [result.run_id]) == {
-            result.run_id: "RunCompleted"
-        }
-    finally:
-        await w.stop()
+    stream = await completed_after_a_lost_start(redis_store, redis_url, workspace, result, "flaky")
     failed = [
         (e.data["attempt"], e.data["error_type"], e.data["will_retry"])
         for e in await redis_store.read_stream(workspace, stream)
