@@ -20,7 +20,7 @@ from rich.tree import Tree
 from stageline.cli_http import console, print_json, print_table, say_error
 from stageline.errors import InvalidArgument
 from stageline.events import RecordedEvent
-from stageline.events.lineage import Lineage
+from stageline.events.lineage import Lineage, links
 from stageline.events.lineage import lineage as event_lineage
 from stageline.events.logfile import DEFAULT_IGNORED, LogDiff, diff_logs, iter_lines
 from stageline.projections.replay import runs_as_of
@@ -270,6 +270,6 @@ def _tree(found: Lineage) -> Tree:
         label = f"[bold]{label}[/bold]" if e.event_id in start else label
         data = json.dumps(e.data, default=str)
         label += f"  [dim]{escape(data if len(data) <= 80 else data[:79] + '…')}[/dim]"
-        parent = nodes.get(e.causation_id or "", root)
+        parent = next((nodes[p] for p in links(e) if p in nodes), root)
         nodes[str(e.event_id)] = parent.add(label)
     return root

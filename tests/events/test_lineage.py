@@ -17,12 +17,18 @@ from stageline.events.lineage import lineage
 from stageline.events.logfile import read_log
 
 
-def event(position: int, stream: str, type_: str, cause: str | None = None) -> RecordedEvent:
+def event(
+    position: int,
+    stream: str,
+    type_: str,
+    cause: str | None = None,
+    data: dict[str, object] | None = None,
+) -> RecordedEvent:
     line = {
         "event_id": str(uuid.uuid4()), "type": type_, "schema_version": 1, "stream": stream,
         "version": position, "position": position, "workspace": "w",
         "occurred_at": "2026-11-23T10:00:00Z", "recorded_at": "2026-11-23T10:00:00Z",
-        "correlation_id": None, "causation_id": cause, "data": {"n": position},
+        "correlation_id": None, "causation_id": cause, "data": data or {"n": position},
     }  # fmt: skip
     [e] = read_log([json.dumps(line)])
     return e
@@ -149,3 +155,27 @@ def test_the_tree_puts_each_event_under_its_cause(log: list[RecordedEvent]) -> N
     depth = {line.split("#")[1].split()[0]: line.index("#") for line in lines if "#" in line}
     assert depth["1"] < depth["2"] < depth["3"] < depth["5"] < depth["7"] < depth["8"]
     assert "msg-17 (no event of this log)" in lines[1]
+
+
+def test_a_compensation_and_a_dead_letters_closing_follow_from_what_they_name() -> None:
+    """An undo's events have no cause in the log (a user asked), a redrive's neither: they
+    are followed from the effects they compensate and the dead letter they close."""
+    e: list[RecordedEvent] = []
+    e.append(event(1, "run-a", "RunSubmitted"))
+    e.append(event(2, "run-a", "StageStarted", cause=str(e[0].event_id)))
+    e.append(event(3, "run-a", "Charged", cause=str(e[1].event_id)))
+    charged, started = str(e[2].event_id), str(e[1].event_id)
+    e.append(event(4, "run-a", "StageCompensated", data={"compensates": [charged]}))
+    e.append(event(5, "run-a", "Refunded", cause=str(e[3].event_id)))
+    e.append(event(6, "run-a", "EffectCompensated", data={"compensates": charged}))
+    failed = event(7, "run-a", "RunFailed", cause=started, data={"dead_letter": "x"})
+    e.append(msgspec.structs.replace(failed, data={"dead_letter": str(failed.event_id)}))
+    e.append(event(8, "run-a", "DeadLetterRedriven", data={"dead_letter": str(failed.event_id)}))
+    e.append(event(9, "run-a", "Other", data={"compensates": charged}))  # not stageline's
+
+    found = lineage(e, e, charged)
+    assert (ids(found.causes), ids(found.effects)) == ([1, 2], [4, 5, 6])
+    found = lineage(e, e, str(e[4].event_id))  # the refund: back through what it reverses
+    assert (ids(found.causes), ids(found.effects)) == ([1, 2, 3, 4], [])
+    found = lineage(e, e, str(failed.event_id))
+    assert (ids(found.causes), ids(found.effects)) == ([1, 2], [8])
