@@ -359,13 +359,27 @@ class StageRuntime:
 
     @staticmethod
     async def _wait(a: Attempt, result: Awaitable[StageResult], started: float) -> None:
+        """Await a stage under its timeout into ``a.outcome``.
+
+        A stage may swallow the ``CancelledError`` that cuts it off and return: what it
+        returns then is not its result. Cut off by its timeout, it failed by timing out;
+        cut off because the batch was stopped, this task ends cancelled and records
+        nothing, as it would had the stage let the cancellation through.
+        """
+        outcome: StageResult | Exception
+        limit = asyncio.timeout(a.spec.timeout_seconds)
         try:
-            async with asyncio.timeout(a.spec.timeout_seconds):
-                a.outcome = await result
-        except TimeoutError:
-            a.outcome = TimeoutError(f"stage exceeded its timeout of {a.spec.timeout_seconds}s")
+            async with limit:
+                outcome = await result
         except Exception as exc:
-            a.outcome = exc
+            outcome = exc
+        # expired: whatever the stage made of the cancellation that cut it off, it timed out
+        if limit.expired() or isinstance(outcome, TimeoutError):
+            outcome = TimeoutError(f"stage exceeded its timeout of {a.spec.timeout_seconds}s")
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError  # stopped, and the stage swallowed it
+        a.outcome = outcome
         a.duration_ms = round((time.perf_counter() - started) * 1000, 3)
 
     # -- decide what to record --------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -12,10 +13,12 @@ import redis.asyncio as aioredis
 from actor_helpers import transitions
 
 from stageline.actors import commands
+from stageline.actors.attempt import Attempt
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
 from stageline.actors.events import RunCompleted, StageStarted
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
+from stageline.actors.runtime import StageRuntime
 from stageline.actors.schedule import scheduled_entry
 from stageline.actors.stage import ActorRegistry, StageContext, StageResult
 from stageline.actors.submit import Submitter
@@ -377,6 +380,67 @@ async def test_a_slow_attempt_does_not_hold_back_its_batch_nor_take_it_along_whe
     finally:
         await broker.delete(keys.stage_channel(actor))
         await worker.client.aclose()
+
+
+async def swallows_cancellation(item: dict[str, Any], ctx: StageContext) -> StageResult:
+    """A stage that, cut off, catches the cancellation and returns as if it had finished."""
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        return StageResult(output={"finished": True})
+    return StageResult()
+
+
+async def test_a_stage_that_swallows_its_timeout_fails_by_timing_out(
+    redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis, workspace: str
+) -> None:
+    actors = ActorRegistry()
+    actor = f"swallows-{uuid.uuid4().hex[:8]}"
+    actors.register(actor, swallows_cancellation)
+    pipeline = Pipeline(name=actor, stages=(
+        StageSpec(name="swallows", actor=actor, timeout_seconds=0.1),
+    ))  # fmt: skip
+    catalog = PipelineCatalog([pipeline])
+    worker = Worker(redis_store, redis_url, catalog, actors, WorkerConfig(consumer=actor))
+    try:
+        run = await Submitter(redis_store, catalog, CommandBus(broker)).submit(
+            workspace, pipeline.name, {}
+        )
+        command = StageCommand(
+            workspace=workspace, run_id=run.run_id, pipeline=pipeline.name, pipeline_version=1,
+            index=0, version=0, item={},
+        )  # fmt: skip
+        await asyncio.wait_for(worker.runtime.handle(actor, [command]), 5)
+        events = await redis_store.read_stream(workspace, keys.run_stream(run.run_id))
+        # failed as a stage that let the cancellation through does, not completed
+        assert [e.type for e in events] == [
+            "RunSubmitted", "StageStarted", "StageFailed", "RunFailed",
+        ]  # fmt: skip
+        failed = events[2].data
+        assert failed["error_type"] == "TimeoutError"
+        assert "exceeded its timeout of 0.1s" in failed["error"]
+    finally:
+        await broker.delete(keys.stage_channel(actor))
+        await worker.client.aclose()
+
+
+async def test_a_stage_that_swallows_its_batch_being_stopped_leaves_no_result() -> None:
+    spec = StageSpec(name="swallows", actor="swallows")
+    command = StageCommand(
+        workspace="w", run_id="r", pipeline="p", pipeline_version=1, index=0, version=0, item={}
+    )
+    a = Attempt(command, Pipeline(name="p", stages=(spec,)), spec, 1, 1, "started")
+    running = asyncio.ensure_future(
+        StageRuntime._wait(a, swallows_cancellation({}, None), time.perf_counter())  # type: ignore[arg-type]
+    )
+    await asyncio.sleep(0.01)
+
+    running.cancel()  # as the batch's runner does when the worker stops
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    # cancelled, as had the stage let the cancellation through: nothing to record
+    assert running.cancelled() and a.outcome is None
 
 
 def test_coroutine_functions_are_marked_and_plain_ones_are_not_unless_asked() -> None:
