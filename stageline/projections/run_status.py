@@ -7,8 +7,9 @@ then one of the endings ``completed``, ``failed``, ``cancelled`` or
 ``compensated`` (undo). ``RunRetried`` takes a failed run back to
 ``processing``. A stage is ``pending`` until it starts, ``active`` while an
 attempt runs, ``retrying`` between a failed attempt and the next, and ends
-``completed``, ``failed``, ``skipped`` (its fallback applied) or
-``compensated`` (its effects reversed).
+``completed``, ``failed``, ``skipped`` (its fallback applied),
+``compensated`` (its effects reversed) or ``cancelled`` (its attempt was
+running when the run was cancelled or undone: see ``shown_stages``).
 
 Only streams named ``run-<run id>`` matter for the run handlers; the run id is
 taken from the stream name. Dead letters (``dead_letters.py``) are folded in
@@ -95,6 +96,8 @@ class StageStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     COMPENSATED = "compensated"
+    CANCELLED = "cancelled"
+    """Shown, never stored: see ``shown_stages``."""
 
 
 RunHandler = Handler[RunStatusChanges]
@@ -295,20 +298,31 @@ FOLD: Handlers[RunStatusChanges] = {
 """Every event type the projection folds: run lifecycle (run streams only) and dead letters."""
 
 
+_STOPPED = frozenset({RunStatus.CANCELLED, RunStatus.COMPENSATED})
+"""Endings that stop a run wherever it stands: a stage running then never ends by itself."""
+
+
 def shown_stages(run_status: str | None, stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A run's stored stages as the view shows them, in place.
 
     A cancelled run's stage that waited for a retry waits for nothing: it shows
     ``pending`` with no ``retry_at``, as a stage the cancel found not started does
-    (its last error stays, as after ``RunRetried``). Done as the row is read, not
-    folded: ``RunCancelled`` names no stage, and which one waits may be known only
-    to the stored row, which a batch's changes cannot address by a computed name.
-    Live and rebuilt views hold the same rows, so they show the same.
+    (its last error stays, as after ``RunRetried``). A stage whose attempt was
+    running when its run was cancelled or undone records nothing more (its result
+    is discarded at the stage boundary): it shows ``cancelled``, not ``active``.
+    Done as the row is read, not folded: ``RunCancelled`` and ``RunCompensated``
+    name no stage, and which one runs or waits may be known only to the stored
+    row, which a batch's changes cannot address by a computed name. Live and
+    rebuilt views hold the same rows, so they show the same.
     """
-    if run_status == RunStatus.CANCELLED:
-        for stage in stages:
-            if stage.get("status") == StageStatus.RETRYING:
-                stage.update(status=StageStatus.PENDING.value, retry_at=None)
+    if run_status not in _STOPPED:
+        return stages
+    for stage in stages:
+        status = stage.get("status")
+        if status == StageStatus.ACTIVE:
+            stage["status"] = StageStatus.CANCELLED.value
+        elif status == StageStatus.RETRYING and run_status == RunStatus.CANCELLED:
+            stage.update(status=StageStatus.PENDING.value, retry_at=None)
     return stages
 
 

@@ -173,6 +173,39 @@ async def test_a_run_cancelled_while_a_stage_waits_for_its_retry_shows_it_pendin
         assert [s["status"] for s in run["stages"][1:]] == ["pending", "pending"]
 
 
+@pytest.mark.parametrize(
+    ("endings", "status"),
+    [
+        ([RunCancelled(reason="user asked")], "cancelled"),
+        ([RunCompensated(stages=STAGES)], "compensated"),
+        ([RunCancelled(reason="user asked"), RunCompensated(stages=STAGES)], "compensated"),
+    ],
+)
+async def test_a_stage_running_when_its_run_is_cancelled_or_undone_shows_cancelled(
+    views: FalkorDBViews, workspace: str, endings: list, status: str
+) -> None:
+    life = lifecycle("r1", "running", Clock())  # parse started, and never ends
+    events = as_recorded([(life.stream, e) for e in [*life.events, *map(new_event, endings)]])
+    live = None
+    for cut in range(1, len(events)):  # the start and the ending in one batch or two
+        ws = f"{workspace}-{cut}"
+        write = Writer(views, ws)
+        await write(events[:cut])
+        await write(events[cut:])
+        run = await views.get_run(ws, "r1")
+        assert run is not None and run["status"] == status
+        assert [(s["name"], s["status"]) for s in run["stages"]] == [
+            ("fetch", "completed"), ("parse", "cancelled"), ("embed", "pending"),
+        ]  # fmt: skip
+        assert run["stages"][1]["started_at"] is not None
+        live = live or run
+        assert run == live  # however the log was split into batches
+
+    rebuilt_in = f"{workspace}-rebuilt"
+    await Writer(views, rebuilt_in)(events)
+    assert await views.get_run(rebuilt_in, "r1") == live
+
+
 async def test_dead_letters_read_back_newest_first_and_by_status(
     views: FalkorDBViews, workspace: str
 ) -> None:

@@ -241,6 +241,22 @@ def test_a_cancelled_runs_stage_waiting_for_a_retry_shows_pending_without_retry_
         assert shown_stages(status, stages()) == stages()
 
 
+def test_a_stage_running_when_its_run_is_cancelled_or_undone_shows_cancelled() -> None:
+    def stages() -> list[dict[str, Any]]:
+        return [
+            {"name": "fetch", "status": "completed", "started_at": 1},
+            {"name": "parse", "status": "active", "started_at": 2},
+            {"name": "embed", "status": "pending", "started_at": None},
+        ]
+
+    for status in ("cancelled", "compensated"):
+        shown = shown_stages(status, stages())
+        assert [s["status"] for s in shown] == ["completed", "cancelled", "pending"]
+        assert shown[1]["started_at"] == 2
+    for status in ("processing", "retrying", "completed", "failed", None):
+        assert shown_stages(status, stages()) == stages()  # it may yet end by itself
+
+
 def test_a_retried_run_reopens_with_its_stage_pending() -> None:
     events = of_run(lifecycle("r1", "redriven", Clock()))
     retried = next(i for i, e in enumerate(events) if e.type == RunRetried.topic)
