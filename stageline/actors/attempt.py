@@ -109,10 +109,10 @@ def check_outcome(a: Attempt) -> None:
     """Replace an outcome that could not be recorded as it is with the permanent failure
     saying why, so that it fails its attempt rather than the batch.
 
-    A result's output and metadata must be mappings with string keys holding no number
-    JSON cannot carry (NaN, infinity: the log would keep it, the HTTP API serve it as
-    null), and its events (or a ``StageError``'s) ``DomainEvent``s. What cannot be encoded
-    at all is found by the append, as the store encodes it.
+    A result's output and metadata must be mappings with string keys, and its events (or a
+    ``StageError``'s) ``DomainEvent``s, none of them holding a number JSON cannot carry
+    (NaN, infinity: the log would keep it, the HTTP API serve it as null). What cannot be
+    encoded at all is found by the append, as the store encodes it.
     """
     outcome = a.outcome
     if isinstance(outcome, StageResult):
@@ -121,7 +121,10 @@ def check_outcome(a: Attempt) -> None:
         except RecursionError:
             problem = "returned a StageResult nested too deeply to be stored"
     elif isinstance(outcome, StageError):
-        problem = _events_problem(outcome.events, "raised a StageError whose events hold")
+        try:
+            problem = _events_problem(outcome.events, "raised a StageError whose events hold")
+        except RecursionError:
+            problem = "raised a StageError whose events are nested too deeply to be stored"
         if problem is None and outcome.events:
             try:  # a compensator is handed them as recorded events (rare: failures only)
                 msgspec.to_builtins(outcome.events)
@@ -150,10 +153,7 @@ def _result_problem(result: StageResult) -> str | None:
                 )
         where = _nonfinite(value)
         if where is not None:
-            return (
-                f"returned a number JSON cannot carry ({where[0]}) at "
-                f"{name}{''.join(reversed(where[1:]))}: NaN and infinity cannot be stored"
-            )
+            return f"returned {_nonfinite_at(name, where)}"
     if not isinstance(result.events, list):
         return f"returned a StageResult whose events are a {type(result.events).__name__}"
     return _events_problem(result.events, "returned a StageResult whose events hold")
@@ -165,25 +165,42 @@ def _events_problem(events: object, what: str) -> str | None:
     for e in events:
         if not isinstance(e, DomainEvent):
             return f"{what} a {type(e).__name__}, not a DomainEvent"
+    for i, e in enumerate(events):
+        where = _nonfinite(e)
+        if where is not None:
+            return f"{what} {_nonfinite_at(f'events[{i}]', where, f' (a {e.topic})')}"
     return None
+
+
+def _nonfinite_at(name: str, where: list[str], of: str = "") -> str:
+    """What ``_nonfinite`` found in the value called ``name``, said for an error."""
+    return (
+        f"a number JSON cannot carry ({where[0]}) at {name}{''.join(reversed(where[1:]))}"
+        f"{of}: NaN and infinity cannot be stored"
+    )
+
+
+_CONTAINERS = (float, dict, list, tuple, msgspec.Struct)
 
 
 def _nonfinite(value: object) -> list[str] | None:
     """Where in ``value`` the first float that is not finite sits: the float, then the path
     to it innermost first (``[".b", "[2]"]`` for ``x[2].b``); None if there is none.
 
-    Only floats and containers are looked into, so a value without them costs one
-    ``isinstance`` per item."""
+    Only floats and containers (dicts, lists, tuples, msgspec structs such as events) are
+    looked into, so a value without them costs one ``isinstance`` per item."""
     if isinstance(value, float):
         return None if math.isfinite(value) else [repr(value)]
     if isinstance(value, dict):
         items: Iterable[tuple[object, object]] = value.items()
     elif isinstance(value, list | tuple):
         items = enumerate(value)
+    elif isinstance(value, msgspec.Struct):
+        items = ((name, getattr(value, name)) for name in value.__struct_fields__)
     else:
         return None
     for key, item in items:
-        if isinstance(item, float | dict | list | tuple):
+        if isinstance(item, _CONTAINERS):
             found = _nonfinite(item)
             if found is not None:
                 found.append(f"[{key}]" if isinstance(key, int) else f".{key}")

@@ -203,6 +203,56 @@ async def test_a_last_stage_output_holding_nan_fails_for_good(
     assert failed(events)["error_type"] == "InvalidResult"
 
 
+class Scored(DomainEvent, frozen=True, kw_only=True):
+    topic = "Scored"
+
+    score: float
+    detail: dict[str, Any] = {}
+
+
+def scoring(item: dict[str, Any], ctx: StageContext) -> StageResult:
+    kind = item["text"]
+    if kind == "nan-field":
+        return StageResult(events=[Scored(score=1.0), Scored(score=float("nan"))])
+    if kind == "inf-nested":
+        return StageResult(events=[Scored(score=0.5, detail={"parts": [1.0, float("inf")]})])
+    if kind == "stage-error-nan":
+        raise StageError("gave up", events=[Scored(score=float("-inf"))])
+    return StageResult(events=[Scored(score=0.5)])
+
+
+async def test_events_holding_a_number_json_cannot_carry_fail_only_their_run_for_good(
+    harness: Callable[..., Harness], workspace: str
+) -> None:
+    h = harness(scoring, retry=RetryPolicy(max_retries=3, backoff_seconds=0))
+    texts = ["good", "nan-field", "inf-nested", "stage-error-nan"]
+    runs = await h.batch(workspace, texts)
+    assert await h.pending() == 0
+    got = {}
+    for text, run in zip(texts, runs, strict=True):
+        events = await h.events(workspace, run)
+        if text == "good":
+            assert types(events) == ["RunSubmitted", "StageStarted", "StageCompleted", "Scored"]
+            continue
+        # nothing of the attempt stored (no Scored with a null in it), and no retry
+        assert types(events) == ["RunSubmitted", "StageStarted", "StageFailed", "RunFailed"]
+        data = failed(events)
+        assert data["permanent"] and not data["will_retry"]
+        assert data["error_type"] == "InvalidResult"
+        got[text] = data["error"]
+    assert got["nan-field"] == (
+        f"actor {h.first!r} returned a StageResult whose events hold a number JSON cannot "
+        "carry (nan) at events[1].score (a Scored): NaN and infinity cannot be stored "
+        "(stage='first')"
+    )
+    assert "(inf) at events[0].detail.parts[1] (a Scored)" in got["inf-nested"]
+    assert got["stage-error-nan"].startswith(
+        f"actor {h.first!r} raised a StageError whose events hold a number JSON cannot carry "
+        "(-inf) at events[0].score (a Scored)"
+    )
+    assert got["stage-error-nan"].endswith("; its error: gave up (stage='first')")
+
+
 def shaped(item: dict[str, Any], ctx: StageContext) -> Any:
     kind = item["text"]
     if kind == "list-output":
