@@ -10,9 +10,7 @@ reading and appending itself.
 
 from __future__ import annotations
 
-import math
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +39,7 @@ from stageline.actors.stage import (
 )
 from stageline.errors import InvalidArgument
 from stageline.events.envelope import DomainEvent, NewEvent, RecordedEvent, new_event
+from stageline.events.finite import nonfinite
 
 ABANDONED = "no result within the stage timeout; worker presumed lost"
 
@@ -151,9 +150,9 @@ def _result_problem(result: StageResult) -> str | None:
                     f"returned a StageResult whose {name} has a key of type "
                     f"{type(key).__name__} ({key!r}): keys must be strings"
                 )
-        where = _nonfinite(value)
-        if where is not None:
-            return f"returned {_nonfinite_at(name, where)}"
+        problem = nonfinite(value, name)
+        if problem is not None:
+            return f"returned {problem}"
     if not isinstance(result.events, list):
         return f"returned a StageResult whose events are a {type(result.events).__name__}"
     return _events_problem(result.events, "returned a StageResult whose events hold")
@@ -166,45 +165,9 @@ def _events_problem(events: object, what: str) -> str | None:
         if not isinstance(e, DomainEvent):
             return f"{what} a {type(e).__name__}, not a DomainEvent"
     for i, e in enumerate(events):
-        where = _nonfinite(e)
-        if where is not None:
-            return f"{what} {_nonfinite_at(f'events[{i}]', where, f' (a {e.topic})')}"
-    return None
-
-
-def _nonfinite_at(name: str, where: list[str], of: str = "") -> str:
-    """What ``_nonfinite`` found in the value called ``name``, said for an error."""
-    return (
-        f"a number JSON cannot carry ({where[0]}) at {name}{''.join(reversed(where[1:]))}"
-        f"{of}: NaN and infinity cannot be stored"
-    )
-
-
-_CONTAINERS = (float, dict, list, tuple, msgspec.Struct)
-
-
-def _nonfinite(value: object) -> list[str] | None:
-    """Where in ``value`` the first float that is not finite sits: the float, then the path
-    to it innermost first (``[".b", "[2]"]`` for ``x[2].b``); None if there is none.
-
-    Only floats and containers (dicts, lists, tuples, msgspec structs such as events) are
-    looked into, so a value without them costs one ``isinstance`` per item."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else [repr(value)]
-    if isinstance(value, dict):
-        items: Iterable[tuple[object, object]] = value.items()
-    elif isinstance(value, list | tuple):
-        items = enumerate(value)
-    elif isinstance(value, msgspec.Struct):
-        items = ((name, getattr(value, name)) for name in value.__struct_fields__)
-    else:
-        return None
-    for key, item in items:
-        if isinstance(item, _CONTAINERS):
-            found = _nonfinite(item)
-            if found is not None:
-                found.append(f"[{key}]" if isinstance(key, int) else f".{key}")
-                return found
+        problem = nonfinite(e, f"events[{i}]", f" (a {e.topic})")
+        if problem is not None:
+            return f"{what} {problem}"
     return None
 
 
