@@ -10,6 +10,7 @@ import pytest
 PURE = [
     "stageline.events.envelope",
     "stageline.events.codec",
+    "stageline.events.finite",
     "stageline.actors.events",
     "stageline.actors.decide",
     "stageline.actors.retry",

@@ -27,9 +27,9 @@ from pydantic import (
 )
 
 from stageline.api.limits import MAX_JSON_DEPTH, MAX_POSITION, nests_within
+from stageline.events.envelope import EVENT_TYPE_PATTERN
 from stageline.projections.run_status import RunStatus, StageStatus
 
-EVENT_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]{0,99}$"
 MAX_EVENTS = 1000
 
 Label = Annotated[str, Field(min_length=1, max_length=200)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import msgspec
 
 from stageline.errors import InvalidEvent
-from stageline.events.envelope import NewEvent, RecordedEvent
+from stageline.events.envelope import EVENT_TYPE_PATTERN, NewEvent, RecordedEvent
+from stageline.events.finite import nonfinite
 
 
 class _Stored(msgspec.Struct, array_like=True, gc=False):  # short-lived, holds no cycle
@@ -28,11 +30,33 @@ _many = msgspec.msgpack.Decoder(list[_Stored])
 _data = msgspec.msgpack.Decoder(dict[str, Any])
 
 
+_TYPE = re.compile(EVENT_TYPE_PATTERN)
+_types_seen: set[str] = set()
+"""Types that matched ``_TYPE``: a set lookup is a tenth of a match."""
+_TYPES_KEPT = 10_000
+_FLOAT = b"\xcb"
+"""msgpack's float 64, the only way floats are encoded: an event without it has none."""
+_not_finite = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]").search
+"""Finds a float 64 whose exponent bits are all set: NaN or ±infinity. The bytes may
+come from elsewhere (a binary value's): an event with them has its data looked into."""
+_AFTER_ID = 19
+"""Where a stored event's bytes go on after its id (array header, bin8 header, 16 bytes):
+random, they would hold ``_FLOAT`` one time in sixteen."""
+
+
 def encode(event: NewEvent) -> bytes:
     """The bytes stored for an event (without stream, version, position: the store adds those).
 
-    Raises ``InvalidEvent`` for an event no read could decode, before anything is written.
+    Raises ``InvalidEvent`` for an event no read could decode, or one JSON readers could
+    not read as written (a ``type`` HTTP would refuse, a NaN or infinity in its data),
+    before anything is written.
     """
+    try:
+        known = event.type in _types_seen
+    except TypeError:  # unhashable: no type
+        known = False
+    if not known:
+        _check_type(event.type)
     data = event.data
     # reads decode ``data`` as dict[str, Any]: anything else would poison the log
     if isinstance(data, msgspec.Struct):
@@ -47,7 +71,7 @@ def encode(event: NewEvent) -> bytes:
     if event.occurred_at.tzinfo is None:
         raise InvalidEvent("occurred_at must be timezone-aware", type=event.type)
     try:
-        return _encoder.encode(
+        blob = _encoder.encode(
             (
                 event.event_id.bytes,
                 event.type,
@@ -60,6 +84,28 @@ def encode(event: NewEvent) -> bytes:
         )
     except (TypeError, ValueError, OverflowError) as exc:  # ValueError: e.g. lone surrogates
         raise InvalidEvent(f"event cannot be encoded: {exc}", type=event.type) from exc
+    # memchr finds the first float (most events have none, or few), a regex the rest
+    at = blob.find(_FLOAT, _AFTER_ID)
+    if at >= 0 and _not_finite(blob, at) is not None:
+        try:
+            problem = nonfinite(data, "data")
+        except RecursionError:  # deeper than Python recurses, not than msgspec encodes
+            problem = "a value nested too deeply to be checked for NaN"
+        if problem is not None:
+            raise InvalidEvent(f"event data holds {problem}", type=event.type)
+    return blob
+
+
+def _check_type(event_type: object) -> None:
+    """``InvalidEvent`` unless ``event_type`` is a type HTTP takes (``EVENT_TYPE_PATTERN``)."""
+    if not isinstance(event_type, str) or _TYPE.fullmatch(event_type) is None:
+        raise InvalidEvent(
+            f"{event_type!r} is not an event type: one is a letter, then up to 99 letters, "
+            f"digits or any of _.:- ({EVENT_TYPE_PATTERN})",
+            type=event_type,
+        )
+    if len(_types_seen) < _TYPES_KEPT:
+        _types_seen.add(event_type)
 
 
 def stored_data(data: Any) -> dict[str, Any]:

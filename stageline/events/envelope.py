@@ -22,6 +22,10 @@ ANY = -2
 NO_STREAM = -1
 """Expected version: the stream must not exist yet."""
 
+EVENT_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]{0,99}$"
+"""What an event's ``type`` must look like: checked by HTTP (its body's model) and by every
+store as it encodes an event (``codec.encode``)."""
+
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 _V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))

@@ -154,6 +154,13 @@ class ParcelWeighed(DomainEvent, frozen=True, kw_only=True):
     scale: str
 
 
+class ParcelScanned(DomainEvent, frozen=True, kw_only=True):
+    topic: ClassVar[str] = "contract-test.ParcelScanned"
+
+    parcel: str
+    kg: float
+
+
 class StoreContract:
     """Abstract: collected only through the per-adapter subclasses below."""
 
@@ -392,6 +399,50 @@ class StoreContract:
 
         assert await snapshot(store, workspace, "s") == before
         assert len(await store.read_log(workspace)) == 1  # and the log still decodes
+
+    @pytest.mark.parametrize(
+        ("bad", "says"),
+        [
+            (NewEvent(type="", data={}), "'' is not an event type"),
+            (NewEvent(type="9lives", data={}), "'9lives' is not an event type"),
+            (NewEvent(type="Placed\n", data={}), "'Placed\\n' is not an event type"),
+            (NewEvent(type="x" * 101, data={}), "is not an event type"),
+            (NewEvent(type=["A"], data={}), "['A'] is not an event type"),  # type: ignore[arg-type]
+            (
+                NewEvent(type="x", data={"total": float("nan")}),
+                "event data holds a number JSON cannot carry (nan) at data.total",
+            ),
+            (
+                NewEvent(type="x", data={"lines": [{"cents": 1.5}, {"cents": float("-inf")}]}),
+                "(-inf) at data.lines[1].cents",
+            ),
+            (new_event(ParcelScanned(parcel="p", kg=float("inf"))), "(inf) at data.kg"),
+        ],
+        ids=["empty-type", "digit-first", "newline", "too-long", "not-str", "nan", "inf", "typed"],
+    )
+    async def test_event_http_would_refuse_is_rejected_whole(
+        self, store: EventStore, workspace: str, bad: NewEvent, says: str
+    ) -> None:
+        # what HTTP refuses (an event type off its pattern, a number JSON has not) would be
+        # stored, then read back by HTTP as something else (null for NaN): refused as HTTP does
+        await store.append(workspace, "s", [ev(0)])
+        before = await snapshot(store, workspace, "s")
+
+        with pytest.raises(InvalidEvent) as info:
+            await store.append(workspace, "s", [ev(1), bad, ev(2)], 0)
+        [failed] = await store.append_batch([AppendRequest(workspace, "s", [bad], 0)])
+
+        assert says in info.value.message
+        assert isinstance(failed, InvalidEvent) and failed.message == info.value.message
+        assert await snapshot(store, workspace, "s") == before
+        # near the edge, and floats that only look like it, are stored
+        fine = [
+            ev(1, type="A" + "b" * 99, big=1.7976931348623157e308, small=-1.7976931348623157e308),
+            ev(2, type="a.B_c:d-9", raw=bytes.fromhex("cb7ff8") * 3),
+        ]
+        await store.append(workspace, "s", fine, 0)
+        stored = await store.read_stream(workspace, "s", from_version=1)
+        assert [e.data for e in stored] == [e.data for e in fine]
 
     # -- concurrency ------------------------------------------------------------
 
