@@ -86,9 +86,13 @@ def stage_event(
     )
 
 
-def started_event(command: StageCommand, spec: StageSpec, attempt: int) -> NewEvent:
-    """The ``StageStarted`` of ``attempt`` at ``command``'s stage."""
-    return stage_event(StageStarted(stage=spec.name, index=command.index, attempt=attempt), command)
+def started_event(
+    command: StageCommand, spec: StageSpec, attempt: int, cause: str | None = None
+) -> NewEvent:
+    """The ``StageStarted`` of ``attempt`` at ``command``'s stage, caused by ``cause`` (or
+    the command's)."""
+    started = StageStarted(stage=spec.name, index=command.index, attempt=attempt)
+    return stage_event(started, command, cause)
 
 
 def abandoned_event(command: StageCommand, spec: StageSpec, attempt: int) -> NewEvent:

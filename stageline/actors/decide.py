@@ -141,6 +141,7 @@ def fold_run(events: Iterable[RecordedEvent]) -> RunState:
             if d.get("will_retry"):
                 p.retry_at = _epoch(d.get("retry_at"))
                 state.retrying = True
+                state.cursor_cause = str(e.event_id)  # the next attempt follows from it
             else:
                 p.gave_up = True
         elif t == StageSkipped.topic:

@@ -224,9 +224,10 @@ class StageRuntime:
             requests: list[AppendRequest] = []
             for command, pipeline, spec, begin in todo:
                 events = []
-                if begin.abandoned is not None:
+                if begin.abandoned is not None:  # the attempt that starts follows from it
                     events.append(abandoned_event(command, spec, begin.abandoned))
-                started = started_event(command, spec, begin.attempt)
+                cause = str(events[0].event_id) if events else None
+                started = started_event(command, spec, begin.attempt, cause)
                 events.append(started)
                 prepared.append(((command, pipeline, spec, begin), started))
                 requests.append(
@@ -508,7 +509,8 @@ class StageRuntime:
             nxt = a.hand_on.to(a.hand_on.index, version, a.hand_on.item, a.hand_on.cause)
             out.forwards.append((a.pipeline.stage(nxt.index).actor, nxt))
         elif a.retry_at is not None:
-            retry = c.to(c.index, version, c.item, c.cause, attempt=a.attempt + 1, lost=a.lost)
+            failed = str(a.events[0].event_id)  # plan_retry's StageFailed: the retry's cause
+            retry = c.to(c.index, version, c.item, failed, attempt=a.attempt + 1, lost=a.lost)
             if a.retry_at <= self.clock():
                 out.forwards.append((a.spec.actor, retry))
             else:

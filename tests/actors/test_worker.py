@@ -222,6 +222,11 @@ async def test_an_attempt_lost_with_its_worker_does_not_use_up_the_stages_retrie
     assert failed == [(1, "AttemptAbandoned", True), (2, "StageError", True)]
     counts = await transitions(redis_store, workspace, result.run_id)
     assert counts[("StageCompleted", 0, 3)] == 1
+    # each attempt after the first follows from the failure that brought it (lineage)
+    events = await redis_store.read_stream(workspace, stream)
+    failures = {e.data["attempt"]: str(e.event_id) for e in events if e.type == "StageFailed"}
+    starts = {e.data["attempt"]: e.causation_id for e in events if e.type == "StageStarted"}
+    assert (starts[2], starts[3]) == (failures[1], failures[2])
 
 
 async def test_pending_entries_of_a_dead_consumer_are_claimed_by_another_worker(
