@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import msgspec
 import structlog
 from falkordb.asyncio import FalkorDB
 from falkordb.asyncio.graph import AsyncGraph
@@ -47,14 +45,8 @@ from stageline.projections.notices import Notices
 from stageline.projections.pipeline_configs import PIPELINE_FIELDS
 from stageline.projections.projection import Projection, Write
 from stageline.projections.registry import NAMES, PROJECTIONS, RUN_STATUS
-from stageline.projections.run_status import (
-    RUN_CREATED,
-    RUN_FIELDS,
-    STAGE_CREATED,
-    STAGE_FIELDS,
-    RunStatus,
-    shown_stages,
-)
+from stageline.projections.rows import STAGE_KEYS, run_row, run_with_stages, shape
+from stageline.projections.run_status import RunStatus
 
 __all__ = ["FalkorDBViews", "connect"]
 
@@ -98,10 +90,7 @@ def connect(url: str) -> FalkorDB:
     return db
 
 
-_RUN_KEYS = tuple(dict.fromkeys(("id", *RUN_CREATED, *RUN_FIELDS)))
-_STAGE_KEYS = tuple(dict.fromkeys(("name", "attempts", *STAGE_CREATED, *STAGE_FIELDS)))
-_STAGE_FIELDS = tuple(k for k in _STAGE_KEYS if k not in ("name", "attempts"))
-_STAGE_TIMES = ("started_at", "ended_at", "retry_at")
+_STAGE_FIELDS = tuple(k for k in STAGE_KEYS if k not in ("name", "attempts"))
 _DEAD_LETTER_KEYS = tuple(
     k for k in ("id", *DEAD_LETTER_CREATED, "deliveries", *DEAD_LETTER_FIELDS) if k != "seq"
 )
@@ -123,42 +112,19 @@ _PATTERN_KEYS = (
 )
 
 
-def _iso(ms: float | None) -> str | None:
-    if ms is None:
-        return None
-    at = datetime.fromtimestamp(ms / 1000, UTC)
-    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _shape(
-    props: Mapping[str, Any], keys: tuple[str, ...], times: tuple[str, ...]
-) -> dict[str, Any]:
-    out = {name: props.get(name) for name in keys}
-    for name in times:
-        out[name] = _iso(out[name])
-    return out
-
-
-def _run_dict(props: Mapping[str, Any]) -> dict[str, Any]:
-    return _shape(props, _RUN_KEYS, ("submitted_at", "updated_at", "completed_at", "ended_at"))
-
-
 def _stages(props: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """A run's stages in pipeline order, from its node's properties."""
-    stages = []
-    for name, attempts in zip(
-        props.get("stages", ()), props.get("stage_attempts", ()), strict=True
-    ):
-        values = {f: props.get(qr.stage_property(name, f)) for f in _STAGE_FIELDS}
-        out = _shape(values | {"name": name, "attempts": attempts}, _STAGE_KEYS, _STAGE_TIMES)
-        if out["metadata"] is not None:
-            out["metadata"] = msgspec.json.decode(out["metadata"])
-        stages.append(out)
-    return sorted(stages, key=lambda s: (s["index"] is None, s["index"]))
+    """A run's stored stages, from its node's properties."""
+    return [
+        {f: props.get(qr.stage_property(name, f)) for f in _STAGE_FIELDS}
+        | {"name": name, "attempts": attempts}
+        for name, attempts in zip(
+            props.get("stages", ()), props.get("stage_attempts", ()), strict=True
+        )
+    ]
 
 
 def _dead_letter_dict(props: Mapping[str, Any]) -> dict[str, Any]:
-    return _shape(props, _DEAD_LETTER_KEYS, ("created_at", "closed_at"))
+    return shape(props, _DEAD_LETTER_KEYS, ("created_at", "closed_at"))
 
 
 def _check_limit(limit: int) -> None:
@@ -353,9 +319,7 @@ class FalkorDBViews:
         rows = await self._read(workspace, qr.GET_RUN, {"id": run_id})
         if not rows:
             return None
-        run = _run_dict(rows[0][0])
-        run["stages"] = shown_stages(run["status"], _stages(rows[0][0]))
-        return run
+        return run_with_stages(rows[0][0], _stages(rows[0][0]))
 
     async def stale_runs(
         self,
@@ -398,7 +362,7 @@ class FalkorDBViews:
                 raise InvalidArgument("invalid cursor", cursor=cursor) from None
             where.append("r.seq < $before")
         rows = await self._read(workspace, qr.list_runs(where), params)
-        runs = [_run_dict(row[0]) for row in rows[:limit]]
+        runs = [run_row(row[0]) for row in rows[:limit]]
         more = len(rows) > limit
         return runs, (str(runs[-1]["seq"]) if more else None)
 
@@ -470,19 +434,19 @@ class FalkorDBViews:
         """Entities with at least one standing mention, most mentioned first, then by name."""
         _check_limit(limit)
         rows = await self._read(workspace, qe.ENTITIES, {"limit": limit})
-        return [_shape(row[0], _ENTITY_KEYS, ()) for row in rows]
+        return [shape(row[0], _ENTITY_KEYS, ()) for row in rows]
 
     async def entity(self, workspace: str, entity_type: str, name: str) -> dict[str, Any] | None:
         """One entity's mention count (0 once every mention was retracted); None if never seen."""
         rows = await self._read(workspace, qe.GET_ENTITY, {"key": f"{entity_type}/{name}"})
-        return _shape(rows[0][0], _ENTITY_KEYS, ()) if rows else None
+        return shape(rows[0][0], _ENTITY_KEYS, ()) if rows else None
 
     # -- reads: pipeline configs ----------------------------------------------------
 
     async def pipelines(self, workspace: str) -> list[dict[str, Any]]:
         """The workspace's own pipeline configs (not deleted), by name, at their latest version."""
         rows = await self._read(workspace, qp.PIPELINES)
-        return [_shape(row[0], _PIPELINE_KEYS, ("defined_at", "updated_at")) for row in rows]
+        return [shape(row[0], _PIPELINE_KEYS, ("defined_at", "updated_at")) for row in rows]
 
     # -- reads: patterns and the ontology's convergence ---------------------------------
 
@@ -507,7 +471,7 @@ class FalkorDBViews:
         rows = await self._read(workspace, query, params)
         out = []
         for row in rows:
-            pattern = _shape(row[0], _PATTERN_KEYS, ("first_seen", "last_seen"))
+            pattern = shape(row[0], _PATTERN_KEYS, ("first_seen", "last_seen"))
             pattern["is_global"] = bool(pattern["is_global"])
             out.append(pattern)
         return out

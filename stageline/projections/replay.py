@@ -1,8 +1,9 @@
 """A log replayed offline into the run-status view, as of any position.
 
 Pure: it folds with the same ``run_status`` fold the projector writes the view
-with, so what it shows is what ``GET /v1/runs`` would have shown once the view
-had reached that position.
+with, and shows each run as the view's reads do (``rows.run_with_stages``), so what
+it shows is what ``GET /v1/runs/{id}`` would have answered once the view had
+reached that position.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from typing import Any
 
 from stageline.events import RecordedEvent
 from stageline.projections import run_status
+from stageline.projections.rows import run_with_stages
 
 __all__ = ["runs_as_of"]
 
 
 def runs_as_of(events: Iterable[RecordedEvent], until: int | None = None) -> list[dict[str, Any]]:
     """Each run as the run-status view held it once it had applied position ``until`` (every
-    event when None), oldest submission first: its row with a ``stages`` list in order.
+    event when None), oldest submission first, as ``GET /v1/runs/{id}`` shows it.
 
     ``events`` come in log order, as ``stageline tail`` exports them; they are folded as
     they come, so a log of any length takes the memory of its runs' rows alone, and
@@ -35,10 +37,8 @@ def runs_as_of(events: Iterable[RecordedEvent], until: int | None = None) -> lis
         if run.created is None:  # its RunSubmitted lies before the log's first position
             continue
         row = {"id": run_id, **run.created, **run.fields}
-        stages_of = sorted(stages.get(run_id, []), key=lambda s: s.get("index", 0))
-        row["stages"] = run_status.shown_stages(row.get("status"), stages_of)
-        runs.append(row)
-    return sorted(runs, key=lambda r: r.get("seq", 0))
+        runs.append(run_with_stages(row, stages.get(run_id, ())))
+    return sorted(runs, key=lambda r: r["seq"] or 0)
 
 
 def _through(events: Iterable[RecordedEvent], until: int) -> Iterator[RecordedEvent]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import served, submit
+from api_helpers import head, served, submit, submit_flaky
 from click.testing import Result
 from fastapi import FastAPI
 from typer.testing import CliRunner
@@ -86,6 +86,35 @@ async def test_replay_shows_the_runs_as_the_view_did_at_any_position(
         run = replayed[run_id]
         assert (status, current) == (run["status"], run["current_stage"])
         assert stages == " ".join(f"{s['name']}:{s['status']}" for s in run["stages"])
+
+
+async def test_replay_shows_each_run_as_get_run_answers_it(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str, tmp_path: Path
+) -> None:
+    ran = [
+        (await submit(client, TEXTS[0], wait=10)).json(),  # stage metadata
+        (await submit_flaky(client, wait=20)).json(),  # a retry
+        (await submit_flaky(client, wait=20, fail_times=4)).json(),  # a failure, a dead letter
+    ]
+    assert [r["status"] for r in ran] == ["completed", "completed", "failed"], ran
+    log = tmp_path / "log.jsonl"
+    await export(app, workspace, log)
+    position = await head(client)
+
+    result = await cli("replay", str(log), "--json")
+    assert result.exit_code == 0, result.output
+    replayed = json.loads(result.stdout)
+    live = []
+    for run in ran:
+        r = await client.get(f"/v1/runs/{run['id']}", params={"min_position": position})
+        assert r.status_code == 200, r.text
+        live.append(r.json())
+    assert replayed == live  # the same keys, nulls, times as text and metadata as objects
+    assert any(s["metadata"] for s in live[0]["stages"])
+    assert live[1]["stages"][1]["attempts"] == 2 and live[2]["dead_letter"] is not None
+    one = await cli("replay", str(log), "--run", ran[2]["id"])
+    assert one.exit_code == 0, one.output
+    assert json.loads(one.stdout) == live[2]
 
 
 async def test_diff_pairs_runs_of_the_same_inputs_and_shows_where_they_part(
