@@ -14,7 +14,7 @@ import httpx
 import msgspec
 import typer
 import yaml
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 
 from stageline.settings import HTTP_SCHEMES, check_url
@@ -65,7 +65,32 @@ Workspace = Annotated[
     ),
 ]
 
-console = Console()
+UNWRAPPED_WIDTH = 1 << 20
+"""The width output into a pipe or a file is laid out in: wider than any line it holds."""
+
+
+class _Output(Console):
+    """stdout's console. On a terminal, rich's as it is; into a pipe or a file (looked at as
+    each thing is printed), nothing wrapped or cut to a width (rich's 80 columns there): a
+    line however long stays one line, a table as wide as its widest row, every value whole
+    (``stageline diff a b > d.txt``, the ``import`` summary)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def print(self, *objects: Any, soft_wrap: bool | None = None, **kwargs: Any) -> None:
+        if soft_wrap is None and not self.is_terminal:
+            soft_wrap = True
+        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+
+console: Console = _Output()
 """Where data goes: stdout."""
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 """Where errors, warnings, notices and progress go: stderr, one line each however long (not

@@ -9,6 +9,7 @@ import re
 
 import pytest
 from rich.console import Console
+from rich.table import Table
 
 from stageline import cli_http
 
@@ -63,3 +64,22 @@ def test_a_table_on_a_terminal_is_drawn(monkeypatch: pytest.MonkeyPatch) -> None
     out = printed(monkeypatch, terminal=True)
     cli_http.print_table([{"id": "a", "status": "completed"}], ("id", "status"))
     assert "┃" in out.getvalue() and "\t" not in out.getvalue()
+
+
+def test_lines_and_tables_into_a_pipe_are_never_wrapped() -> None:
+    long = "x" * 300
+    out = io.StringIO()
+    console = cli_http._Output(file=out)  # stdout's console, into a file
+    console.print(f"[red]- {long}[/red] (only in a)")
+    table = Table()
+    table.add_column("id")
+    table.add_column("n")
+    table.add_row(long, "1")
+    console.print(table)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"- {long} (only in a)"
+    assert sum(long in line for line in lines[1:]) == 1 and max(map(len, lines)) < 400
+
+    on_terminal = cli_http._Output(file=io.StringIO(), force_terminal=True, width=80)
+    on_terminal.print(long)  # rich's own wrapping, as on a terminal
+    assert on_terminal.file.getvalue().count("\n") > 1

@@ -164,6 +164,23 @@ async def test_diff_pairs_runs_of_the_same_inputs_and_shows_where_they_part(
     )
 
 
+async def test_diff_into_a_file_keeps_each_event_on_one_line(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for path, text in ((a, "x" * 150), (b, "y" * 150)):
+        done = {"stage": "a", "index": 0, "output": {"text": text}}
+        rows = [logged(1, "run-x", 0, "RunSubmitted", SUBMITTED),
+                logged(2, "run-x", 1, "StageCompleted", done)]  # fmt: skip
+        path.write_text("\n".join(rows) + "\n")
+    # no COLUMNS: rich's 80 columns where stdout is not a terminal
+    result = await asyncio.to_thread(CliRunner().invoke, cli_app, ["diff", str(a), str(b)])
+    assert result.exit_code == 1, result.output
+    assert result.stdout.splitlines()[1:] == [
+        "run-x (run-x) first differs at version 1:",
+        '- StageCompleted {"index": 0, "output": {"text": "' + "x" * 150 + '"}, "stage": "a"}',
+        '+ StageCompleted {"index": 0, "output": {"text": "' + "y" * 150 + '"}, "stage": "a"}',
+    ]
+
+
 async def test_a_log_line_that_is_not_an_event_is_named(tmp_path: Path) -> None:
     log = tmp_path / "bad.jsonl"
     log.write_text('\n{"not": "an event"}\n')
