@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -31,6 +30,7 @@ from stageline.cli_http import (
     err_console,
     print_json,
     print_table,
+    progress_bar,
     say_error,
 )
 from stageline.cli_ontology import app as ontology_app
@@ -335,14 +335,12 @@ ProjectionName = Annotated[
 
 def _progress() -> Progress:
     """A progress bar on stderr (left out when that is not a terminal): stdout is for data."""
-    return Progress(
+    return progress_bar(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("events"),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
     )
 
 

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
 from rich.tree import Tree
 
-from stageline.cli_http import console, print_json, print_table, say_error
+from stageline.cli_http import console, print_json, print_table, progress_bar, say_error
 from stageline.errors import InvalidArgument
 from stageline.events import RecordedEvent
 from stageline.events.lineage import Lineage, links
@@ -86,13 +85,8 @@ def _in_log_order(
 def _reading(path: Path) -> Iterator[Callable[[int], None]]:
     """A progress bar of reading ``path`` on stderr (left out when that is not a terminal);
     yields what sets how many bytes are read."""
-    bar = Progress(
-        TextColumn(f"reading {path.name}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
+    bar = progress_bar(
+        TextColumn(f"reading {path.name}"), BarColumn(), DownloadColumn(), TimeRemainingColumn()
     )
     with bar:
         task = bar.add_task("", total=path.stat().st_size)

@@ -15,6 +15,7 @@ import msgspec
 import typer
 import yaml
 from rich.console import Console, ConsoleDimensions
+from rich.progress import Progress, ProgressColumn
 from rich.table import Table
 
 from stageline.settings import HTTP_SCHEMES, check_url
@@ -31,6 +32,7 @@ __all__ = [
     "load_document",
     "print_json",
     "print_table",
+    "progress_bar",
     "say_error",
     "send",
     "unreachable",
@@ -96,6 +98,16 @@ err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 """Where errors, warnings, notices and progress go: stderr, one line each however long (not
 wrapped), so that stdout holds data only (``stageline tail > log.jsonl``, ``replay --json |
 jq``)."""
+
+
+def progress_bar(
+    *columns: ProgressColumn, console: Console | None = None, transient: bool = True
+) -> Progress:
+    """A progress bar on stderr (or ``console``), shown on a terminal only: into a pipe or a
+    file it prints nothing at all, where rich would leave a blank line, or the bar as it
+    ended, in the file."""
+    console = console or Console(stderr=True)
+    return Progress(*columns, console=console, transient=transient, disable=not console.is_terminal)
 
 
 def say_error(text: str) -> None:

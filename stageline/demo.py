@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from stageline.cli_http import answer, err_console
+from stageline.cli_http import answer, err_console, progress_bar
 from stageline.errors import Unavailable
 from stageline.projections.run_status import RUN_ENDINGS
 
@@ -53,12 +53,13 @@ async def _demo(
     items = samples()
     n = count or len(items)
     limits = asyncio.Semaphore(16)
-    with Progress(
+    with progress_bar(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err_console,
+        transient=False,
     ) as progress:
         submitted = progress.add_task("submitted", total=n)
         finished = progress.add_task("finished ", total=n)

@@ -181,6 +181,18 @@ async def test_diff_into_a_file_keeps_each_event_on_one_line(tmp_path: Path) -> 
     ]
 
 
+async def test_progress_bars_leave_nothing_on_a_stderr_that_is_not_a_terminal(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text(logged(1, "run-x", 0, "RunSubmitted", SUBMITTED) + "\n")
+    for argv in (["replay", "--json"], ["replay"], ["diff", str(log)], ["lineage", "run-x"]):
+        argv.insert(1, str(log))
+        result = await cli(*argv)
+        assert result.exit_code == 0, (argv, result.output)
+        assert (argv, result.stderr) == (argv, "")
+
+
 async def test_a_log_line_that_is_not_an_event_is_named(tmp_path: Path) -> None:
     log = tmp_path / "bad.jsonl"
     log.write_text('\n{"not": "an event"}\n')
