@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
+import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
@@ -59,6 +60,9 @@ class Stack:
     dead_letters: DeadLetters
     ontology: OntologyStore
     server: EmbeddedServer | None = None
+    server_log_level: int = logging.INFO
+    """The level ``server``'s start and stop are logged at: debug for the server a one-shot
+    command started for itself (``share``), which the command says in one line of its own."""
 
     @classmethod
     async def open(cls, settings: Settings, *, embedded: bool = True, share: bool = False) -> Stack:
@@ -66,7 +70,9 @@ class Stack:
 
         With ``share``, an embedded server another process owns on the data directory
         (a ``stageline up``) is connected to instead of failing; ``server`` stays None.
+        ``share`` is for one-shot commands: a server started for one is logged at debug.
         """
+        server_log_level = logging.DEBUG if share else logging.INFO
         entries = [entry.strip() for entry in settings.actors.split(",") if entry.strip()]
         installs = [(entry, _installer(entry)) for entry in entries]
         server = None
@@ -80,7 +86,12 @@ class Stack:
                 store_url, server = owners, None
             else:
                 store_url = await asyncio.to_thread(server.start)
-                log.info("embedded.started", url=store_url, data_dir=str(server.data_dir))
+                log.log(
+                    server_log_level,
+                    "embedded.started",
+                    url=store_url,
+                    data_dir=str(server.data_dir),
+                )
         clients: list[aioredis.Redis] = []
         try:  # whatever fails from here (a bad URL, a bad install) leaves no server behind
             broker_url = settings.broker_url or store_url
@@ -133,6 +144,7 @@ class Stack:
             dead_letters=DeadLetters(store, bus, actors.names),
             ontology=ontology,
             server=server,
+            server_log_level=server_log_level,
         )
 
     def worker(self, consumer: str | None = None) -> Worker:
@@ -193,7 +205,7 @@ class Stack:
         await self.broker_client.aclose()
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
-            log.info("embedded.stopped", data_dir=str(self.server.data_dir))
+            log.log(self.server_log_level, "embedded.stopped", data_dir=str(self.server.data_dir))
 
 
 def _check_installed(entry: str, pipeline: Pipeline, actors: Collection[str]) -> None:

@@ -581,4 +581,5 @@ def test_a_store_command_without_a_server_says_it_starts_the_embedded_one(
         f"no STAGELINE_REDIS_URL and no `stageline up` on {data_dir.resolve()}: "
         "started the embedded server there for this command"
     ]
+    assert result.stderr.splitlines() == said(result)  # that line alone: no log lines
     assert not (data_dir / "redis.sock").exists()  # and stopped it
