@@ -19,6 +19,7 @@ from rich.tree import Tree
 from stageline.cli_http import console, print_json, print_table, progress_bar, say_error
 from stageline.errors import InvalidArgument
 from stageline.events import RecordedEvent
+from stageline.events.keys import run_stream
 from stageline.events.lineage import Lineage, links
 from stageline.events.lineage import lineage as event_lineage
 from stageline.events.logfile import DEFAULT_IGNORED, LogDiff, diff_logs, iter_lines
@@ -99,11 +100,17 @@ def replay(
         int | None,
         typer.Option(help="Stop after this log position (default: the log's last event)."),
     ] = None,
-    run: Annotated[str | None, typer.Option(help="Show this run only, whole, as JSON.")] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(help="Show this run only (its id or its stream's name), whole, as JSON."),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Replay a log into the run-status view offline: every run as the view held it once it
     had applied the position (`--until`), with its stages."""
+    if until is not None and until < 0:
+        say_error(f"error: --until {until}: a log position is 0 or more")
+        raise typer.Exit(2)
     try:
         with log.open("rb") as lines, _reading(log) as advance:
             runs = runs_as_of(_in_log_order(log, lines, advance), until)
@@ -111,9 +118,13 @@ def replay(
         say_error(f"error: {exc}")
         raise typer.Exit(2) from exc
     if run is not None:
-        found = [r for r in runs if r["id"] == run]
+        # its id, else its stream's name (`run-<id>`), as lineage takes it
+        found = [r for r in runs if r["id"] == run] or [
+            r for r in runs if run_stream(r["id"]) == run
+        ]
         if not found:
-            say_error(f"error: no run {run!r} in {log} up to that position")
+            upto = "" if until is None else f" up to position {until}"
+            say_error(f"error: no run {run!r} in {log}{upto}")
             raise typer.Exit(1)
         print_json(found[0])
         return
@@ -170,7 +181,8 @@ def diff(
 
 def _show(result: LogDiff, a: Path, b: Path) -> None:
     console.print(
-        f"{result.same} streams the same, {len(result.differ)} differ, "
+        f"{result.same} stream{'' if result.same == 1 else 's'} the same, "
+        f"{len(result.differ)} differ, "
         f"{len(result.only_a)} only in {a}, {len(result.only_b)} only in {b}",
         highlight=False,
     )

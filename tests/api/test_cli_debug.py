@@ -259,6 +259,27 @@ async def test_replay_until_a_position_reads_no_further(tmp_path: Path) -> None:
     assert (await cli("replay", str(log))).exit_code == 2
 
 
+async def test_replay_options_are_checked_and_a_run_is_found_by_its_stream_too(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text(logged(1, "run-x", 0, "RunSubmitted", SUBMITTED) + "\n")
+    result = await cli("replay", str(log), "--until", "-1")
+    assert (result.exit_code, result.stdout) == (2, ""), result.output
+    assert result.stderr == "error: --until -1: a log position is 0 or more\n"
+
+    for name in ("x", "run-x"):  # its id, or its stream's name, as lineage takes it
+        result = await cli("replay", str(log), "--run", name)
+        assert result.exit_code == 0 and json.loads(result.stdout)["id"] == "x", result.output
+    result = await cli("replay", str(log), "--run", "y")
+    assert result.exit_code == 1 and result.stderr == f"error: no run 'y' in {log}\n"
+    result = await cli("replay", str(log), "--run", "y", "--until", "1")
+    assert result.stderr == f"error: no run 'y' in {log} up to position 1\n"
+
+    result = await cli("diff", str(log), str(log))
+    assert result.stdout.startswith("1 stream the same, 0 differ,"), result.output
+
+
 def test_streams_pair_and_compare_as_in_version_order_whatever_the_log_order() -> None:
     def log(*rows: tuple[int, str, int, str, dict[str, Any]]) -> list[RecordedEvent]:
         return read_log([logged(*row) for row in rows])
