@@ -152,11 +152,20 @@ def diff(
     ignore: Annotated[
         list[str] | None,
         typer.Option(
-            help="A data key to leave out of the comparison (repeatable; default: "
+            help="A data key to leave out of the comparison, besides "
             + ", ".join(sorted(DEFAULT_IGNORED))
-            + ")."
+            + " (repeatable)."
         ),
     ] = None,
+    no_default_ignores: Annotated[
+        bool,
+        typer.Option(
+            "--no-default-ignores",
+            help="Compare "
+            + ", ".join(sorted(DEFAULT_IGNORED))
+            + " too (only keys --ignore names are left out).",
+        ),
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """Compare two logs stream by stream (each event's type and data, in version order) and
@@ -166,7 +175,7 @@ def diff(
             _rereadable(a),
             _rereadable(b),
             runs_by_input=runs_by_input,
-            ignore=DEFAULT_IGNORED if ignore is None else ignore,
+            ignore={*(() if no_default_ignores else DEFAULT_IGNORED), *(ignore or ())},
         )
     except InvalidArgument as exc:
         say_error(f"error: {exc}")

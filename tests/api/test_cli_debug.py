@@ -280,6 +280,23 @@ async def test_replay_options_are_checked_and_a_run_is_found_by_its_stream_too(
     assert result.stdout.startswith("1 stream the same, 0 differ,"), result.output
 
 
+async def test_diff_ignore_adds_to_the_keys_left_out_by_default(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for path, n in ((a, 1), (b, 2)):
+        done = {"stage": "a", "duration_ms": n, "output": {"succeed_at": n}}
+        rows = [logged(1, "run-x", 0, "RunSubmitted", SUBMITTED),
+                logged(2, "run-x", 1, "StageCompleted", done)]  # fmt: skip
+        path.write_text("\n".join(rows) + "\n")
+    assert (await cli("diff", str(a), str(b))).exit_code == 1  # succeed_at differs
+    result = await cli("diff", str(a), str(b), "--ignore", "succeed_at")
+    assert result.exit_code == 0, result.output  # and duration_ms is still left out
+    both = await cli("diff", str(a), str(b), "--ignore", "succeed_at", "--no-default-ignores")
+    assert both.exit_code == 1 and '"duration_ms": 2' in both.stdout, both.output
+    result = await cli("diff", str(a), str(b), "--no-default-ignores", "--ignore", "succeed_at",
+                       "--ignore", "duration_ms")  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
 def test_streams_pair_and_compare_as_in_version_order_whatever_the_log_order() -> None:
     def log(*rows: tuple[int, str, int, str, dict[str, Any]]) -> list[RecordedEvent]:
         return read_log([logged(*row) for row in rows])
