@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from stageline.actors import commands
 from stageline.actors.commands import StageCommand
 from stageline.actors.schedule import scheduled_entry
+from stageline.errors import Unavailable
 from stageline.events import keys
+
+log = structlog.get_logger(__name__)
 
 DATA_FIELD = "__data__"  # FastStream's field name, so its tooling can read our entries
 
@@ -44,6 +51,22 @@ if ARGV[i] then
 end
 return 0
 """
+
+
+@contextlib.contextmanager
+def broker_unavailable() -> Iterator[None]:
+    """Raise a broker that cannot be reached as ``Unavailable`` naming it, for a caller
+    that has written nothing yet (else the API's 503 would blame the store)."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("bus.unavailable", error=f"{type(exc).__name__}: {exc}")
+        raise Unavailable(
+            "the broker (the stage channels) could not be reached; nothing was written; "
+            "retry later",
+            dependency="broker",
+            reason=type(exc).__name__,
+        ) from exc
 
 
 class CommandBus:
@@ -96,6 +119,23 @@ class CommandBus:
             args += (slots.setdefault(keys.stage_channel(actor), len(slots) + 1),)
             args += (keys.stage_group(actor), *entry_ids)
         await self._hand_off(keys=list(slots), args=args)
+
+    async def hand_on(self, items: Sequence[tuple[str, StageCommand]], *, after: str) -> bool:
+        """``publish(items)`` for commands that follow from an append already recorded:
+        whether they were written. A broker that fails is not the caller's error then,
+        whose append stands: one ``bus.hand_on_failed`` warning, and the reconciler hands
+        the run on once it has been idle for ``STAGELINE_RECONCILE_AFTER_SECONDS``."""
+        try:
+            await self.publish(items)
+        except RedisError as exc:
+            log.warning(
+                "bus.hand_on_failed",
+                after=after,
+                runs=sorted({command.run_id for _, command in items}),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return False
+        return True
 
     async def ensure_groups(self, actors: Iterable[str]) -> list[str]:
         """Create each actor's consumer group at 0, so entries written before it are not skipped.

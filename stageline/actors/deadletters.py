@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection
 import msgspec
 
 from stageline.actors import commands
-from stageline.actors.channels import DATA_FIELD, CommandBus
+from stageline.actors.channels import DATA_FIELD, CommandBus, broker_unavailable
 from stageline.actors.commands import StageCommand
 from stageline.actors.decide import fold_run
 from stageline.actors.events import DeadLetterDiscarded, DeadLettered, DeadLetterRedriven
@@ -132,12 +132,14 @@ class DeadLetters:
         if not is_open:
             raise Conflict("dead letter is already closed", dead_letter=dead_letter)
         payload = redrive_payload(entry, workspace, self.actors())
-        if isinstance(payload, StageCommand):
-            await self.bus.publish([(entry.actor, payload)])
-        elif entry.actor == keys.INGEST_ACTOR:  # a new entry: its events get new ids
-            await self.bus.client.xadd(keys.INGEST_CHANNEL, {DATA_FIELD: payload})
-        else:
-            await self.bus.client.xadd(keys.stage_channel(entry.actor), {DATA_FIELD: payload})
+        with broker_unavailable():
+            if isinstance(payload, StageCommand):
+                await self.bus.publish([(entry.actor, payload)])
+            elif entry.actor == keys.INGEST_ACTOR:  # a new entry: its events get new ids
+                await self.bus.client.xadd(keys.INGEST_CHANNEL, {DATA_FIELD: payload})
+            else:
+                channel = keys.stage_channel(entry.actor)
+                await self.bus.client.xadd(channel, {DATA_FIELD: payload})
         return await self._close(
             workspace, DeadLetterRedriven(dead_letter=dead_letter), correlation_id
         )

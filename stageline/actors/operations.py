@@ -150,7 +150,8 @@ class RunOperations:
                 cause=str(new[0].event_id),
                 lost=state.progress(index).abandoned,
             )
-            await self.bus.publish([(pipeline.stage(index).actor, command)])
+            # recorded: a broker that fails now leaves the run to the reconciler
+            await self.bus.hand_on([(pipeline.stage(index).actor, command)], after="RunRetried")
             return OperationResult(run_id, "processing", result.position, True)
         raise Conflict("run kept changing; try again", run_id=run_id)
 

@@ -2,7 +2,9 @@
 
 When the channels live on the store's server, the command is written by the append
 itself (its outbox): one round trip, and no crash can leave a run recorded but never
-handed on. Otherwise, and when the append repeats one that landed, it is published after.
+handed on. Otherwise, and when the append repeats one that landed, it is published after;
+a broker that fails then does not fail the submission, which is recorded: the reconciler
+hands the run on.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class Submitter:
             )
             first_actor = pipeline.stages[0].actor
             command = msgspec.structs.replace(command, pipeline_version=pipeline.version)
-        await self.bus.publish([(first_actor, command)])
+        await self.bus.hand_on([(first_actor, command)], after="RunSubmitted")
         return SubmitResult(run_id, stream, result.position, result.deduplicated)
 
     async def _append(

@@ -262,11 +262,13 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _on_dependency_down(request: Request, exc: Exception) -> Response:
+    # the broker's failures do not come here: an append's commands are handed on later by
+    # the reconciler, and a redrive, which writes to the broker first, says it itself
     log.warning("api.dependency_unavailable", error=f"{type(exc).__name__}: {exc}")
     return error_response(
         "UNAVAILABLE",
-        "the store or the views could not be reached; retry later",
-        {"reason": type(exc).__name__},
+        "the store (the log and the views) could not be reached; retry later",
+        {"dependency": "store", "reason": type(exc).__name__},
         correlation_id=correlation_of(request.scope),
     )
 

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from stageline.actors.channels import CommandBus
+from stageline.actors.deadletters import DeadLetters
+from stageline.actors.operations import RunOperations
+from stageline.actors.submit import Submitter
 from stageline.cli_feed import Message, SseParser
 from stageline.stack import Stack
 
@@ -48,6 +57,43 @@ def nested(depth: int, leaf: Any = 1) -> Any:
     for level in range(depth, 0, -1):
         value = {"a": value} if level % 2 else [value]
     return value
+
+
+@asynccontextmanager
+async def connect(app: FastAPI, workspace: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process client of ``app``, sending ``workspace`` (if any) on every request."""
+    headers = {"X-Workspace": workspace} if workspace is not None else {}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://test", headers=headers, timeout=30
+    ) as client:
+        yield client
+
+
+@asynccontextmanager
+async def broker_down(stack: Stack) -> AsyncIterator[Stack]:
+    """``stack`` with its submitter, run operations and dead letters on a broker that refuses
+    every connection (a separate ``STAGELINE_BROKER_URL`` that is down); the store is up."""
+    dead = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    bus = CommandBus(dead)
+    try:
+        yield dataclasses.replace(
+            stack,
+            bus=bus,
+            submitter=Submitter(stack.store, stack.catalog, bus),
+            operations=RunOperations(stack.store, stack.catalog, stack.actors, bus),
+            dead_letters=DeadLetters(stack.store, bus, stack.actors.names),
+        )
+    finally:
+        await dead.aclose()
+
+
+async def reconcile(stack: Stack, workspace: str, position: int) -> int:
+    """One pass of the reconciler over ``workspace``, once the view holds ``position``, as
+    if its runs had been idle long enough; how many it nudged."""
+    assert await stack.views.wait_for(workspace, position, HANG_GUARD)
+    reconciler = stack.reconciler()
+    return await reconciler.pass_once(workspace, now=time.time() + 2 * reconciler.idle_seconds)
 
 
 async def submit(

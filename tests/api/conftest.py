@@ -7,12 +7,12 @@ an in-process ``httpx`` client, in its own workspace (sent as ``X-Workspace``).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
 import pytest
-from api_helpers import Projecting
+from api_helpers import Projecting, connect
 from fastapi import FastAPI
 
 from stageline.api import create_app
@@ -48,16 +48,6 @@ def projector(services: tuple[Stack, Projecting]) -> Projecting:
 @pytest.fixture
 def app(stack: Stack) -> FastAPI:
     return create_app(stack=stack)
-
-
-@asynccontextmanager
-async def connect(app: FastAPI, workspace: str | None) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"X-Workspace": workspace} if workspace is not None else {}
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://test", headers=headers, timeout=30
-    ) as client:
-        yield client
 
 
 @pytest.fixture

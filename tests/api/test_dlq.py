@@ -14,8 +14,11 @@ import pytest
 from api_helpers import (
     Projecting,
     assert_error,
+    broker_down,
+    connect,
     fields,
     head,
+    reconcile,
     run_events,
     submit_flaky,
     until_event,
@@ -24,6 +27,7 @@ from api_helpers import (
 
 from stageline.actors.commands import StageCommand, encode
 from stageline.actors.deadletters import STREAM, decode_poison
+from stageline.api import create_app
 from stageline.events import keys
 from stageline.stack import Stack
 
@@ -377,3 +381,30 @@ async def test_a_dead_letter_of_an_actor_that_is_not_registered_is_409_and_nothi
     assert repr(actor) in error["message"]
     assert await stack.store.head(workspace) == position
     assert await stack.bus.client.exists(keys.stage_channel(actor)) == 0
+
+
+async def test_a_run_redriven_while_the_broker_is_down_is_accepted_and_handed_on_later(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    run, dead_letter = await failed_run(client, fail_times=4)
+    async with broker_down(stack) as down, connect(create_app(stack=down), workspace) as c:
+        r = await c.post(f"/v1/dlq/{dead_letter}/redrive")
+    assert r.status_code == 202, r.text
+    position = r.json()["position"]
+    assert await reconcile(stack, workspace, position) == 1
+    await until_status(client, run["id"], "completed", min_position=position)
+
+
+async def test_a_poison_command_is_not_redriven_while_the_broker_is_down_and_says_so(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    dead_letter = await stack.dead_letters.add(
+        workspace, "flaky", raw=b"\xc1 not msgpack", error="undecodable command", deliveries=5
+    )
+    async with broker_down(stack) as down, connect(create_app(stack=down), workspace) as c:
+        r = await c.post(f"/v1/dlq/{dead_letter}/redrive")
+    error = assert_error(r, 503, "UNAVAILABLE")
+    assert error["message"].startswith("the broker (the stage channels) could not be reached")
+    assert error["details"] == {"dependency": "broker", "reason": "ConnectionError"}
+    page = (await client.get(f"/v1/streams/{STREAM}/events")).json()
+    assert [e["type"] for e in page["events"]] == ["DeadLettered"]  # still open

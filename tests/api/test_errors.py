@@ -139,7 +139,10 @@ async def test_an_unreachable_store_is_503_unavailable(stack: Stack, workspace: 
         ) as c:
             r = await c.get("/v1/log")
             error = assert_error(r, 503, "UNAVAILABLE")
-            assert error["details"] == {"reason": "ConnectionError"}
+            assert error["details"] == {"dependency": "store", "reason": "ConnectionError"}
+            assert error["message"] == (
+                "the store (the log and the views) could not be reached; retry later"
+            )
             assert r.headers["Retry-After"] == "1"
             r = await c.post("/v1/streams/s/events", json={"events": [{"type": "A", "data": {}}]})
             assert_error(r, 503, "UNAVAILABLE")

@@ -11,8 +11,11 @@ import httpx
 import pytest
 from api_helpers import (
     assert_error,
+    broker_down,
+    connect,
     fields,
     head,
+    reconcile,
     run_events,
     submit,
     submit_flaky,
@@ -21,6 +24,7 @@ from api_helpers import (
 )
 
 from stageline.actors.stage import StageContext, StageResult
+from stageline.api import create_app
 from stageline.events import keys
 from stageline.events.envelope import DomainEvent, RecordedEvent
 from stageline.stack import Stack
@@ -288,3 +292,21 @@ async def test_undo_of_a_run_whose_compensator_fails_is_409_naming_stage_and_err
     assert error["details"] == {"stage": "first", "error_type": "ValueError"}
     r = await client.get(f"/v1/streams/{stream}/events")
     assert len(r.json()["events"]) == 4  # nothing appended
+
+
+async def test_a_retry_recorded_while_the_broker_is_down_is_accepted_and_handed_on_later(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    failed = (await submit_flaky(client, wait=20, fail_times=4)).json()
+    assert failed["status"] == "failed", failed
+    async with broker_down(stack) as down, connect(create_app(stack=down), workspace) as c:
+        r = await c.post(f"/v1/runs/{failed['id']}/retry")
+    assert r.status_code == 202, r.text  # RunRetried is recorded: a retry of the retry is 409
+    position = r.json()["position"]
+    assert types(await run_events(client, failed["id"]))[-2:] == [
+        "RunRetried",
+        "DeadLetterRedriven",
+    ]
+    assert await reconcile(stack, workspace, position) == 1
+    run = await until_status(client, failed["id"], "completed", min_position=position)
+    assert stage(run, "flaky")["attempts"] == 5

@@ -7,9 +7,20 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from api_helpers import Projecting, assert_error, fields, submit
+from api_helpers import (
+    Projecting,
+    assert_error,
+    broker_down,
+    connect,
+    fields,
+    reconcile,
+    submit,
+    until_status,
+)
+from structlog.testing import capture_logs
 
 from stageline.actors.builtin.memory import EntityMentioned
+from stageline.api import create_app
 from stageline.events import NewEvent, new_event
 from stageline.events.keys import pipeline_stream
 from stageline.projections import ENTITIES, RUN_STATUS, Projector
@@ -349,3 +360,24 @@ async def test_stats_take_a_duration_stored_as_null(
     stats = await client.get("/v1/runs/stats", params={"min_position": result.positions[-1]})
     assert stats.status_code == 200, stats.text
     assert stats.json()["stages"]["only"] == {"count": 0, "p50_ms": 0.0, "p95_ms": 0.0}
+
+
+async def test_a_run_recorded_while_the_broker_is_down_is_accepted_and_handed_on_later(
+    stack: Stack, workspace: str
+) -> None:
+    async with broker_down(stack) as down, connect(create_app(stack=down), workspace) as client:
+        with capture_logs() as logs:
+            r = await submit(client)
+        # recorded: an error here made clients submit again, and each run went on (twice)
+        assert r.status_code == 202, r.text
+        accepted = r.json()
+        assert await run_submitted_count(stack, workspace) == 1
+        [warning] = [e for e in logs if e["event"] == "bus.hand_on_failed"]
+        assert warning["runs"] == [accepted["run_id"]]
+        assert warning["error"].startswith("ConnectionError: ")
+    assert await reconcile(stack, workspace, accepted["position"]) == 1
+    async with connect(create_app(stack=stack), workspace) as client:
+        run = await until_status(
+            client, accepted["run_id"], "completed", min_position=accepted["position"]
+        )
+    assert [s["status"] for s in run["stages"]] == ["completed"] * len(STAGES)
