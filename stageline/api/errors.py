@@ -28,6 +28,7 @@ from stageline.errors import ConcurrencyError, StagelineError
 from stageline.events.envelope import ANY, NO_STREAM
 
 __all__ = [
+    "CANCELLED_STATE",
     "CORRELATION_STATE",
     "METHODS",
     "STATUS",
@@ -62,6 +63,10 @@ _CODE_OF_STATUS = {status: code for code, status in STATUS.items()}
 
 CORRELATION_STATE = "correlation_id"
 """Key of the request's correlation id in the ASGI scope's ``state`` (set by the middleware)."""
+
+CANCELLED_STATE = "answer_if_cancelled"
+"""Key of the answer a request that has written something gives if the server stops before
+it ends (the middleware's default is 503, which says nothing was done), in ``state``."""
 
 
 class PayloadTooLarge(HTTPException):

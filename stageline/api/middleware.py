@@ -43,7 +43,8 @@ class CorrelationMiddleware:
     ``state`` for handlers, and bound with the workspace into structlog's context
     for every line logged while the request runs. An exception nothing else handled
     is logged here and answered with the INTERNAL envelope, never a traceback; a
-    request cancelled as the server stops, with UNAVAILABLE.
+    request cancelled as the server stops, with UNAVAILABLE, unless it left the answer
+    for that case in ``state`` (``errors.CANCELLED_STATE``: it had written something).
     """
 
     def __init__(self, app: ASGIApp, *, default_workspace: str) -> None:
@@ -77,10 +78,13 @@ class CorrelationMiddleware:
                 # shutdown, and logs a cancellation raised on as an error with its traceback
                 log.warning("api.request_cancelled", path=scope["path"])
                 if not started:
-                    response = errors.error_response(
-                        "UNAVAILABLE",
-                        "the server is stopping; retry",
-                        correlation_id=correlation_id,
+                    # what the request did so far, if it said; else nothing was done
+                    response = scope["state"].get(errors.CANCELLED_STATE) or (
+                        errors.error_response(
+                            "UNAVAILABLE",
+                            "the server is stopping; retry",
+                            correlation_id=correlation_id,
+                        )
                     )
                     await response(scope, receive, send_with_id)
             except Exception as exc:

@@ -19,6 +19,7 @@ from stageline.api.deps import (
     check_run_id,
     views_at,
 )
+from stageline.api.errors import CANCELLED_STATE
 from stageline.api.responses import Backwards, FromVersion, PageLimit, json_response, stream_page
 from stageline.api.routing import Router
 from stageline.api.schemas import (
@@ -91,8 +92,8 @@ async def submit_run(
     `position` is the log position of the run's first event: pass it as
     `min_position` to a read to be sure the read sees the run. With `wait`, the
     answer is 200 with the finished run if it ends within `wait` seconds, else
-    202 with the run as far as it got. Nothing is written for a request answered
-    with an error.
+    202 with the run as far as it got (also, with `run` null, if the server stops
+    meanwhile). Nothing is written for a request answered with an error.
     """
     text = body.input.text
     if len(text) > settings.max_text_chars:
@@ -134,6 +135,10 @@ async def submit_run(
     location = {"Location": status_url}
     if wait is None:
         return json_response(accepted, 202, location)
+    # recorded: a wait the stopping server cuts off answers as one that ran out, not 503
+    request.scope["state"][CANCELLED_STATE] = json_response(
+        {**accepted, "run": None}, 202, location
+    )
     run = await until_ended(stack.views, workspace, result.run_id, result.position, wait)
     if run is not None and run["status"] in RUN_ENDINGS:
         return json_response(run)
