@@ -36,6 +36,7 @@ __all__ = [
     "EVENTS_PER_CALL",
     "FIRST_CALL_EVENTS",
     "MAX_EVENTS_PER_APPEND",
+    "SOCKET_TIMEOUT_SECONDS",
     "RedisEventStore",
     "connect",
     "retry_policy",

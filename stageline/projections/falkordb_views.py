@@ -25,11 +25,16 @@ import structlog
 from falkordb.asyncio import FalkorDB
 from falkordb.asyncio.graph import AsyncGraph
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stageline.errors import InvalidArgument
 from stageline.events.keys import graph_name
 from stageline.events.pool import WaitingPool
-from stageline.events.redis_store import CONNECT_TIMEOUT_SECONDS, retry_policy
+from stageline.events.redis_store import (
+    CONNECT_TIMEOUT_SECONDS,
+    SOCKET_TIMEOUT_SECONDS,
+    retry_policy,
+)
 from stageline.ontology.events import PATTERN_SOURCES, TYPE_STATUSES
 from stageline.projections import _cypher
 from stageline.projections import ontology as ontology_status
@@ -48,9 +53,16 @@ from stageline.projections.registry import NAMES, PROJECTIONS, RUN_STATUS
 from stageline.projections.rows import STAGE_KEYS, run_row, run_with_stages, shape
 from stageline.projections.run_status import RunStatus
 
-__all__ = ["FalkorDBViews", "connect"]
+__all__ = ["READ_TIMEOUT_SECONDS", "FalkorDBViews", "connect"]
 
 log = structlog.get_logger("stageline.projections")
+
+
+READ_TIMEOUT_SECONDS = SOCKET_TIMEOUT_SECONDS
+"""Longest a read of the views waits for its answer, as the store's client waits for any:
+a server that takes a query and does not answer (stopped, hung) makes it fail (a 503 in
+the API), not hang. Writes are not bounded so: a rebuild's batch, or dropping a large
+view, may take longer, and a client-side timeout would only have them sent again."""
 
 
 def connect(url: str) -> FalkorDB:
@@ -206,7 +218,12 @@ class FalkorDBViews:
     ) -> list[list[Any]]:
         graph = self._graph(workspace)
         try:
-            return (await graph.ro_query(cypher_params(params or {}) + query)).result_set
+            async with asyncio.timeout(READ_TIMEOUT_SECONDS):
+                return (await graph.ro_query(cypher_params(params or {}) + query)).result_set
+        except TimeoutError:  # redis-py closed the connection on the cancellation
+            raise RedisTimeoutError(
+                f"the views did not answer a read within {READ_TIMEOUT_SECONDS:g}s"
+            ) from None
         except ResponseError as exc:
             if "empty key" in str(exc):  # no graph yet: nothing projected
                 return []

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import signal
+import tempfile
+import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from api_helpers import assert_error
+from api_helpers import assert_error, connect
 from fastapi import FastAPI
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from stageline.api import create_app, errors
+from stageline.embedded import EmbeddedServer
 from stageline.errors import (
     ConcurrencyError,
     Conflict,
@@ -24,6 +31,8 @@ from stageline.errors import (
     Unavailable,
 )
 from stageline.events.redis_store import RedisEventStore
+from stageline.projections import falkordb_views
+from stageline.settings import Settings
 from stageline.stack import Stack
 
 RAISED: list[tuple[StagelineError, int, str]] = [
@@ -171,3 +180,36 @@ def test_openapi_documents_the_envelope_instead_of_422(app: FastAPI) -> None:
     assert "SubmitRun" in schema["components"]["schemas"]
     paths = set(schema["paths"])
     assert {"/v1/runs/stats", "/v1/streams/{stream}/events", "/v1/log", "/readyz"} <= paths
+
+
+async def test_reads_of_the_views_of_a_frozen_server_are_503_in_bounded_time(
+    monkeypatch: pytest.MonkeyPatch, workspace: str
+) -> None:
+    monkeypatch.setattr(falkordb_views, "READ_TIMEOUT_SECONDS", 0.5)
+    with tempfile.TemporaryDirectory(prefix="slfz") as d:
+        server = EmbeddedServer(Path(d))
+        stack = await Stack.open(Settings(redis_url=server.start()))
+        try:
+            async with connect(create_app(stack=stack), workspace) as client:
+                assert (await client.get("/v1/runs")).status_code == 200
+                assert server.pid is not None
+                os.kill(server.pid, signal.SIGSTOP)  # as a hung server: it takes, never answers
+                try:
+                    for path in (
+                        "/v1/runs",
+                        f"/v1/runs/{uuid.uuid4()}",
+                        "/v1/runs/stats",
+                        "/v1/dlq",
+                        "/v1/entities",
+                        "/v1/pipelines",
+                    ):
+                        async with asyncio.timeout(5):  # they hung while it was frozen
+                            r = await client.get(path)
+                        error = assert_error(r, 503, "UNAVAILABLE")
+                        assert error["details"]["reason"] == "TimeoutError", path
+                finally:
+                    os.kill(server.pid, signal.SIGCONT)
+                assert (await client.get("/v1/runs")).status_code == 200  # and after it, again
+        finally:
+            await stack.close()
+            server.stop()
