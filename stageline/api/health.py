@@ -14,6 +14,7 @@ from stageline.api.deps import CorrelationId, SettingsDep, StackDep
 from stageline.api.responses import json_response
 from stageline.api.routing import Router
 from stageline.api.schemas import Alive, Ready, error_responses
+from stageline.events.redis_store import failure, retried_errors
 
 __all__ = ["CHECK_TIMEOUT_SECONDS", "router"]
 
@@ -24,12 +25,13 @@ CHECK_TIMEOUT_SECONDS = 1.0
 
 async def _check(probe: Callable[[], Awaitable[Any]]) -> dict[str, Any]:
     started = time.perf_counter()
-    try:
-        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
-            await probe()
-    except Exception as exc:  # any failure means "not ready"; the reason goes in the answer
-        reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-        return {"ok": False, "ms": _ms(started), "error": reason}
+    with retried_errors() as retried:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+                await probe()
+        except Exception as exc:  # any failure means "not ready"; the reason goes in the answer
+            reason = failure(exc, retried, CHECK_TIMEOUT_SECONDS)
+            return {"ok": False, "ms": _ms(started), "error": reason}
     return {"ok": True, "ms": _ms(started)}
 
 

@@ -36,6 +36,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stageline.events import keys
+from stageline.events.redis_store import failure, retried_errors
 from stageline.projections.registry import NAMES
 from stageline.stack import Stack
 
@@ -122,15 +123,17 @@ async def metrics(request: Request) -> Response:
     """
     stack: Stack | None = request.app.state.stack
     started = time.perf_counter()
-    try:
-        if stack is None:
-            raise RuntimeError("the API has no connection to the store yet")
-        async with asyncio.timeout(SCRAPE_TIMEOUT_SECONDS):
-            families = await _state(stack)
-        up = 1
-    except Exception as exc:  # a scrape reports the failure, it does not fail
-        log.warning("metrics.state_unavailable", error=f"{type(exc).__name__}: {exc}")
-        families, up = [], 0
+    with retried_errors() as retried:
+        try:
+            if stack is None:
+                raise RuntimeError("the API has no connection to the store yet")
+            async with asyncio.timeout(SCRAPE_TIMEOUT_SECONDS):
+                families = await _state(stack)
+            up = 1
+        except Exception as exc:  # a scrape reports the failure, it does not fail
+            reason = failure(exc, retried, SCRAPE_TIMEOUT_SECONDS)
+            log.warning("metrics.state_unavailable", error=reason)
+            families, up = [], 0
     families.append(_gauge("stageline_state_up", "1 if this scrape read the state.", up))
     seconds = time.perf_counter() - started
     families.append(_gauge("stageline_state_read_seconds", "This scrape's state read.", seconds))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
@@ -39,6 +41,8 @@ __all__ = [
     "SOCKET_TIMEOUT_SECONDS",
     "RedisEventStore",
     "connect",
+    "failure",
+    "retried_errors",
     "retry_policy",
     "same_server",
 ]
@@ -50,7 +54,58 @@ CONNECT_TIMEOUT_SECONDS = 2.0
 SOCKET_TIMEOUT_SECONDS = 10.0
 
 
-def retry_policy(kind: type[Retry] = Retry) -> Retry:
+T = TypeVar("T")
+
+_retried: ContextVar[list[Exception] | None] = ContextVar("stageline_retried", default=None)
+
+
+class NotingRetry(Retry):
+    """redis-py's ``Retry``, which also notes each error it retries in the list of the
+    caller's ``retried_errors()``, if one is open."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        noted = _retried.get()
+        if noted is None:
+            return await super().call_with_retry(do, fail, is_retryable, with_failure_count)
+
+        async def failed(error: Exception, *failures: int) -> Any:
+            noted.append(error)
+            return await fail(error, *failures)
+
+        return await super().call_with_retry(do, failed, is_retryable, with_failure_count)
+
+
+@contextlib.contextmanager
+def retried_errors() -> Iterator[list[Exception]]:
+    """The errors stageline's clients retry while this is open, in this task and those it
+    starts: a caller that stops waiting (a health check, a scrape) can say why the server
+    did not answer (``failure``), where its own timeout says only that it did not."""
+    noted: list[Exception] = []
+    token = _retried.set(noted)
+    try:
+        yield noted
+    finally:
+        _retried.reset(token)
+
+
+def failure(exc: BaseException, retried: Sequence[Exception], timeout: float) -> str:
+    """What made a call fail with ``exc``: the last error ``retried`` if it gave up
+    waiting (a ``TimeoutError`` after ``timeout`` seconds) while its client retried it."""
+    if isinstance(exc, TimeoutError):
+        if retried:
+            last = retried[-1]
+            return f"{type(last).__name__}: {last} (retrying it when {timeout:g}s ran out)"
+        return f"timed out after {timeout:g}s"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def retry_policy(kind: type[Retry] = NotingRetry) -> Retry:
     """How stageline's Redis clients retry, so a server restart is ridden out.
 
     A command that fails with a connection error (server gone, socket missing,

@@ -11,6 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from stageline.api import create_app
+from stageline.events.redis_store import connect
 from stageline.stack import Stack
 
 
@@ -47,3 +48,22 @@ async def test_readyz_is_503_naming_the_dependency_that_failed(stack: Stack) -> 
     assert checks["broker"]["ok"] is False and checks["broker"]["error"]
     assert checks["store"]["ok"] is True and checks["views"]["ok"] is True
     assert error["message"] == "not ready: broker did not answer"
+
+
+async def test_readyz_names_the_error_a_dependency_kept_failing_with(stack: Stack) -> None:
+    # stageline's own client: it retries a refused connection for seconds, past the check
+    dead = connect("redis://127.0.0.1:1")
+    app = create_app(stack=dataclasses.replace(stack, broker_client=dead))
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as c:
+            r = await c.get("/readyz")
+    finally:
+        await dead.aclose()
+    broker = assert_error(r, 503, "UNAVAILABLE")["details"]["checks"]["broker"]
+    # it said "timed out", as if the server had hung
+    assert broker["error"].startswith("ConnectionError: Error 111 connecting to 127.0.0.1:1."), (
+        broker
+    )
+    assert broker["error"].endswith("(retrying it when 1s ran out)")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import httpx
+import pytest
 from api_helpers import head, submit, submit_flaky, until_status
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
-from stageline.api import create_app
+from stageline.api import create_app, metrics
 from stageline.api.metrics import live_consumers
+from stageline.events.redis_store import RedisEventStore, connect
 from stageline.projections.registry import NAMES
 from stageline.stack import Stack
 
@@ -113,3 +117,21 @@ async def test_only_consumers_that_read_within_the_claim_idle_time_are_counted(
     ]
     assert live_consumers([now, *gone], 30_000) == 1
     assert live_consumers([now, *gone], 3_600_001) == 3
+
+
+async def test_a_scrape_of_a_refusing_store_logs_the_error_it_kept_failing_with(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "SCRAPE_TIMEOUT_SECONDS", 1.0)
+    dead = RedisEventStore(connect("redis://127.0.0.1:1"))  # retries for seconds, past 1 s
+    app = create_app(stack=dataclasses.replace(stack, store=dead))
+    try:
+        with capture_logs() as logs:
+            async with plain(app) as client:
+                samples = await scrape(client)
+    finally:
+        await dead.close()
+    assert of(samples, "stageline_state_up") == 0
+    [logged] = [e for e in logs if e["event"] == "metrics.state_unavailable"]
+    # it said "TimeoutError: ", as if the server had hung
+    assert logged["error"].startswith("ConnectionError: Error 111 connecting to 127.0.0.1:1.")
