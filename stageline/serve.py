@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -62,9 +64,43 @@ async def serve(
 
     Without ``then`` it runs until SIGINT/SIGTERM; with it, until ``then(api_url)`` returns.
     A Redis that does not answer yet is waited for (until a signal), not a reason to exit;
-    any other start-up failure is raised. If the embedded server it started exits, it
+    any other start-up failure is raised (a port the API cannot listen on, before anything
+    starts: ``Unavailable`` naming it). If the embedded server it started exits, it
     stops everything and raises ``Unavailable`` saying so, for a supervisor to restart it.
     """
+    # the API's port first: if it is taken, nothing was started that must be stopped
+    listening = _listen(*api) if api is not None else None
+    try:
+        await _serve(settings, worker, projector, api, listening, embedded, then)
+    finally:
+        if listening is not None:
+            listening.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` for the API (uvicorn listens on it), or
+    ``Unavailable`` saying why it cannot be (uvicorn exits the process, with a traceback)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise Unavailable(f"port {host}:{port} is already in use") from exc
+        raise Unavailable(f"the API cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+async def _serve(
+    settings: Settings,
+    worker: bool,
+    projector: bool,
+    api: tuple[str, int] | None,
+    listening: socket.socket | None,
+    embedded: bool,
+    then: Callable[[str | None], Coroutine[Any, Any, None]] | None,
+) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop)
     stack = await _until_reachable("stack", lambda: Stack.open(settings, embedded=embedded), stop)
@@ -90,7 +126,7 @@ async def serve(
             reactor = stack.ontology_reactor()
             tasks.append(asyncio.create_task(reactor.run(stop), name="ontology-reactor"))
         api_url = None
-        if api is not None:
+        if api is not None and listening is not None:
             from stageline.api.app import create_app
 
             host, port = api
@@ -110,10 +146,10 @@ async def serve(
             server = uvicorn.Server(config)
             # our handlers stop every service in order; uvicorn's own would replace them
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-            tasks.append(asyncio.create_task(server.serve(), name="api"))
+            tasks.append(asyncio.create_task(server.serve([listening]), name="api"))
             while not server.started:
                 if tasks[-1].done():
-                    await tasks[-1]  # raises why the API could not start (e.g. port in use)
+                    await tasks[-1]  # raises why the API could not start
                     raise RuntimeError("API server stopped during start-up")
                 await asyncio.sleep(0.02)
             api_url = f"http://{host}:{port}"

@@ -304,6 +304,30 @@ def test_a_request_outlasting_the_drain_is_answered_and_the_stop_is_clean(
     assert read.json()["error"]["message"] == "the server is stopping; retry"
 
 
+@pytest.mark.parametrize("command", ["up", "api"])
+def test_a_port_in_use_exits_1_with_one_line_saying_so(
+    data_dir: Path, redis_url: str, command: str
+) -> None:
+    env = env_for(data_dir)
+    if command == "api":
+        env["STAGELINE_REDIS_URL"] = redis_url
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "stageline", command, "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    # it exited 3 with uvicorn's SystemExit logged as a traceback (stageline.stop_failed)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"error: port 127.0.0.1:{port} is already in use\n"
+    assert not (data_dir / "redis.pid").exists()  # `up` started no server (or stopped it)
+
+
 def test_a_start_up_failure_that_is_not_redis_exits_at_once_saying_why(data_dir: Path) -> None:
     not_a_dir = data_dir / "file"
     not_a_dir.write_text("")
