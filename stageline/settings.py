@@ -174,7 +174,9 @@ class Settings(BaseSettings):
     def _known_level(cls, level: str) -> str:
         name = level.strip().upper()
         if name not in logging.getLevelNamesMapping():
-            raise ValueError(f"unknown log level {level!r}; use DEBUG, INFO, WARNING or ERROR")
+            raise ValueError(
+                f"unknown log level {level!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+            )
         return name
 
     @field_validator("redis_url", "broker_url")

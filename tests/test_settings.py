@@ -16,7 +16,9 @@ def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.workspace, settings.batch_size, settings.log_level) == ("default", 200, "INFO")
 
 
-@pytest.mark.parametrize(("given", "level"), [("debug", "DEBUG"), (" Warning ", "WARNING")])
+@pytest.mark.parametrize(
+    ("given", "level"), [("debug", "DEBUG"), (" Warning ", "WARNING"), ("critical", "CRITICAL")]
+)
 def test_a_log_level_is_any_case(monkeypatch: pytest.MonkeyPatch, given: str, level: str) -> None:
     monkeypatch.setenv("STAGELINE_LOG_LEVEL", given)
     assert Settings().log_level == level
@@ -24,8 +26,10 @@ def test_a_log_level_is_any_case(monkeypatch: pytest.MonkeyPatch, given: str, le
 
 def test_an_unknown_log_level_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STAGELINE_LOG_LEVEL", "verbose")
-    with pytest.raises(ValidationError, match="log_level"):
+    with pytest.raises(ValidationError, match="log_level") as refused:
         Settings()
+    # every level it takes, CRITICAL too
+    assert "use DEBUG, INFO, WARNING, ERROR or CRITICAL" in str(refused.value)
 
 
 @pytest.mark.parametrize(
