@@ -13,9 +13,9 @@ Each pass takes one page of a workspace's stale runs, oldest first, and the next
 pass the page after it, so runs that no nudge can move (a pipeline this process
 does not know, an invalid config) cannot hide newer ones: every stale run comes
 up within one pass per page of them, and no pass reads more than a page of
-runs. Those it could not move it lets be, without reading them again, until an
-event changes them; those it nudged that stay as they were it nudges again after
-one sweep, then two, four, up to 64.
+runs. Those it could not move, or must not (a run an import holds: ``held.py``), it
+lets be, without reading them again, until an event changes them; those it nudged
+that stay as they were it nudges again after one sweep, then two, four, up to 64.
 """
 
 from __future__ import annotations
@@ -145,12 +145,15 @@ class Reconciler:
         sweep = self._sweeps.setdefault(workspace, Sweep())
         page = await self.stale_runs(workspace, idle_since, self.limit, sweep.after)
         out: list[tuple[str, StageCommand]] = []
-        for run in page:
-            if sweep.skips(run):
-                continue
+        runs = [run for run in page if not sweep.skips(run)]
+        streams = [keys.run_stream(run_id) for run_id, _ in runs]
+        held = await self.store.held_streams(workspace, streams) if runs else {}
+        for run, stream in zip(runs, streams, strict=True):
             run_id = run[0]
-            state = fold_run(await self.store.read_stream(workspace, keys.run_stream(run_id)))
-            pipeline = await self.pipeline_of(workspace, state)
+            state = fold_run(await self.store.read_stream(workspace, stream))
+            # an imported run, as it was imported: its stages ran where it came from
+            unheld = held.get(stream) != state.version + 1
+            pipeline = await self.pipeline_of(workspace, state) if unheld else None
             command = nudge(workspace, run_id, state, pipeline) if pipeline else None
             if command is not None and pipeline is not None:
                 out.append((pipeline.stage(command.index).actor, command))

@@ -68,6 +68,13 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 """How long an append's ``Idempotency-Key`` stays bound to the request first sent with it."""
 
 
+def held_key(workspace: str) -> str:
+    """Hash of the workspace's held streams: ``<stream>`` -> the length it is held at (an
+    imported run, which nothing drives while it has no event past those it was imported
+    with)."""
+    return f"{PREFIX}:{{{workspace}}}:held"
+
+
 def idempotency_key(workspace: str, key: str) -> str:
     """The digest of the append request first sent with Idempotency-Key ``key``."""
     return f"{PREFIX}:{{{workspace}}}:idem:{key}"
@@ -104,8 +111,11 @@ INGEST_ACTOR = "@ingest"
 """The ``actor`` of the ingest channel's dead letters: no registered actor may take it."""
 
 
+RUN_STREAM_PREFIX = "run-"
+
+
 def run_stream(run_id: str) -> str:
-    return f"run-{run_id}"
+    return f"{RUN_STREAM_PREFIX}{run_id}"
 
 
 DEAD_LETTERS_STREAM = "dead-letters"

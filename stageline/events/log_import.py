@@ -134,6 +134,7 @@ def check_log(
     *,
     source: str = "log",
     types: EventRegistry = registry,
+    see: Callable[[RecordedEvent], None] | None = None,
 ) -> CheckedLog:
     """The events of a log (``read_lines``: numbered lines, or what reads them afresh each
     time it is called) if all of it can be imported; else ``InvalidArgument`` naming the
@@ -150,7 +151,8 @@ def check_log(
     the text JSON has of it.
 
     The log is read once here and kept as digests (``StreamDigest``), and once more by
-    ``import_log``.
+    ``import_log``. ``see`` is given each event found importable, in log order (what a
+    caller keeps of the log beside the digests).
     """
     again = lines if callable(lines) else lambda: lines
     streams: dict[str, StreamDigest] = {}
@@ -198,6 +200,8 @@ def check_log(
         ids.add(e.event_id.bytes)
         before = (e.position, line)
         count += 1
+        if see is not None:
+            see(e)
     return CheckedLog(source, workspace, streams, count, again, types)
 
 
@@ -379,6 +383,7 @@ async def import_log(
     *,
     progress: Callable[[int, int], None] | None = None,
     batch_events: int = BATCH_EVENTS,
+    hold: Mapping[str, int] | None = None,
 ) -> ImportResult:
     """Append to ``workspace`` the events of ``log`` it lacks, in log order, keeping their
     ids, versions and times; what it holds already is left as it is, so importing again
@@ -390,9 +395,13 @@ async def import_log(
     ``InvalidArgument`` if the log, read again, is not as ``check_log`` found it (what
     was imported by then stays).
     ``progress(done, total)`` is told of the events appended after each batch.
+    ``hold`` (streams, each with a length) is held (``EventStore.hold_streams``) once the
+    plan is made, before anything is appended, so no reader sees those streams unheld.
     """
     check_workspace(workspace)
     plan = plan_import(log, workspace, await _held(store, workspace, log.streams))
+    if hold:
+        await store.hold_streams(workspace, hold)
     total, done, kept = plan.missing, 0, plan.positions_kept
     batch: list[tuple[AppendRequest, list[int]]] = []
     size = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 from stageline.errors import ConcurrencyError, PartialRetry
@@ -18,6 +18,7 @@ class _Workspace:
         self.log: list[RecordedEvent] = []
         self.streams: dict[str, list[int]] = {}  # stream -> positions by version
         self.ids: dict[tuple[str, bytes], int] = {}  # (stream, event id) -> version
+        self.held: dict[str, int] = {}  # stream -> the length it is held at
 
 
 class MemoryEventStore:
@@ -196,6 +197,18 @@ class MemoryEventStore:
         if self._announced is None:  # those added from now on, tail announces
             self._announced = listed
         return sorted(listed)
+
+    async def hold_streams(self, workspace: str, lengths: Mapping[str, int]) -> None:
+        self._get(workspace).held.update(lengths)
+
+    async def release_streams(self, workspace: str, streams: Collection[str]) -> None:
+        held = self._get(workspace).held
+        for stream in streams:
+            held.pop(stream, None)
+
+    async def held_streams(self, workspace: str, streams: Collection[str]) -> dict[str, int]:
+        held = self._get(workspace).held
+        return {s: held[s] for s in streams if s in held}
 
     async def close(self) -> None:
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from importlib import resources
@@ -713,6 +713,22 @@ class RedisEventStore:
             keys=[key, keys.stream_key(workspace, stream)], args=[value, *fields]
         )
         return bool(done)
+
+    async def hold_streams(self, workspace: str, lengths: Mapping[str, int]) -> None:
+        if lengths:
+            fields: Any = dict(lengths)  # redis-py's mapping type takes no dict[str, int]
+            await self.client.hset(keys.held_key(workspace), mapping=fields)
+
+    async def release_streams(self, workspace: str, streams: Collection[str]) -> None:
+        if streams:
+            await self.client.hdel(keys.held_key(workspace), *streams)
+
+    async def held_streams(self, workspace: str, streams: Collection[str]) -> dict[str, int]:
+        names = list(streams)
+        if not names:
+            return {}
+        lengths: Any = await self.client.hmget(keys.held_key(workspace), names)
+        return {s: int(n) for s, n in zip(names, lengths, strict=True) if n is not None}
 
     async def head(self, workspace: str) -> int:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -147,6 +147,20 @@ class EventStore(Protocol):
 
     async def workspaces(self) -> list[str]:
         """Every workspace that has at least one event."""
+        ...
+
+    async def hold_streams(self, workspace: str, lengths: Mapping[str, int]) -> None:
+        """Hold each stream at a length: ``held_streams`` names it with that length from
+        now on (an imported run, not to be driven while it has only the events it was
+        imported with). Holding a stream again moves its hold."""
+        ...
+
+    async def release_streams(self, workspace: str, streams: Collection[str]) -> None:
+        """Let go of the holds of ``streams`` (those not held are left as they are)."""
+        ...
+
+    async def held_streams(self, workspace: str, streams: Collection[str]) -> dict[str, int]:
+        """Of ``streams``, those held, each with the length it is held at."""
         ...
 
     async def close(self) -> None: ...

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -14,8 +19,11 @@ from fastapi import FastAPI
 from test_cli_debug import TEXTS, export
 from typer.testing import CliRunner
 
+from stageline.actors.events import RunSubmitted, StageStarted
+from stageline.actors.pipeline import FLAKY
 from stageline.cli import app as cli_app
-from stageline.events import NewEvent, keys
+from stageline.events import NO_STREAM, NewEvent, keys, new_event
+from stageline.events.store import AppendRequest
 from stageline.stack import Stack
 
 
@@ -164,3 +172,77 @@ async def test_a_log_with_no_events_imports_nothing(redis_url: str, tmp_path: Pa
     result = await import_cli(redis_url, str(log))
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"nothing to import: {log} holds no events"
+
+
+async def in_flight(stack: Stack, workspace: str) -> str:
+    """A run of ``flaky`` as a log exported while its first stage ran holds it: submitted and
+    started an hour ago, no result."""
+    run_id = str(uuid.uuid4())
+    submitted = RunSubmitted(
+        pipeline="flaky", pipeline_version=1, stages=FLAKY.stage_names, input={"text": "charge"}
+    )
+    started = StageStarted(stage="normalize", index=0)
+    events = [new_event(submitted), new_event(started)]
+    then = datetime.now(UTC) - timedelta(hours=1)
+    stream = keys.run_stream(run_id)
+    [result] = await stack.store.append_batch(
+        [AppendRequest(workspace, stream, events, NO_STREAM, recorded_at=then)]
+    )
+    assert not isinstance(result, Exception), result
+    return run_id
+
+
+@asynccontextmanager
+async def connect(app: FastAPI, workspace: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"X-Workspace": workspace},
+    ) as client:
+        yield client
+
+
+async def nudged(stack: Stack, client: httpx.AsyncClient, run_id: str) -> int:
+    """How many runs the reconciler nudges in the client's workspace, once the view shows
+    ``run_id`` unfinished, with every unfinished run idle long enough."""
+    await until_status(client, run_id, "processing", min_position=await head(client))
+    workspace = client.headers["X-Workspace"]
+    return await stack.reconciler().pass_once(workspace, now=time.time() + 3600)
+
+
+async def test_an_imported_run_left_unfinished_is_not_driven_again_unless_resumed(
+    app: FastAPI, client: httpx.AsyncClient, stack: Stack, workspace: str, redis_url: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    run_id = await in_flight(stack, workspace)
+    log = tmp_path / "log.jsonl"
+    await export(app, workspace, log)
+    target = f"{workspace}-copy"
+
+    result = await import_cli(redis_url, str(log), "-w", target)
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        "left the log's 1 unfinished run undriven: no stage of theirs runs again here "
+        "(cancel or undo one to end it); import again with --resume to drive them"
+    )
+    async with connect(app, target) as copy:
+        assert await nudged(stack, copy, run_id) == 0  # its stage ran where it came from
+        # a run submitted after the import is driven as any
+        later = await in_flight(stack, target)
+        assert await nudged(stack, copy, later) == 1
+        # the user may end the imported one
+        cancelled = await copy.post(f"/v1/runs/{run_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+
+    # moving a workspace: its runs go on here (importing again lets go of the hold)
+    for into, imported in [(f"{workspace}-moved", 2), (target, 0)]:
+        result = await import_cli(redis_url, str(log), "-w", into, "--resume")
+        assert result.exit_code == 0, result.output
+        assert f"imported {imported} events into {into}" in result.stdout
+        assert result.stderr.strip().splitlines()[-1] == (
+            "resumed the log's 1 unfinished run: they are driven on here"
+        )
+    async with connect(app, f"{workspace}-moved") as moved_client:
+        assert await nudged(stack, moved_client, run_id) == 1
+        await until_status(moved_client, run_id, "completed", min_position=0)

@@ -872,6 +872,23 @@ class StoreContract:
         }
         assert all(e.workspace == ws for ws, events in got.items() for e in events)
 
+    # -- held streams -------------------------------------------------------------
+
+    async def test_held_streams_are_named_with_their_length_until_released(
+        self, store: EventStore, workspace: str
+    ) -> None:
+        assert await store.held_streams(workspace, ["run-a"]) == {}
+        await store.hold_streams(workspace, {"run-a": 2, "run-b": 1})
+        await store.hold_streams(workspace, {"run-b": 3})  # held again: the hold moves
+        assert await store.held_streams(workspace, ["run-a", "run-b", "run-c"]) == {
+            "run-a": 2,
+            "run-b": 3,
+        }
+        assert await store.held_streams(f"{workspace}-other", ["run-a"]) == {}
+        await store.release_streams(workspace, ["run-a", "run-c"])
+        assert await store.held_streams(workspace, ["run-a", "run-b"]) == {"run-b": 3}
+        assert await store.held_streams(workspace, []) == {}
+
     # -- fidelity ---------------------------------------------------------------
 
     async def test_envelope_and_data_round_trip(self, store: EventStore, workspace: str) -> None:
