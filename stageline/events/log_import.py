@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from stageline.errors import ConcurrencyError, Conflict, InvalidArgument, InvalidEvent
+from stageline.errors import ConcurrencyError, Conflict, InvalidArgument
 from stageline.events import codec
 from stageline.events.envelope import EventRegistry, NewEvent, RecordedEvent, registry
 from stageline.events.keys import check_stream, check_workspace
@@ -143,12 +143,13 @@ def check_log(
 
     A log can be imported when its events are of one workspace, in increasing
     positions, each stream's versions running on from 0 with no event id twice,
-    each with a type, a schema version from 1 (no newer than this server's, for a type
-    ``types`` knows), times with a timezone (``recorded_at`` to the millisecond, all
-    the log keeps) and data the store can hold. Data is taken as it is, but where the
-    payload class of its type and schema version holds it exactly: then it is appended
-    as that class, so a field the writer stored as a time is stored so again, not as
-    the text JSON has of it.
+    each with a type, a schema version from 1, times with a timezone (``recorded_at``
+    to the millisecond, all the log keeps) and data the store can hold; data of a type
+    ``types`` knows must fit its schema, as for an append over HTTP
+    (``EventRegistry.typed``: no newer schema version than this server's, no field the
+    schema lacks). Data is taken as it is, but where the payload class of its type and
+    schema version holds it exactly: then it is appended as that class, so a field the
+    writer stored as a time is stored so again, not as the text JSON has of it.
 
     The log is read once here and kept as digests (``StreamDigest``), and once more by
     ``import_log``. ``see`` is given each event found importable, in log order (what a
@@ -239,19 +240,11 @@ def _new_event(e: RecordedEvent, types: EventRegistry) -> NewEvent:
 
 
 def _typed(event: RecordedEvent, types: EventRegistry) -> Any:
-    """``event.data``, as its payload class when that holds it exactly (see ``check_log``)."""
-    cls = types.get(event.type)
-    # an older schema is history as it was written: no class holds it, readers upcast it
-    if cls is None or event.schema_version < cls.schema_version:
-        return event.data
-    if event.schema_version > cls.schema_version:
-        raise InvalidEvent(
-            f"{event.type} schema_version {event.schema_version} is newer than this "
-            f"server's {cls.schema_version}"
-        )
-    try:
-        typed = types.typed(event.type, event.schema_version, event.data)
-    except InvalidEvent:  # so it was written, so it stays
+    """``event.data``, as its payload class when that holds it exactly (see ``check_log``);
+    ``InvalidEvent`` for data of a known type that its schema refuses, as an append over
+    HTTP is refused (``EventRegistry.typed``): the projector's fold would refuse it too."""
+    typed = types.typed(event.type, event.schema_version, event.data)
+    if typed is event.data:  # an unknown type, or an older schema: history as it was written
         return event.data
     # defaults the data left out, or 1 taken for 1.0, would make the event another one
     return typed if _json.encode(typed) == _json.encode(event.data) else event.data

@@ -13,9 +13,11 @@ import msgspec
 import pytest
 from test_store_contract import ItemPacked, ParcelWeighed, ev
 
+from stageline.actors.events import RunSubmitted, StageFailed
 from stageline.errors import Conflict, InvalidArgument
 from stageline.events import NO_STREAM, AppendResult, EventStore, NewEvent, RecordedEvent
 from stageline.events import new_event as typed_event
+from stageline.events.envelope import EventRegistry
 from stageline.events.log_import import CheckedLog, check_log, import_log
 from stageline.events.logfile import iter_lines, read_lines
 from stageline.events.memory_store import MemoryEventStore
@@ -57,8 +59,19 @@ async def export(store: EventStore, workspace: str) -> list[bytes]:
     return out
 
 
+TYPES = EventRegistry()
+"""The event types these logs' readers know, with how to read the old schema of one."""
+for _known in (ItemPacked, ParcelWeighed, RunSubmitted, StageFailed):
+    TYPES.register(_known)
+
+
+@TYPES.upcaster(ParcelWeighed.topic, 1)
+def _kg_to_grams(data: dict[str, Any]) -> dict[str, Any]:
+    return {"grams": round(data["kg"] * 1000), "scale": "unknown"}
+
+
 def checked(lines: Sequence[bytes | str], source: str = "log.jsonl") -> CheckedLog:
-    return check_log(read_lines(lines, source=source, exact=True), source=source)
+    return check_log(read_lines(lines, source=source, exact=True), source=source, types=TYPES)
 
 
 def again(e: RecordedEvent, **changes: Any) -> NewEvent:
@@ -71,7 +84,7 @@ def again(e: RecordedEvent, **changes: Any) -> NewEvent:
 async def history(store: EventStore, workspace: str) -> list[RecordedEvent]:
     """A log of three interleaved streams written at a few times: a typed payload (a time
     and a uuid in it), an old schema, typed ones written as plain JSON (one without its
-    defaults, one that does not fit), plain events.
+    defaults), plain events.
 
     Log order: order-1 v0 v1, parcel-1 v0, order-1 v2, parcel-1 v1 v2 v3, order-2 v0,
     order-1 v3.
@@ -92,7 +105,7 @@ async def history(store: EventStore, workspace: str) -> list[RecordedEvent]:
         AppendRequest(workspace, "parcel-1", [
             NewEvent(type=ParcelWeighed.topic, schema_version=1, data={"kg": 1.25}),
             NewEvent(type=ItemPacked.topic, data=as_json, causation_id="k"),
-            NewEvent(type=ParcelWeighed.topic, schema_version=2, data={"grams": "heavy"}),
+            NewEvent(type=ParcelWeighed.topic, schema_version=2, data={"grams": 5, "scale": "s"}),
         ], 0, recorded_at=T0 + timedelta(seconds=3)),
         AppendRequest(workspace, "order-2", [ev(3)], NO_STREAM),  # the store's clock
         AppendRequest(workspace, "order-1", [ev(4)], 2),
@@ -279,6 +292,9 @@ BAD_LOGS: dict[str, tuple[list[str], int, str]] = {
     "a finer time": (_log(_set(1, recorded_at="2025-06-01T12:00:00.2501Z")), 2, "recorded_at 2025-06-01T12:00:00.250100+00:00 is finer than a millisecond"),
     "a newer schema": (_log(_set(1, type=ParcelWeighed.topic, schema_version=3)), 2, "contract-test.ParcelWeighed schema_version 3 is newer"),
     "data no store holds": (_log(_set(1, data={"n": 2**64})), 2, "event cannot be encoded"),
+    "data its schema refuses": (_log(_set(1, type="RunSubmitted", data={"pipeline": 5})), 2, "RunSubmitted: Expected `str`, got `int` - at `$.pipeline`"),
+    "a field of the wrong type": (_log(_set(2, type="StageFailed", data={"stage": "a", "index": 0, "attempt": "xx", "error_type": "E", "error": ""})), 3, "StageFailed: Expected `int`, got `str` - at `$.attempt`"),
+    "a field its schema has not": (_log(_set(1, type=ParcelWeighed.topic, schema_version=2, data={"grams": 1, "scale": "s", "kg": 1})), 2, "contract-test.ParcelWeighed: no field 'kg' in schema_version 2"),
 }  # fmt: skip
 
 
