@@ -19,6 +19,7 @@ from rich.tree import Tree
 from stageline.cli_http import console, print_json, print_table, progress_bar, say_error
 from stageline.errors import InvalidArgument
 from stageline.events import RecordedEvent
+from stageline.events.envelope import EventRegistry, registry
 from stageline.events.keys import run_stream
 from stageline.events.lineage import Lineage, links
 from stageline.events.lineage import lineage as event_lineage
@@ -64,10 +65,14 @@ def _rereadable(path: Path) -> Callable[[], Iterator[RecordedEvent]]:
 
 
 def _in_log_order(
-    path: Path, lines: BinaryIO, advance: Callable[[int], None]
+    path: Path,
+    lines: BinaryIO,
+    advance: Callable[[int], None],
+    types: EventRegistry | None = None,
 ) -> Iterator[RecordedEvent]:
     """The events of an exported log, read as they are needed; ``InvalidArgument`` naming the
-    line of one that is not an event or comes out of log order (``advance`` hears how far
+    line of one that is not an event or comes out of log order, or, given ``types``, whose
+    schema version of a type it knows is newer than this code's (``advance`` hears how far
     into the file reading got, every few thousand lines)."""
     last = 0
     for number, event in iter_lines(lines, source=str(path)):
@@ -76,6 +81,11 @@ def _in_log_order(
                 f"{path}, line {number}: position {event.position} after {last}; a log is "
                 "replayed in log order, as `stageline tail` writes it"
             )
+        if types is not None:
+            try:
+                types.check_version(event.type, event.schema_version)
+            except InvalidArgument as exc:  # its fold would read the data as what it is not
+                raise InvalidArgument(f"{path}, line {number}: {exc.message}") from None
         last = event.position
         if not number % PROGRESS_LINES:
             advance(lines.tell())
@@ -113,7 +123,7 @@ def replay(
         raise typer.Exit(2)
     try:
         with log.open("rb") as lines, _reading(log) as advance:
-            runs = runs_as_of(_in_log_order(log, lines, advance), until)
+            runs = runs_as_of(_in_log_order(log, lines, advance, registry), until)
     except InvalidArgument as exc:
         say_error(f"error: {exc}")
         raise typer.Exit(2) from exc

@@ -163,6 +163,17 @@ class EventRegistry:
             schema_version += 1
         return data
 
+    def check_version(self, topic: str, schema_version: int) -> None:
+        """``InvalidEvent`` if ``schema_version`` of a known topic is newer than this code's:
+        no upcaster reads it back, and its data may mean what this code cannot know."""
+        cls = self._types.get(topic)
+        if cls is not None and schema_version > cls.schema_version:
+            raise InvalidEvent(
+                f"{topic} schema_version {schema_version} is newer than this stageline's "
+                f"{cls.schema_version}",
+                type=topic,
+            )
+
     def typed(self, topic: str, schema_version: int, data: Any) -> Any:
         """``data`` to store for an event: as its payload class holds it, for a known topic
         at its current schema version (a time as a time, not the text JSON has of it), so
@@ -176,12 +187,7 @@ class EventRegistry:
         cls = self._types.get(topic)
         if cls is None:
             return data
-        if schema_version > cls.schema_version:
-            raise InvalidEvent(
-                f"{topic} schema_version {schema_version} is newer than this server's "
-                f"{cls.schema_version}",
-                type=topic,
-            )
+        self.check_version(topic, schema_version)
         try:
             payload = msgspec.convert(self.upcast(topic, schema_version, data), cls)
         except msgspec.ValidationError as exc:

@@ -249,6 +249,23 @@ async def test_replay_refuses_a_log_out_of_log_order_naming_the_line(tmp_path: P
     assert "Traceback" not in result.output
 
 
+async def test_replay_refuses_an_event_of_a_newer_schema_naming_the_line(tmp_path: Path) -> None:
+    log = tmp_path / "newer.jsonl"
+    newer = json.loads(logged(2, "run-x", 1, "RunCompleted", {}))
+    log.write_text(
+        logged(1, "run-x", 0, "RunSubmitted", SUBMITTED)
+        + "\n"
+        + json.dumps({**newer, "schema_version": 99})
+        + "\n"
+    )
+    result = await cli("replay", str(log))
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.strip() == (
+        f"error: {log}, line 2: RunCompleted schema_version 99 is newer than this stageline's 1"
+    )
+
+
 async def test_replay_until_a_position_reads_no_further(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
     # past --until the file is not even an event: replay must stop before reading it
