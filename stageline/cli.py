@@ -35,6 +35,7 @@ from stageline.cli_http import (
 )
 from stageline.cli_ontology import app as ontology_app
 from stageline.cli_pipelines import app as pipelines_app
+from stageline.client import path_segment
 from stageline.errors import StagelineError
 from stageline.logs import configure_logging
 from stageline.projections.registry import NAMES
@@ -238,13 +239,13 @@ def runs(
 @app.command()
 def undo(run_id: RunId, url: ApiUrl = DEFAULT_API, workspace: Workspace = None) -> None:
     """Undo a run: compensate every stage's effects (the original events stay)."""
-    print_json(call("POST", url, f"/v1/runs/{run_id}/undo", workspace))
+    print_json(call("POST", url, f"/v1/runs/{path_segment(run_id)}/undo", workspace))
 
 
 @app.command()
 def retry(run_id: RunId, url: ApiUrl = DEFAULT_API, workspace: Workspace = None) -> None:
     """Retry a failed run from the stage that failed."""
-    print_json(call("POST", url, f"/v1/runs/{run_id}/retry", workspace))
+    print_json(call("POST", url, f"/v1/runs/{path_segment(run_id)}/retry", workspace))
 
 
 @app.command()
@@ -252,7 +253,8 @@ def cancel(
     run_id: RunId, reason: Reason = "", url: ApiUrl = DEFAULT_API, workspace: Workspace = None
 ) -> None:
     """Cancel a run at its next stage boundary."""
-    print_json(call("POST", url, f"/v1/runs/{run_id}/cancel", workspace, json={"reason": reason}))
+    path = f"/v1/runs/{path_segment(run_id)}/cancel"
+    print_json(call("POST", url, path, workspace, json={"reason": reason}))
 
 
 @dlq_app.command("list")
@@ -279,7 +281,7 @@ def dlq_redrive(
     dead_letter: DeadLetterId, url: ApiUrl = DEFAULT_API, workspace: Workspace = None
 ) -> None:
     """Send a dead letter back to work (a failed run is retried)."""
-    print_json(call("POST", url, f"/v1/dlq/{dead_letter}/redrive", workspace))
+    print_json(call("POST", url, f"/v1/dlq/{path_segment(dead_letter)}/redrive", workspace))
 
 
 @dlq_app.command("discard")
@@ -291,7 +293,9 @@ def dlq_discard(
 ) -> None:
     """Close a dead letter without redriving it (recorded as an event)."""
     params = {"reason": reason} if reason else {}
-    print_json(call("DELETE", url, f"/v1/dlq/{dead_letter}", workspace, params=params))
+    print_json(
+        call("DELETE", url, f"/v1/dlq/{path_segment(dead_letter)}", workspace, params=params)
+    )
 
 
 @app.command()

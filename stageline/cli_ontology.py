@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import typer
 
@@ -21,6 +20,7 @@ from stageline.cli_http import (
     print_table,
     say_error,
 )
+from stageline.client import path_segment
 
 __all__ = ["app"]
 
@@ -141,7 +141,7 @@ def remove(
 ) -> None:
     """Remove a pattern; without --global, a global one is hidden from this workspace only."""
     params = {"global": "true"} if is_global else {}
-    path = f"/v1/ontology/patterns/{quote(pattern_id, safe='')}"
+    path = f"/v1/ontology/patterns/{path_segment(pattern_id)}"
     print_json(call("DELETE", url, path, workspace, params=params))
 
 

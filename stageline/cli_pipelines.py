@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import typer
 
@@ -20,6 +19,7 @@ from stageline.cli_http import (
     say_error,
     send,
 )
+from stageline.client import path_segment
 
 __all__ = ["app", "load_definition"]
 
@@ -32,7 +32,7 @@ Name = Annotated[str, typer.Argument(help="The pipeline's name.")]
 
 
 def _path(name: str) -> str:
-    return f"/v1/pipelines/{quote(name, safe='')}"
+    return f"/v1/pipelines/{path_segment(name)}"
 
 
 @app.command("list")

@@ -36,6 +36,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import PurePath
 from types import TracebackType
 from typing import Any, Literal, Self
+from urllib.parse import quote
 
 import httpx
 
@@ -53,6 +54,7 @@ __all__ = [
     "Unreachable",
     "VersionConflict",
     "next_delay",
+    "path_segment",
     "to_json",
 ]
 
@@ -138,6 +140,14 @@ def _text(value: Any) -> str:
     raise TypeError(f"a {type(value).__name__} cannot be sent as JSON: {value!r}"[:300])
 
 
+def path_segment(value: str) -> str:
+    """``value`` (an id or a name) as one segment of a URL path: every character but
+    letters, digits and ``_.-~`` percent-encoded, and ``.`` or ``..`` too, which a URL
+    would otherwise resolve, so it can only ever name the resource it is put in."""
+    segment = quote(value, safe="")
+    return segment.replace(".", "%2E") if segment in {".", ".."} else segment
+
+
 def to_json(value: Any) -> bytes:
     """``value`` as a request body: ``TypeError`` or ``ValueError`` for what JSON cannot hold."""
     try:
@@ -199,7 +209,7 @@ class _Client:
     ) -> dict[str, Any]:
         return {
             "method": "POST",
-            "url": f"/v1/streams/{stream}/events",
+            "url": f"/v1/streams/{path_segment(stream)}/events",
             "content": to_json({"expected_version": expected_version, "events": list(events)}),
             "headers": {**_JSON, "Idempotency-Key": idempotency_key or uuid.uuid4().hex},
         }
@@ -225,7 +235,7 @@ class _Client:
     @staticmethod
     def _run(run_id: str, min_position: int | None) -> dict[str, Any]:
         params = {"min_position": min_position} if min_position is not None else {}
-        return {"method": "GET", "url": f"/v1/runs/{run_id}", "params": params}
+        return {"method": "GET", "url": f"/v1/runs/{path_segment(run_id)}", "params": params}
 
 
 class Stageline(_Client):

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_helpers import served, submit
+from api_helpers import head, run_events, served, submit, submit_flaky
 from click.testing import Result
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from stageline.cli import app as cli_app
 from stageline.cli_http import load_document
+from stageline.client import path_segment
 
 
 async def cli(*argv: str, env: dict[str, str]) -> Result:
@@ -37,6 +38,39 @@ async def test_the_workspace_defaults_to_stageline_workspace(
     assert other.exit_code == 0 and run_id not in other.output, other.output
     # unset: no X-Workspace header, so the server's default workspace
     assert unset.exit_code == 0 and run_id not in unset.output, unset.output
+
+
+async def test_an_id_given_to_a_command_never_names_another_resource(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str
+) -> None:
+    run = (await submit_flaky(client, wait=20, permanent=True)).json()
+    assert run["status"] == "failed", run
+    [failed] = [e for e in await run_events(client, run["id"]) if e["type"] == "RunFailed"]
+    dead_letter = failed["data"]["dead_letter"]
+    env = {"STAGELINE_WORKSPACE": workspace}
+    async with served(app) as url:
+        for argv in [
+            ("undo", f"../dlq/{dead_letter}/redrive?x="),
+            ("retry", f"../dlq/{dead_letter}/redrive#"),
+            ("cancel", f"../dlq/{dead_letter}/redrive?x="),
+            ("dlq", "redrive", f"{dead_letter}/redrive?x=/.."),
+            ("dlq", "discard", f"{dead_letter}?x="),
+            ("undo", ".."),
+            ("pipelines", "show", ".."),
+        ]:
+            result = await cli(*argv, "--url", url, env=env)
+            assert result.exit_code == 1, (argv, result.output)
+            # the resource the command is for, not found (or, a pipeline, no valid name)
+            assert result.stderr.startswith(("404 NOT_FOUND", "400 INVALID_ARGUMENT")), argv
+    r = await client.get(f"/v1/dlq/{dead_letter}", params={"min_position": await head(client)})
+    assert r.json()["status"] == "open", r.text  # neither redriven nor discarded
+    assert (await client.get(f"/v1/runs/{run['id']}")).json()["status"] == "failed"
+
+
+def test_an_id_is_one_path_segment() -> None:
+    assert path_segment("../dlq/x/redrive?x=#") == "..%2Fdlq%2Fx%2Fredrive%3Fx%3D%23"
+    assert (path_segment(".."), path_segment("."), path_segment("a.b")) == ("%2E%2E", "%2E", "a.b")
+    assert path_segment("100%") == "100%25"
 
 
 RECURSIVE = "a: &a [*a]\n"

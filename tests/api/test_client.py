@@ -269,6 +269,13 @@ async def test_api_errors_are_raised_with_their_code_and_message(
         assert (missing.value.status, missing.value.code) == (404, "NOT_FOUND")
         assert "no-such-run" in missing.value.message
         assert missing.value.details["run_id"] == "no-such-run"
+        for run_id in ("../runs/stats", "..", "x?min_position=1"):  # one run's, whatever it is
+            with pytest.raises(ApiError) as missing:
+                await stageline.run(run_id)
+            assert missing.value.status in (400, 404), run_id  # not a run id, or no such run
+        with pytest.raises(ApiError) as elsewhere:  # a stream's name, not a route
+            await stageline.append("../runs", [{"type": "A", "data": {}}])
+        assert (elsewhere.value.status, elsewhere.value.code) == (404, "NOT_FOUND")
         with pytest.raises(ApiError) as invalid:
             await stageline.append("run-x", [{"type": "StageStarted", "data": {"index": 0}}])
         assert (invalid.value.status, invalid.value.code) == (400, "INVALID_ARGUMENT")
