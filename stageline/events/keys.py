@@ -30,11 +30,18 @@ _STREAM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@=+-]{0,199}$")
 
 def check_workspace(workspace: str, *, internal: bool = False) -> str:
     """``workspace`` if it is a valid name; ``internal`` also lets ``GLOBAL_WORKSPACE`` pass."""
-    if internal and workspace == GLOBAL_WORKSPACE:
-        return workspace
+    if workspace == GLOBAL_WORKSPACE:
+        if internal:
+            return workspace
+        raise InvalidArgument(
+            f"workspace {GLOBAL_WORKSPACE!r} is reserved: global patterns live there, and "
+            "only the ontology writes it",
+            workspace=workspace,
+        )
     if not _WORKSPACE.fullmatch(workspace):  # match() lets a trailing "\n" through
         raise InvalidArgument(
-            "workspace must be 1-64 characters of letters, digits, '_', '.', '-'",
+            "workspace must be 1-64 characters of letters, digits, '_', '.', '-', "
+            "starting with a letter or digit",
             workspace=workspace,
         )
     return workspace

@@ -246,3 +246,16 @@ async def test_an_imported_run_left_unfinished_is_not_driven_again_unless_resume
     async with connect(app, f"{workspace}-moved") as moved_client:
         assert await nudged(stack, moved_client, run_id) == 1
         await until_status(moved_client, run_id, "completed", min_position=0)
+
+
+async def test_importing_into_the_reserved_workspace_says_it_is_reserved(
+    app: FastAPI, stack: Stack, workspace: str, redis_url: str, tmp_path: Path
+) -> None:
+    await in_flight(stack, workspace)
+    log = tmp_path / "log.jsonl"
+    await export(app, workspace, log)
+    result = await import_cli(redis_url, str(log), "-w", keys.GLOBAL_WORKSPACE)
+    assert result.exit_code == 1, result.output
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith("error: workspace '_global' is reserved")
+    )

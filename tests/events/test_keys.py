@@ -39,3 +39,11 @@ def test_control_characters_never_pass(name: str) -> None:
 def test_valid_names_are_returned_unchanged() -> None:
     assert keys.check_workspace("acme.prod-1") == "acme.prod-1"
     assert keys.check_stream("run-01H:x@y=z+1") == "run-01H:x@y=z+1"
+
+
+def test_the_reserved_workspace_is_refused_as_reserved() -> None:
+    with pytest.raises(InvalidArgument, match=r"^workspace '_global' is reserved"):
+        keys.check_workspace(keys.GLOBAL_WORKSPACE)
+    assert keys.check_workspace(keys.GLOBAL_WORKSPACE, internal=True) == keys.GLOBAL_WORKSPACE
+    with pytest.raises(InvalidArgument, match="starting with a letter or digit"):
+        keys.check_workspace("_other")
