@@ -19,11 +19,12 @@ from rich.progress import (
 )
 
 from stageline import cli_debug, cli_import
-from stageline.cli_feed import follow_log
+from stageline.cli_feed import answer_after, follow_log
 from stageline.cli_http import (
     DEFAULT_API,
     ApiUrl,
     Workspace,
+    answer,
     api_answers,
     call,
     console,
@@ -32,6 +33,7 @@ from stageline.cli_http import (
     print_table,
     progress_bar,
     say_error,
+    send,
 )
 from stageline.cli_ontology import app as ontology_app
 from stageline.cli_pipelines import app as pipelines_app
@@ -317,8 +319,10 @@ def tail(
     if follow:  # the live feed: resumes by itself when the connection drops
         follow_log(url, workspace, after, sys.stdout)
         return
+    given = after
     while True:
-        reply = call("GET", url, "/v1/log", workspace, params={"after": after, "limit": 1000})
+        page = send("GET", url, "/v1/log", workspace, params={"after": after, "limit": 1000})
+        reply = answer_after(page, given) if after == given else answer(page)
         for event in reply["events"]:
             sys.stdout.write(json.dumps(event) + "\n")
         sys.stdout.flush()

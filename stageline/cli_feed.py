@@ -14,12 +14,12 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 import typer
 
-from stageline.cli_http import answer, unreachable
+from stageline.cli_http import answer, say_error, unreachable
 
 __all__ = [
     "FIRST_RECONNECT_DELAY",
@@ -27,6 +27,7 @@ __all__ = [
     "RECONNECT_GIVE_UP_SECONDS",
     "Message",
     "SseParser",
+    "answer_after",
     "follow_log",
     "reconnect_delay",
 ]
@@ -122,6 +123,23 @@ def reconnect_delay(failures: int, failing_for: float) -> float | None:
     return min(backoff, MAX_RECONNECT_DELAY, RECONNECT_GIVE_UP_SECONDS - failing_for)
 
 
+def answer_after(reply: httpx.Response, after: int) -> Any:
+    """The JSON of ``reply``, as ``answer`` gives it; but an ``after`` past the log's head
+    is told as the ``--after`` the user gave, not as the request's parameter or header."""
+    if reply.status_code == 400:
+        try:
+            error = reply.json()["error"]
+            head = error["details"]["head"]
+        except (ValueError, KeyError, TypeError):
+            return answer(reply)
+        say_error(
+            f"{reply.status_code} {error['code']}: --after {after} is past the workspace "
+            f"log's head ({head})"
+        )
+        raise typer.Exit(1)
+    return answer(reply)
+
+
 def follow_log(url: str, workspace: str | None, after: int, out: TextIO) -> None:
     """Write the log's events past ``after`` to ``out`` as they land, one JSON line each.
 
@@ -138,17 +156,21 @@ def follow_log(url: str, workspace: str | None, after: int, out: TextIO) -> None
         while True:
             lost: httpx.Response | httpx.HTTPError | None = None
             try:
+                # resumed from the last id received; until one is, from --after
+                resume = {"Last-Event-ID": parser.last_id} if parser.last_id != str(after) else {}
                 with httpx.stream(
                     "GET",
                     url.rstrip("/") + "/v1/log/feed",
                     params={"after": after},
-                    headers={**headers, "Last-Event-ID": parser.last_id},
+                    headers={**headers, **resume},
                     timeout=timeout,
                 ) as reply:
                     if reply.status_code >= 400:
                         reply.read()
-                        if reply.status_code < 500:  # asking again would get the same answer
+                        if reply.status_code < 500 and resume:  # asking again: the same
                             answer(reply)
+                        if reply.status_code < 500:
+                            answer_after(reply, after)
                         lost = reply
                     else:
                         failures = 0

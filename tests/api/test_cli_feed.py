@@ -160,3 +160,16 @@ async def test_tail_follow_refused_by_the_api_says_why_at_once(
     assert result.exit_code == 1 and result.stdout == ""
     [error] = result.stderr.splitlines()
     assert error.startswith("400 INVALID_ARGUMENT: after:"), result.stderr
+
+
+@pytest.mark.parametrize("follow", [["--follow"], []], ids=["follow", "plain"])
+async def test_tail_after_past_the_head_names_the_after_option(
+    app: FastAPI, stack: Stack, workspace: str, follow: list[str]
+) -> None:
+    await append(stack, workspace, 3)
+    async with served(app) as url:
+        result = await cli("tail", *follow, "--after", "200", "--url", url, "-w", workspace)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "400 INVALID_ARGUMENT: --after 200 is past the workspace log's head (3)"
+    ]
