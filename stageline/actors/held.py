@@ -4,8 +4,8 @@ A log exported while runs were in flight holds their ``StageStarted`` without a 
 Imported elsewhere, those attempts look lost (their times are the log's), and the
 reconciler would run their stages again: a stage's side effects (a charge) twice. So
 ``stageline import`` holds each such run at the length it was imported with
-(``EventStore.hold_streams``), and the reconciler lets a held run be while it has no
-event past those. A user may still end one (cancel, undo): an operation appends an
+(``EventStore.hold_streams``) before appending any of it, and the reconciler lets a
+held run be while it has no event past those (part-way through the import too). A user may still end one (cancel, undo): an operation appends an
 event, after which the run is as any other. ``import --resume`` holds none, and lets
 go of an earlier import's holds of the log's runs (a workspace moved to a new server
 goes on there).

@@ -151,8 +151,8 @@ class Reconciler:
         for run, stream in zip(runs, streams, strict=True):
             run_id = run[0]
             state = fold_run(await self.store.read_stream(workspace, stream))
-            # an imported run, as it was imported: its stages ran where it came from
-            unheld = held.get(stream) != state.version + 1
+            # an imported run, as imported (or part-way): its stages ran where it came from
+            unheld = state.version + 1 > held.get(stream, -1)
             pipeline = await self.pipeline_of(workspace, state) if unheld else None
             command = nudge(workspace, run_id, state, pipeline) if pipeline else None
             if command is not None and pipeline is not None:

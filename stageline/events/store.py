@@ -151,8 +151,9 @@ class EventStore(Protocol):
 
     async def hold_streams(self, workspace: str, lengths: Mapping[str, int]) -> None:
         """Hold each stream at a length: ``held_streams`` names it with that length from
-        now on (an imported run, not to be driven while it has only the events it was
-        imported with). Holding a stream again moves its hold."""
+        now on (an imported run, not to be driven while it has no more events than it was
+        imported with, so not part-way through the import either). Holding a stream
+        again moves its hold."""
         ...
 
     async def release_streams(self, workspace: str, streams: Collection[str]) -> None:

@@ -15,7 +15,7 @@ from actor_helpers import idle, transitions, wait_terminal
 from stageline.actors.builtin import default_actors
 from stageline.actors.channels import CommandBus
 from stageline.actors.decide import RunState, fold_run
-from stageline.actors.events import RunFailed, RunRetried, RunSubmitted
+from stageline.actors.events import RunFailed, RunRetried, RunSubmitted, StageStarted
 from stageline.actors.pipeline import MEMORY_INGEST, Pipeline, PipelineCatalog
 from stageline.actors.reconcile import Reconciler, Sweep, nudge
 from stageline.actors.worker import Worker, WorkerConfig
@@ -171,15 +171,21 @@ async def test_a_run_an_import_holds_is_let_be_until_an_event_is_appended_to_it(
 ) -> None:
     run_id, reconciler = await submitted_only(redis_store, bus, workspace, "imported")
     stream = keys.run_stream(run_id)
-    await redis_store.hold_streams(workspace, {stream: 1})  # held as it was imported
+    await redis_store.hold_streams(workspace, {stream: 2})  # an import has appended 1 of 2
     assert await reconciler.pass_once(workspace) == 0
+
+    def afresh() -> Reconciler:  # one that has not let the run be already
+        return Reconciler(redis_store, bus, reconciler.stale_runs, pipeline_of, idle_seconds=0)
+
+    started = StageStarted(stage="normalize", index=0)
+    await redis_store.append(workspace, stream, [new_event(started)], 0)  # the import's 2nd
+    assert await afresh().pass_once(workspace) == 0
 
     # a user's operation appended to it (it failed, and was retried): driven again
     failed = RunFailed(stage="normalize", error_type="E", error="x", dead_letter="d")
     retried = RunRetried(stage="normalize", index=0, attempt=2)
-    await redis_store.append(workspace, stream, [new_event(failed), new_event(retried)], 0)
-    again = Reconciler(redis_store, bus, reconciler.stale_runs, pipeline_of, idle_seconds=0)
-    assert await again.pass_once(workspace) == 1
+    await redis_store.append(workspace, stream, [new_event(failed), new_event(retried)], 1)
+    assert await afresh().pass_once(workspace) == 1
 
     # import --resume lets go of the hold
     run_id, reconciler = await submitted_only(redis_store, bus, workspace, "moved")
