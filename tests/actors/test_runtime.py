@@ -24,7 +24,7 @@ from stageline.actors.stage import ActorRegistry, StageContext, StageResult
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig, claim_poll_ms
 from stageline.events import keys
-from stageline.events.envelope import ANY, NewEvent, new_event, uuid4
+from stageline.events.envelope import ANY, NewEvent, RecordedEvent, new_event, uuid4
 from stageline.events.redis_store import RedisEventStore
 from stageline.events.store import AppendRequest, AppendResult
 
@@ -288,21 +288,24 @@ async def test_a_command_no_pipeline_here_runs_is_dead_lettered_once(
     ]
 
 
-async def test_plain_function_returning_an_awaitable_runs_under_the_stage_timeout(
-    redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis, workspace: str
-) -> None:
+async def one_stage_timing_out(
+    redis_store: RedisEventStore,
+    redis_url: str,
+    broker: aioredis.Redis,
+    workspace: str,
+    stage: Any,
+    **register: Any,
+) -> list[RecordedEvent]:
+    """A run of one stage of ``stage`` with a timeout of 0.1 s, its command handled once
+    by a worker's runtime: the run's events."""
     actors = ActorRegistry()
-
-    def lazy(item: dict[str, Any], ctx: StageContext) -> Any:
-        return asyncio.sleep(5, result=StageResult())
-
-    actor = f"lazy-{uuid.uuid4().hex[:8]}"
-    actors.register(actor, lazy, mark_start=True)
-    pipeline = Pipeline(name=f"lazy-{uuid.uuid4().hex[:8]}", stages=(
-        StageSpec(name="lazy", actor=actor, timeout_seconds=0.1),
+    actor = f"{stage.__name__}-{uuid.uuid4().hex[:8]}"
+    actors.register(actor, stage, **register)
+    pipeline = Pipeline(name=actor, stages=(
+        StageSpec(name=stage.__name__, actor=actor, timeout_seconds=0.1),
     ))  # fmt: skip
     catalog = PipelineCatalog([pipeline])
-    worker = Worker(redis_store, redis_url, catalog, actors, WorkerConfig(consumer="lazy"))
+    worker = Worker(redis_store, redis_url, catalog, actors, WorkerConfig(consumer=actor))
     try:
         run = await Submitter(redis_store, catalog, CommandBus(broker)).submit(
             workspace, pipeline.name, {}
@@ -311,13 +314,24 @@ async def test_plain_function_returning_an_awaitable_runs_under_the_stage_timeou
             workspace=workspace, run_id=run.run_id, pipeline=pipeline.name, pipeline_version=1,
             index=0, version=0, item={},
         )  # fmt: skip
-        await asyncio.wait_for(worker.runtime.handle(actor, [command]), 3)
-        events = await redis_store.read_stream(workspace, keys.run_stream(run.run_id))
-        failed = [e for e in events if e.type == "StageFailed"]
-        assert failed and "exceeded its timeout" in failed[0].data["error"]
+        await asyncio.wait_for(worker.runtime.handle(actor, [command]), 5)
+        return await redis_store.read_stream(workspace, keys.run_stream(run.run_id))
     finally:
         await broker.delete(keys.stage_channel(actor))
         await worker.client.aclose()
+
+
+async def test_plain_function_returning_an_awaitable_runs_under_the_stage_timeout(
+    redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis, workspace: str
+) -> None:
+    def lazy(item: dict[str, Any], ctx: StageContext) -> Any:
+        return asyncio.sleep(5, result=StageResult())
+
+    events = await one_stage_timing_out(
+        redis_store, redis_url, broker, workspace, lazy, mark_start=True
+    )
+    failed = [e for e in events if e.type == "StageFailed"]
+    assert failed and "exceeded its timeout" in failed[0].data["error"]
 
 
 async def test_a_slow_attempt_does_not_hold_back_its_batch_nor_take_it_along_when_stopped(
@@ -394,34 +408,16 @@ async def swallows_cancellation(item: dict[str, Any], ctx: StageContext) -> Stag
 async def test_a_stage_that_swallows_its_timeout_fails_by_timing_out(
     redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis, workspace: str
 ) -> None:
-    actors = ActorRegistry()
-    actor = f"swallows-{uuid.uuid4().hex[:8]}"
-    actors.register(actor, swallows_cancellation)
-    pipeline = Pipeline(name=actor, stages=(
-        StageSpec(name="swallows", actor=actor, timeout_seconds=0.1),
-    ))  # fmt: skip
-    catalog = PipelineCatalog([pipeline])
-    worker = Worker(redis_store, redis_url, catalog, actors, WorkerConfig(consumer=actor))
-    try:
-        run = await Submitter(redis_store, catalog, CommandBus(broker)).submit(
-            workspace, pipeline.name, {}
-        )
-        command = StageCommand(
-            workspace=workspace, run_id=run.run_id, pipeline=pipeline.name, pipeline_version=1,
-            index=0, version=0, item={},
-        )  # fmt: skip
-        await asyncio.wait_for(worker.runtime.handle(actor, [command]), 5)
-        events = await redis_store.read_stream(workspace, keys.run_stream(run.run_id))
-        # failed as a stage that let the cancellation through does, not completed
-        assert [e.type for e in events] == [
-            "RunSubmitted", "StageStarted", "StageFailed", "RunFailed",
-        ]  # fmt: skip
-        failed = events[2].data
-        assert failed["error_type"] == "TimeoutError"
-        assert "exceeded its timeout of 0.1s" in failed["error"]
-    finally:
-        await broker.delete(keys.stage_channel(actor))
-        await worker.client.aclose()
+    events = await one_stage_timing_out(
+        redis_store, redis_url, broker, workspace, swallows_cancellation
+    )
+    # failed as a stage that let the cancellation through does, not completed
+    assert [e.type for e in events] == [
+        "RunSubmitted", "StageStarted", "StageFailed", "RunFailed",
+    ]  # fmt: skip
+    failed = events[2].data
+    assert failed["error_type"] == "TimeoutError"
+    assert "exceeded its timeout of 0.1s" in failed["error"]
 
 
 async def test_a_stage_that_swallows_its_batch_being_stopped_leaves_no_result() -> None:
