@@ -33,16 +33,21 @@ async def test_readyz_checks_store_broker_and_views(client: httpx.AsyncClient) -
     assert all(check["ok"] and check["ms"] >= 0 for check in body["checks"].values())
 
 
-async def test_readyz_is_503_naming_the_dependency_that_failed(stack: Stack) -> None:
-    dead = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+async def readyz_with_broker(stack: Stack, dead: aioredis.Redis) -> httpx.Response:
+    """``GET /readyz`` of an app whose broker client is ``dead`` (closed afterwards)."""
     app = create_app(stack=dataclasses.replace(stack, broker_client=dead))
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://t"
         ) as c:
-            r = await c.get("/readyz")
+            return await c.get("/readyz")
     finally:
         await dead.aclose()
+
+
+async def test_readyz_is_503_naming_the_dependency_that_failed(stack: Stack) -> None:
+    dead = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    r = await readyz_with_broker(stack, dead)
     error = assert_error(r, 503, "UNAVAILABLE")
     checks = error["details"]["checks"]
     assert checks["broker"]["ok"] is False and checks["broker"]["error"]
@@ -53,14 +58,7 @@ async def test_readyz_is_503_naming_the_dependency_that_failed(stack: Stack) -> 
 async def test_readyz_names_the_error_a_dependency_kept_failing_with(stack: Stack) -> None:
     # stageline's own client: it retries a refused connection for seconds, past the check
     dead = connect("redis://127.0.0.1:1")
-    app = create_app(stack=dataclasses.replace(stack, broker_client=dead))
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://t"
-        ) as c:
-            r = await c.get("/readyz")
-    finally:
-        await dead.aclose()
+    r = await readyz_with_broker(stack, dead)
     broker = assert_error(r, 503, "UNAVAILABLE")["details"]["checks"]["broker"]
     # it said "timed out", as if the server had hung
     assert broker["error"].startswith("ConnectionError: Error 111 connecting to 127.0.0.1:1."), (
