@@ -80,7 +80,10 @@ async def serve(
 def _listen(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` for the API (uvicorn listens on it), or
     ``Unavailable`` saying why it cannot be (uvicorn exits the process, with a traceback)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets that say so, and
+    # without it a keep-alive client waits ~40 ms (delayed ACK) for every second response
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own
         sock.bind((host, port))

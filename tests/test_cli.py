@@ -30,6 +30,7 @@ from stageline.events import new_event
 from stageline.events.redis_store import RedisEventStore
 from stageline.projections import NAMES, FalkorDBViews
 from stageline.projections.projector import RebuildResult
+from stageline.serve import _listen
 
 
 def free_port() -> int:
@@ -326,6 +327,24 @@ def test_a_port_in_use_exits_1_with_one_line_saying_so(
     assert result.returncode == 1, result.stderr
     assert result.stderr == f"error: port 127.0.0.1:{port} is already in use\n"
     assert not (data_dir / "redis.pid").exists()  # `up` started no server (or stopped it)
+
+
+async def test_the_apis_connections_send_responses_without_waiting_for_acks() -> None:
+    # the API's own listening socket (bound before start-up) lost asyncio's TCP_NODELAY: a
+    # keep-alive client then waited ~40 ms (delayed ACK) per response, 165 req/s at most
+    listening = _listen("127.0.0.1", 0)
+    nodelay: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    class Accepted(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            nodelay.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    server = await asyncio.get_running_loop().create_server(Accepted, sock=listening)
+    async with server:
+        _, writer = await asyncio.open_connection(*listening.getsockname())
+        assert await asyncio.wait_for(nodelay, 5) != 0
+        writer.close()
 
 
 def test_a_start_up_failure_that_is_not_redis_exits_at_once_saying_why(data_dir: Path) -> None:
