@@ -145,6 +145,11 @@ async def submit_run(
     return json_response({**accepted, "run": run}, 202, location)
 
 
+PipelineFilter = Annotated[
+    str | None, Query(min_length=1, max_length=100, description="Only runs of this pipeline.")
+]
+
+
 @router.get(
     "", response_model=None, responses={200: {"model": RunList}, **error_responses(400, 503)}
 )
@@ -153,9 +158,7 @@ async def list_runs(
     settings: SettingsDep,
     workspace: Workspace,
     status: Annotated[RunStatus | None, Query(description="Only runs with this status.")] = None,
-    pipeline: Annotated[
-        str | None, Query(min_length=1, max_length=100, description="Only runs of this pipeline.")
-    ] = None,
+    pipeline: PipelineFilter = None,
     limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
     cursor: Annotated[
         str | None,
@@ -182,13 +185,18 @@ async def list_runs(
     "/stats", response_model=None, responses={200: {"model": RunStats}, **error_responses(400, 503)}
 )
 async def run_stats(
-    stack: StackDep, settings: SettingsDep, workspace: Workspace, min_position: MinPosition = None
+    stack: StackDep,
+    settings: SettingsDep,
+    workspace: Workspace,
+    pipeline: PipelineFilter = None,
+    min_position: MinPosition = None,
 ) -> Response:
-    """Run counts by status, their total, and per stage the p50/p95 of completed durations."""
+    """Run counts by status, their total, and per stage the p50/p95 of completed durations
+    (stages of different pipelines that share a name together, unless `pipeline` is given)."""
     views = await views_at(
         stack, workspace, min_position, settings.read_wait_seconds, projection=RUN_STATUS.name
     )
-    return json_response(await views.stats(workspace))
+    return json_response(await views.stats(workspace, pipeline))
 
 
 @router.get(

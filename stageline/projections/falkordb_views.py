@@ -63,6 +63,8 @@ READ_TIMEOUT_SECONDS = SOCKET_TIMEOUT_SECONDS
 a server that takes a query and does not answer (stopped, hung) makes it fail (a 503 in
 the API), not hang. Writes are not bounded so: a rebuild's batch, or dropping a large
 view, may take longer, and a client-side timeout would only have them sent again."""
+_DURATIONS_KEPT = 256
+"""Stats reads remembered (a workspace and pipeline each), at their checkpoint."""
 
 
 def connect(url: str) -> FalkorDB:
@@ -152,7 +154,9 @@ class FalkorDBViews:
         self._ready: set[tuple[str, str]] = set()
         self._checked: set[tuple[str, str]] = set()
         """(workspace, projection) pairs checked for a view in an outdated shape."""
-        self._durations: dict[str, tuple[int, asyncio.Future[list[list[Any]]]]] = {}
+        self._durations: dict[
+            tuple[str, str | None], tuple[int, asyncio.Future[list[list[Any]]]]
+        ] = {}
         """Per workspace: the run-status checkpoint and the stage durations read at it."""
         self._graphs: dict[str, AsyncGraph] = {}
         self.notices = Notices(db.connection, self.checkpoint)
@@ -383,24 +387,30 @@ class FalkorDBViews:
         more = len(rows) > limit
         return runs, (str(runs[-1]["seq"]) if more else None)
 
-    async def run_counts(self, workspace: str) -> dict[str, int]:
-        """Runs by status (every status, 0 for none): one node's read, however many runs."""
-        rows = await self._read(workspace, qr.COUNTS)
-        stored = rows[0][0] if rows else {}
+    async def run_counts(self, workspace: str, pipeline: str | None = None) -> dict[str, int]:
+        """Runs by status (every status, 0 for none): one node's read, however many runs;
+        ``pipeline``'s runs only if given (a scan of its runs)."""
+        if pipeline is None:
+            rows = await self._read(workspace, qr.COUNTS)
+            stored = rows[0][0] if rows else {}
+        else:
+            params = {"pipeline": pipeline}
+            stored = dict(await self._read(workspace, qr.COUNTS_OF_PIPELINE, params))
         return {status.value: int(stored.get(status.value, 0)) for status in RunStatus}
 
-    async def stats(self, workspace: str) -> dict[str, Any]:
-        """Run counts by status, their total, and per stage name the completed durations."""
-        counts = await self.run_counts(workspace)
+    async def stats(self, workspace: str, pipeline: str | None = None) -> dict[str, Any]:
+        """Run counts by status, their total, and per stage name the completed durations;
+        of ``pipeline``'s runs only if given (stages of other pipelines may share names)."""
+        counts = await self.run_counts(workspace, pipeline)
         stages = {
             # a stage whose only durations are null (non-finite, stored as null by older
             # versions) has no percentile: 0, as for a stage with none
             name: {"count": int(n), "p50_ms": float(p50 or 0.0), "p95_ms": float(p95 or 0.0)}
-            for name, n, p50, p95 in await self._stage_durations(workspace)
+            for name, n, p50, p95 in await self._stage_durations(workspace, pipeline)
         }
         return {"counts": counts, "total": sum(counts.values()), "stages": stages}
 
-    async def _stage_durations(self, workspace: str) -> list[list[Any]]:
+    async def _stage_durations(self, workspace: str, pipeline: str | None) -> list[list[Any]]:
         """The per-stage duration percentiles, read once per run-status checkpoint.
 
         The query scans every completed stage (tens of ms at 10k runs): calls
@@ -410,16 +420,21 @@ class FalkorDBViews:
         says, which is all ``min_position`` asks for.
         """
         position = await self.checkpoint(workspace)
-        memo = self._durations.get(workspace)
+        key = (workspace, pipeline)
+        memo = self._durations.get(key)
         if memo is None or memo[0] != position:
-            read = asyncio.ensure_future(self._read(workspace, qr.DURATIONS))
+            if len(self._durations) >= _DURATIONS_KEPT:  # a pipeline per request: bounded
+                self._durations.clear()
+            params = None if pipeline is None else {"pipeline": pipeline}
+            query = qr.durations(pipeline=params is not None)
+            read = asyncio.ensure_future(self._read(workspace, query, params))
             read.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen if unawaited
-            memo = self._durations[workspace] = (position, read)
+            memo = self._durations[key] = (position, read)
         try:
             return await asyncio.shield(memo[1])
         except Exception:
-            if self._durations.get(workspace) is memo:  # the next call reads again
-                del self._durations[workspace]
+            if self._durations.get(key) is memo:  # the next call reads again
+                del self._durations[key]
             raise
 
     # -- reads: dead letters and entities -----------------------------------------

@@ -381,3 +381,35 @@ async def test_a_run_recorded_while_the_broker_is_down_is_accepted_and_handed_on
             client, accepted["run_id"], "completed", min_position=accepted["position"]
         )
     assert [s["status"] for s in run["stages"]] == ["completed"] * len(STAGES)
+
+
+async def test_stats_of_one_pipeline_leave_out_other_pipelines_stages_of_the_same_name(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    for pipeline, duration, ended in (("etl", 500.0, True), ("ingest", 2.0, False)):
+        events = [
+            ("RunSubmitted", {"pipeline": pipeline, "pipeline_version": 1, "stages": ["extract"]}),
+            ("StageStarted", {"stage": "extract", "index": 0, "attempt": 1}),
+            ("StageCompleted", {"stage": "extract", "index": 0, "duration_ms": duration}),
+        ]
+        if ended:
+            events.append(("RunCompleted", {}))
+        result = await stack.store.append(
+            workspace, f"run-{pipeline}", [NewEvent(type=t, data=data) for t, data in events]
+        )
+    at = {"min_position": result.positions[-1]}
+    merged = (await client.get("/v1/runs/stats", params=at)).json()
+    assert merged["stages"]["extract"]["count"] == 2 and merged["total"] == 2
+
+    etl = (await client.get("/v1/runs/stats", params={**at, "pipeline": "etl"})).json()
+    assert etl["stages"] == {"extract": {"count": 1, "p50_ms": 500.0, "p95_ms": 500.0}}
+    assert etl["total"] == 1 and etl["counts"]["completed"] == 1
+    ingest = (await client.get("/v1/runs/stats", params={**at, "pipeline": "ingest"})).json()
+    assert ingest["stages"]["extract"]["p95_ms"] == 2.0
+    assert ingest["total"] == 1 and ingest["counts"]["processing"] == 1
+    none = (await client.get("/v1/runs/stats", params={**at, "pipeline": "nope"})).json()
+    assert (
+        none["stages"] == {} and none["total"] == 0 and set(none["counts"]) == set(merged["counts"])
+    )
+    r = await client.get("/v1/runs/stats", params={"pipeline": ""})
+    assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["pipeline"]

@@ -220,11 +220,19 @@ WRITER = graph_writer(
 
 GET_RUN = "MATCH (r:Run {id: $id}) RETURN properties(r)"
 COUNTS = "MATCH (n:Counts {name: 'runs'}) RETURN properties(n)"
-DURATIONS = f"""MATCH (r:Run) UNWIND r.stages AS name
+COUNTS_OF_PIPELINE = "MATCH (r:Run) WHERE r.pipeline = $pipeline RETURN r.status, count(r)"
+
+
+def durations(*, pipeline: bool) -> str:
+    """Per stage name: completed durations' count, p50 and p95; of ``$pipeline``'s runs if asked."""
+    condition = "WHERE r.pipeline = $pipeline " if pipeline else ""
+    return f"""MATCH (r:Run) {condition}UNWIND r.stages AS name
 WITH r, name, 'stage.' + {_ESCAPED} + '.' AS p WHERE r[p + 'status'] = 'completed'
 WITH name, r[p + 'duration_ms'] AS duration
 RETURN name, count(duration), percentileCont(duration, 0.5), percentileCont(duration, 0.95)
 ORDER BY name"""
+
+
 STALE_RUNS = """MATCH (r:Run) WHERE r.status IN ['processing', 'retrying']
 AND r.updated_at < $since AND (r.updated_at > $at OR (r.updated_at = $at AND r.id > $id))
 RETURN r.id, r.updated_at ORDER BY r.updated_at, r.id LIMIT $limit"""
