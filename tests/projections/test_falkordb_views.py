@@ -294,7 +294,7 @@ async def test_concurrent_stats_at_one_checkpoint_scan_the_stages_once(
 
     async def counting(ws: str, query: str, params: Any = None) -> Any:
         nonlocal scans
-        scans += query == qr.DURATIONS
+        scans += query == qr.durations(pipeline=False)
         return await read(ws, query, params)
 
     monkeypatch.setattr(views, "_read", counting)
