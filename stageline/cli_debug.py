@@ -16,7 +16,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
 from rich.tree import Tree
 
-from stageline.cli_http import console, print_json, print_table, progress_bar, say_error
+from stageline.cli_http import (
+    console,
+    err_console,
+    print_json,
+    print_table,
+    progress_bar,
+    say_error,
+)
 from stageline.errors import InvalidArgument
 from stageline.events import RecordedEvent
 from stageline.events.envelope import EventRegistry, registry
@@ -123,29 +130,58 @@ def replay(
         raise typer.Exit(2)
     try:
         with log.open("rb") as lines, _reading(log) as advance:
-            runs = runs_as_of(_in_log_order(log, lines, advance, registry), until)
+            replayed = runs_as_of(_in_log_order(log, lines, advance, registry), until)
     except InvalidArgument as exc:
         say_error(f"error: {exc}")
         raise typer.Exit(2) from exc
+    runs = replayed.runs
+    upto = "" if until is None else f" up to position {until}"
     if run is not None:
         # its id, else its stream's name (`run-<id>`), as lineage takes it
         found = [r for r in runs if r["id"] == run] or [
             r for r in runs if run_stream(r["id"]) == run
         ]
         if not found:
-            upto = "" if until is None else f" up to position {until}"
-            say_error(f"error: no run {run!r} in {log}{upto}")
+            if run in replayed.partial or run in map(run_stream, replayed.partial):
+                say_error(
+                    f"error: run {run!r} began before the first event of {log}: its first "
+                    f"events, RunSubmitted among them, are not in it; {EARLIER}"
+                )
+            else:
+                say_error(f"error: no run {run!r} in {log}{upto}")
             raise typer.Exit(1)
         print_json(found[0])
         return
     if as_json:
         print_json(runs)
-        return
-    rows = [
-        {**r, "stages": " ".join(f"{s['name']}:{s.get('status')}" for s in r["stages"])}
-        for r in runs
-    ]
-    print_table(rows, ("id", "pipeline", "status", "current_stage", "stages"))
+    else:
+        rows = [
+            {**r, "stages": " ".join(f"{s['name']}:{s.get('status')}" for s in r["stages"])}
+            for r in runs
+        ]
+        print_table(rows, ("id", "pipeline", "status", "current_stage", "stages"))
+    if replayed.partial:
+        _say_partial(log, replayed.partial)
+        if not runs:  # nothing could be replayed
+            raise typer.Exit(1)
+
+
+EARLIER = "export the log from an earlier position (`stageline tail` without --after)"
+NAMED_RUNS = 3
+"""How many of the runs a log holds only part of a replay names."""
+
+
+def _say_partial(log: Path, partial: list[str]) -> None:
+    """One line on stderr: how many runs began before the log's first event, naming a few."""
+    n = len(partial)
+    names = ", ".join(partial[:NAMED_RUNS]) + (
+        f" and {n - NAMED_RUNS} more" if n > NAMED_RUNS else ""
+    )
+    err_console.print(
+        f"warning: left out {n} run{'s' if n != 1 else ''} that began before the first event "
+        f"of {log} (no RunSubmitted in it): {names}; to replay them, {EARLIER}",
+        markup=False,
+    )
 
 
 def diff(

@@ -10,35 +10,69 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from stageline.events import RecordedEvent
 from stageline.projections import run_status
+from stageline.projections.batch import RUN_STREAM_PREFIX
 from stageline.projections.rows import run_with_stages
 
-__all__ = ["runs_as_of"]
+__all__ = ["Replayed", "runs_as_of"]
 
 
-def runs_as_of(events: Iterable[RecordedEvent], until: int | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    runs: list[dict[str, Any]]
+    """Each run whose stream the log holds from its first event, oldest submission first,
+    as ``GET /v1/runs/{id}`` shows it."""
+    partial: list[str]
+    """The ids of the runs the log holds only part of (their stream's first event in it is
+    not its first: a log exported ``--after`` a position), in the order they first appear.
+    They are not among ``runs``: the view shows no run without its ``RunSubmitted``, and
+    what the rest of a run folds to would pass for a run it never was."""
+
+
+def runs_as_of(events: Iterable[RecordedEvent], until: int | None = None) -> Replayed:
     """Each run as the run-status view held it once it had applied position ``until`` (every
-    event when None), oldest submission first, as ``GET /v1/runs/{id}`` shows it.
+    event when None), and the runs the log holds only part of.
 
     ``events`` come in log order, as ``stageline tail`` exports them; they are folded as
     they come, so a log of any length takes the memory of its runs' rows alone, and
     reading stops at the first event past ``until``.
     """
-    changes = run_status.fold(events if until is None else _through(events, until))
+    started_before: dict[str, None] = {}
+    read = _noting_partial(events if until is None else _through(events, until), started_before)
+    changes = run_status.fold(read)
     stages: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for (run_id, name), stage in changes.stages.items():
         row = {"name": name, **(stage.created or {}), **stage.fields, "attempts": stage.attempts}
         stages[run_id].append(row)
     runs = []
     for run_id, run in changes.runs.items():
-        if run.created is None:  # its RunSubmitted lies before the log's first position
+        if run.created is None:  # no RunSubmitted: the run began before the log, or is none
             continue
         row = {"id": run_id, **run.created, **run.fields}
         runs.append(run_with_stages(row, stages.get(run_id, ())))
-    return sorted(runs, key=lambda r: r["seq"] or 0)
+    shown = {r["id"] for r in runs}
+    partial = [run_id for run_id in started_before if run_id not in shown]
+    return Replayed(sorted(runs, key=lambda r: r["seq"] or 0), partial)
+
+
+def _noting_partial(
+    events: Iterable[RecordedEvent], started_before: dict[str, None]
+) -> Iterator[RecordedEvent]:
+    """``events``, noting in ``started_before`` each run whose stream's first event among
+    them is not the stream's first (version 0)."""
+    seen: set[str] = set()
+    cut = len(RUN_STREAM_PREFIX)
+    for event in events:
+        stream = event.stream
+        if stream not in seen:
+            seen.add(stream)
+            if event.version > 0 and stream.startswith(RUN_STREAM_PREFIX):
+                started_before[stream[cut:]] = None
+        yield event
 
 
 def _through(events: Iterable[RecordedEvent], until: int) -> Iterator[RecordedEvent]:

@@ -33,9 +33,9 @@ async def cli(*argv: str) -> Result:
     return await asyncio.to_thread(CliRunner().invoke, cli_app, list(argv), env={"COLUMNS": "300"})
 
 
-async def export(app: FastAPI, workspace: str, path: Path) -> list[dict[str, Any]]:
+async def export(app: FastAPI, workspace: str, path: Path, *args: str) -> list[dict[str, Any]]:
     async with served(app) as url:
-        result = await cli("tail", "--url", url, "-w", workspace)
+        result = await cli("tail", "--url", url, "-w", workspace, *args)
     assert result.exit_code == 0, result.output
     await asyncio.to_thread(path.write_text, result.stdout)
     return [json.loads(line) for line in result.stdout.splitlines()]
@@ -115,6 +115,71 @@ async def test_replay_shows_each_run_as_get_run_answers_it(
     one = await cli("replay", str(log), "--run", ran[2]["id"])
     assert one.exit_code == 0, one.output
     assert json.loads(one.stdout) == live[2]
+
+
+async def test_replay_of_a_log_exported_after_a_position_names_the_runs_it_holds_in_part(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str, tmp_path: Path
+) -> None:
+    begun = (await submit(client, TEXTS[0], wait=10)).json()
+    whole = (await submit(client, TEXTS[1], wait=10)).json()
+    events = await export(app, workspace, tmp_path / "log.jsonl")
+    submitted = next(e for e in events if e["stream"] == f"run-{begun['id']}")
+    part = tmp_path / "part.jsonl"
+    # from just past the first run's RunSubmitted: the rest of it, and all of the second
+    await export(app, workspace, part, "--after", str(submitted["position"]))
+    live = await client.get(f"/v1/runs/{whole['id']}", params={"min_position": await head(client)})
+
+    warning = (
+        f"warning: left out 1 run that began before the first event of {part} (no "
+        f"RunSubmitted in it): {begun['id']}; to replay them, export the log from an earlier "
+        "position (`stageline tail` without --after)\n"
+    )
+    result = await cli("replay", str(part), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [live.json()]  # what it can show, as GET shows it
+    assert result.stderr == warning
+    result = await asyncio.to_thread(CliRunner().invoke, cli_app, ["replay", str(part)])
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["id", whole["id"]]
+    assert result.stderr == warning
+    whole_log = await cli("replay", str(tmp_path / "log.jsonl"), "--json")
+    assert (whole_log.exit_code, whole_log.stderr) == (0, "")
+
+    for name in (begun["id"], f"run-{begun['id']}"):
+        result = await cli("replay", str(part), "--run", name)
+        assert (result.exit_code, result.stdout) == (1, ""), result.output
+        assert result.stderr.startswith(
+            f"error: run {name!r} began before the first event of {part}: its first events, "
+            "RunSubmitted among them, are not in it; export the log from an earlier position"
+        )
+    # up to before the second run: nothing to replay but the part of the first
+    second = next(e for e in events if e["stream"] == f"run-{whole['id']}")
+    result = await cli("replay", str(part), "--json", "--until", str(second["position"] - 1))
+    assert (result.exit_code, json.loads(result.stdout)) == (1, [])
+    assert result.stderr == warning
+
+
+def test_replay_counts_the_runs_it_holds_in_part_and_names_a_few(tmp_path: Path) -> None:
+    from stageline.projections.replay import runs_as_of
+
+    lines = [logged(1, "run-whole", 0, "RunSubmitted", SUBMITTED)]
+    lines += [logged(i + 2, f"run-p{i}", 3, "RunCompleted", {}) for i in range(5)]
+    lines += [  # a stream of run- events of another kind, from its start: no run, no part
+        logged(7, "run-not", 0, "Noted", {}),
+        logged(8, "run-p0", 4, "RunCompleted", {}),
+    ]
+    replayed = runs_as_of(read_log(lines))
+    assert [r["id"] for r in replayed.runs] == ["whole"]
+    assert replayed.partial == [f"p{i}" for i in range(5)]
+
+    log = tmp_path / "part.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(cli_app, ["replay", str(log)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(
+        f"warning: left out 5 runs that began before the first event of {log} (no "
+        "RunSubmitted in it): p0, p1, p2 and 2 more; to replay them,"
+    )
 
 
 async def test_diff_pairs_runs_of_the_same_inputs_and_shows_where_they_part(
@@ -386,6 +451,6 @@ def test_replay_shows_a_cancelled_runs_stage_that_waited_for_a_retry_as_the_view
             logged(4, "run-x", 3, "RunCancelled", {"reason": "no"}),
         ]
     )
-    [run] = runs_as_of(events)
+    [run] = runs_as_of(events).runs
     [stage] = run["stages"]
     assert (run["status"], stage["status"], stage.get("retry_at")) == ("cancelled", "pending", None)
