@@ -263,6 +263,13 @@ def cancel(
 def dlq_list(
     stage: Annotated[str | None, typer.Option(help="Only this stage's entries.")] = None,
     status: Annotated[str, typer.Option(help="open, redriven, discarded or all.")] = "open",
+    channel: Annotated[
+        str | None,
+        typer.Option(
+            help="Only the poison entries of this channel, named by its actor (@ingest: the "
+            "ingest channel's)."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(help="How many.")] = 100,
     url: ApiUrl = DEFAULT_API,
     workspace: Workspace = None,
@@ -271,6 +278,8 @@ def dlq_list(
     params: dict[str, Any] = {"status": status, "limit": limit}
     if stage:
         params["stage"] = stage
+    if channel:
+        params["channel"] = channel
     reply = call("GET", url, "/v1/dlq", workspace, params=params)
     print_table(
         reply["dead_letters"],

@@ -54,6 +54,15 @@ async def list_dead_letters(
         Literal["open", "redriven", "discarded", "all"],
         Query(description="Only entries with this status (`all`: every entry)."),
     ] = "open",
+    channel: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=100,
+            description="Only the poison entries of this channel, named by its actor as their "
+            "`actor` names it (`@ingest`: the ingest channel).",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most entries to return.")] = 100,
     min_position: MinPosition = None,
 ) -> Response:
@@ -62,7 +71,11 @@ async def list_dead_letters(
         stack, workspace, min_position, settings.read_wait_seconds, projection=RUN_STATUS.name
     )
     rows = await views.list_dead_letters(
-        workspace, stage=stage, status=None if status == "all" else status, limit=limit
+        workspace,
+        stage=stage,
+        status=None if status == "all" else status,
+        actor=channel,
+        limit=limit,
     )
     return json_response({"dead_letters": rows})
 

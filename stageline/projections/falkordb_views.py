@@ -445,12 +445,17 @@ class FalkorDBViews:
         *,
         stage: str | None = None,
         status: str | None = "open",
+        actor: str | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Dead letters newest first; ``status=None`` lists every status, ``stage`` filters by stage."""
+        """Dead letters newest first; ``status=None`` lists every status, ``stage`` filters by
+        stage, ``actor`` keeps the poison entries of that actor's channel (``@ingest``: the
+        ingest channel's)."""
         _check_limit(limit)
-        params: dict[str, Any] = {"limit": limit, "stage": stage, "status": status}
-        query = qr.list_dead_letters(stage=stage is not None, status=status is not None)
+        params: dict[str, Any] = {"limit": limit, "stage": stage, "status": status, "actor": actor}
+        query = qr.list_dead_letters(
+            stage=stage is not None, status=status is not None, actor=actor is not None
+        )
         return [_dead_letter_dict(row[0]) for row in await self._read(workspace, query, params)]
 
     async def open_dead_letters(self, workspace: str) -> dict[str, int]:

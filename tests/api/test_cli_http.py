@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from stageline.cli import app as cli_app
 from stageline.cli_http import load_document
 from stageline.client import path_segment
+from stageline.stack import Stack
 
 
 async def cli(*argv: str, env: dict[str, str]) -> Result:
@@ -65,6 +66,28 @@ async def test_an_id_given_to_a_command_never_names_another_resource(
     r = await client.get(f"/v1/dlq/{dead_letter}", params={"min_position": await head(client)})
     assert r.json()["status"] == "open", r.text  # neither redriven nor discarded
     assert (await client.get(f"/v1/runs/{run['id']}")).json()["status"] == "failed"
+
+
+async def test_dlq_list_keeps_one_channels_poison_entries(
+    app: FastAPI, client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    ingest = await stack.dead_letters.add(
+        workspace, "@ingest", raw=b"not json", error="malformed JSON", deliveries=1
+    )
+    flaky = await stack.dead_letters.add(
+        workspace, "flaky", raw=b"\xc1", error="undecodable command", deliveries=5
+    )
+    await client.get("/v1/dlq", params={"min_position": await head(client)})  # caught up
+    env = {"STAGELINE_WORKSPACE": workspace}
+    async with served(app) as url:
+        every = await cli("dlq", "list", "--url", url, env=env)
+        one = await cli("dlq", "list", "--channel", "@ingest", "--url", url, env=env)
+        none = await cli("dlq", "list", "--channel", "nope", "--url", url, env=env)
+    assert every.exit_code == 0, every.output
+    assert {line.split("\t")[0] for line in every.stdout.splitlines()[1:]} == {ingest, flaky}
+    assert one.exit_code == 0, one.output
+    assert [line.split("\t")[0] for line in one.stdout.splitlines()[1:]] == [ingest]
+    assert (none.exit_code, none.stdout.splitlines()[1:]) == (0, [])
 
 
 def test_an_id_is_one_path_segment() -> None:

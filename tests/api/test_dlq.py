@@ -194,6 +194,26 @@ async def test_a_poison_entry_shows_its_raw_entry_as_text_or_base64(
     assert (one["raw"], one["raw_encoding"]) == (body.decode(), "utf-8")
 
 
+async def test_poison_entries_are_listed_by_channel(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    _, run_entry = await failed_run(client, permanent=True)  # the flaky actor's run: no channel's
+    ingest = await stack.dead_letters.add(
+        workspace, "@ingest", raw=b"not json", error="malformed JSON", deliveries=1
+    )
+    flaky = await stack.dead_letters.add(
+        workspace, "flaky", raw=b"\xc1 not msgpack", error="undecodable command", deliveries=5
+    )
+    assert {r["id"] for r in await dead_letters(client)} == {run_entry, ingest, flaky}
+    assert [r["id"] for r in await dead_letters(client, channel="@ingest")] == [ingest]
+    assert [r["id"] for r in await dead_letters(client, channel="flaky")] == [flaky]
+    assert await dead_letters(client, channel="no-such-actor") == []  # as an unknown stage
+    assert await dead_letters(client, channel="flaky", stage="flaky") == []
+    await client.delete(f"/v1/dlq/{flaky}")
+    assert await dead_letters(client, channel="flaky") == []
+    assert [r["id"] for r in await dead_letters(client, channel="flaky", status="all")] == [flaky]
+
+
 async def test_a_redrive_or_discard_first_lets_the_view_catch_up_with_the_log(
     client: httpx.AsyncClient, projector: Projecting
 ) -> None:
@@ -255,6 +275,8 @@ async def test_an_unknown_dead_letter_is_404(
         ({"limit": 0}, "limit"),
         ({"limit": 1001}, "limit"),
         ({"stage": ""}, "stage"),
+        ({"channel": ""}, "channel"),
+        ({"channel": "c" * 101}, "channel"),
         ({"min_position": -1}, "min_position"),
     ],
 )

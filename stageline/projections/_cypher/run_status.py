@@ -250,9 +250,15 @@ def list_runs(where: list[str]) -> str:
 OPEN_DEAD_LETTERS = "MATCH (d:DeadLetter) WHERE d.status = 'open' RETURN d.stage, count(d)"
 
 
-def list_dead_letters(*, stage: bool, status: bool) -> str:
-    """The query listing dead letters newest first, filtered by ``$stage``/``$status`` if asked."""
-    where = [c for c, on in (("d.stage = $stage", stage), ("d.status = $status", status)) if on]
+def list_dead_letters(*, stage: bool, status: bool, actor: bool = False) -> str:
+    """The query listing dead letters newest first, filtered by ``$stage``/``$status``/``$actor``
+    if asked."""
+    filters = (
+        ("d.stage = $stage", stage),
+        ("d.status = $status", status),
+        ("d.actor = $actor", actor),
+    )
+    where = [c for c, on in filters if on]
     condition = f"WHERE {' AND '.join(where)} " if where else ""
     return (
         f"MATCH (d:DeadLetter) {condition}"
