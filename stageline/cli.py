@@ -47,7 +47,10 @@ if TYPE_CHECKING:
     from stageline.projections.projector import RebuildResult
     from stageline.stack import Stack
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+# click's own formatting, for every command and group under it: a usage error is its usage
+# line, a hint and one `Error: ...` line on stderr (rich drew a box, cut to the terminal's
+# width), and help is plain text
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None)
 projections_app = typer.Typer(no_args_is_help=True, help="Projection status and rebuilds.")
 app.add_typer(projections_app, name="projections")
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: list, redrive, discard.")

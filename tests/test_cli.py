@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -451,6 +452,51 @@ def test_a_bad_setting_exits_2_with_one_line_saying_which(env: dict[str, str], s
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
     assert says in line, line
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "error"),
+    [
+        (["replay"], "replay", "Error: Missing argument 'log'."),
+        (["tail", "--bogus"], "tail", "Error: No such option: --bogus"),
+        (["dlq", "list", "--limit", "x"], "dlq list", "Error: Invalid value for '--limit': "),
+    ],
+)
+def test_a_usage_error_is_the_usage_line_and_one_error_line(
+    argv: list[str], command: str, error: str
+) -> None:
+    result = CliRunner().invoke(cli_app, argv, prog_name="stageline", env={"COLUMNS": "40"})
+    assert (result.exit_code, result.stdout) == (2, ""), result.output
+    usage, hint, blank, said = result.stderr.splitlines()
+    assert usage.startswith(f"Usage: stageline {command} [OPTIONS]"), usage
+    assert hint == f"Try 'stageline {command} --help' for help."
+    assert blank == "" and said.startswith(error), said  # one line, however narrow
+
+
+def test_a_usage_error_on_a_terminal_is_plain_text_too() -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "stageline", "tail", "--bogus"],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "NO_COLOR")},
+    ) as proc:
+        os.close(follower)
+        said = b""
+        with contextlib.suppress(OSError):  # EIO once the process closed the terminal
+            while chunk := os.read(leader, 4096):
+                said += chunk
+    os.close(leader)
+    assert proc.returncode == 2
+    assert said.decode().splitlines() == [
+        "Usage: python -m stageline tail [OPTIONS]",
+        "Try 'python -m stageline tail --help' for help.",
+        "",
+        "Error: No such option: --bogus",
+    ]
 
 
 @pytest.mark.parametrize("url", ["http://[::1", "127.0.0.1:8000", "http://"])
