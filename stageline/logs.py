@@ -16,17 +16,35 @@ from collections.abc import Mapping
 from typing import Any, Literal, TextIO
 
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["LogFormat", "configure_logging", "flatten_extra", "foreign_loggers", "get_logger"]
+__all__ = [
+    "FASTSTREAM_LOGGER",
+    "LogFormat",
+    "UnreachableFetchErrors",
+    "configure_logging",
+    "flatten_extra",
+    "foreign_loggers",
+    "get_logger",
+]
 
 LogFormat = Literal["auto", "json", "console"]
 
 _HANDLER_NAME = "stageline"
 
+FASTSTREAM_LOGGER = "stageline.faststream"
+"""The logger a worker gives its FastStream broker."""
+
 # Chatty at INFO, useful only when debugging; uvicorn.access logs every request, and
-# FastStream (through the workers' "stageline.faststream" logger) its task bookkeeping.
-_NOISY = ("uvicorn.access", "httpx", "httpcore", "asyncio", "multipart", "stageline.faststream")
+# FastStream (through the workers' FASTSTREAM_LOGGER) its task bookkeeping.
+_NOISY = ("uvicorn.access", "httpx", "httpcore", "asyncio", "multipart", FASTSTREAM_LOGGER)
+
+_FETCH_ERROR = "Message fetch error"
+"""What FastStream 0.7.8 logs, at ERROR with the traceback, each time a subscriber's read
+fails (it reads again 5 s later)."""
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # Libraries whose loggers get their own handlers and stop propagating (uvicorn's default
 # log config, FastStream's default broker logger); we take them back so their lines come
@@ -152,6 +170,48 @@ def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.Boun
     """
     logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name, **initial)
     return logger
+
+
+class UnreachableFetchErrors(logging.Filter):
+    """Drops, while on, FastStream's fetch errors that a broker out of reach causes.
+
+    Each subscriber of a worker (two per actor) logs one, with a ~4 KB
+    traceback, at every read that fails: every few seconds each, for as long as
+    Redis is down. Whoever
+    knows the broker is down (the worker's supervisor) turns this on and says so
+    in one line instead, and turns it off once the broker answers again. A fetch
+    error of any other cause still shows.
+    """
+
+    def __init__(self, logger: str = FASTSTREAM_LOGGER) -> None:
+        super().__init__()
+        self.logger = logger
+        self.dropped = 0
+        """How many records were dropped since ``on()``."""
+
+    def on(self) -> None:
+        self.dropped = 0
+        logging.getLogger(self.logger).addFilter(self)
+
+    def off(self) -> int:
+        """Let them through again; how many were dropped meanwhile."""
+        logging.getLogger(self.logger).removeFilter(self)
+        return self.dropped
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(_fetch_error(record), _UNREACHABLE):
+            self.dropped += 1
+            return False
+        return True
+
+
+def _fetch_error(record: logging.LogRecord) -> object:
+    """The exception of a FastStream fetch error record (structlog's or a plain one), or None."""
+    if isinstance(record.msg, Mapping):  # a structlog logger's, its event dict not yet rendered
+        event, error = record.msg.get("event"), record.msg.get("exc_info")
+    else:
+        event, error = record.msg, record.exc_info[1] if record.exc_info else None
+    return error if event == _FETCH_ERROR else None
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):

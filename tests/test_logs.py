@@ -10,8 +10,16 @@ from typing import Any
 
 import pytest
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from stageline.logs import configure_logging, flatten_extra, foreign_loggers, get_logger
+from stageline.logs import (
+    FASTSTREAM_LOGGER,
+    UnreachableFetchErrors,
+    configure_logging,
+    flatten_extra,
+    foreign_loggers,
+    get_logger,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -212,3 +220,35 @@ def test_auto_picks_json_off_a_terminal_and_follows_sys_stderr(
 def test_unknown_level_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown log level"):
         configure_logging("LOUD")
+
+
+def test_fetch_errors_of_an_unreachable_broker_are_dropped_while_on_others_shown() -> None:
+    out = io.StringIO()
+    configure_logging("INFO", "json", stream=out)
+    faststream = get_logger(FASTSTREAM_LOGGER)  # as the worker gives its broker
+    refused = RedisConnectionError("Error 111 connecting to redis.sock. Connection refused.")
+
+    def fetch_error(exc: Exception) -> None:
+        faststream.log(logging.ERROR, "Message fetch error", extra=None, exc_info=exc)
+
+    muted = UnreachableFetchErrors()
+    muted.on()
+    try:
+        fetch_error(refused)
+        fetch_error(TimeoutError())
+        fetch_error(ValueError("a bug, not an outage"))
+        faststream.error("something else", exc_info=refused)
+        logging.getLogger(FASTSTREAM_LOGGER).error("Message fetch error", exc_info=refused)
+    finally:
+        dropped = muted.off()
+    fetch_error(refused)
+
+    assert dropped == 3
+    lines = _lines(out)
+    assert [line["event"] for line in lines] == [
+        "Message fetch error",
+        "something else",
+        "Message fetch error",
+    ]
+    assert "ValueError: a bug, not an outage" in lines[0]["exception"]
+    assert "Connection refused" in lines[2]["exception"]

@@ -4,23 +4,35 @@ FastStream 0.7.8 stops a stream subscriber for good when its group is gone
 (``NOGROUP`` after a ``FLUSHALL``, a ``DEL`` of the channel, or a restart of a
 Redis without persistence). Every ``interval`` the supervisor creates any
 missing group at id 0, so no entry written since is skipped, and starts again
-each subscriber that stopped. Connection errors are not its business: the
-clients retry, and FastStream's read loop keeps going through them.
+each subscriber that stopped.
+
+Connection errors it only reports: the clients retry, and FastStream's read
+loop keeps going through them. A round the broker does not answer within
+``PROBE_SECONDS`` logs ``broker.unreachable`` once, and FastStream's fetch
+errors are dropped until a round it answers logs ``broker.reachable``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterable
 from typing import Any
 
 import structlog
 from faststream.redis import RedisBroker
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stageline.actors.channels import CommandBus
+from stageline.events.redis_store import failure, retried_errors
+from stageline.logs import UnreachableFetchErrors
 
 log = structlog.get_logger(__name__)
+
+PROBE_SECONDS = 1.0
+"""How long a round waits for the broker before it counts it unreachable (as ``/readyz``)."""
 
 
 class Supervisor:
@@ -41,25 +53,36 @@ class Supervisor:
         self.channels = list(channels)
         """Other ``(channel, group)`` pairs the worker reads (the ingest channel)."""
         self.interval = interval
+        self._down_since: float | None = None
+        self._fetch_errors = UnreachableFetchErrors()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check every ``interval`` until ``stop`` is set."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
-            if not stop.is_set():
-                await self.check()
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.interval)
+                if not stop.is_set():
+                    await self.check()
+        finally:
+            if self._down_since is not None:  # stopped during an outage
+                self._down_since = None
+                self._fetch_errors.off()
 
     async def check(self) -> int:
         """One round; returns how many subscribers it started again."""
-        try:
-            created = await self.bus.ensure_groups(self.actors)
-            for channel, group in self.channels:
-                if await self.bus.ensure_group(channel, group):
-                    created.append(channel)
-        except Exception as exc:  # Redis unreachable even after the client's retries
-            log.warning("worker.groups_unchecked", error=f"{type(exc).__name__}: {exc}")
-            return 0
+        started = time.monotonic()
+        with retried_errors() as retried:
+            try:
+                async with asyncio.timeout(PROBE_SECONDS):
+                    created = await self._ensure_groups()
+            except (TimeoutError, RedisConnectionError, RedisTimeoutError) as exc:
+                self._unreachable(failure(exc, retried, PROBE_SECONDS), since=started)
+                return 0
+            except Exception as exc:  # it answers, and refuses
+                log.warning("worker.groups_unchecked", error=f"{type(exc).__name__}: {exc}")
+                return 0
+        self._reachable()
         if created:
             log.warning("worker.groups_recreated", actors=created)
         restarted = 0
@@ -79,6 +102,31 @@ class Supervisor:
             restarted += 1
             log.warning("worker.subscriber_restarted", channel=channel, claimer=_claims(sub))
         return restarted
+
+    async def _ensure_groups(self) -> list[str]:
+        created = await self.bus.ensure_groups(self.actors)
+        for channel, group in self.channels:
+            if await self.bus.ensure_group(channel, group):
+                created.append(channel)
+        return created
+
+    def _unreachable(self, error: str, *, since: float) -> None:
+        if self._down_since is not None:
+            return
+        self._down_since = since
+        self._fetch_errors.on()
+        log.warning("broker.unreachable", error=error)
+
+    def _reachable(self) -> None:
+        if self._down_since is None:
+            return
+        down = time.monotonic() - self._down_since
+        self._down_since = None
+        log.info(
+            "broker.reachable",
+            down_seconds=round(down, 1),
+            fetch_errors_dropped=self._fetch_errors.off(),
+        )
 
 
 def _stopped(sub: Any) -> bool:

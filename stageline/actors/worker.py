@@ -59,7 +59,7 @@ from stageline.events.redis_store import (
     same_server,
 )
 from stageline.events.store import EventStore
-from stageline.logs import get_logger
+from stageline.logs import FASTSTREAM_LOGGER, get_logger
 
 log = structlog.get_logger(__name__)
 _DATA = DATA_FIELD.encode()
@@ -183,7 +183,7 @@ class Worker:
         # per-message lines at DEBUG; configure_logging keeps this logger at WARNING
         self.broker = RedisBroker(
             broker_url,
-            logger=get_logger("stageline.faststream"),
+            logger=get_logger(FASTSTREAM_LOGGER),
             log_level=logging.DEBUG,
             graceful_timeout=max(cfg.drain_seconds - 1.5, cfg.drain_seconds / 2),
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
