@@ -52,6 +52,24 @@ end
 return 0
 """
 
+# Delete a group's consumers idle longer than ARGV[2] ms with nothing pending, in one step
+# with the check: a consumer deleted with entries pending would lose them.
+# KEYS: the channel. ARGV: the group, the idle time (ms).
+_FORGET_IDLE = """
+local removed = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do
+    info[consumer[i]] = consumer[i + 1]
+  end
+  if info['pending'] == 0 and info['idle'] > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
 
 @contextlib.contextmanager
 def broker_unavailable() -> Iterator[None]:
@@ -80,6 +98,7 @@ class CommandBus:
         self.client = client
         self.maxlen = maxlen
         self._hand_off = client.register_script(_HAND_OFF)
+        self._forget_idle = client.register_script(_FORGET_IDLE)
 
     async def publish(
         self,
@@ -157,3 +176,12 @@ class CommandBus:
                 raise
             return False
         return True
+
+    async def forget_idle_consumers(self, channel: str, group: str, idle_ms: int) -> int:
+        """Delete ``group``'s consumers that have nothing pending and have not read for
+        more than ``idle_ms``: those of workers killed before they could leave. How many.
+
+        A worker that was only silent (frozen) and reads again is back in the group
+        at its next read; it had nothing pending to lose.
+        """
+        return int(await self._forget_idle(keys=[channel], args=[group, idle_ms]))

@@ -10,6 +10,9 @@ Connection errors it only reports: the clients retry, and FastStream's read
 loop keeps going through them. A round the broker does not answer within
 ``PROBE_SECONDS`` logs ``broker.unreachable`` once, and FastStream's fetch
 errors are dropped until a round it answers logs ``broker.reachable``.
+
+Once every ``SWEEP_SECONDS`` it also deletes the consumers of killed workers
+from its groups (``stale_after_ms``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stageline.actors.channels import CommandBus
+from stageline.events import keys
 from stageline.events.redis_store import failure, retried_errors
 from stageline.logs import UnreachableFetchErrors
 
@@ -33,6 +37,18 @@ log = structlog.get_logger(__name__)
 
 PROBE_SECONDS = 1.0
 """How long a round waits for the broker before it counts it unreachable (as ``/readyz``)."""
+SWEEP_SECONDS = 600.0
+"""How often stale consumers are looked for; the first round looks at once."""
+
+
+def stale_after_ms(claim_idle_ms: int) -> int:
+    """How long a consumer with nothing pending must have been idle to be deleted.
+
+    A live worker reads under its consumer every ``poll_ms`` (2 s at most), so one
+    silent for ten claim windows belongs to a process that is gone. At least an hour:
+    after a crash, ``XINFO CONSUMERS`` still shows for a while which workers read.
+    """
+    return max(10 * claim_idle_ms, 3_600_000)
 
 
 class Supervisor:
@@ -46,6 +62,7 @@ class Supervisor:
         *,
         interval: float,
         channels: Iterable[tuple[str, str]] = (),
+        claim_idle_ms: int = 30_000,
     ) -> None:
         self.broker = broker
         self.bus = bus
@@ -53,8 +70,11 @@ class Supervisor:
         self.channels = list(channels)
         """Other ``(channel, group)`` pairs the worker reads (the ingest channel)."""
         self.interval = interval
+        self.stale_ms = stale_after_ms(claim_idle_ms)
+        """Consumers with nothing pending idle longer than this are deleted."""
         self._down_since: float | None = None
         self._fetch_errors = UnreachableFetchErrors()
+        self._next_sweep = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check every ``interval`` until ``stop`` is set."""
@@ -85,6 +105,9 @@ class Supervisor:
         self._reachable()
         if created:
             log.warning("worker.groups_recreated", actors=created)
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_SECONDS
+            await self.sweep()
         restarted = 0
         for sub in self.broker.subscribers:
             if not _stopped(sub):
@@ -102,6 +125,27 @@ class Supervisor:
             restarted += 1
             log.warning("worker.subscriber_restarted", channel=channel, claimer=_claims(sub))
         return restarted
+
+    async def sweep(self) -> int:
+        """Delete the consumers of the worker's groups that have nothing pending and have
+        been idle for ``stale_ms``; how many."""
+        groups = [(keys.stage_channel(a), keys.stage_group(a)) for a in self.actors]
+        removed: dict[str, int] = {}
+        try:
+            for channel, group in [*groups, *self.channels]:
+                n = await self.bus.forget_idle_consumers(channel, group, self.stale_ms)
+                if n:
+                    removed[channel] = n
+        except Exception as exc:  # the next sweep tries again
+            log.warning("worker.consumers_unswept", error=f"{type(exc).__name__}: {exc}")
+        if removed:
+            log.info(
+                "worker.stale_consumers_removed",
+                count=sum(removed.values()),
+                channels=removed,
+                idle_ms=self.stale_ms,
+            )
+        return sum(removed.values())
 
     async def _ensure_groups(self) -> list[str]:
         created = await self.bus.ensure_groups(self.actors)

@@ -196,6 +196,7 @@ class Worker:
             actors.names(),
             interval=cfg.supervise_seconds,
             channels=self._ingest,
+            claim_idle_ms=cfg.claim_idle_ms,
         )
         self._stop = asyncio.Event()
         self._scheduler_task: asyncio.Task[None] | None = None

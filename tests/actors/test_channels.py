@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -79,3 +80,21 @@ async def test_entries_stay_pending_when_a_command_they_hand_on_cannot_be_writte
     await broker.delete(keys.stage_channel(broken))
     await bus.publish([(broken, command(2))], ack=(first, [entry]))
     assert await pending(broker, first) == 0
+
+
+async def test_idle_consumers_with_nothing_pending_are_forgotten_others_kept(
+    broker: aioredis.Redis, actors: list[str]
+) -> None:
+    actor = actors[0]
+    channel, group = keys.stage_channel(actor), keys.stage_group(actor)
+    bus = CommandBus(broker)
+    await pending_entry(broker, bus, actor)  # pending under "c1"
+    await broker.xgroup_createconsumer(channel, group, "killed")
+    await asyncio.sleep(0.3)
+    await broker.xreadgroup(group, "live", {channel: ">"})  # reads nothing, but reads
+
+    assert await bus.forget_idle_consumers(channel, group, 200) == 1
+    consumers = await broker.xinfo_consumers(channel, group)
+    assert sorted(c["name"] for c in consumers) == [b"c1", b"live"]
+    assert await pending(broker, actor) == 1
+    assert await bus.forget_idle_consumers(channel, group, 200) == 0

@@ -1,4 +1,4 @@
-"""The supervisor: a broker outage told in two lines."""
+"""The supervisor: a broker outage told in two lines, consumers of killed workers swept."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from stageline.actors.builtin import default_actors
 from stageline.actors.channels import CommandBus
 from stageline.actors.pipeline import PipelineCatalog
 from stageline.actors.submit import Submitter
+from stageline.actors.supervise import stale_after_ms
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.embedded import EmbeddedServer
+from stageline.events import keys
 from stageline.events.redis_store import RedisEventStore, connect
 
 CATALOG = PipelineCatalog()
@@ -102,3 +104,39 @@ async def test_an_outage_is_one_line_and_its_end_another_with_no_fetch_errors_be
         await w.stop()
         await store.close()
         await client.aclose()
+
+
+async def test_consumers_of_killed_workers_are_swept_live_and_pending_ones_kept(
+    own_server: EmbeddedServer,
+) -> None:
+    client = connect(own_server.url)
+    store = RedisEventStore.from_url(own_server.url)
+    channel, group = keys.stage_channel("extract"), keys.stage_group("extract")
+    bus = CommandBus(client)
+    await bus.ensure_groups(["extract"])
+    await bus.ensure_group(keys.INGEST_CHANNEL, keys.INGEST_GROUP)
+    await client.xadd(channel, {"__data__": b"x"})
+    # taken by a worker killed before it handled it: pending, to be claimed after 30 s
+    await client.xreadgroup(group, "killed-holding", {channel: ">"}, count=1)
+    await client.xgroup_createconsumer(channel, group, "killed")
+    await client.xgroup_createconsumer(keys.INGEST_CHANNEL, keys.INGEST_GROUP, "killed")
+    w = make_worker(store, own_server.url, "w-live", supervise_seconds=3600)
+    await w.start()
+    try:
+        await asyncio.sleep(1.2)
+        w.supervisor.stale_ms = 1000  # as if an hour had passed
+
+        assert await w.supervisor.check() == 0  # its first round sweeps
+        names = {c["name"] for c in await client.xinfo_consumers(channel, group)}
+        assert names == {b"w-live", b"killed-holding"}
+        ingest = await client.xinfo_consumers(keys.INGEST_CHANNEL, keys.INGEST_GROUP)
+        assert [c["name"] for c in ingest] == [b"w-live"]
+    finally:
+        await w.stop()
+        await store.close()
+        await client.aclose()
+
+
+def test_a_consumer_is_stale_after_ten_claim_windows_and_at_least_an_hour() -> None:
+    assert stale_after_ms(30_000) == 3_600_000
+    assert stale_after_ms(600_000) == 6_000_000
