@@ -175,12 +175,11 @@ def get_logger(name: str | None = None, **initial: Any) -> structlog.stdlib.Boun
 class UnreachableFetchErrors(logging.Filter):
     """Drops, while on, FastStream's fetch errors that a broker out of reach causes.
 
-    Each subscriber of a worker (two per actor) logs one, with a ~4 KB
-    traceback, at every read that fails: every few seconds each, for as long as
-    Redis is down. Whoever
-    knows the broker is down (the worker's supervisor) turns this on and says so
-    in one line instead, and turns it off once the broker answers again. A fetch
-    error of any other cause still shows.
+    Each subscriber of a worker (two per actor) logs one, with a ~4 KB traceback,
+    at every read that fails: every few seconds each, for as long as Redis is
+    down. Whoever knows the broker is down (the worker's supervisor) turns this
+    on and says so in one line instead, and turns it off once the broker answers
+    again. A fetch error of any other cause still shows.
     """
 
     def __init__(self, logger: str = FASTSTREAM_LOGGER) -> None:
