@@ -42,10 +42,11 @@ from stageline.events.envelope import DomainEvent, NewEvent, RecordedEvent, new_
 from stageline.events.finite import nonfinite
 
 ABANDONED = "no result within the stage timeout; worker presumed lost"
+STOPPED = "worker stopped with the attempt in hand"
 
 
 class AttemptAbandoned(Exception):  # its name is decide.ABANDONED_ERROR
-    """Attempts of a stage kept being lost with their workers: the stage gave up."""
+    """An attempt lost with its worker: presumed lost, or dropped by a worker that stopped."""
 
 
 @dataclass
@@ -188,6 +189,14 @@ def plan_retry(a: Attempt, retry_at: float) -> None:
     """Plan a failed attempt's events: the stage comes back at ``retry_at``."""
     a.retry_at = retry_at
     a.events = [_failed(a, will_retry=True), *_effects(a)]
+
+
+def plan_stopped(a: Attempt, now: float) -> None:
+    """Plan the events of an attempt its worker dropped as it stopped: abandoned, as a lost
+    attempt is (it counts as one, not as one of the stage's failures), and due again at
+    ``now``, so that another worker starts the next attempt at once."""
+    a.outcome = AttemptAbandoned(STOPPED)
+    plan_retry(a, now)
 
 
 def plan_success(a: Attempt, result: StageResult) -> None:

@@ -11,9 +11,10 @@ durable scheduler, never slept on; when retries are spent the stage's effects
 are compensated and its fallback applies. The batch's entries are acknowledged
 in the step that hands its runs on: with an outbox (the channels on the store's
 server), a result's own append hands its run on and acknowledges its command;
-what is left goes in one step at the end of the batch. What each attempt
-records is planned by the pure functions of ``stageline.actors.attempt``; this
-module does the I/O.
+what is left goes in one step at the end of the batch. A batch cut off by its
+worker's stop records the attempts it drops as abandoned and hands them on, to be
+started again at once. What each attempt records is planned by the pure functions
+of ``stageline.actors.attempt``; this module does the I/O.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from stageline.actors.attempt import (
     check_outcome,
     plan_give_up,
     plan_retry,
+    plan_stopped,
     plan_success,
     retry_delay,
     started_event,
@@ -70,6 +72,8 @@ log = structlog.get_logger(__name__)
 
 HOLD_S = 0.5
 """Longest an attempt's result waits for the rest of its batch's to be recorded with them."""
+CUT_OFF_S = 1.0
+"""Longest the attempts a stopped batch drops take to be recorded abandoned (one append)."""
 # clash -> read -> decide rounds per batch; a start still unsettled then is deferred, a
 # result still unsettled leaves its attempt in flight (abandoned or reconciled later)
 _MAX_ROUNDS = 4
@@ -119,6 +123,7 @@ class StageRuntime:
         self.abandon_grace = abandon_grace
         self.max_abandoned = max_abandoned
         self.outbox = outbox
+        self._cut_offs: set[asyncio.Task[None]] = set()
 
     async def handle(
         self,
@@ -134,10 +139,12 @@ class StageRuntime:
         acknowledged in the same step that hands the runs on, never before.
         A ``redelivered`` batch (one a worker may have died on) records every
         start before running it, so a command that kills its workers is
-        abandoned and given up like any lost attempt.
+        abandoned and given up like any lost attempt. Cancelled (the worker
+        stopped), the attempts still running are recorded abandoned and handed on
+        (``_cut_off``) before the cancellation goes on.
         """
-        entries = dict(zip(map(id, batch), ack, strict=True)) if self.outbox and ack else {}
-        out = _Batch(actor, entries=entries)
+        entries = dict(zip(map(id, batch), ack, strict=True)) if ack else {}
+        out = _Batch(actor, entries=entries if self.outbox else {})
         # the actor's state (e.g. the ontology) first: failing to load it records nothing
         states: dict[str, Any] = {}
         if self.actors.has_state(actor):
@@ -145,16 +152,20 @@ class StageRuntime:
             loaded = await asyncio.gather(*(self.actors.load(actor, ws) for ws in workspaces))
             states = dict(zip(workspaces, loaded, strict=True))
         attempts = await self._begin(actor, batch, ack, out, mark=redelivered)
-        while attempts:
-            moved: list[_Run] = []
-            async with contextlib.aclosing(self._run(attempts, states)) as ended:
-                async for done in ended:  # recorded as they end, not held for the slowest
-                    await self._plan(done)
-                    moved += await self._finish(done, out)
-            # unmarked attempts the run moved under: decided as a start that clashed; those
-            # to begin are started with a marker this time, and run again
-            todo, attempts = await self._decide_start(actor, moved, out)
-            attempts += await self._start(actor, todo, out)
+        try:
+            while attempts:
+                moved: list[_Run] = []
+                async with contextlib.aclosing(self._run(attempts, states)) as ended:
+                    async for done in ended:  # recorded as they end, not held for the slowest
+                        await self._plan(done)
+                        moved += await self._finish(done, out)
+                # unmarked attempts the run moved under: decided as a start that clashed; those
+                # to begin are started with a marker this time, and run again
+                todo, attempts = await self._decide_start(actor, moved, out)
+                attempts += await self._start(actor, todo, out)
+        except asyncio.CancelledError:
+            await self._cut_off(actor, [a for a in attempts if a.outcome is None], entries)
+            raise
         unacked = [e for e in ack if e not in out.acked] if out.acked else ack
         await self.bus.publish(out.forwards, scheduled=out.deferred, ack=(actor, unacked))
 
@@ -510,13 +521,81 @@ class StageRuntime:
             out.forwards.append((a.pipeline.stage(nxt.index).actor, nxt))
         elif a.retry_at is not None:
             failed = str(a.events[0].event_id)  # plan_retry's StageFailed: the retry's cause
-            retry = c.to(c.index, version, c.item, failed, attempt=a.attempt + 1, lost=a.lost)
+            # an abandoned attempt is lost with its worker: not one of the stage's failures
+            lost = a.lost + isinstance(a.outcome, AttemptAbandoned)
+            retry = c.to(c.index, version, c.item, failed, attempt=a.attempt + 1, lost=lost)
             if a.retry_at <= self.clock():
                 out.forwards.append((a.spec.actor, retry))
             else:
                 out.deferred.append(
                     (a.retry_at, keys.stage_channel(a.spec.actor), commands.encode(retry))
                 )
+
+    # -- cut off ----------------------------------------------------------------
+
+    async def _cut_off(self, actor: str, dropped: list[Attempt], entries: dict[int, bytes]) -> None:
+        """Record the attempts a stopping worker drops, still running, as abandoned, and
+        hand each one's next attempt on at once, rather than leave them pending to be
+        claimed and presumed lost after their timeout.
+
+        Recorded apart from the batch, which a stopping worker may cancel again; so
+        ``cut_offs()`` waits for it. A stage whose attempts were lost ``max_abandoned``
+        times, this one included, is left as before: presumed lost, it gives up.
+        """
+        if self.max_abandoned is not None:
+            dropped = [a for a in dropped if a.lost + 1 < self.max_abandoned]
+        if not dropped:
+            return
+        recording = asyncio.ensure_future(self._abandon(actor, dropped, entries))
+        self._cut_offs.add(recording)
+        recording.add_done_callback(self._cut_offs.discard)
+        with contextlib.suppress(asyncio.CancelledError):  # cancelled again: it goes on
+            await asyncio.shield(recording)
+
+    async def _abandon(self, actor: str, dropped: list[Attempt], entries: dict[int, bytes]) -> None:
+        """Append each dropped attempt's ``StageFailed`` at the version its attempt holds,
+        acknowledging its entry and handing on its next attempt with it. A run that moved
+        meanwhile (cancelled, or the attempt's result recorded) clashes and is left as it
+        is. A server that fails or is slower than ``CUT_OFF_S`` leaves the entries
+        pending, as before: claimed, the attempts are presumed lost (or, if their
+        failure was recorded, retried)."""
+        out = _Batch(actor, entries=entries if self.outbox else {})
+        now = self.clock()
+        todo: list[tuple[Attempt, AppendRequest]] = []
+        for a in dropped:
+            plan_stopped(a, now)
+            request = self._request(a, a.version, out)
+            if isinstance(request, AppendRequest):  # its command was decoded: it encodes
+                todo.append((a, request))
+        acked: list[bytes] = []
+        try:
+            async with asyncio.timeout(CUT_OFF_S):
+                results = await self.store.append_batch([r for _, r in todo])
+                for (a, request), result in zip(todo, results, strict=True):
+                    if isinstance(result, Exception):  # a clash: the run moved, let it be
+                        said = log.info if isinstance(result, ConcurrencyError) else log.warning
+                        said("stage.stop_unrecorded", **_context(a.command), error=str(result))
+                        continue
+                    log.info("stage.abandoned_on_stop", **_context(a.command), attempt=a.attempt)
+                    if request.outbox is None or result.version != a.version + len(request.events):
+                        self._follow_up(a, result.version, out)
+                        entry = entries.get(id(a.command))
+                        if entry is not None:
+                            acked.append(entry)
+                await self.bus.publish(out.forwards, ack=(actor, acked))
+        except Exception as exc:  # as before the cut-off: claimed later, presumed lost
+            log.warning(
+                "stage.stop_unrecorded",
+                actor=actor,
+                attempts=len(dropped),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+    async def cut_offs(self) -> None:
+        """Wait for the attempts dropped by cancelled batches to be recorded (``_cut_off``),
+        each within ``CUT_OFF_S``."""
+        if self._cut_offs:
+            await asyncio.wait(self._cut_offs)
 
     # -- helpers ----------------------------------------------------------------
 

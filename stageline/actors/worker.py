@@ -256,8 +256,8 @@ class Worker:
         """``handling`` a batch; if the drain time runs out first, one warning line.
 
         At ``stop()`` FastStream cancels the batches still running after its graceful
-        timeout. Their entries stay pending for another worker's claimer, as they should;
-        but the cancellation, raised on, was logged by FastStream as an error with its
+        timeout. The runtime records the attempts they drop and hands them on; but the
+        cancellation, raised on, was logged by FastStream as an error with its
         traceback, on every deploy that stopped a worker with a long stage in hand.
         """
         try:
@@ -463,8 +463,10 @@ class Worker:
     async def stop(self) -> None:
         """Stop taking entries, let the batches in hand finish (within the drain time), close.
 
-        Entries read but not yet handled, and batches still running when the
-        drain time is up, stay pending: another worker's claimer takes them.
+        Entries read but not yet handled stay pending: another worker's claimer takes
+        them. The attempts of batches still running when the drain time is up are
+        recorded abandoned, their next attempts handed on at once (see
+        ``StageRuntime.handle``); one that cannot be recorded stays pending too.
         """
         self._stop.set()
         if self._supervisor_task is not None:
@@ -473,6 +475,7 @@ class Worker:
         readers = [task for sub in self.broker.subscribers for task in getattr(sub, "tasks", ())]
         await self.broker.stop()
         await _end(readers, _READERS_END_SECONDS)
+        await self.runtime.cut_offs()  # before leaving the groups: they acknowledge entries
         if self._scheduler_task is not None:
             await self._scheduler_task
         await self._leave_groups()

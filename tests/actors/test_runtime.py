@@ -372,14 +372,14 @@ async def test_a_slow_attempt_does_not_hold_back_its_batch_nor_take_it_along_whe
                 await asyncio.sleep(0.02)
         assert not await completed(batch[0]) and not handling.done()
         # stopped meanwhile (a redeploy): the quick ones stay recorded, the slow one is
-        # left started for another worker, and nothing runs on
+        # recorded abandoned for another worker to start again, and nothing runs on
         handling.cancel()
         with pytest.raises(asyncio.CancelledError):
             await handling
         released.set()
         await asyncio.sleep(0.05)
         counts = await transitions(redis_store, workspace, batch[0].run_id)
-        assert counts == {("StageStarted", 0, 1): 1}
+        assert counts == {("StageStarted", 0, 1): 1, ("StageFailed", 0, 1): 1}
 
         # not stopped: the slow one is recorded once it ends
         released.clear()
@@ -391,6 +391,59 @@ async def test_a_slow_attempt_does_not_hold_back_its_batch_nor_take_it_along_whe
         released.set()
         await asyncio.wait_for(handling, 5)
         assert await completed(batch[0])
+    finally:
+        await broker.delete(keys.stage_channel(actor))
+        await worker.client.aclose()
+
+
+async def test_a_stop_records_dropped_attempts_abandoned_until_their_stage_lost_too_many(
+    redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis, workspace: str
+) -> None:
+    actors = ActorRegistry()
+
+    async def forever(item: dict[str, Any], ctx: StageContext) -> StageResult:
+        await asyncio.sleep(60)
+        return StageResult()
+
+    actor = f"forever-{uuid.uuid4().hex[:8]}"
+    actors.register(actor, forever)
+    pipeline = Pipeline(name=actor, stages=(StageSpec(name="forever", actor=actor),))
+    catalog = PipelineCatalog([pipeline])
+    config = WorkerConfig(consumer=actor, max_deliveries=5)  # at most 5 attempts lost
+    worker = Worker(redis_store, redis_url, catalog, actors, config)
+    submitter = Submitter(redis_store, catalog, CommandBus(broker))
+
+    async def command(lost: int) -> StageCommand:
+        run = await submitter.submit(workspace, pipeline.name, {})
+        return StageCommand(
+            workspace=workspace, run_id=run.run_id, pipeline=pipeline.name, pipeline_version=1,
+            index=0, version=0, item={}, lost=lost,
+        )  # fmt: skip
+
+    try:
+        # the fourth lost attempt is recorded so; the fifth is left to be presumed lost,
+        # when the stage gives up (a stage that stops its workers must not loop forever)
+        batch = [await command(3), await command(4)]
+        handling = asyncio.create_task(worker.runtime.handle(actor, batch))
+        async with asyncio.timeout(5):
+            while not all(  # noqa: ASYNC110 - polling the log
+                [await transitions(redis_store, workspace, c.run_id) for c in batch]
+            ):
+                await asyncio.sleep(0.02)
+        handling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handling
+        counts = [await transitions(redis_store, workspace, c.run_id) for c in batch]
+        assert counts == [
+            {("StageStarted", 0, 1): 1, ("StageFailed", 0, 1): 1},
+            {("StageStarted", 0, 1): 1},
+        ]
+        on_channel = [
+            commands.decode(fields[b"__data__"])
+            for _, fields in await broker.xrange(keys.stage_channel(actor))
+        ]
+        [handed_on] = [c for c in on_channel if c.attempt > 1]  # the rest are the submitter's
+        assert (handed_on.run_id, handed_on.attempt, handed_on.lost) == (batch[0].run_id, 2, 4)
     finally:
         await broker.delete(keys.stage_channel(actor))
         await worker.client.aclose()

@@ -20,11 +20,13 @@ from actor_helpers import idle, wait_terminal
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from stageline.actors.attempt import STOPPED
 from stageline.actors.builtin import default_actors
-from stageline.actors.channels import CommandBus
-from stageline.actors.commands import StageCommand
+from stageline.actors.channels import DATA_FIELD, CommandBus
+from stageline.actors.commands import StageCommand, decode
 from stageline.actors.deadletters import STREAM, decode_poison
-from stageline.actors.pipeline import PipelineCatalog
+from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
+from stageline.actors.runtime import CUT_OFF_S
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.embedded import EmbeddedServer
@@ -375,7 +377,7 @@ async def test_sigterm_finishes_the_batch_in_hand_and_takes_nothing_new(
         await client.aclose()
 
 
-async def test_sigterm_exits_within_the_drain_time_leaving_a_long_batch_pending(
+async def test_sigterm_exits_within_the_drain_time_recording_the_attempt_it_drops(
     own_server: EmbeddedServer, workspace: str, tmp_path: Path
 ) -> None:
     store = RedisEventStore.from_url(own_server.url)
@@ -396,13 +398,57 @@ async def test_sigterm_exits_within_the_drain_time_leaving_a_long_batch_pending(
         assert "Traceback" not in said and "CancelledError" not in said, said
         assert '"worker.batch_cut_off"' in said
         events = await store.read_stream(workspace, keys.run_stream(run))
-        assert events[-1].type == "StageStarted"  # no result: the attempt was cut off
-        pending = await client.xpending(keys.stage_channel("flaky"), keys.stage_group("flaky"))
-        assert pending["pending"] == 1  # left for another worker's claimer
-        assert pending["consumers"][0]["name"].decode().endswith(f"-{proc.pid}")
+        # the attempt cut off is recorded abandoned, its next one due at once
+        assert [e.type for e in events][-2:] == ["StageStarted", "StageFailed"]
+        assert (events[-1].data["error_type"], events[-1].data["error"]) == (
+            "AttemptAbandoned",
+            STOPPED,
+        )
+        assert events[-1].data["will_retry"]
+        # its entry acknowledged with it, and the next attempt's command on the channel
+        channel, group = keys.stage_channel("flaky"), keys.stage_group("flaky")
+        assert (await client.xpending(channel, group))["pending"] == 0
+        [*_, (_, fields)] = await client.xrange(channel)
+        handed_on = decode(fields[DATA_FIELD.encode()])
+        assert (handed_on.run_id, handed_on.attempt) == (run, 2)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         await store.close()
         await client.aclose()
+
+
+async def test_a_stop_that_cannot_reach_redis_drops_its_attempts_within_the_cut_off_time(
+    own_server: EmbeddedServer, workspace: str
+) -> None:
+    store = RedisEventStore.from_url(own_server.url)
+    pipeline = Pipeline(name="flaky-alone", stages=(StageSpec(name="flaky", actor="flaky"),))
+    catalog = PipelineCatalog([pipeline])
+    worker = Worker(store, own_server.url, catalog, default_actors(), WorkerConfig())
+    run = await Submitter(store, catalog, CommandBus(worker.client)).submit(
+        workspace, "flaky-alone", {}
+    )
+    item = {"flaky": {"fail_times": 0, "sleep_seconds": 30}}
+    command = StageCommand(
+        workspace=workspace, run_id=run.run_id, pipeline=pipeline.name, pipeline_version=1,
+        index=0, version=0, item=item,
+    )  # fmt: skip
+    try:
+        handling = asyncio.create_task(worker.runtime.handle("flaky", [command]))
+        await until(lambda: stage_started(store, workspace, run.run_id, 0), what="the stage")
+        own_server.kill()  # Redis gone: its clients would retry for seconds
+        started = time.monotonic()
+        handling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handling
+        await worker.runtime.cut_offs()
+        took = time.monotonic() - started
+        assert took < CUT_OFF_S + 0.5, took
+
+        own_server.start()  # nothing recorded: the attempt is left as before, to be presumed lost
+        events = await store.read_stream(workspace, keys.run_stream(run.run_id))
+        assert [e.type for e in events] == ["RunSubmitted", "StageStarted"]
+    finally:
+        await worker.client.aclose()
+        await store.close()

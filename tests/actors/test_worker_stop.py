@@ -1,4 +1,5 @@
-"""A stopped worker reads nothing more, even when one of its reads missed the cancellation.
+"""A stopped worker reads nothing more, even when one of its reads missed the cancellation;
+and the attempts it drops are recorded abandoned and started again at once.
 
 On Python 3.11, redis-py sends each command through ``asyncio.wait_for``,
 which loses a cancellation that comes as the send completes (CPython
@@ -22,13 +23,19 @@ import redis.asyncio as aioredis
 from actor_helpers import wait_terminal
 from redis.asyncio.connection import AbstractConnection
 
-from stageline.actors.channels import CommandBus
-from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
-from stageline.actors.stage import ActorRegistry, StageContext, StageResult
+from stageline.actors import commands
+from stageline.actors.attempt import STOPPED
+from stageline.actors.builtin import default_actors
+from stageline.actors.channels import DATA_FIELD, CommandBus
+from stageline.actors.commands import StageCommand
+from stageline.actors.operations import RunOperations
+from stageline.actors.pipeline import Pipeline, PipelineCatalog, RetryPolicy, StageSpec
+from stageline.actors.stage import ActorRegistry, StageContext, StageError, StageResult
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.events import keys
 from stageline.events.redis_store import RedisEventStore, connect
+from stageline.projections.replay import runs_as_of
 
 ACTOR = "stop-echo"
 ECHO = Pipeline(name="stop-echo", stages=(StageSpec(name="echo", actor=ACTOR),))
@@ -138,3 +145,131 @@ async def test_a_stopped_worker_leaves_the_groups_where_nothing_is_pending_under
     assert (await consumers(client, CHANNEL, GROUP))[b"w-stop"] == 1
     await client.xack(CHANNEL, GROUP, held)
     await client.xgroup_delconsumer(CHANNEL, GROUP, "w-held")
+
+
+# -- attempts dropped by a stop ----------------------------------------------------
+
+SLOW_ACTOR = "stop-slow"
+# a timeout and a claim time far beyond the test's: only the stop's record can hand it on
+SLOW = Pipeline(
+    name="stop-slow",
+    stages=(
+        StageSpec(
+            name="slow",
+            actor=SLOW_ACTOR,
+            timeout_seconds=120,
+            retry=RetryPolicy(max_retries=1, backoff_seconds=0),
+        ),
+    ),
+)
+SLOW_CATALOG = PipelineCatalog([SLOW])
+SLOW_CHANNEL, SLOW_GROUP = keys.stage_channel(SLOW_ACTOR), keys.stage_group(SLOW_ACTOR)
+
+
+async def slow(item: dict[str, Any], ctx: StageContext) -> StageResult:
+    """Runs on and on at its first attempt, fails its second, completes its third."""
+    if ctx.attempt == 1:
+        await asyncio.sleep(120)
+    if ctx.attempt == 2:
+        raise StageError("fails once")
+    return StageResult(output={"done_at": ctx.attempt})
+
+
+def slow_worker(store: RedisEventStore, url: str, consumer: str) -> Worker:
+    actors = default_actors()
+    actors.register(SLOW_ACTOR, slow)
+    cfg = WorkerConfig(poll_ms=20, claim_idle_ms=600_000, drain_seconds=1.0, consumer=consumer)
+    return Worker(store, url, SLOW_CATALOG, actors, cfg)
+
+
+async def started(store: RedisEventStore, workspace: str, run_id: str) -> None:
+    """Wait until the run's first attempt has recorded its start."""
+    async with asyncio.timeout(5):
+        while not any(  # noqa: ASYNC110 - polling the log, not an in-process event
+            e.type == "StageStarted"
+            for e in await store.read_stream(workspace, keys.run_stream(run_id))
+        ):
+            await asyncio.sleep(0.02)
+
+
+async def channel_entries(client: aioredis.Redis, run_id: str) -> list[tuple[StageCommand, bool]]:
+    """The run's commands on the slow stage's channel, each with whether it is pending."""
+    pending = {
+        p["message_id"]
+        for p in await client.xpending_range(SLOW_CHANNEL, SLOW_GROUP, "-", "+", 1000)
+    }
+    entries = [
+        (commands.decode(fields[DATA_FIELD.encode()]), entry_id in pending)
+        for entry_id, fields in await client.xrange(SLOW_CHANNEL)
+    ]
+    return [(c, is_pending) for c, is_pending in entries if c.run_id == run_id]
+
+
+async def test_a_worker_stopped_mid_attempt_records_it_abandoned_and_hands_the_next_one_on(
+    redis_store: RedisEventStore, redis_url: str, client: aioredis.Redis, workspace: str
+) -> None:
+    submitter = Submitter(redis_store, SLOW_CATALOG, CommandBus(client))
+    first = slow_worker(redis_store, redis_url, "w-stop-first")
+    await first.start()
+    try:
+        run = (await submitter.submit(workspace, SLOW.name, {"n": 1})).run_id
+        await started(redis_store, workspace, run)
+    finally:
+        await first.stop()  # cuts the first attempt off after its drain time
+
+    stream = keys.run_stream(run)
+    events = await redis_store.read_stream(workspace, stream)
+    assert [e.type for e in events] == ["RunSubmitted", "StageStarted", "StageFailed"]
+    start, failed = events[1], events[2]
+    assert failed.data["attempt"] == 1 and failed.causation_id == str(start.event_id)
+    assert (failed.data["error_type"], failed.data["error"]) == ("AttemptAbandoned", STOPPED)
+    assert failed.data["will_retry"] and failed.data["retry_at"] is not None
+    # its entry acknowledged in the same step, and the next attempt's command on the channel
+    [(_, first_pending), (retry, _)] = await channel_entries(client, run)
+    assert not first_pending
+    assert (retry.attempt, retry.lost, retry.cause) == (2, 1, str(failed.event_id))
+    # the run view (and replay) shows the run waiting for its next attempt
+    (shown,) = runs_as_of(events)
+    assert shown["status"] == "retrying"
+    assert shown["stages"][0]["status"] == "retrying" and STOPPED in shown["stages"][0]["error"]
+
+    # another worker, which claims nothing within the test, starts the next attempt at once
+    second = slow_worker(redis_store, redis_url, "w-stop-second")
+    await second.start()
+    try:
+        assert await wait_terminal(redis_store, workspace, [run], within=10) == {
+            run: "RunCompleted"
+        }
+    finally:
+        await second.stop()
+    events = await redis_store.read_stream(workspace, stream)
+    failures = {e.data["attempt"]: e for e in events if e.type == "StageFailed"}
+    starts = {e.data["attempt"]: e for e in events if e.type == "StageStarted"}
+    # each attempt follows from the failure before it (lineage); the stop used up none of
+    # the stage's one retry: the second attempt's failure was retried
+    assert starts[2].causation_id == str(failures[1].event_id)
+    assert starts[3].causation_id == str(failures[2].event_id)
+    assert failures[2].data["error_type"] == "StageError" and failures[2].data["will_retry"]
+    assert [e.type for e in events][-2:] == ["StageCompleted", "RunCompleted"]
+
+
+async def test_a_stop_records_nothing_for_an_attempt_whose_run_was_cancelled_meanwhile(
+    redis_store: RedisEventStore, redis_url: str, client: aioredis.Redis, workspace: str
+) -> None:
+    bus = CommandBus(client)
+    submitter = Submitter(redis_store, SLOW_CATALOG, bus)
+    operations = RunOperations(redis_store, SLOW_CATALOG, default_actors(), bus)
+    worker = slow_worker(redis_store, redis_url, "w-stop-cancelled")
+    await worker.start()
+    try:
+        run = (await submitter.submit(workspace, SLOW.name, {"n": 1})).run_id
+        await started(redis_store, workspace, run)
+        await operations.cancel(workspace, run)
+    finally:
+        await worker.stop()
+    events = await redis_store.read_stream(workspace, keys.run_stream(run))
+    # the abandonment clashed with the cancel: nothing recorded, nothing handed on; the
+    # entry stays pending, as before (whoever claims it finds the run ended)
+    assert [e.type for e in events] == ["RunSubmitted", "StageStarted", "RunCancelled"]
+    [(command, is_pending)] = await channel_entries(client, run)
+    assert command.attempt == 1 and is_pending
