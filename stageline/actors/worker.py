@@ -135,7 +135,8 @@ class WorkerConfig:
     supervise_seconds: float = 2.0
     drain_seconds: float = 15.0
     """``stop()`` returns within this long: batches in hand get all but 1.5 s of it (at least
-    half), the rest is for acknowledging, closing and the process's own exit."""
+    half), the rest is for recording the attempts cut off (``runtime.CUT_OFF_S``),
+    acknowledging, closing and the process's own exit."""
     max_stage_timeout_seconds: float | None = None
     workspace: str = "default"
     """Where an undecodable command (whose own workspace is unknown) is dead-lettered, and

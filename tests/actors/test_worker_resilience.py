@@ -452,3 +452,34 @@ async def test_a_stop_that_cannot_reach_redis_drops_its_attempts_within_the_cut_
     finally:
         await worker.client.aclose()
         await store.close()
+
+
+async def test_a_stop_with_the_store_apart_records_the_attempt_then_hands_it_on(
+    own_server: EmbeddedServer, store_server: EmbeddedServer, workspace: str
+) -> None:
+    store = RedisEventStore.from_url(store_server.url)
+    client = connect(own_server.url)
+    pipeline = Pipeline(name="flaky-alone", stages=(StageSpec(name="flaky", actor="flaky"),))
+    catalog = PipelineCatalog([pipeline])
+    config = WorkerConfig(poll_ms=20, drain_seconds=1.0, claim_idle_ms=600_000)
+    worker = Worker(store, own_server.url, catalog, default_actors(), config)
+    assert not worker.runtime.outbox  # the append cannot write the channels: a step of its own
+    item = {"flaky": {"fail_times": 0, "sleep_seconds": 30}}
+    try:
+        await worker.start()
+        try:
+            submitter = Submitter(store, catalog, CommandBus(client))
+            run = (await submitter.submit(workspace, pipeline.name, item)).run_id
+            await until(lambda: stage_started(store, workspace, run, 0), what="the stage")
+        finally:
+            await worker.stop()
+        events = await store.read_stream(workspace, keys.run_stream(run))
+        assert [e.type for e in events][-2:] == ["StageStarted", "StageFailed"]
+        channel, group = keys.stage_channel("flaky"), keys.stage_group("flaky")
+        assert (await client.xpending(channel, group))["pending"] == 0
+        [*_, (_, fields)] = await client.xrange(channel)
+        handed_on = decode(fields[DATA_FIELD.encode()])
+        assert (handed_on.attempt, handed_on.cause) == (2, str(events[-1].event_id))
+    finally:
+        await client.aclose()
+        await store.close()
