@@ -229,7 +229,7 @@ async def test_a_worker_stopped_mid_attempt_records_it_abandoned_and_hands_the_n
     assert not first_pending
     assert (retry.attempt, retry.lost, retry.cause) == (2, 1, str(failed.event_id))
     # the run view (and replay) shows the run waiting for its next attempt
-    (shown,) = runs_as_of(events)
+    (shown,) = runs_as_of(events).runs
     assert shown["status"] == "retrying"
     assert shown["stages"][0]["status"] == "retrying" and STOPPED in shown["stages"][0]["error"]
 
