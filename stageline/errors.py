@@ -62,14 +62,39 @@ class PartialRetry(Conflict):
     """A whole append (``whole=True``) whose events the stream holds some of, not all:
     it repeats only part of an earlier one. Nothing was written."""
 
-    def __init__(self, stream: str, version: int) -> None:
+    def __init__(self, stream: str, version: int, *, index: int, event_id: str, at: int) -> None:
         super().__init__(
-            f"stream {stream!r} holds some of these events but not all",
+            f"stream {stream!r} holds events[{index}] (event_id {event_id}, at version {at}) "
+            "but not all of these events: an append is all new events or a repeat of events "
+            "the stream holds, so nothing was appended; send the new events on their own",
             stream=stream,
             actual=version,
+            index=index,
+            event_id=event_id,
+            version=at,
         )
         self.stream = stream
         self.actual = version
+
+
+class EventIdReused(Conflict):
+    """A whole append (``whole=True``) that repeats events the stream holds, one of them
+    with other content under the same id: another event, not a retry. Nothing was written."""
+
+    def __init__(
+        self, stream: str, *, index: int, event_id: str, at: int, differs: list[str]
+    ) -> None:
+        super().__init__(
+            f"events[{index}] has event_id {event_id}, which stream {stream!r} holds at "
+            f"version {at} for an event with another {' and '.join(differs)}: nothing was "
+            "appended; an event id names one event, give this one its own",
+            stream=stream,
+            index=index,
+            event_id=event_id,
+            version=at,
+            differs=differs,
+        )
+        self.stream = stream
 
 
 class Unavailable(StagelineError):

@@ -14,8 +14,11 @@ either as plain JSON (``XADD stageline:ingest * __data__ '{...}'``) or in
 FastStream's envelope (``await broker.publish({...}, stream="stageline:ingest")``),
 whose ``correlation_id`` header then becomes the events' default correlation id
 (else the entry id does). Events are checked and typed exactly as HTTP does
-(``stageline.api.appends``); an event without ``event_id`` gets one derived from
-the entry id (``ingest_event_id``), so a redelivered entry appends nothing twice.
+(``stageline.api.appends``), and appended whole as HTTP
+appends them (an entry that repeats some events the stream holds, or another event
+under a held ``event_id``, is refused); an event without ``event_id`` gets one
+derived from the entry id (``ingest_event_id``), so a redelivered entry appends
+nothing twice.
 
 This module is pure: it turns an entry's bytes into an append request, or the
 reason it can never become one. The worker (``Worker.handle_ingest``) appends,
@@ -106,7 +109,9 @@ def parse(
     except StagelineError as exc:
         error = exc.message
     else:
-        request = AppendRequest(workspace, message.stream, events, expected_version(message))
+        request = AppendRequest(
+            workspace, message.stream, events, expected_version(message), whole=True
+        )
         return IngestEntry(entry_id, raw, request, workspace)
     if not keys.is_workspace(workspace):
         workspace = default_workspace

@@ -552,7 +552,10 @@ class Appended(BaseModel):
     version: int = Field(description="The stream's last version after the append.")
     versions: list[int] = Field(description="Each event's version, in request order.")
     positions: list[int] = Field(description="Each event's log position, in request order.")
-    deduplicated: bool = Field(description="True when every event had been appended before.")
+    deduplicated: bool = Field(
+        description="True when the stream held every event already (a retry: nothing was "
+        "appended); a request is never part new, part held."
+    )
 
 
 class EventOut(BaseModel):

@@ -19,8 +19,7 @@ from stageline.api.deps import CorrelationId, IdempotencyKey, StackDep, Workspac
 from stageline.api.responses import Backwards, FromVersion, PageLimit, json_response, stream_page
 from stageline.api.routing import Router
 from stageline.api.schemas import Appended, AppendEvents, StreamEvents, error_responses
-from stageline.errors import Conflict, PartialRetry
-from stageline.events import codec
+from stageline.errors import Conflict, InvalidArgument
 from stageline.events.envelope import NewEvent
 from stageline.events.keys import IDEMPOTENCY_TTL_SECONDS, check_stream, idempotency_key
 from stageline.events.redis_store import RedisEventStore
@@ -66,7 +65,10 @@ async def _release_key(
     events: Sequence[NewEvent],
 ) -> None:
     """Unbind ``key`` from the request of ``digest`` if it appended nothing, so the request
-    can be sent again corrected (another expected version, say) with the same key."""
+    can be sent again corrected (another expected version, say) with the same key.
+
+    ``events`` are the request's events the stream must not hold, as it would if their
+    append landed though its answer was lost; none for an append the store refused."""
     try:
         await store.release(
             idempotency_key(workspace, key), digest, workspace, stream, [e.event_id for e in events]
@@ -75,26 +77,16 @@ async def _release_key(
         log.warning("api.idempotency_key_kept", error=f"{type(exc).__name__}: {exc}")
 
 
-async def _check_same_request(
-    store: EventStore,
-    workspace: str,
-    stream: str,
-    key: str,
-    events: Sequence[NewEvent],
-    result: AppendResult,
-) -> None:
-    """Raise ``Conflict`` if a fully deduplicated append's events differ from the stored ones,
-    or if the request with ``key`` that stored them had more events."""
-    first, last = min(result.versions), max(result.versions)
+async def _had_more_events(
+    store: EventStore, workspace: str, stream: str, key: str, count: int, result: AppendResult
+) -> bool:
+    """Whether the request with ``key`` that stored the ``count`` events of a fully
+    deduplicated append (its key since expired) had more of them than this one."""
     # the stored request's events are consecutive: one more past the last is its next
-    stored = await store.read_stream(workspace, stream, from_version=first, limit=last - first + 2)
-    by_id = {e.event_id: e for e in stored}
-    for event in events:
-        old = by_id.get(event.event_id)
-        if old is None or old.type != event.type or old.data != codec.stored_data(event.data):
-            raise _key_reused(stream)
-    if idempotent_event_id(workspace, stream, key, len(events)) in by_id:
-        raise _key_reused(stream)
+    [*after] = await store.read_stream(
+        workspace, stream, from_version=max(result.versions) + 1, limit=1
+    )
+    return bool(after) and after[0].event_id == idempotent_event_id(workspace, stream, key, count)
 
 
 @router.post(
@@ -118,12 +110,17 @@ async def append_events(
     knows are checked against its schema (400, nothing written) and stored as that
     schema has them, like the events stageline writes: a time as a time (in UTC),
     defaults filled in, fields it lacks left out. Other events' data is stored as
-    sent. An `Idempotency-Key` names one request of the workspace for 24 hours:
+    sent. A request all of whose events the stream holds (by `event_id`), as they
+    were sent (`occurred_at` and `correlation_id` aside, which are filled in when
+    left out), is a retry: it writes nothing and answers `deduplicated` with where
+    they are. One whose `event_id` the stream holds for another event, or holding
+    some of its events but not all, is a 409 naming the event id, and writes
+    nothing. An `Idempotency-Key` names one request of the workspace for 24 hours:
     a retry of it writes nothing new and gets the same answer, another request
     with the key (other stream, events or expected version) is a 409 that writes
-    nothing. A request that appended nothing (a version clash, the store down)
-    leaves its key free for the request corrected. Events without an `event_id`
-    get ids derived from the key.
+    nothing. A request that appended nothing (a version clash, a 409 or 400 from
+    the store, the store down) leaves its key free for the request corrected.
+    Events without an `event_id` get ids derived from the key.
     """
     check_stream(stream)
     now = datetime.now(UTC)
@@ -138,8 +135,9 @@ async def append_events(
         now=now,
     )
     expected_version = expected_version_of(body)
+    # whole: all new events or a repeat of stored ones, never another event under a stored id
     if idempotency_key is None:
-        result = await stack.store.append(workspace, stream, events, expected_version)
+        result = await stack.store.append(workspace, stream, events, expected_version, whole=True)
     else:
         digest = request_digest(stream, body)
         await _claim_key(stack.store, workspace, stream, idempotency_key, digest)
@@ -147,15 +145,16 @@ async def append_events(
             result = await stack.store.append(
                 workspace, stream, events, expected_version, whole=True
             )
-        except PartialRetry:  # an earlier request with the key holds some of these events
-            raise _key_reused(stream) from None
-        except Exception:  # a version clash, the store down, ...: it may be sent corrected
+            if result.deduplicated and await _had_more_events(
+                stack.store, workspace, stream, idempotency_key, len(events), result
+            ):
+                raise _key_reused(stream)
+        except (Conflict, InvalidArgument):  # refused, nothing appended: it may be sent corrected
+            await _release_key(stack.store, workspace, stream, idempotency_key, digest, ())
+            raise
+        except Exception:  # the store down, ...: unless the append landed, it may be resent
             await _release_key(stack.store, workspace, stream, idempotency_key, digest, events)
             raise
-        if result.deduplicated:
-            await _check_same_request(
-                stack.store, workspace, stream, idempotency_key, events, result
-            )
     return json_response(
         {
             "stream": result.stream,

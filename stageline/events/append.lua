@@ -14,7 +14,8 @@
 --   0, actual version: a version clash (nothing of that request written);
 --   1, last version, first position: every event new (versions and positions run on by one);
 --   2 (every event known) or 3 (some), version, then k times version, position in input order;
---   4, version: a whole request some but not all of whose events are known (nothing written).
+--   4, version, m, then m times i, v, p: a whole request some but not all of whose events are
+--   known (nothing written); m are, each its i-th event (0-based) at version v, position p.
 local log = KEYS[1]
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -96,7 +97,16 @@ for r = 2, R + 1 do
   if whole and fresh > 0 and fresh < k then
     out[o + 1] = 4
     out[o + 2] = n - 1
-    o = o + 2
+    out[o + 3] = k - fresh
+    o = o + 3
+    for j = 2, #got do
+      if got[j] then
+        out[o + 1] = j - 2
+        out[o + 2] = tonumber(got[j])
+        out[o + 3] = tonumber(redis.call('HGET', key, got[j]))
+        o = o + 3
+      end
+    end
   elseif fresh > 0 and ((expected == -1 and n > 0) or (expected >= 0 and expected ~= n - 1)) then
     out[o + 1] = 0
     out[o + 2] = n - 1

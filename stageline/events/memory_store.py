@@ -10,7 +10,13 @@ from datetime import UTC, datetime
 from stageline.errors import ConcurrencyError, PartialRetry
 from stageline.events import codec
 from stageline.events.envelope import ANY, NO_STREAM, NewEvent, RecordedEvent
-from stageline.events.store import AppendRequest, AppendResult, check_append, epoch_ms
+from stageline.events.store import (
+    AppendRequest,
+    AppendResult,
+    check_append,
+    check_repeat,
+    epoch_ms,
+)
 
 
 class _Workspace:
@@ -66,9 +72,15 @@ class MemoryEventStore:
         blobs = {e.event_id: codec.encode(e) for e in events}
         positions = ws.streams.get(stream, [])
         length = len(positions)
-        fresh = [e for e in events if (stream, e.event_id.bytes) not in ws.ids]
-        if request.whole and 0 < len(fresh) < len(events):
-            raise PartialRetry(stream, length - 1)
+        held = [ws.ids.get((stream, e.event_id.bytes)) for e in events]
+        fresh = [e for e, version in zip(events, held, strict=True) if version is None]
+        if request.whole and len(fresh) < len(events):
+            repeated = [(i, v) for i, v in enumerate(held) if v is not None]
+            check_repeat(request, [(i, ws.log[positions[v] - 1]) for i, v in repeated])
+            if fresh:
+                index, version = repeated[0]
+                event_id = str(events[index].event_id)
+                raise PartialRetry(stream, length - 1, index=index, event_id=event_id, at=version)
         if fresh:
             expected = request.expected_version
             if (expected == NO_STREAM and length) or (expected >= 0 and expected != length - 1):

@@ -19,7 +19,7 @@ from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-from stageline.errors import ConcurrencyError, InvalidArgument, PartialRetry
+from stageline.errors import ConcurrencyError, EventIdReused, InvalidArgument, PartialRetry
 from stageline.events import codec, keys
 from stageline.events.envelope import ANY, NewEvent, RecordedEvent
 from stageline.events.pool import WaitingPool
@@ -28,6 +28,7 @@ from stageline.events.store import (
     AppendRequest,
     AppendResult,
     Outbox,
+    check_repeat,
     check_request,
     epoch_ms,
 )
@@ -198,8 +199,8 @@ class _Call:
     """
 
     __slots__ = (
-        "args", "count", "events", "indexes", "keys", "outboxes", "requests", "size", "started",
-        "times", "workspace",
+        "args", "count", "events", "held", "indexes", "keys", "outboxes", "requests", "size",
+        "started", "times", "workspace",
     )  # fmt: skip
 
     def __init__(self, workspace: str) -> None:
@@ -218,6 +219,9 @@ class _Call:
         """Whether one of its requests wrote the log's first entry (position 1)."""
         self.times: dict[int, bytes] = {}
         """The recorded time (ms) of each request, by its place in this call, that brings one."""
+        self.held: dict[int, list[tuple[int, int]]] = {}
+        """Of each ``PartialRetry`` by its request's index in the batch, the events the
+        stream holds: ``(index in the request, log position)``."""
 
     def add(self, index: int, request: AppendRequest) -> None:
         """Check and encode ``request`` into this call, or raise ``InvalidArgument`` adding nothing."""
@@ -310,8 +314,19 @@ class _Call:
                 out[i] = ConcurrencyError(request.stream, request.expected_version, reply[at + 1])
                 at += 2
             elif status == 4:
-                out[i] = PartialRetry(request.stream, reply[at + 1])
-                at += 2
+                end = at + 3 + 3 * reply[at + 2]
+                index, version = reply[at + 3], reply[at + 4]
+                out[i] = PartialRetry(
+                    request.stream,
+                    reply[at + 1],
+                    index=index,
+                    event_id=str(request.events[index].event_id),
+                    at=version,
+                )
+                self.held[i] = list(
+                    zip(reply[at + 3 : end : 3], reply[at + 5 : end : 3], strict=True)
+                )
+                at = end
             elif status == 1:
                 last, first = reply[at + 1], reply[at + 2]
                 count = len(request.events)
@@ -447,6 +462,7 @@ class RedisEventStore:
         _, [reply] = await self._run(iter([call]))
         out: list[AppendResult | Exception] = [None]  # type: ignore[list-item]
         call.results(reply, out)
+        await self._check_repeats([call], out)
         if isinstance(out[0], Exception):
             raise out[0]
         if call.started and not listed:
@@ -465,6 +481,7 @@ class RedisEventStore:
         calls, replies = await self._run(_calls(requests, out))
         for call, reply in zip(calls, replies, strict=True):
             call.results(reply, out)
+        await self._check_repeats(calls, out)
         started = {call.workspace for call in calls if call.started}
         if started - listed:
             await self._relist(started - listed)
@@ -476,6 +493,46 @@ class RedisEventStore:
             }
             await self._announce(written)
         return out
+
+    async def _check_repeats(
+        self, calls: Sequence[_Call], out: list[AppendResult | Exception]
+    ) -> None:
+        """Of each whole request that repeated events the stream holds (all of its events,
+        or some: ``PartialRetry``), turn the outcome into ``EventIdReused`` if one is
+        another event. One round trip for them all, none when there is none: the appends
+        of stages and imports are never whole."""
+        repeats: list[tuple[int, AppendRequest, list[tuple[int, int]]]] = []
+        for call in calls:
+            for n, request in zip(call.indexes, call.requests, strict=True):
+                result = out[n]
+                if not request.whole:
+                    continue
+                if isinstance(result, AppendResult) and result.deduplicated:
+                    repeats.append((n, request, list(enumerate(result.positions))))
+                elif n in call.held:
+                    repeats.append((n, request, call.held[n]))
+        if not repeats:
+            return
+        pipe = self._entries.pipeline(transaction=False)
+        for _, request, held in repeats:
+            log_key = keys.log_key(request.workspace)
+            for _, position in held:
+                pipe.xrange(log_key, min=f"0-{position}", max=f"0-{position}")
+        try:
+            found: list[Any] = await pipe.execute()
+        except Exception as exc:  # not known to be a retry: no answer yet
+            for n, _, _ in repeats:
+                out[n] = exc
+            return
+        at = 0
+        for n, request, held in repeats:
+            pages = found[at : at + len(held)]
+            at += len(held)
+            stored = self._decode(request.workspace, [e for page in pages for e in page])
+            try:
+                check_repeat(request, zip([i for i, _ in held], stored, strict=True))
+            except EventIdReused as exc:
+                out[n] = exc
 
     async def _remember(self, workspaces: set[str]) -> set[str]:
         """List the workspaces this store has not listed yet, and return them; those no store

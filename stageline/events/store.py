@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import msgspec
 
-from stageline.errors import InvalidArgument
+from stageline.errors import EventIdReused, InvalidArgument
+from stageline.events import codec
 from stageline.events.envelope import ANY, NewEvent, RecordedEvent
 from stageline.events.keys import check_stream, check_workspace
 
@@ -38,9 +39,12 @@ class AppendRequest(msgspec.Struct, frozen=True):
     outbox: Outbox | None = None
     """Only the Redis store takes one (its streams are on the same server)."""
     whole: bool = False
-    """A retry must repeat the whole append: if the stream holds some of ``events`` (by
-    id) but not all, the append is refused with ``PartialRetry`` and writes nothing.
-    Otherwise (the default) the events it holds are dropped and the rest appended."""
+    """A retry must repeat the whole append, and the same events: if the stream holds
+    of ``events`` (by id) one with other content (``differences``), the append is refused
+    with ``EventIdReused``; if it holds some of them but not all, with ``PartialRetry``;
+    either writes nothing. Otherwise (the default) the events it holds
+    are dropped unseen and the rest appended: what internal callers that retry their own
+    appends (stages, an import) rely on, at no extra read."""
     recorded_at: datetime | None = None
     """When the events were recorded, instead of now by the store's clock: an import that
     keeps an exported log's times. Timezone-aware; kept to the millisecond (truncated),
@@ -175,6 +179,39 @@ def epoch_ms(at: datetime) -> int:
     """``at`` (timezone-aware) in whole milliseconds since the epoch, as the log stores times."""
     # not at.timestamp() * 1000: a float that lands a hair below the millisecond it names
     return (at - _EPOCH) // _MS
+
+
+def differences(sent: NewEvent, stored: RecordedEvent) -> list[str]:
+    """What of ``sent`` differs from the event the stream holds under its id: ``type``,
+    ``schema_version``, ``causation_id``, ``data``; nothing for a retry of it.
+
+    Not ``occurred_at`` nor ``correlation_id``: an append fills them in when the sender
+    leaves them out (with now, the request's), so an honest retry may differ there.
+    """
+    out = [
+        name
+        for name in ("type", "schema_version", "causation_id")
+        if getattr(sent, name) != getattr(stored, name)
+    ]
+    if codec.stored_data(sent.data) != stored.data:
+        out.append("data")
+    return out
+
+
+def check_repeat(request: AppendRequest, held: Iterable[tuple[int, RecordedEvent]]) -> None:
+    """``EventIdReused`` unless each event the stream holds of ``request``'s (``held``:
+    the index of each in ``request.events``, and the stored event) is the one it holds."""
+    for index, stored in held:
+        sent = request.events[index]
+        differs = differences(sent, stored)
+        if differs:
+            raise EventIdReused(
+                request.stream,
+                index=index,
+                event_id=str(sent.event_id),
+                at=stored.version,
+                differs=differs,
+            )
 
 
 def check_append(request: AppendRequest) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -174,6 +175,28 @@ async def test_bad_messages_are_dead_lettered_with_their_reason_and_a_good_one_s
         assert letter.data["deliveries"] == 1
         raw = message if isinstance(message, bytes) else json.dumps(message).encode()
         assert base64.b64decode(letter.data["raw"]) == raw
+
+
+async def test_an_entry_reusing_a_held_event_id_for_another_event_is_dead_lettered(
+    worker: Worker, broker: aioredis.Redis, redis_store: RedisEventStore, workspace: str
+) -> None:
+    held = str(uuid.uuid4())
+    placed = {"stream": "o", "events": [{"event_id": held, "type": "Placed", "data": {"n": 1}}]}
+    await publish(broker, placed)
+    await drained(broker)
+    cancelled = {"event_id": held, "type": "Cancelled", "data": {}}
+    await publish(broker, {"stream": "o", "events": [cancelled, *events("Note")]})
+    await publish(broker, {"stream": "o", "events": [events("Note")[0], placed["events"][0]]})
+    await publish(broker, placed)  # published again: a repeat, not a dead letter
+    await drained(broker)
+
+    assert [e.type for e in await redis_store.read_stream(workspace, "o")] == ["Placed"]
+    clash, partial = await redis_store.read_stream(workspace, STREAM)
+    assert (
+        f"events[0] has event_id {held}, which stream 'o' holds at version 0"
+        in (clash.data["error"])
+    )
+    assert f"holds events[1] (event_id {held}, at version 0)" in partial.data["error"]
 
 
 async def test_a_bad_message_is_dead_lettered_in_the_workspace_it_names(

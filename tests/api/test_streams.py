@@ -185,6 +185,72 @@ async def test_explicit_event_ids_are_kept_and_deduplicated(
     assert await stack.store.head(workspace) == 1
 
 
+async def test_an_event_id_the_stream_holds_for_another_event_is_409_appending_nothing(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    placed, note = str(uuid.uuid4()), str(uuid.uuid4())
+    discarded = {"type": "DeadLetterDiscarded", "data": {"dead_letter": "d"}, "event_id": note}
+    first = [{"event_id": placed, "type": "OrderPlaced", "data": {"total": 10}}, discarded]
+    assert (await append(client, "order-77", first, "no_stream")).status_code == 201
+
+    cancelled = {"event_id": placed, "type": "OrderCancelled", "data": {"reason": "fraud"}}
+    fresh = {"event_id": str(uuid.uuid4()), "type": "OrderNote", "data": {"n": 1}}
+    for sent in (
+        [cancelled, fresh],
+        [cancelled],
+        [first[0], {**discarded, "data": {"dead_letter": "d", "reason": "r"}}],
+    ):
+        error = assert_error(await append(client, "order-77", sent, 1), 409, "CONFLICT")
+        clash = next(i for i, e in enumerate(sent) if e not in first)
+        assert f"events[{clash}] has event_id {sent[clash]['event_id']}" in error["message"]
+        assert error["details"]["version"] == clash
+        assert error["details"]["differs"] == (["type", "data"] if clash == 0 else ["data"])
+    assert await stack.store.head(workspace) == 2
+
+    # sent again, its times and defaults filled in anew: a retry
+    again = await append(client, "order-77", first, "no_stream")
+    assert again.status_code == 201, again.text
+    assert again.json()["deduplicated"] is True
+    page = (await client.get("/v1/streams/order-77/events")).json()
+    assert [e["type"] for e in page["events"]] == ["OrderPlaced", "DeadLetterDiscarded"]
+
+
+async def test_a_request_repeating_some_events_the_stream_holds_is_409_appending_nothing(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    held = event(0, event_id=str(uuid.uuid4()))
+    assert (await append(client, "s", [event(1), held])).status_code == 201
+    for key in ({}, {"Idempotency-Key": "partial"}):
+        partial = await append(client, "s", [event(2), held], headers=key)
+        error = assert_error(partial, 409, "CONFLICT")
+        assert f"holds events[1] (event_id {held['event_id']}, at version 1)" in error["message"]
+        assert error["details"]["event_id"] == held["event_id"]
+    assert await stack.store.head(workspace) == 2
+    # the key stayed free for the request corrected
+    fixed = await append(client, "s", [event(2)], headers={"Idempotency-Key": "partial"})
+    assert fixed.status_code == 201, fixed.text
+
+
+async def test_a_key_whose_request_clashed_on_an_event_id_is_free_and_the_409_says_why(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    held = str(uuid.uuid4())
+    sent = [{"event_id": held, "type": "OrderPlaced", "data": {"total": 10}}]
+    assert (await append(client, "order-77", sent)).status_code == 201
+    key = {"Idempotency-Key": "fresh-1"}
+    other = [{"event_id": held, "type": "OrderCancelled", "data": {"reason": "fraud"}}]
+    error = assert_error(await append(client, "order-77", other, headers=key), 409, "CONFLICT")
+    assert held in error["message"] and "Idempotency-Key" not in error["message"]
+    assert await stack.store.head(workspace) == 1
+
+    fixed = [{"type": "OrderCancelled", "data": {"reason": "fraud"}}]
+    first = await append(client, "order-77", fixed, headers=key)
+    assert first.status_code == 201, first.text
+    retry = await append(client, "order-77", fixed, headers=key)
+    assert retry.json() == {**first.json(), "deduplicated": True}
+    assert await stack.store.head(workspace) == 2
+
+
 async def test_events_carry_the_request_correlation_id_unless_they_name_one(
     client: httpx.AsyncClient,
 ) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from stageline.errors import (
     ConcurrencyError,
+    EventIdReused,
     InvalidArgument,
     InvalidEvent,
     PartialRetry,
@@ -298,10 +299,12 @@ class StoreContract:
         await store.append(workspace, "t", [ev(9)])
         before = await snapshot(store, workspace, "s")
 
-        for longer in ([*first, ev(5)], [ev(6), first[1]]):
+        for longer, index in (([*first, ev(5)], 0), ([ev(6), first[1]], 1)):
             with pytest.raises(PartialRetry) as refused:  # before the version check
                 await store.append(workspace, "s", longer, NO_STREAM, whole=True)
             assert refused.value.actual == 1
+            held = {"index": index, "event_id": str(first[index].event_id), "version": index}
+            assert refused.value.details == {"stream": "s", "actual": 1, **held}
         [result] = await store.append_batch(
             [AppendRequest(workspace, "s", [first[0], ev(7)], whole=True)]
         )
@@ -316,6 +319,53 @@ class StoreContract:
         fresh = await store.append(workspace, "s", evs(2, start=10), 1, whole=True)
         assert fresh.versions == [2, 3]
         assert fresh.deduplicated is False
+
+    async def test_a_whole_append_refuses_another_event_under_a_held_id(
+        self, store: EventStore, workspace: str
+    ) -> None:
+        placed = NewEvent(type="OrderPlaced", data={"total": 10}, causation_id="c")
+        note = NewEvent(type="OrderNote", data={"n": 1})
+        await store.append(workspace, "s", [placed, note])
+        before = await snapshot(store, workspace, "s")
+
+        def like(event: NewEvent, **changes: Any) -> NewEvent:
+            return msgspec.structs.replace(event, **changes)
+
+        cancelled = like(placed, type="OrderCancelled", data={"reason": "fraud"})
+        for sent, index, differs in [
+            ([cancelled], 0, ["type", "data"]),
+            ([cancelled, ev(9)], 0, ["type", "data"]),  # some new: not a partial retry either
+            ([like(placed, schema_version=2)], 0, ["schema_version"]),
+            ([like(placed, causation_id=None)], 0, ["causation_id"]),
+            ([placed, like(note, data={"n": 2})], 1, ["data"]),
+        ]:
+            with pytest.raises(EventIdReused) as refused:
+                await store.append(workspace, "s", sent, whole=True)
+            assert refused.value.details == {
+                "stream": "s",
+                "index": index,
+                "event_id": str(sent[index].event_id),
+                "version": index,
+                "differs": differs,
+            }
+        # when it happened and its correlation are filled in when not sent: a retry
+        retry = like(placed, occurred_at=datetime.now(UTC), correlation_id="another request")
+        results = await store.append_batch(
+            [
+                AppendRequest(workspace, "s", [like(placed, data={"total": 11})], whole=True),
+                AppendRequest(workspace, "s", [retry, note], whole=True),
+                AppendRequest(workspace, "s", [retry], whole=True),
+            ]
+        )
+        assert isinstance(results[0], EventIdReused)
+        assert results[1:] == [
+            AppendResult("s", version=1, versions=[0, 1], positions=[1, 2], deduplicated=True),
+            AppendResult("s", version=0, versions=[0], positions=[1], deduplicated=True),
+        ]
+        # not whole (a stage's or an import's retry): what the stream holds is dropped unseen
+        dropped = await store.append(workspace, "s", [like(placed, type="OrderCancelled")])
+        assert dropped.deduplicated is True
+        assert await snapshot(store, workspace, "s") == before
 
     async def test_same_event_id_twice_in_one_append_is_rejected(
         self, store: EventStore, workspace: str
