@@ -160,6 +160,7 @@ class Stack:
             max_stage_timeout_seconds=s.max_stage_timeout_seconds,
             workspace=s.workspace,
             ingest=s.ingest,
+            max_body_bytes=s.max_body_bytes,
         )
         if consumer is not None:
             config = dataclasses.replace(config, consumer=consumer)

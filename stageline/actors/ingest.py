@@ -14,7 +14,7 @@ either as plain JSON (``XADD stageline:ingest * __data__ '{...}'``) or in
 FastStream's envelope (``await broker.publish({...}, stream="stageline:ingest")``),
 whose ``correlation_id`` header then becomes the events' default correlation id
 (else the entry id does). Events are checked and typed exactly as HTTP does
-(``stageline.api.appends``), and appended whole as HTTP
+(``stageline.api.appends``), within the same size limit, and appended whole as HTTP
 appends them (an entry that repeats some events the stream holds, or another event
 under a held ``event_id``, is refused); an event without ``event_id`` gets one
 derived from the entry id (``ingest_event_id``), so a redelivered entry appends
@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from stageline.api.appends import expected_version, new_events
 from stageline.api.errors import validation_message
 from stageline.api.schemas import IngestMessage
-from stageline.errors import StagelineError
+from stageline.errors import InvalidArgument, StagelineError
 from stageline.events import keys
 from stageline.events.store import AppendRequest
 
@@ -48,6 +48,8 @@ __all__ = ["IngestEntry", "ingest_event_id", "message_workspace", "parse", "unwr
 
 _NAMESPACE = uuid.UUID("6f1d2c3b-8a4e-4f7d-9b2c-5e0a1d3c7b84")
 _LABEL_MAX = 200
+MAX_BYTES = 1_048_576
+"""Largest body an entry may hold: ``STAGELINE_MAX_BODY_BYTES``'s default, as HTTP's."""
 DATA_FIELD = b"__data__"
 
 
@@ -76,9 +78,15 @@ def unwrap(raw: bytes) -> tuple[bytes, dict[str, Any]]:
 
 
 def parse(
-    entry_id: bytes, fields: Mapping[bytes, bytes], *, default_workspace: str, now: datetime
+    entry_id: bytes,
+    fields: Mapping[bytes, bytes],
+    *,
+    default_workspace: str,
+    now: datetime,
+    max_bytes: int = MAX_BYTES,
 ) -> IngestEntry:
-    """The append the entry ``entry_id`` with ``fields`` asks for, or why it cannot be one."""
+    """The append the entry ``entry_id`` with ``fields`` asks for, or why it cannot be one:
+    among others, a body (JSON) over ``max_bytes``, which HTTP refuses with 413."""
     raw = fields.get(DATA_FIELD)
     if raw is None:  # kept whole, as JSON, to be read in its dead letter
         kept = msgspec.json.encode(
@@ -95,6 +103,11 @@ def parse(
     if isinstance(document, dict) and isinstance(document.get("workspace"), str):
         workspace = document["workspace"]
     try:
+        if len(body) > max_bytes:
+            raise InvalidArgument(
+                f"entry is {len(body)} bytes, over the {max_bytes} an append takes "
+                "(STAGELINE_MAX_BODY_BYTES, as over HTTP)"
+            )
         message = IngestMessage.model_validate(document)
         keys.check_workspace(workspace)
         keys.check_stream(message.stream)

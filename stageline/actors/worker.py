@@ -43,6 +43,7 @@ from stageline.actors.deadletters import (
     entry_dead_letter_id,
 )
 from stageline.actors.decide import ABANDON_GRACE_SECONDS
+from stageline.actors.ingest import MAX_BYTES as INGEST_MAX_BYTES
 from stageline.actors.ingest import IngestEntry
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, PipelineKey
 from stageline.actors.runtime import StageRuntime
@@ -143,6 +144,8 @@ class WorkerConfig:
     the workspace of ingest entries that name none."""
     ingest: bool = True
     """Consume the ingest channel (``stageline.actors.ingest``) too."""
+    max_body_bytes: int = INGEST_MAX_BYTES
+    """Largest ingest entry body appended (``STAGELINE_MAX_BODY_BYTES``, as HTTP's)."""
     consumer: str = f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -311,7 +314,13 @@ class Worker:
         channel, group = keys.INGEST_CHANNEL, keys.INGEST_GROUP
         now = datetime.now(UTC)
         parsed = [
-            ingest.parse(entry_id, fields, default_workspace=self.config.workspace, now=now)
+            ingest.parse(
+                entry_id,
+                fields,
+                default_workspace=self.config.workspace,
+                now=now,
+                max_bytes=self.config.max_body_bytes,
+            )
             for entry_id, fields in entries
         ]
         deliveries = await self._deliveries(channel, group, parsed) if claimed else {}

@@ -60,3 +60,12 @@ def test_message_workspace() -> None:
     assert message_workspace(b'{"workspace": "w"}') == "w"
     assert message_workspace(b'{"stream": "s"}') is None
     assert message_workspace(b"[1") is None
+
+
+def test_a_body_larger_than_http_takes_is_refused() -> None:
+    message = {"stream": "s", "events": [{"type": "A", "data": {"pad": "x" * (1 << 20)}}]}
+    parsed = entry(message)
+    assert parsed.request is None
+    size = len(json.dumps(message))
+    assert parsed.error.startswith(f"entry is {size} bytes, over the 1048576 an append takes")
+    assert entry({**message, "events": [{"type": "A", "data": {"pad": "x"}}]}).request

@@ -199,6 +199,22 @@ async def test_an_entry_reusing_a_held_event_id_for_another_event_is_dead_letter
     assert f"holds events[1] (event_id {held}, at version 0)" in partial.data["error"]
 
 
+async def test_an_entry_larger_than_an_http_body_may_be_is_dead_lettered(
+    redis_store: RedisEventStore, redis_url: str, broker: aioredis.Redis, workspace: str
+) -> None:
+    w = make_worker(redis_store, redis_url, workspace, max_body_bytes=2048)
+    await w.start()
+    try:
+        await publish(broker, {"stream": "big", "events": events("A", pad="x" * 2048)})
+        await publish(broker, {"stream": "big", "events": events("B", pad="x" * 1900)})
+        await drained(broker)
+    finally:
+        await w.stop()
+    assert [e.type for e in await redis_store.read_stream(workspace, "big")] == ["B"]
+    [letter] = await redis_store.read_stream(workspace, STREAM)
+    assert "over the 2048 an append takes (STAGELINE_MAX_BODY_BYTES" in letter.data["error"]
+
+
 async def test_a_bad_message_is_dead_lettered_in_the_workspace_it_names(
     worker: Worker, broker: aioredis.Redis, redis_store: RedisEventStore, workspace: str
 ) -> None:
