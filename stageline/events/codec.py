@@ -83,7 +83,9 @@ def encode(event: NewEvent) -> bytes:
             )
         )
     except (TypeError, ValueError, OverflowError) as exc:  # ValueError: e.g. lone surrogates
-        raise InvalidEvent(f"event cannot be encoded: {exc}", type=event.type) from exc
+        where = _too_big(event) if isinstance(exc, OverflowError) else None
+        reason = f"{where} is an integer beyond {_INTS}" if where else str(exc)
+        raise InvalidEvent(f"event cannot be encoded: {reason}", type=event.type) from exc
     # memchr finds the first float (most events have none, or few), a regex the rest
     at = blob.find(_FLOAT, _AFTER_ID)
     if at >= 0 and _not_finite(blob, at) is not None:
@@ -94,6 +96,31 @@ def encode(event: NewEvent) -> bytes:
         if problem is not None:
             raise InvalidEvent(f"event data holds {problem}", type=event.type)
     return blob
+
+
+_INTS = "those msgpack holds (-2**63 to 2**64 - 1)"
+
+
+def _too_big(event: NewEvent) -> str | None:
+    """Where in ``event`` (``schema_version``, ``data.x[2]``) the first integer msgpack
+    cannot hold sits; None if there is none. Looked for only once encoding failed."""
+    stack: list[tuple[str, object]] = [
+        ("data", event.data),
+        ("schema_version", event.schema_version),
+    ]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, int):
+            if not -(2**63) <= item < 2**64:
+                return where
+        elif isinstance(item, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in reversed(item.items()))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, msgspec.Struct):
+            fields = item.__struct_fields__
+            stack.extend((f"{where}.{f}", getattr(item, f)) for f in reversed(fields))
+    return None
 
 
 def _check_type(event_type: object) -> None:

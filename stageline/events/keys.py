@@ -55,7 +55,8 @@ def is_workspace(workspace: str, *, internal: bool = False) -> bool:
 def check_stream(stream: str) -> str:
     if not _STREAM.fullmatch(stream):
         raise InvalidArgument(
-            "stream name must be 1-200 characters of letters, digits and _.:@=+-",
+            "stream name must be 1-200 characters of letters, digits and _.:@=+-, "
+            "starting with a letter or digit",
             stream=stream,
         )
     return stream

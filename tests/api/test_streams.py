@@ -251,6 +251,15 @@ async def test_a_key_whose_request_clashed_on_an_event_id_is_free_and_the_409_sa
     assert await stack.store.head(workspace) == 2
 
 
+async def test_an_integer_the_log_cannot_hold_is_400_naming_its_place(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    r = await append(client, "s", [event(0), {"type": "T", "data": {"x": [0, 10**29]}}])
+    error = assert_error(r, 400, "INVALID_ARGUMENT")
+    assert "data.x[1] is an integer beyond" in error["message"], error
+    assert await stack.store.head(workspace) == 0
+
+
 async def test_events_carry_the_request_correlation_id_unless_they_name_one(
     client: httpx.AsyncClient,
 ) -> None:
@@ -323,9 +332,10 @@ async def test_bad_append_bodies_are_400_naming_the_field_and_append_nothing(
 async def test_bad_stream_names_are_400(
     client: httpx.AsyncClient, stack: Stack, workspace: str
 ) -> None:
-    for stream in ("-leading-dash", "with%20space", "a" * 201, "semi;colon"):
+    for stream in ("-leading-dash", "_x", "with%20space", "a" * 201, "semi;colon"):
         r = await client.post(f"/v1/streams/{stream}/events", json={"events": [event()]})
-        assert "stream" in assert_error(r, 400, "INVALID_ARGUMENT")["message"]
+        message = assert_error(r, 400, "INVALID_ARGUMENT")["message"]
+        assert message.endswith("starting with a letter or digit"), message
         assert_error(await client.get(f"/v1/streams/{stream}/events"), 400, "INVALID_ARGUMENT")
     assert await stack.store.head(workspace) == 0
 

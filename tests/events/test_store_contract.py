@@ -450,6 +450,16 @@ class StoreContract:
         assert await snapshot(store, workspace, "s") == before
         assert len(await store.read_log(workspace)) == 1  # and the log still decodes
 
+    async def test_an_integer_no_read_could_decode_is_named_by_its_place(
+        self, store: EventStore, workspace: str
+    ) -> None:
+        bad = NewEvent(type="x", data={"lines": [{"cents": 1}, {"cents": 10**29}]})
+        with pytest.raises(InvalidEvent, match=r"data\.lines\[1\]\.cents is an integer beyond"):
+            await store.append(workspace, "s", [bad])
+        with pytest.raises(InvalidEvent, match="schema_version is an integer beyond"):
+            await store.append(workspace, "s", [NewEvent(type="x", data={}, schema_version=2**64)])
+        assert await store.head(workspace) == 0
+
     @pytest.mark.parametrize(
         ("bad", "says"),
         [
