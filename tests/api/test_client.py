@@ -283,13 +283,17 @@ async def test_api_errors_are_raised_with_their_code_and_message(
         with pytest.raises(ApiError) as unknown:
             await stageline.submit("no-such-pipeline", {"text": "x"})
         assert (unknown.value.status, unknown.value.code) == (404, "NOT_FOUND")
-        # a second reporter of the same run cannot write over the first
+        # a second reporter of the same run carries it on: the first cannot write over it
         async with stageline.report("nightly-etl", ["extract"]) as run:
-            with pytest.raises(VersionConflict) as clash:
-                async with stageline.report("nightly-etl", ["extract"], run_id=run.run_id):
-                    pass
+            async with (
+                stageline.report("nightly-etl", ["extract"], run_id=run.run_id) as second,
+                second.stage("extract"),
+            ):
+                with pytest.raises(VersionConflict) as clash:
+                    async with run.stage("extract"):
+                        pass
             assert (clash.value.status, clash.value.code) == (409, "CONFLICT")
-            assert clash.value.actual_version == 0
+            assert clash.value.actual_version == 1
     with pytest.raises(Unreachable) as gone:
         await AsyncStageline(url, workspace, retries=1, backoff=0.01).run("r")
     assert gone.value.code == "UNAVAILABLE" and gone.value.status is None
