@@ -787,7 +787,9 @@ class _Report:
     def _why_unsent(self) -> str:
         if self._stopped is not None:
             return str(self._stopped)
-        return f"stageline could not be reached: {self._outage}"
+        if self._outage is not None:
+            return f"stageline could not be reached: {self._outage}"
+        return f"more than {MAX_HELD} were held while stageline could not be reached"
 
     def _left(self) -> None:
         """The run's block is over: warn if some of its reports are not recorded."""

@@ -305,3 +305,30 @@ async def test_a_blocking_report_holds_while_stageline_is_down_each_report_tryin
         seconds, run = await asyncio.to_thread(report)
     assert seconds < 1.0
     assert run.unsent == 7
+
+
+async def test_a_report_holds_at_most_max_held_appends_and_drops_the_later_ones(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("stageline.client.MAX_HELD", 2)
+    outage = Outage()
+    async with (
+        served(app) as url,
+        AsyncStageline(url, workspace, transport=outage, backoff=0.01) as stageline,
+    ):
+        async with stageline.report("nightly-etl", ETL) as run:
+            outage.down = True
+            for name in ETL:
+                async with run.stage(name):
+                    pass
+            assert run.unsent == 6  # 2 held, 4 dropped
+            outage.down = False
+        with pytest.raises(Unreachable, match=r"5 report.*more than 2 were held"):
+            await run.flush()
+        events = await events_of(client, run.run_id)
+    # what was held went on to stageline: a beginning of the run, consistent as far as it goes
+    assert kinds(events) == [
+        ("RunSubmitted", None, None),
+        ("StageStarted", "extract", 1),
+        ("StageCompleted", "extract", 1),
+    ]
