@@ -34,11 +34,21 @@ from stageline.events.store import EventStore
 _ATTEMPTS = 5
 
 
-class OperationResult(msgspec.Struct, frozen=True):
+class OperationResult(msgspec.Struct, frozen=True, omit_defaults=True):
     run_id: str
     status: str
     position: int
     changed: bool
+    note: str | None = None
+    """What the caller should know besides (a reported run's cancel: its reporter runs on)."""
+
+
+def _reported_note(run_id: str) -> str:
+    return (
+        f"run {run_id!r} was reported from outside: it is recorded cancelled, and its "
+        "reporter's next append to it is refused (409), but stageline cannot stop the "
+        "reporter's own process"
+    )
 
 
 def _check_driven(state: RunState, run_id: str, done: str) -> None:
@@ -90,11 +100,17 @@ class RunOperations:
     async def cancel(
         self, workspace: str, run_id: str, *, reason: str = "", correlation_id: str | None = None
     ) -> OperationResult:
-        """Stop a run at its next stage boundary; ``Conflict`` if it has already ended, or
-        if it was reported from outside (its reporter runs it, stageline cannot stop it)."""
+        """Stop a run at its next stage boundary; ``Conflict`` if it has already ended.
+
+        A run reported from outside is recorded cancelled too (a reporter that crashed
+        leaves it unfinished otherwise), with a ``note`` that stageline cannot stop the
+        reporter's process; the reporter's next append to it is refused.
+        """
+        reported = False
 
         def plan(state: RunState) -> list[DomainEvent] | None:
-            _check_driven(state, run_id, "cancelled")
+            nonlocal reported
+            reported = state.pipeline_version == REPORTED_VERSION
             if state.terminal == RunCancelled.topic:
                 return None
             if state.terminal:
@@ -103,7 +119,8 @@ class RunOperations:
                 )
             return [RunCancelled(reason=reason)]
 
-        return await self._apply(workspace, run_id, plan, "cancelled", correlation_id)
+        result = await self._apply(workspace, run_id, plan, "cancelled", correlation_id)
+        return msgspec.structs.replace(result, note=_reported_note(run_id)) if reported else result
 
     async def retry(
         self, workspace: str, run_id: str, *, correlation_id: str | None = None

@@ -77,8 +77,9 @@ async def cancel_run(
     A stage attempt already under way finishes, but its result is discarded and no
     later stage starts. The optional body's `reason` is recorded. Cancelling a
     cancelled run writes nothing (`changed: false`); 409 CONFLICT if the run ended
-    otherwise, or if it was reported from outside (`pipeline_version` 0): its
-    reporter runs it, stageline cannot stop it.
+    otherwise. A run reported from outside (`pipeline_version` 0) is recorded
+    cancelled with a `note`: stageline cannot stop its reporter's process, whose
+    next append to the run is refused.
     """
     check_run_id(run_id)
     reason = body.reason if body is not None else ""

@@ -181,6 +181,10 @@ class RunOperation(BaseModel):
     changed: bool = Field(
         description="False when the run already was in that state and nothing was written."
     )
+    note: str | None = Field(
+        default=None,
+        description="A cancelled run reported from outside: stageline cannot stop its reporter.",
+    )
 
 
 # -- dead letters ------------------------------------------------------------------------

@@ -26,10 +26,18 @@ from api_helpers import (
 from stageline.actors.stage import StageContext, StageResult
 from stageline.api import create_app
 from stageline.events import keys
-from stageline.events.envelope import DomainEvent, RecordedEvent
+from stageline.events.envelope import NO_STREAM, DomainEvent, NewEvent, RecordedEvent
 from stageline.stack import Stack
 
 TEXT = "Met Alice and Bob in Berlin to talk about the Redis migration with Carol."
+
+
+def new_event_of(event: dict[str, Any]) -> NewEvent:
+    """An event as an append request's body has it, to append through the store."""
+    ids = {"event_id": uuid.UUID(event["event_id"])} if "event_id" in event else {}
+    return NewEvent(
+        type=event["type"], data=event["data"], causation_id=event.get("causation_id"), **ids
+    )
 
 
 def stage(run: dict[str, Any], name: str) -> dict[str, Any]:
@@ -207,20 +215,20 @@ async def test_runs_that_ended_cannot_be_cancelled_or_retried(
     assert await stack.store.head(workspace) == position  # nothing written
 
 
+def reported_run(stages: list[str]) -> dict[str, Any]:
+    """A ``RunSubmitted`` as ``Stageline.report`` appends it, for a run of "nightly-etl"."""
+    data = {"pipeline": "nightly-etl", "pipeline_version": 0, "stages": stages, "input": {}}
+    return {"type": "RunSubmitted", "data": data}
+
+
 @pytest.mark.parametrize("ended", [True, False], ids=["failed", "running"])
-@pytest.mark.parametrize("operation", ["undo", "retry", "cancel"])
-async def test_a_run_reported_from_outside_is_neither_undone_retried_nor_cancelled(
+@pytest.mark.parametrize("operation", ["undo", "retry"])
+async def test_a_run_reported_from_outside_is_neither_undone_nor_retried(
     client: httpx.AsyncClient, stack: Stack, workspace: str, operation: str, ended: bool
 ) -> None:
     # what Stageline.report records for a run of "nightly-etl" that failed, or still runs
-    submitted = {
-        "pipeline": "nightly-etl",
-        "pipeline_version": 0,
-        "stages": ["extract"],
-        "input": {"text": "x"},
-    }
     failed = {"stage": "extract", "error_type": "IOError", "error": "disk full"}
-    events = [{"type": "RunSubmitted", "data": submitted}]
+    events = [reported_run(["extract"])]
     if ended:
         events.append({"type": "RunFailed", "data": failed})
     r = await client.post("/v1/streams/run-etl-1/events", json={"events": events})
@@ -233,6 +241,39 @@ async def test_a_run_reported_from_outside_is_neither_undone_retried_nor_cancell
     assert error["details"]["pipeline_version"] == 0
     assert error["details"]["status"] == ("failed" if ended else "processing")
     assert await stack.store.head(workspace) == position  # nothing written
+
+
+async def test_a_reported_run_whose_reporter_crashed_can_be_cancelled(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    # the reporter recorded extract, started transform, and died
+    events = [
+        reported_run(["extract", "transform"]),
+        {"type": "StageStarted", "data": {"stage": "extract", "index": 0}},
+        {"type": "StageCompleted", "data": {"stage": "extract", "index": 0}},
+        {"type": "StageStarted", "data": {"stage": "transform", "index": 1}},
+    ]
+    r = await client.post("/v1/streams/run-etl-2/events", json={"events": events})
+    assert r.status_code == 201, r.text
+
+    cancelled = await client.post("/v1/runs/etl-2/cancel", json={"reason": "reporter died"})
+
+    assert cancelled.status_code == 200, cancelled.text
+    body = cancelled.json()
+    assert (body["status"], body["changed"]) == ("cancelled", True)
+    assert "cannot stop the reporter" in body["note"]
+    run = await until_status(client, "etl-2", "cancelled", min_position=body["position"])
+    assert [(s["name"], s["status"]) for s in run["stages"]] == [
+        ("extract", "completed"),
+        ("transform", "cancelled"),
+    ]
+    again = await client.post("/v1/runs/etl-2/cancel")
+    assert (again.status_code, again.json()["changed"]) == (200, False)
+    # the reporter, come back, learns that the run has ended
+    late = {"type": "StageCompleted", "data": {"stage": "transform", "index": 1}}
+    r = await client.post("/v1/streams/run-etl-2/events", json={"events": [late]})
+    assert assert_error(r, 409, "CONFLICT")["details"]["rule"] == "ended"
+    assert [e["type"] for e in await run_events(client, "etl-2")][-1] == "RunCancelled"
 
 
 @pytest.mark.parametrize("operation", ["undo", "retry", "cancel"])
@@ -256,7 +297,7 @@ async def test_a_bad_cancel_body_is_400(client: httpx.AsyncClient) -> None:
 
 
 async def test_undo_of_a_run_whose_compensator_fails_is_409_naming_stage_and_error(
-    client: httpx.AsyncClient, stack: Stack
+    client: httpx.AsyncClient, stack: Stack, workspace: str
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     actor, pipeline = f"brittle-{tag}", f"brittle-{tag}"
@@ -280,9 +321,8 @@ async def test_undo_of_a_run_whose_compensator_fails_is_409_naming_stage_and_err
         {"type": "StageCompleted", "data": {"stage": "first", "index": 0}},
     ]
     stream = keys.run_stream(run_id)
-    body = {"expected_version": "no_stream", "events": events}
-    r = await client.post(f"/v1/streams/{stream}/events", json=body)
-    assert r.status_code == 201, r.text
+    # a run as stageline's own stages record it (no outside system may append to it)
+    await stack.store.append(workspace, stream, [new_event_of(e) for e in events], NO_STREAM)
 
     r = await client.post(f"/v1/runs/{run_id}/undo")
     assert r.status_code == 409, r.text
