@@ -17,12 +17,19 @@ REPORTED_VERSION = 0
 """The ``pipeline_version`` of a run reported from outside (``Stageline.report``): no
 pipeline has it, so stageline never drives the run."""
 
+Index = Annotated[int, msgspec.Meta(ge=0)]
+"""A stage's place in its pipeline."""
+Attempt = Annotated[int, msgspec.Meta(ge=1)]
+"""A stage's attempt: the first is 1."""
+Duration = Annotated[float, msgspec.Meta(ge=0)]
+"""Milliseconds an attempt took."""
+
 
 class RunSubmitted(DomainEvent, frozen=True, kw_only=True):
     topic = "RunSubmitted"
 
     pipeline: str
-    pipeline_version: int
+    pipeline_version: Annotated[int, msgspec.Meta(ge=0)]
     stages: list[str]
     input: dict[str, Any]
 
@@ -31,17 +38,17 @@ class StageStarted(DomainEvent, frozen=True, kw_only=True):
     topic = "StageStarted"
 
     stage: str
-    index: int
-    attempt: int = 1
+    index: Index
+    attempt: Attempt = 1
 
 
 class StageCompleted(DomainEvent, frozen=True, kw_only=True):
     topic = "StageCompleted"
 
     stage: str
-    index: int
-    attempt: int = 1
-    duration_ms: float = 0.0
+    index: Index
+    attempt: Attempt = 1
+    duration_ms: Duration = 0.0
     output: dict[str, Any] = msgspec.field(default_factory=dict)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -52,11 +59,11 @@ class StageFailed(DomainEvent, frozen=True, kw_only=True):
     topic = "StageFailed"
 
     stage: str
-    index: int
-    attempt: int = 1
+    index: Index
+    attempt: Attempt = 1
     error_type: str
     error: str
-    duration_ms: float = 0.0
+    duration_ms: Duration = 0.0
     will_retry: bool = False
     retry_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     permanent: bool = False
@@ -68,7 +75,7 @@ class StageCompensated(DomainEvent, frozen=True, kw_only=True):
     topic = "StageCompensated"
 
     stage: str
-    index: int
+    index: Index
     compensates: list[str]
     reason: str
 
@@ -79,10 +86,10 @@ class StageSkipped(DomainEvent, frozen=True, kw_only=True):
     topic = "StageSkipped"
 
     stage: str
-    index: int
+    index: Index
     reason: str
     next_stage: str | None
-    next_index: int
+    next_index: Index
 
 
 class EffectCompensated(DomainEvent, frozen=True, kw_only=True):
@@ -132,8 +139,8 @@ class RunRetried(DomainEvent, frozen=True, kw_only=True):
     topic = "RunRetried"
 
     stage: str
-    index: int
-    attempt: int
+    index: Index
+    attempt: Attempt
 
 
 RUN_TERMINAL = frozenset(

@@ -110,7 +110,7 @@ def parse(
             )
         message = IngestMessage.model_validate(document)
         keys.check_workspace(workspace)
-        keys.check_stream(message.stream)
+        keys.check_outside_stream(message.stream)
         events = new_events(
             message,
             event_id=lambda i: ingest_event_id(workspace, message.stream, entry_id, i),

@@ -34,7 +34,7 @@ from redis.asyncio.retry import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stageline.actors import commands, ingest
+from stageline.actors import commands, ingest, outside
 from stageline.actors.channels import DATA_FIELD, CommandBus
 from stageline.actors.commands import StageCommand
 from stageline.actors.deadletters import (
@@ -329,7 +329,7 @@ class Worker:
         )
         requests = [e.request for e in good if e.request is not None]
         try:
-            results = await self.store.append_batch(requests)
+            results = await outside.append_batch(self.store, requests)
             for entry, request, result in zip(good, requests, results, strict=True):
                 if not isinstance(result, Exception):
                     continue

@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import Response
 
+from stageline.actors import outside
 from stageline.api.appends import expected_version as expected_version_of
 from stageline.api.appends import idempotent_event_id, new_events
 from stageline.api.deps import CorrelationId, IdempotencyKey, StackDep, Workspace
@@ -21,9 +22,14 @@ from stageline.api.routing import Router
 from stageline.api.schemas import Appended, AppendEvents, StreamEvents, error_responses
 from stageline.errors import Conflict, InvalidArgument
 from stageline.events.envelope import NewEvent
-from stageline.events.keys import IDEMPOTENCY_TTL_SECONDS, check_stream, idempotency_key
+from stageline.events.keys import (
+    IDEMPOTENCY_TTL_SECONDS,
+    check_outside_stream,
+    check_stream,
+    idempotency_key,
+)
 from stageline.events.redis_store import RedisEventStore
-from stageline.events.store import AppendResult, EventStore
+from stageline.events.store import AppendRequest, AppendResult, EventStore
 
 __all__ = ["idempotent_event_id", "router"]
 
@@ -120,9 +126,11 @@ async def append_events(
     with the key (other stream, events or expected version) is a 409 that writes
     nothing. A request that appended nothing (a version clash, a 409 or 400 from
     the store, the store down) leaves its key free for the request corrected.
-    Events without an `event_id` get ids derived from the key.
+    Events without an `event_id` get ids derived from the key. Streams stageline
+    writes itself (`ontology`, `dead-letters`, `pipeline-*`) are a 400 naming the
+    route to use.
     """
-    check_stream(stream)
+    check_outside_stream(stream)
     now = datetime.now(UTC)
     events = new_events(
         body,
@@ -137,13 +145,15 @@ async def append_events(
     expected_version = expected_version_of(body)
     # whole: all new events or a repeat of stored ones, never another event under a stored id
     if idempotency_key is None:
-        result = await stack.store.append(workspace, stream, events, expected_version, whole=True)
+        result = await outside.append(
+            stack.store, AppendRequest(workspace, stream, events, expected_version, whole=True)
+        )
     else:
         digest = request_digest(stream, body)
         await _claim_key(stack.store, workspace, stream, idempotency_key, digest)
         try:
-            result = await stack.store.append(
-                workspace, stream, events, expected_version, whole=True
+            result = await outside.append(
+                stack.store, AppendRequest(workspace, stream, events, expected_version, whole=True)
             )
             if result.deduplicated and await _had_more_events(
                 stack.store, workspace, stream, idempotency_key, len(events), result

@@ -144,3 +144,28 @@ PIPELINE_STREAM_PREFIX = "pipeline-"
 def pipeline_stream(name: str) -> str:
     """The stream of a workspace's pipeline config ``name`` (its definitions and its deletion)."""
     return f"{PIPELINE_STREAM_PREFIX}{name}"
+
+
+_OWN_STREAMS = {
+    ONTOLOGY_STREAM: "POST /v1/ontology/patterns, DELETE /v1/ontology/patterns/{id} "
+    "or POST /v1/ontology/import",
+    DEAD_LETTERS_STREAM: "POST /v1/dlq/{id}/redrive or DELETE /v1/dlq/{id}",
+}
+
+
+def check_outside_stream(stream: str) -> str:
+    """``stream`` if a publisher may append to it (HTTP, the ingest channel); ``InvalidArgument``
+    naming the route to use for a stream stageline writes itself: a workspace's ontology, its
+    dead letters and its pipeline configs. Their folds trust what is in them (a seed appended
+    at ``NO_STREAM``, a config's version as its place in its stream), so an event from outside
+    would corrupt them. ``stageline import`` restores them, through the store."""
+    check_stream(stream)
+    route = _OWN_STREAMS.get(stream)
+    if route is None and stream.startswith(PIPELINE_STREAM_PREFIX):
+        route = "POST /v1/pipelines, PUT or DELETE /v1/pipelines/{name}"
+    if route is not None:
+        raise InvalidArgument(
+            f"stream {stream!r} is stageline's own and takes no events from outside: use {route}",
+            stream=stream,
+        )
+    return stream

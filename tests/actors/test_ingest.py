@@ -69,3 +69,10 @@ def test_a_body_larger_than_http_takes_is_refused() -> None:
     size = len(json.dumps(message))
     assert parsed.error.startswith(f"entry is {size} bytes, over the 1048576 an append takes")
     assert entry({**message, "events": [{"type": "A", "data": {"pad": "x"}}]}).request
+
+
+def test_an_entry_for_a_stream_stageline_writes_itself_is_refused_naming_the_route() -> None:
+    parsed = entry({"stream": "pipeline-foo", "events": [{"type": "A", "data": {}}]})
+    assert parsed.request is None
+    assert parsed.error.startswith("stream 'pipeline-foo' is stageline's own")
+    assert "use POST /v1/pipelines" in parsed.error

@@ -155,6 +155,16 @@ BAD = [
     ({"stream": "s", "events": []}, "events: "),
     ({"stream": "s", "events": [{"type": "RunSubmitted", "data": {}}]}, "events[0]: RunSubmitted"),
     ({"stream": "s", "expected_version": 7, "events": events("A")}, "is at version -1"),
+    ({"stream": "ontology", "events": events("A")}, "use POST /v1/ontology/patterns"),
+    ({"stream": "dead-letters", "events": events("A")}, "use POST /v1/dlq/{id}/redrive"),
+    ({"stream": "pipeline-foo", "events": events("A")}, "use POST /v1/pipelines"),
+    (
+        {
+            "stream": "run-x",
+            "events": [{"type": "StageStarted", "data": {"stage": "a", "index": 0}}],
+        },
+        "refused: a run stream starts with RunSubmitted",
+    ),
 ]
 
 
@@ -169,12 +179,13 @@ async def test_bad_messages_are_dead_lettered_with_their_reason_and_a_good_one_s
     assert [e.type for e in await redis_store.read_stream(workspace, "s")] == ["Good"]
     letters = await redis_store.read_stream(workspace, STREAM)
     assert [e.type for e in letters] == ["DeadLettered"] * len(BAD)
-    for letter, (message, reason) in zip(letters, BAD, strict=True):
-        assert reason in letter.data["error"], letter.data["error"]
-        assert letter.data["actor"] == keys.INGEST_ACTOR
-        assert letter.data["deliveries"] == 1
-        raw = message if isinstance(message, bytes) else json.dumps(message).encode()
-        assert base64.b64decode(letter.data["raw"]) == raw
+    # an append's refusal is recorded after the entries that never became one
+    by_raw = {base64.b64decode(letter.data["raw"]): letter.data for letter in letters}
+    for message, reason in BAD:
+        letter = by_raw[message if isinstance(message, bytes) else json.dumps(message).encode()]
+        assert reason in letter["error"], letter["error"]
+        assert letter["actor"] == keys.INGEST_ACTOR
+        assert letter["deliveries"] == 1
 
 
 async def test_an_entry_reusing_a_held_event_id_for_another_event_is_dead_lettered(
@@ -271,3 +282,36 @@ async def test_the_channel_keeps_at_most_channel_maxlen_acknowledged_entries(
 
     assert await redis_store.stream_version(workspace, "trimmed") == 9  # every one landed
     assert await broker.xlen(keys.INGEST_CHANNEL) <= 3
+
+
+def run_event(type: str, **data: Any) -> dict[str, Any]:
+    return {"type": type, "data": data}
+
+
+async def test_a_run_takes_only_what_keeps_its_history_whole_as_over_http(
+    worker: Worker, broker: aioredis.Redis, redis_store: RedisEventStore, workspace: str
+) -> None:
+    submitted = {"pipeline": "etl", "pipeline_version": 0, "stages": ["a"], "input": {}}
+    done = run_event("StageCompleted", stage="a", index=0)
+    for event in (
+        run_event("RunSubmitted", **submitted),
+        run_event("StageStarted", stage="a", index=0),
+        done,
+        done,  # the same result again, in an entry of its own: refused, not recorded twice
+        run_event("RunCompleted"),
+    ):
+        await publish(broker, {"stream": "run-etl", "events": [event]})
+    await drained(broker)
+
+    stored = await redis_store.read_stream(workspace, "run-etl")
+    assert [e.type for e in stored] == [
+        "RunSubmitted",
+        "StageStarted",
+        "StageCompleted",
+        "RunCompleted",
+    ]
+    [letter] = await redis_store.read_stream(workspace, STREAM)
+    assert letter.data["error"] == (
+        "append to stream 'run-etl' refused: events[0]: StageCompleted refused: stage 'a' "
+        "has no attempt 1 running (started, without a result)"
+    )

@@ -299,6 +299,28 @@ async def test_api_errors_are_raised_with_their_code_and_message(
     assert gone.value.code == "UNAVAILABLE" and gone.value.status is None
 
 
+async def test_a_report_that_skips_a_stage_or_repeats_a_completed_one_is_refused(
+    app: FastAPI, workspace: str
+) -> None:
+    async with served(app) as url, AsyncStageline(url, workspace) as stageline:
+        with pytest.raises(ApiError) as refused:
+            async with stageline.report("etl", ["extract", "transform", "load"]) as run:
+                async with run.stage("load"):
+                    pass
+                async with run.stage("extract"):
+                    pass
+                with pytest.raises(ApiError) as again:
+                    async with run.stage("extract"):
+                        pass
+                assert (again.value.status, again.value.details["rule"]) == (409, "attempts")
+        # leaving the run without transform: it did not complete
+        assert (refused.value.status, refused.value.details["rule"]) == (409, "stages-done")
+        assert "['transform']" in refused.value.message
+        assert run.position is not None
+        view = await stageline.run(run.run_id, min_position=run.position)
+    assert view["status"] == "processing"
+
+
 async def test_the_reconciler_leaves_a_reported_run_alone(
     app: FastAPI, stack: Stack, workspace: str
 ) -> None:

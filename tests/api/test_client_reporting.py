@@ -259,7 +259,9 @@ async def test_a_run_that_ended_is_not_carried_on_and_says_so(
 ) -> None:
     async with served(app) as url, AsyncStageline(url, workspace) as stageline:
         async with stageline.report("nightly-etl", ETL, run_id="ended1") as run:
-            pass
+            for name in ETL:
+                async with run.stage(name):
+                    pass
         with pytest.raises(CannotResume, match=r"run 'ended1' has ended \(RunCompleted\)"):
             async with stageline.report("nightly-etl", ETL, run_id="ended1"):
                 raise AssertionError("the block ran")
@@ -269,8 +271,8 @@ async def test_a_run_that_ended_is_not_carried_on_and_says_so(
             with pytest.raises(CannotResume, match=r"is a run of 'nightly-etl'.*not a reported"):
                 async with stageline.report("nightly-etl", ["extract"], run_id="cancelled1"):
                     pass
-            cancelled = {"type": "RunCancelled", "data": {"reason": "not needed"}}
-            await stageline.append(run.stream, [cancelled])
+            cancel = await client.post("/v1/runs/cancelled1/cancel")
+            assert cancel.status_code == 200, cancel.text
             for name in ETL:
                 async with run.stage(name):
                     ran.append(name)

@@ -283,16 +283,16 @@ async def test_known_event_types_are_checked_against_their_schema(
     client: httpx.AsyncClient, stack: Stack, workspace: str
 ) -> None:
     bad = {"type": "StageStarted", "data": {"stage": 5, "index": "first"}}
-    r = await append(client, "run-x", [event(0), bad])
+    r = await append(client, "typed", [event(0), bad])
     error = assert_error(r, 400, "INVALID_ARGUMENT")
     assert error["message"].startswith("events[1]: StageStarted")
     assert error["details"]["index"] == 1
     too_new = {"type": "StageStarted", "data": {"stage": "a", "index": 0}, "schema_version": 99}
-    assert_error(await append(client, "run-x", [too_new]), 400, "INVALID_ARGUMENT")
+    assert_error(await append(client, "typed", [too_new]), 400, "INVALID_ARGUMENT")
     assert await stack.store.head(workspace) == 0
 
     good = {"type": "StageStarted", "data": {"stage": "a", "index": 0}}
-    assert (await append(client, "run-x", [good])).status_code == 201
+    assert (await append(client, "typed", [good])).status_code == 201
 
 
 BAD_BODIES: list[tuple[str, Any, str]] = [
@@ -367,11 +367,11 @@ async def test_reading_a_stream_pages_both_ways(client: httpx.AsyncClient) -> No
 
 
 def failing_run(retry_at: str) -> list[dict[str, Any]]:
-    """A ``flaky`` run's events as an outside system sends them: its first stage failed
+    """A reported run's events as an outside system sends them: its first stage failed
     and comes back at ``retry_at``, a time as JSON has it (text)."""
     submitted = {
-        "pipeline": "flaky",
-        "pipeline_version": 1,
+        "pipeline": "outside-flaky",
+        "pipeline_version": 0,
         "stages": ["normalize", "flaky", "summarize"],
         "input": {"text": "sent from outside"},
     }
@@ -398,16 +398,16 @@ async def test_a_time_of_a_known_type_sent_as_text_is_stored_as_a_time(
 
     [*_, failed] = await stack.store.read_stream(workspace, "run-outside")
     assert failed.data["retry_at"] == datetime(2099, 1, 1, tzinfo=UTC)
-    # the run folds: it is read, cancelled and undone like any other
+    # the run folds: it is read and cancelled like any other
     view = await client.get("/v1/runs/outside", params={"min_position": r.json()["positions"][-1]})
     assert (view.status_code, view.json()["status"]) == (200, "retrying"), view.text
     assert view.json()["stages"][0]["retry_at"].startswith("2099-01-01T00:00:00")
     cancelled = await client.post("/v1/runs/outside/cancel")
     assert cancelled.status_code == 200, cancelled.text
-    undone = await client.post("/v1/runs/outside/undo")
-    assert undone.status_code == 200, undone.text
-    view = await client.get("/v1/runs/outside", params={"min_position": undone.json()["position"]})
-    assert view.json()["status"] == "compensated"
+    view = await client.get(
+        "/v1/runs/outside", params={"min_position": cancelled.json()["position"]}
+    )
+    assert view.json()["status"] == "cancelled"
 
 
 async def test_a_request_with_a_time_as_text_resent_with_its_key_is_the_same_request(
