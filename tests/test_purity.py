@@ -13,6 +13,7 @@ PURE = [
     "stageline.events.finite",
     "stageline.actors.events",
     "stageline.actors.decide",
+    "stageline.actors.reported",
     "stageline.actors.retry",
     "stageline.actors.compensation",
     "stageline.actors.configs",

@@ -29,6 +29,7 @@ from stageline.actors.commands import StageCommand, encode
 from stageline.actors.deadletters import STREAM, decode_poison
 from stageline.api import create_app
 from stageline.events import keys
+from stageline.events.envelope import NewEvent
 from stageline.stack import Stack
 
 ROW_KEYS = {
@@ -292,14 +293,14 @@ async def test_a_discard_reason_longer_than_500_is_400(client: httpx.AsyncClient
     assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["reason"]
 
 
-async def append_dead_letter(client: httpx.AsyncClient, stream: str = STREAM, **fields: Any) -> str:
-    """A ``DeadLettered`` a client appends itself; returns its id."""
+async def append_dead_letter(
+    stack: Stack, workspace: str, stream: str = STREAM, **fields: Any
+) -> str:
+    """A ``DeadLettered`` appended by hand, through the store (no client may append to the
+    dead letters); returns its id."""
     dead_letter = str(uuid.uuid4())
     data = {"dead_letter": dead_letter, "error": "e", "deliveries": 1, **fields}
-    r = await client.post(
-        f"/v1/streams/{stream}/events", json={"events": [{"type": "DeadLettered", "data": data}]}
-    )
-    assert r.status_code == 201, r.text
+    await stack.store.append(workspace, stream, [NewEvent(type="DeadLettered", data=data)])
     return dead_letter
 
 
@@ -343,7 +344,7 @@ async def test_a_dead_letter_that_cannot_be_redriven_safely_is_409_and_nothing_i
 ) -> None:
     if isinstance(entry.get("raw"), bytes):
         entry = {"raw": entry["raw"].decode()}
-    dead_letter = await append_dead_letter(client, actor="flaky", **entry)
+    dead_letter = await append_dead_letter(stack, workspace, actor="flaky", **entry)
     position = await stack.store.head(workspace)
     last = await last_entry(stack, "flaky")
 
@@ -358,9 +359,11 @@ async def test_a_dead_letter_that_cannot_be_redriven_safely_is_409_and_nothing_i
 
 
 async def test_a_dead_letter_appended_to_another_stream_is_no_entry(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, stack: Stack, workspace: str
 ) -> None:
-    dead_letter = await append_dead_letter(client, "not-dead-letters", actor="flaky", raw="eA==")
+    dead_letter = await append_dead_letter(
+        stack, workspace, "not-dead-letters", actor="flaky", raw="eA=="
+    )
 
     assert await dead_letters(client, status="all") == []
     for r in (
@@ -376,7 +379,7 @@ async def test_a_dead_letter_with_a_command_of_its_workspace_is_redriven(
 ) -> None:
     # of a pipeline no worker has: the worker takes it and dead-letters it again
     command = {**a_command(workspace), "pipeline": "retired"}
-    dead_letter = await append_dead_letter(client, actor="flaky", command=command)
+    dead_letter = await append_dead_letter(stack, workspace, actor="flaky", command=command)
     last = await last_entry(stack, "flaky")
 
     r = await client.post(f"/v1/dlq/{dead_letter}/redrive")
@@ -394,7 +397,9 @@ async def test_a_dead_letter_with_a_command_of_its_workspace_is_redriven(
 async def test_a_dead_letter_of_an_actor_that_is_not_registered_is_409_and_nothing_is_written(
     client: httpx.AsyncClient, stack: Stack, workspace: str, actor: str
 ) -> None:
-    dead_letter = await append_dead_letter(client, actor=actor, command=a_command(workspace))
+    dead_letter = await append_dead_letter(
+        stack, workspace, actor=actor, command=a_command(workspace)
+    )
     position = await stack.store.head(workspace)
 
     error = assert_error(await client.post(f"/v1/dlq/{dead_letter}/redrive"), 409, "CONFLICT")
