@@ -43,8 +43,12 @@ def test_pure_module_loads_no_io_library(module: str) -> None:
 
 
 def test_the_client_loads_no_server_library() -> None:
-    # a publisher imports the client into its own process: only httpx comes along
-    code = "import sys, stageline.client; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    # a publisher imports the client (and, once it reports a run, the reporter) into its own
+    # process: only httpx comes along
+    code = (
+        "import sys, stageline.client, stageline.reporting;"
+        " print(sorted({m.split('.')[0] for m in sys.modules}))"
+    )
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

@@ -1,5 +1,6 @@
-"""``stageline.client``'s reports against the real app on a real port when stageline cannot
-be reached for a while, and when a restarted reporter carries on a run."""
+"""``stageline.reporting``'s reports (made through ``stageline.client``) against the real app
+on a real port when stageline cannot be reached for a while, and when a restarted reporter
+carries on a run."""
 
 from __future__ import annotations
 
@@ -312,7 +313,7 @@ async def test_a_blocking_report_holds_while_stageline_is_down_each_report_tryin
 async def test_a_report_holds_at_most_max_held_appends_and_drops_the_later_ones(
     app: FastAPI, client: httpx.AsyncClient, workspace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("stageline.client.MAX_HELD", 2)
+    monkeypatch.setattr("stageline.reporting.MAX_HELD", 2)
     outage = Outage()
     async with (
         served(app) as url,
