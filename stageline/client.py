@@ -86,7 +86,8 @@ class ApiError(StagelineError):
         self.details = dict(details)
 
     def __str__(self) -> str:
-        return f"{self.status or '-'} {self.code}: {super().__str__()}"
+        status = f"{self.status} " if self.status else ""  # none: no answer came
+        return f"{status}{self.code}: {super().__str__()}"
 
 
 class VersionConflict(ApiError):

@@ -283,6 +283,7 @@ async def test_api_errors_are_raised_with_their_code_and_message(
         with pytest.raises(ApiError) as unknown:
             await stageline.submit("no-such-pipeline", {"text": "x"})
         assert (unknown.value.status, unknown.value.code) == (404, "NOT_FOUND")
+        assert str(unknown.value).startswith("404 NOT_FOUND: ")
         # a second reporter of the same run carries it on: the first cannot write over it
         async with stageline.report("nightly-etl", ["extract"]) as run:
             async with (
@@ -297,6 +298,7 @@ async def test_api_errors_are_raised_with_their_code_and_message(
     with pytest.raises(Unreachable) as gone:
         await AsyncStageline(url, workspace, retries=1, backoff=0.01).run("r")
     assert gone.value.code == "UNAVAILABLE" and gone.value.status is None
+    assert str(gone.value).startswith("UNAVAILABLE: ConnectError: ")  # no status to print
 
 
 async def test_a_report_that_skips_a_stage_or_repeats_a_completed_one_is_refused(
