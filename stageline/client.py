@@ -424,26 +424,12 @@ class AsyncStageline(_Client):
         await self.aclose()
 
 
-_REPORTING = frozenset(
-    {
-        "ABANDONED_ERROR",
-        "MAX_ERROR_CHARS",
-        "MAX_HELD",
-        "REPORTED_VERSION",
-        "AsyncRunReport",
-        "CannotResume",
-        "RunReport",
-        "Stage",
-    }
-)
-
-
 def __getattr__(name: str) -> Any:
     """The reporter's names (``from stageline.client import RunReport``), taken from
     ``stageline.reporting`` when first asked for: that module imports this one, so this
     one does not import it as it loads."""
-    if name in _REPORTING:
-        from stageline import reporting
+    from stageline import reporting
 
+    if name in reporting.__all__:
         return getattr(reporting, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
