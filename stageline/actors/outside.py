@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import cast
 
 import msgspec
 
 from stageline.actors.reported import ReportedRun
-from stageline.errors import ConcurrencyError, Conflict
+from stageline.errors import ConcurrencyError, Conflict, Unavailable
 from stageline.events.envelope import ANY
 from stageline.events.keys import RUN_STREAM_PREFIX
 from stageline.events.store import AppendRequest, AppendResult, EventStore
@@ -65,9 +66,11 @@ async def append_batch(
                 out[i] = result
         if not pending:
             break
-    for i in pending:
-        out[i] = Conflict("run kept changing; try again", stream=requests[i].stream)
-    return [result for result in out if result is not None]  # every one is set by now
+    for i in pending:  # not the request's fault: ingest leaves it pending, HTTP answers 503
+        out[i] = Unavailable(
+            "the run kept changing under the check; try again", stream=requests[i].stream
+        )
+    return cast(list[AppendResult | Exception], out)  # every one is set by now
 
 
 async def _read_runs(
