@@ -93,16 +93,18 @@ class Supervisor:
         """One round; returns how many subscribers it started again."""
         started = time.monotonic()
         with retried_errors() as retried:
-            try:
+            try:  # a PING, as /readyz: a busy server still answers it within the second
                 async with asyncio.timeout(PROBE_SECONDS):
-                    created = await self._ensure_groups()
+                    await self.bus.client.ping()
             except (TimeoutError, RedisConnectionError, RedisTimeoutError) as exc:
                 self._unreachable(failure(exc, retried, PROBE_SECONDS), since=started)
                 return 0
-            except Exception as exc:  # it answers, and refuses
-                log.warning("worker.groups_unchecked", error=f"{type(exc).__name__}: {exc}")
-                return 0
         self._reachable()
+        try:
+            created = await self._ensure_groups()
+        except Exception as exc:  # gone again since the PING, or it refuses
+            log.warning("worker.groups_unchecked", error=f"{type(exc).__name__}: {exc}")
+            return 0
         if created:
             log.warning("worker.groups_recreated", actors=created)
         if time.monotonic() >= self._next_sweep:
