@@ -43,12 +43,13 @@ from stageline.api.schemas import IngestMessage
 from stageline.errors import InvalidArgument, StagelineError
 from stageline.events import keys
 from stageline.events.store import AppendRequest
+from stageline.settings import Settings
 
 __all__ = ["IngestEntry", "ingest_event_id", "message_workspace", "parse", "unwrap"]
 
 _NAMESPACE = uuid.UUID("6f1d2c3b-8a4e-4f7d-9b2c-5e0a1d3c7b84")
 _LABEL_MAX = 200
-MAX_BYTES = 1_048_576
+MAX_BYTES: int = Settings.model_fields["max_body_bytes"].default
 """Largest body an entry may hold: ``STAGELINE_MAX_BODY_BYTES``'s default, as HTTP's."""
 DATA_FIELD = b"__data__"
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from stageline.events import RecordedEvent
 from stageline.projections import run_status
-from stageline.projections.batch import RUN_STREAM_PREFIX
 from stageline.projections.rows import run_with_stages
 
 __all__ = ["Replayed", "runs_as_of"]
@@ -41,9 +40,7 @@ def runs_as_of(events: Iterable[RecordedEvent], until: int | None = None) -> Rep
     they come, so a log of any length takes the memory of its runs' rows alone, and
     reading stops at the first event past ``until``.
     """
-    started_before: dict[str, None] = {}
-    read = _noting_partial(events if until is None else _through(events, until), started_before)
-    changes = run_status.fold(read)
+    changes = run_status.fold(events if until is None else _through(events, until))
     stages: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for (run_id, name), stage in changes.stages.items():
         row = {"name": name, **(stage.created or {}), **stage.fields, "attempts": stage.attempts}
@@ -54,25 +51,9 @@ def runs_as_of(events: Iterable[RecordedEvent], until: int | None = None) -> Rep
             continue
         row = {"id": run_id, **run.created, **run.fields}
         runs.append(run_with_stages(row, stages.get(run_id, ())))
-    shown = {r["id"] for r in runs}
-    partial = [run_id for run_id in started_before if run_id not in shown]
+    # a run without its RunSubmitted began before the log's first event
+    partial = [run_id for run_id, run in changes.runs.items() if run.created is None]
     return Replayed(sorted(runs, key=lambda r: r["seq"] or 0), partial)
-
-
-def _noting_partial(
-    events: Iterable[RecordedEvent], started_before: dict[str, None]
-) -> Iterator[RecordedEvent]:
-    """``events``, noting in ``started_before`` each run whose stream's first event among
-    them is not the stream's first (version 0)."""
-    seen: set[str] = set()
-    cut = len(RUN_STREAM_PREFIX)
-    for event in events:
-        stream = event.stream
-        if stream not in seen:
-            seen.add(stream)
-            if event.version > 0 and stream.startswith(RUN_STREAM_PREFIX):
-                started_before[stream[cut:]] = None
-        yield event
 
 
 def _through(events: Iterable[RecordedEvent], until: int) -> Iterator[RecordedEvent]:
