@@ -25,6 +25,7 @@ PURE = [
     "stageline.ontology.seed",
     "stageline.projections.batch",
     "stageline.projections.run_status",
+    "stageline.projections.durations",
     "stageline.projections.patterns",
     "stageline.projections.ontology",
 ]

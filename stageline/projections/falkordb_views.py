@@ -36,7 +36,7 @@ from stageline.events.redis_store import (
     retry_policy,
 )
 from stageline.ontology.events import PATTERN_SOURCES, TYPE_STATUSES
-from stageline.projections import _cypher
+from stageline.projections import _cypher, durations
 from stageline.projections import ontology as ontology_status
 from stageline.projections._cypher import entities as qe
 from stageline.projections._cypher import ontology as qo
@@ -63,8 +63,6 @@ READ_TIMEOUT_SECONDS = SOCKET_TIMEOUT_SECONDS
 a server that takes a query and does not answer (stopped, hung) makes it fail (a 503 in
 the API), not hang. Writes are not bounded so: a rebuild's batch, or dropping a large
 view, may take longer, and a client-side timeout would only have them sent again."""
-_DURATIONS_KEPT = 256
-"""Stats reads remembered (a workspace and pipeline each), at their checkpoint."""
 
 
 def connect(url: str) -> FalkorDB:
@@ -154,10 +152,6 @@ class FalkorDBViews:
         self._ready: set[tuple[str, str]] = set()
         self._checked: set[tuple[str, str]] = set()
         """(workspace, projection) pairs checked for a view in an outdated shape."""
-        self._durations: dict[
-            tuple[str, str | None], tuple[int, asyncio.Future[list[list[Any]]]]
-        ] = {}
-        """Per workspace: the run-status checkpoint and the stage durations read at it."""
         self._graphs: dict[str, AsyncGraph] = {}
         self.notices = Notices(db.connection, self.checkpoint)
         """The checkpoint notices: ``apply_all`` and ``drop`` publish, ``wait_for`` waits on them."""
@@ -203,18 +197,18 @@ class FalkorDBViews:
         self._ready.update((workspace, p.name) for p in missing)
 
     async def _drop_outdated(self, workspace: str, projections: Iterable[Projection[Any]]) -> None:
-        """Drop, once per process, each view an older stageline wrote in a shape this one
-        cannot read (it holds a node the projection's writer lists as ``outdated``): its
-        checkpoint then reads 0, and the projector rebuilds it from the log."""
+        """Drop, once per process, each view an older stageline wrote in another shape
+        (its checkpoint's ``shape`` is not the writer's): its checkpoint then reads 0, and
+        the projector rebuilds it from the log."""
         for p in projections:
             if (workspace, p.name) in self._checked:
                 continue
-            for label in p.writer.outdated:
-                if await self._read(workspace, f"MATCH (n:{label}) RETURN 1 LIMIT 1"):
+            if p.writer.shape is not None:
+                params = {"projection": p.name, "shape": p.writer.shape}
+                if await self._read(workspace, _cypher.OTHER_SHAPE, params):
                     log.warning("views.outdated_dropped", workspace=workspace, projection=p.name)
                     graph = self._graph(workspace)
                     await graph.query(cypher_params({"projection": p.name}) + p.writer.drop)
-                    break
             self._checked.add((workspace, p.name))
 
     async def _read(
@@ -388,54 +382,35 @@ class FalkorDBViews:
         return runs, (str(runs[-1]["seq"]) if more else None)
 
     async def run_counts(self, workspace: str, pipeline: str | None = None) -> dict[str, int]:
-        """Runs by status (every status, 0 for none): one node's read, however many runs;
-        ``pipeline``'s runs only if given (a scan of its runs)."""
+        """Runs by status (every status, 0 for none), of ``pipeline``'s runs only if given:
+        one node's read, however many runs."""
         if pipeline is None:
             rows = await self._read(workspace, qr.COUNTS)
-            stored = rows[0][0] if rows else {}
         else:
-            params = {"pipeline": pipeline}
-            stored = dict(await self._read(workspace, qr.COUNTS_OF_PIPELINE, params))
+            rows = await self._read(workspace, qr.COUNTS_OF_PIPELINE, {"pipeline": pipeline})
+        stored = rows[0][0] if rows else {}
         return {status.value: int(stored.get(status.value, 0)) for status in RunStatus}
 
     async def stats(self, workspace: str, pipeline: str | None = None) -> dict[str, Any]:
-        """Run counts by status, their total, and per stage name the completed durations;
-        of ``pipeline``'s runs only if given (stages of other pipelines may share names)."""
+        """Run counts by status, their total, and per stage name its completed durations'
+        count, p50 and p95 (``durations.py``: within 2%); of ``pipeline``'s runs only if
+        given (stages of other pipelines may share names)."""
         counts = await self.run_counts(workspace, pipeline)
-        stages = {
-            # a stage whose only durations are null (non-finite, stored as null by older
-            # versions) has no percentile: 0, as for a stage with none
-            name: {"count": int(n), "p50_ms": float(p50 or 0.0), "p95_ms": float(p95 or 0.0)}
-            for name, n, p50, p95 in await self._stage_durations(workspace, pipeline)
-        }
+        params = None if pipeline is None else {"pipeline": pipeline}
+        rows = await self._read(workspace, qr.durations(pipeline=params is not None), params)
+        by_stage: dict[str, list[tuple[list[int], list[float]]]] = {}
+        for name, buckets, sums in rows:
+            by_stage.setdefault(name, []).append((buckets, sums))
+        stages = {}
+        for name in sorted(by_stage):
+            histogram = durations.merge(by_stage[name])
+            if n := sum(histogram.counts):
+                stages[name] = {
+                    "count": n,
+                    "p50_ms": durations.percentile(histogram, 0.5),
+                    "p95_ms": durations.percentile(histogram, 0.95),
+                }
         return {"counts": counts, "total": sum(counts.values()), "stages": stages}
-
-    async def _stage_durations(self, workspace: str, pipeline: str | None) -> list[list[Any]]:
-        """The per-stage duration percentiles, read once per run-status checkpoint.
-
-        The query scans every completed stage (tens of ms at 10k runs): calls
-        at the same checkpoint share one read, the one in flight included, so
-        concurrent stats requests cost the server one scan, not one each. A
-        read started after the checkpoint was read holds at least what it
-        says, which is all ``min_position`` asks for.
-        """
-        position = await self.checkpoint(workspace)
-        key = (workspace, pipeline)
-        memo = self._durations.get(key)
-        if memo is None or memo[0] != position:
-            if len(self._durations) >= _DURATIONS_KEPT:  # a pipeline per request: bounded
-                self._durations.clear()
-            params = None if pipeline is None else {"pipeline": pipeline}
-            query = qr.durations(pipeline=params is not None)
-            read = asyncio.ensure_future(self._read(workspace, query, params))
-            read.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen if unawaited
-            memo = self._durations[key] = (position, read)
-        try:
-            return await asyncio.shield(memo[1])
-        except Exception:
-            if self._durations.get(key) is memo:  # the next call reads again
-                del self._durations[key]
-            raise
 
     # -- reads: dead letters and entities -----------------------------------------
 

@@ -47,9 +47,9 @@ class GraphWriter(Generic[C]):
     """The node patterns the projection owns (``"Run"``, ``"Counts {name: 'runs'}"``)."""
     indexes: tuple[str, ...] = ()
     """``CREATE INDEX`` statements for the projection's nodes."""
-    outdated: tuple[str, ...] = ()
-    """Labels of nodes only an older version of the projection wrote: a view holding any
-    is in a shape this one cannot read, and is dropped (then rebuilt from the log)."""
+    shape: int | None = None
+    """What the view holds, numbered (None: never changed): a view whose checkpoint has
+    no shape or another one is dropped (then rebuilt from the log)."""
 
     def query(self, changes: C, expected: int) -> tuple[str, dict[str, Any]]:
         """The query writing ``changes`` after ``expected``, and its row parameters."""

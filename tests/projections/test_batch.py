@@ -115,7 +115,14 @@ def test_each_event_type_has_one_handler_per_projection() -> None:
 
 def test_each_projection_owns_its_nodes_and_drops_only_them() -> None:
     labels = {p.name: {n.split()[0] for n in p.writer.nodes} for p in registry.PROJECTIONS}
-    assert labels["run_status"] == {"Run", "Stage", "Counts", "DeadLetter"}
+    assert labels["run_status"] == {
+        "Run",
+        "Stage",
+        "Counts",
+        "PipelineCounts",
+        "StageDurations",
+        "DeadLetter",
+    }
     assert labels["entities"] == {"Entity"}
     assert labels["pipelines"] == {"PipelineConfig"}
     every = [label for owned in labels.values() for label in owned]

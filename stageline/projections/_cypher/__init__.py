@@ -19,7 +19,15 @@ from typing import Any, TypeVar
 from stageline.projections.changes import Changes
 from stageline.projections.projection import GraphWriter
 
-__all__ = ["ADVANCE_ALL", "CHECKPOINTS", "CHECKPOINT_INDEX", "assign", "fields", "graph_writer"]
+__all__ = [
+    "ADVANCE_ALL",
+    "CHECKPOINTS",
+    "CHECKPOINT_INDEX",
+    "OTHER_SHAPE",
+    "assign",
+    "fields",
+    "graph_writer",
+]
 
 C = TypeVar("C", bound=Changes)
 
@@ -39,6 +47,10 @@ SET c.position = $position
 WITH c
 """
 
+OTHER_SHAPE = """MATCH (c:Checkpoint {projection: $projection})
+WHERE c.shape IS NULL OR c.shape <> $shape RETURN 1"""
+"""A row if the projection's checkpoint exists in a shape other than ``$shape``."""
+
 ADVANCE_ALL = """UNWIND $advances AS a
 MATCH (c:Checkpoint {projection: a[0]})
 WHERE c.position = a[1]
@@ -48,7 +60,7 @@ RETURN a[0]"""
 ``[projection, expected, position]`` rows; returns the projections it moved."""
 
 
-def _first_guard(nodes: Iterable[str]) -> str:
+def _first_guard(nodes: Iterable[str], shape: int | None) -> str:
     # Writing from 0, the checkpoint may not exist yet: the MERGE creates it. One that
     # did not exist means any nodes of the projection were left by a writer without it
     # (an older version kept several views under one checkpoint): the same query clears
@@ -57,8 +69,9 @@ def _first_guard(nodes: Iterable[str]) -> str:
         f"CALL {{ WITH c WITH c WHERE c.position = {_CREATED} MATCH (n:{node}) DETACH DELETE n }}\n"
         for node in nodes
     )
+    shaped = "" if shape is None else f", c.shape = {shape}"
     return f"""MERGE (c:Checkpoint {{projection: $projection}})
-ON CREATE SET c.position = {_CREATED}
+ON CREATE SET c.position = {_CREATED}{shaped}
 WITH c WHERE c.position IN [$expected, {_CREATED}]
 {clear}SET c.position = $position
 WITH c
@@ -71,6 +84,7 @@ def graph_writer(
     params: Callable[[C], dict[str, Any]],
     nodes: Iterable[str],
     indexes: Iterable[tuple[str, str]] = (),
+    shape: int | None = None,
     outdated: Iterable[str] = (),
 ) -> GraphWriter[C]:
     """A projection's writer.
@@ -80,12 +94,14 @@ def graph_writer(
     ``CALL {}`` so that an empty list cannot end the query); ``params`` builds
     its parameters from the changes; ``nodes`` are the node patterns the
     projection owns (``"Run"``, ``"Counts {name: 'runs'}"``), which its drop
-    deletes; ``indexes`` are ``(label, property)`` pairs to index; ``outdated`` are
-    labels only an older version of the projection wrote (its drop deletes them too).
+    deletes; ``indexes`` are ``(label, property)`` pairs to index; ``shape`` numbers
+    what the view holds, from 2 (bumped when a version writes what an older one's view
+    lacks: that view is dropped and rebuilt; its checkpoint has none, or an older one);
+    ``outdated`` are labels only an older shape wrote (its drop deletes them too).
     """
     outdated = tuple(outdated)
     nodes = (*nodes, *outdated)
-    first = _first_guard(nodes)
+    first = _first_guard(nodes, shape)
     done = "RETURN c.position"
     drop = "".join(f"CALL {{ MATCH (n:{node}) DETACH DELETE n }}\n" for node in nodes)
     return GraphWriter(
@@ -98,7 +114,7 @@ def graph_writer(
         params=params,
         nodes=nodes,
         indexes=tuple(f"CREATE INDEX FOR (n:{label}) ON (n.{prop})" for label, prop in indexes),
-        outdated=outdated,
+        shape=shape,
     )
 
 

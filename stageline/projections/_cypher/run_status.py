@@ -31,16 +31,18 @@ The rows a batch is sent as:
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 from stageline.projections._cypher import assign, fields, graph_writer
 from stageline.projections.changes import RunStatusChanges, StageChange
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
-from stageline.projections.run_status import RUN_CREATED, RUN_ENDINGS, RunStatus
+from stageline.projections.durations import bucket_cypher
+from stageline.projections.run_status import RUN_CREATED, RUN_ENDINGS, RunStatus, StageStatus
 
 __all__ = ["WRITER", "list_dead_letters", "stage_property", "write_params"]
 
-_NAMES, _ATTEMPTS, _CREATED, _NEW, _FIRST = 3, 4, 5, 6, 7  # where they sit in a run's row
+_NAMES, _ATTEMPTS, _PLUS, _MINUS, _CREATED, _NEW, _FIRST = 3, 4, 5, 6, 7, 8, 9  # in a run's row
 _D = 4  # where the fields start in a new dead letter's row (1 in the others')
 
 
@@ -51,12 +53,8 @@ def stage_property(stage: str, field: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _prefix(stage: str) -> str:
-    # FalkorDB names cannot hold a backtick: the stage name's % and backticks are
-    # %-escaped (as _ESCAPED does in Cypher)
+    # FalkorDB names cannot hold a backtick: the stage name's % and backticks are %-escaped
     return f"stage.{stage.replace('%', '%25').replace('`', '%60')}."
-
-
-_ESCAPED = "replace(replace(name, '%', '%25'), '`', '%60')"
 
 
 _ENDINGS = "[" + ", ".join(f"'{s}'" for s in sorted(RUN_ENDINGS)) + "]"
@@ -85,12 +83,29 @@ def _stages(fresh: str) -> str:
       CASE WHEN row[{n}][j] = r.stages[i] THEN t + row[{a}][j] ELSE t END)])"""
 
 
-def _count(status: str) -> str:
-    # each move is [from, to]: a run the batch created comes from null
+def _count(status: str, node: str = "n", moves: str = "moves") -> str:
+    # each move is [from, to, pipeline]: a run the batch created comes from null
     moved = (
-        f"size([m IN moves WHERE m[1] = '{status}']) - size([m IN moves WHERE m[0] = '{status}'])"
+        f"size([m IN {moves} WHERE m[1] = '{status}'])"
+        f" - size([m IN {moves} WHERE m[0] = '{status}'])"
     )
-    return f"n.{status} = coalesce(n.{status}, 0) + {moved}"
+    return f"{node}.{status} = coalesce({node}.{status}, 0) + {moved}"
+
+
+# A run's stage durations move in and out of their pipeline's histograms
+# (``durations.py``) as [pipeline, stage, bucket, +1 or -1, +/- duration]: out of the bucket of the
+# stored duration of each stage the batch sets a status for (row[_MINUS]: [name,
+# property prefix]) that is stored completed, read before the row is written; into the
+# bucket of each stage the batch leaves completed (row[_PLUS]: [name, duration]).
+_DURATION = "r[x[1] + 'duration_ms']"
+_MINUS_ROWS = (
+    f"[x IN coalesce(row[{_MINUS}], []) WHERE r[x[1] + 'status'] = 'completed'"
+    f" AND {_DURATION} IS NOT NULL"
+    f" | [r.pipeline, x[0], {bucket_cypher(_DURATION)}, -1, -{_DURATION}]]"
+)
+_PLUS_ROWS = (
+    f"[x IN coalesce(row[{_PLUS}], []) | [r.pipeline, x[0], {bucket_cypher('x[1]')}, 1, x[1]]]"
+)
 
 
 # Dead letters come first: a run's entry counts its stage's attempts stored before
@@ -123,29 +138,55 @@ CALL {{
     r.stage_attempts = coalesce(row[{_ATTEMPTS}], [n IN row[{_NAMES}] | 0]),
     {", ".join(f"r.{f} = row[{_NEW}][{i}]" for i, f in enumerate(RUN_CREATED))}
   WITH r, row, r.seq = row[{_NEW}][{RUN_CREATED.index("seq")}] AS fresh
-  WITH r, row, fresh, CASE WHEN fresh THEN null ELSE r.status END AS before
+  WITH r, row, fresh, CASE WHEN fresh THEN null ELSE r.status END AS before,
+    CASE WHEN fresh THEN [] ELSE {_MINUS_ROWS} END AS minus
   {_stages("fresh")}
   {_SET_RUN}
-  RETURN collect(CASE WHEN fresh OR before <> r.status THEN [before, r.status] END) AS born
+  RETURN collect(CASE WHEN fresh OR before <> r.status THEN [before, r.status, r.pipeline] END)
+    AS born, collect(minus + {_PLUS_ROWS}) AS born_durations
 }}
 CALL {{
   UNWIND $runs AS row
   MATCH (r:Run {{id: row[0]}})
-  WITH r, row, r.status AS before
+  WITH r, row, r.status AS before, {_MINUS_ROWS} AS minus
   {_SET_RUN}
   {_stages("false")}
-  RETURN collect(CASE WHEN before <> r.status THEN [before, r.status] END) AS moved
+  RETURN collect(CASE WHEN before <> r.status THEN [before, r.status, r.pipeline] END) AS moved,
+    collect(minus + {_PLUS_ROWS}) AS moved_durations
 }}
-WITH c, born + moved AS moves
+WITH c, born + moved AS moves, born_durations + moved_durations AS durations
 MERGE (n:Counts {{name: 'runs'}})
-SET {", ".join(_count(s) for s in RunStatus)}"""
+SET {", ".join(_count(s) for s in RunStatus)}
+WITH c, moves, durations
+CALL {{
+  WITH moves
+  UNWIND moves AS m
+  WITH m[2] AS pipeline, collect(m) AS ms
+  MERGE (p:PipelineCounts {{pipeline: pipeline}})
+  SET {", ".join(_count(s, "p", "ms") for s in RunStatus)}
+}}
+CALL {{
+  WITH durations
+  UNWIND durations AS ds
+  UNWIND ds AS d
+  WITH d[0] AS pipeline, d[1] AS stage, d[2] AS bucket, sum(d[3]) AS k, sum(d[4]) AS ms
+  WHERE k <> 0
+  WITH pipeline, stage, collect([bucket, k, ms]) AS ks
+  MERGE (h:StageDurations {{pipeline: pipeline, stage: stage}})
+  ON CREATE SET h.counts = [], h.sums = []
+  WITH h, ks, reduce(top = 0, x IN ks | CASE WHEN x[0] > top THEN x[0] ELSE top END) AS top
+  WITH h, ks, [i IN range(size(h.counts), top) | 0] AS more
+  SET h.counts = reduce(a = h.counts + more, x IN ks | a[..x[0]] + [a[x[0]] + x[1]] + a[x[0] + 1..]),
+    h.sums = reduce(a = h.sums + more, x IN ks | a[..x[0]] + [a[x[0]] + x[2]] + a[x[0] + 1..])
+}}"""
 
 
-def _stage_rows(
-    stages: list[StageChange], nulls: bool = True
-) -> tuple[dict[str, Any], list[str], Any]:
-    """A run's stages' fields (by property; without those set to None unless ``nulls``),
-    their names, and the attempts each adds (None if none does)."""
+def _stage_rows(stages: list[StageChange], nulls: bool = True) -> list[Any]:
+    """A run's stages' cells: their fields (by property; without those set to None unless
+    ``nulls``), their names, the attempts each adds (None if none does), and their
+    durations' moves (None if none): those left completed (``[name, duration]``), and
+    those whose stored duration may leave its bucket (``[name, property prefix]``, None
+    unless ``nulls``: a run new to the view has stored nothing)."""
     values = {
         _prefix(s.name) + f: v
         for s in stages
@@ -153,7 +194,21 @@ def _stage_rows(
         if nulls or v is not None
     }
     attempts = [s.attempts for s in stages]
-    return values, [s.name for s in stages], attempts if any(attempts) else None
+    plus = [
+        [s.name, d]
+        for s in stages
+        if s.fields.get("status") == StageStatus.COMPLETED
+        and isinstance(d := s.fields.get("duration_ms"), int | float)
+        and math.isfinite(d)  # stored as null: no bucket
+    ]
+    minus = [[s.name, _prefix(s.name)] for s in stages if "status" in s.fields] if nulls else []
+    return [
+        values,
+        [s.name for s in stages],
+        attempts if any(attempts) else None,
+        plus or None,
+        minus or None,
+    ]
 
 
 def write_params(changes: RunStatusChanges) -> dict[str, Any]:
@@ -167,14 +222,14 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
         stages = by_run.get(run_id, [])
         # a null only removes a property: a new run has none to remove
         nulls = not run.new
-        values, names, attempts = _stage_rows(stages, nulls)
+        values, names, *cells = _stage_rows(stages, nulls)
         status = run.fields.get("status")
         values.update(
             (k, v) for k, v in run.fields.items() if k != "status" and (nulls or v is not None)
         )
         if status is not None:
             status = [status, True] if run.soft else [status]
-        row = [run_id, values, status, names, attempts]
+        row = [run_id, values, status, names, *cells]
         if run.created is None:
             runs.append([*row, None])
         else:
@@ -186,8 +241,8 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
             created = [run.created.get(k) for k in RUN_CREATED]
             new_runs.append([*row, first, created, {k: v for m in first for k, v in m.items()}])
     for run_id in [r for r in by_run if r not in changes.runs]:  # handlers change both: never
-        values, names, attempts = _stage_rows(by_run[run_id])
-        runs.append([run_id, values, None, names, attempts, None])
+        values, names, *cells = _stage_rows(by_run[run_id])
+        runs.append([run_id, values, None, names, *cells, None])
     new_dead_letters, dead_letters = [], []
     for d in changes.dead_letters.values():
         cells = fields(d.fields, DEAD_LETTER_FIELDS)
@@ -206,31 +261,30 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
 
 _INDEXES = [
     ("Run", "id"), ("Run", "status"), ("Run", "seq"), ("DeadLetter", "id"), ("DeadLetter", "status"),
+    ("PipelineCounts", "pipeline"), ("StageDurations", "pipeline"),
 ]  # fmt: skip
 
 WRITER = graph_writer(
     rows=_ROWS,
     params=write_params,
-    nodes=("Run", "Counts {name: 'runs'}", "DeadLetter"),
+    nodes=("Run", "Counts {name: 'runs'}", "PipelineCounts", "StageDurations", "DeadLetter"),
     indexes=_INDEXES,
-    outdated=("Stage",),  # a node per stage, before the run held its stages
+    shape=2,  # 2: with PipelineCounts and StageDurations
+    outdated=("Stage",),  # a node per stage, before the run held its stages (shape 1)
 )
 
 # -- reads --------------------------------------------------------------------------
 
 GET_RUN = "MATCH (r:Run {id: $id}) RETURN properties(r)"
 COUNTS = "MATCH (n:Counts {name: 'runs'}) RETURN properties(n)"
-COUNTS_OF_PIPELINE = "MATCH (r:Run) WHERE r.pipeline = $pipeline RETURN r.status, count(r)"
+COUNTS_OF_PIPELINE = "MATCH (n:PipelineCounts {pipeline: $pipeline}) RETURN properties(n)"
 
 
 def durations(*, pipeline: bool) -> str:
-    """Per stage name: completed durations' count, p50 and p95; of ``$pipeline``'s runs if asked."""
-    condition = "WHERE r.pipeline = $pipeline " if pipeline else ""
-    return f"""MATCH (r:Run) {condition}UNWIND r.stages AS name
-WITH r, name, 'stage.' + {_ESCAPED} + '.' AS p WHERE r[p + 'status'] = 'completed'
-WITH name, r[p + 'duration_ms'] AS duration
-RETURN name, count(duration), percentileCont(duration, 0.5), percentileCont(duration, 0.95)
-ORDER BY name"""
+    """Per pipeline and stage name: the histogram of completed durations (``durations.py``);
+    of ``$pipeline`` only if asked."""
+    condition = "WHERE h.pipeline = $pipeline " if pipeline else ""
+    return f"MATCH (h:StageDurations) {condition}RETURN h.stage, h.counts, h.sums"
 
 
 STALE_RUNS = """MATCH (r:Run) WHERE r.status IN ['processing', 'retrying']

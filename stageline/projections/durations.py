@@ -1,0 +1,82 @@
+"""Stage durations as log-scale histograms: what ``GET /v1/runs/stats`` reads.
+
+The run-status view keeps, per pipeline and stage name, how many completed
+stages took each duration, by bucket: bucket ``b`` holds the durations ``d``
+(ms) with ``RATIO**b <= d + 1 < RATIO**(b + 1)``. The view's writer moves a
+stage into its bucket when the stage is stored completed and out of it when
+a later event changes it (an undo, a new attempt), so reading the
+percentiles costs one row per pipeline and stage, however many runs the view
+holds; a scan of every run's stages took 1.2 s at 100,000 runs.
+
+Each bucket also sums its durations. A percentile is read as ``percentileCont``
+takes it, each duration counted as the mean of its bucket's: within 2% of ``d +
+1`` (a bucket's width), so within 2% of any duration from 100 ms up and 0.04 ms
+of shorter ones; exact when the durations around the rank are all one value. The writer computes buckets in Cypher (``BUCKET``), from the
+stored value, so that a duration taken out of a bucket is taken from the
+bucket it was put in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+__all__ = ["RATIO", "Histogram", "bucket_cypher", "merge", "percentile"]
+
+RATIO = 1.02
+_LOG_RATIO = math.log(RATIO)
+
+
+def bucket_cypher(duration: str) -> str:
+    """The Cypher expression of the bucket of ``duration`` (ms, a number; negative is 0)."""
+    return (
+        f"toInteger(floor(log(CASE WHEN {duration} > 0 THEN {duration} ELSE 0 END + 1.0)"
+        f" / {_LOG_RATIO!r}))"
+    )
+
+
+class Histogram(NamedTuple):
+    """Per bucket: how many durations it holds, and their sum (ms)."""
+
+    counts: list[int]
+    sums: list[float]
+
+
+def merge(histograms: Iterable[tuple[Sequence[int], Sequence[float]]]) -> Histogram:
+    """Several histograms added up (pipelines sharing a stage name)."""
+    total = Histogram([], [])
+    for counts, sums in histograms:
+        if len(counts) > len(total.counts):
+            grow = len(counts) - len(total.counts)
+            total.counts.extend([0] * grow)
+            total.sums.extend([0.0] * grow)
+        for i, (n, ms) in enumerate(zip(counts, sums, strict=True)):
+            total.counts[i] += n
+            total.sums[i] += ms
+    return total
+
+
+def percentile(histogram: Histogram, q: float) -> float:
+    """The ``q`` quantile (0-1) of the durations counted, in ms, as ``percentileCont``
+    takes it (between the two durations around rank ``q * (n - 1)``), each duration the
+    mean of its bucket's; 0.0 for no durations."""
+    n = sum(histogram.counts)
+    if n <= 0:
+        return 0.0
+    rank = q * (n - 1)
+    low = math.floor(rank)
+    below, above = _at(histogram, low), _at(histogram, min(low + 1, n - 1))
+    return below + (rank - low) * (above - below)
+
+
+def _at(histogram: Histogram, rank: int) -> float:
+    """The mean of the bucket holding the duration of 0-based ``rank`` (< the total)."""
+    seen = 0
+    for b, k in enumerate(histogram.counts):
+        seen += k
+        if seen > rank:
+            # the mean stays in the bucket: a float sum that drifted cannot leave it
+            low, high = math.exp(b * _LOG_RATIO) - 1.0, math.exp((b + 1) * _LOG_RATIO) - 1.0
+            return min(max(histogram.sums[b] / k, low, 0.0), high)
+    raise ValueError(f"rank {rank} is past the {seen} durations counted")
