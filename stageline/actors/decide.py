@@ -232,6 +232,13 @@ def _moved_on(state: RunState) -> Drop | Forward:
     return Forward(state.cursor, state.version, dict(state.item), state.cursor_cause)
 
 
+def lost_too_often(lost: int, max_abandoned: int | None) -> bool:
+    """Whether a stage whose attempts were lost with their workers ``lost`` times gives up
+    when one more is lost: ``max_abandoned`` lost attempts, that one included, are too many
+    (None: no limit)."""
+    return max_abandoned is not None and lost + 1 >= max_abandoned
+
+
 def decide_start(
     state: RunState,
     index: int,
@@ -263,7 +270,7 @@ def decide_start(
         deadline = p.started_at + timeout + grace
         if now < deadline:
             return Defer(deadline)
-        if max_abandoned is not None and p.abandoned + 1 >= max_abandoned:
+        if lost_too_often(p.abandoned, max_abandoned):
             return GiveUp(state.version, p.attempt, p.started_id)
         return Begin(state.version, p.attempt + 1, abandoned=p.attempt, lost=p.abandoned + 1)
     if p.retry_at is not None:

@@ -60,6 +60,7 @@ from stageline.actors.decide import (
     decide_finish,
     decide_start,
     fold_run,
+    lost_too_often,
 )
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
 from stageline.actors.stage import ActorRegistry, StageContext, StageResult
@@ -542,8 +543,7 @@ class StageRuntime:
         ``cut_offs()`` waits for it. A stage whose attempts were lost ``max_abandoned``
         times, this one included, is left as before: presumed lost, it gives up.
         """
-        if self.max_abandoned is not None:
-            dropped = [a for a in dropped if a.lost + 1 < self.max_abandoned]
+        dropped = [a for a in dropped if not lost_too_often(a.lost, self.max_abandoned)]
         if not dropped:
             return
         recording = asyncio.ensure_future(self._abandon(actor, dropped, entries))

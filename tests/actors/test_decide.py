@@ -18,6 +18,7 @@ from stageline.actors.decide import (
     decide_finish,
     decide_start,
     fold_run,
+    lost_too_often,
 )
 from stageline.events.envelope import RecordedEvent
 from stageline.projections.run_status import RunStatus
@@ -243,6 +244,12 @@ def test_a_stage_whose_attempts_keep_being_lost_gives_up() -> None:
     assert decide_start(state, 0, now=now, timeout=30, grace=5, max_abandoned=3) == Begin(
         3, 3, abandoned=2, lost=2
     )
+
+
+def test_the_abandon_limit_counts_the_attempt_about_to_be_lost() -> None:
+    # what decide_start gives up at, and a stopping worker leaves to be presumed lost
+    assert [lost_too_often(lost, 3) for lost in range(4)] == [False, False, True, True]
+    assert not lost_too_often(100, None)
 
 
 def test_a_runs_status_is_the_one_the_run_status_view_shows() -> None:
