@@ -446,15 +446,8 @@ class StageRuntime:
                     unstorable.append((a, version, result))
                 elif isinstance(result, Exception):
                     raise result
-                elif (
-                    isinstance(request, AppendRequest)
-                    and request.outbox is not None
-                    and result.version == version + len(request.events)
-                ):  # every event new, so the outbox was written (see append.lua)
-                    if request.outbox.ack is not None:
-                        out.acked.add(request.outbox.ack[2])
-                else:
-                    self._follow_up(a, result.version, out)
+                elif isinstance(request, AppendRequest):  # (one never made is its own error)
+                    self._recorded(a, request, result.version, out)
             todo = []
             states = await self._states(
                 [a.command for a in [*clashed, *(u[0] for u in unstorable)]]
@@ -514,6 +507,17 @@ class StageRuntime:
             maxlen=self.bus.maxlen,
             ack=(keys.stage_channel(out.actor), keys.stage_group(out.actor), entry),
         )
+
+    def _recorded(self, a: Attempt, request: AppendRequest, version: int, out: _Batch) -> None:
+        """``request`` recorded ``a``'s result, its run now at ``version``: what follows was
+        handed on by the append's outbox, if it wrote it, or goes with the batch."""
+        outbox = request.outbox
+        # every event new, so the outbox was written (see append.lua)
+        if outbox is not None and version == request.expected_version + len(request.events):
+            if outbox.ack is not None:
+                out.acked.add(outbox.ack[2])
+        else:
+            self._follow_up(a, version, out)
 
     def _follow_up(self, a: Attempt, version: int, out: _Batch) -> None:
         c = a.command
@@ -577,11 +581,10 @@ class StageRuntime:
                         said("stage.stop_unrecorded", **_context(a.command), error=str(result))
                         continue
                     log.info("stage.abandoned_on_stop", **_context(a.command), attempt=a.attempt)
-                    if request.outbox is None or result.version != a.version + len(request.events):
-                        self._follow_up(a, result.version, out)
-                        entry = entries.get(id(a.command))
-                        if entry is not None:
-                            acked.append(entry)
+                    self._recorded(a, request, result.version, out)
+                    entry = entries.get(id(a.command))
+                    if entry is not None and entry not in out.acked:
+                        acked.append(entry)
                 await self.bus.publish(out.forwards, ack=(actor, acked))
         except Exception as exc:  # as before the cut-off: claimed later, presumed lost
             log.warning(
