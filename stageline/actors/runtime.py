@@ -13,8 +13,9 @@ in the step that hands its runs on: with an outbox (the channels on the store's
 server), a result's own append hands its run on and acknowledges its command;
 what is left goes in one step at the end of the batch. A batch cut off by its
 worker's stop records the attempts it drops as abandoned and hands them on, to be
-started again at once. What each attempt records is planned by the pure functions
-of ``stageline.actors.attempt``; this module does the I/O.
+started again at once, in the step that sends what its other attempts hand on. What
+each attempt records is planned by the pure functions of ``stageline.actors.attempt``;
+this module does the I/O.
 """
 
 from __future__ import annotations
@@ -95,6 +96,19 @@ class _Batch:
     """``id()`` of each command -> its entry on the actor's channel."""
     acked: set[bytes] = field(default_factory=set)
     """Entries acknowledged by the append that recorded their result."""
+    settled: set[int] = field(default_factory=set)
+    """``id()`` of each command done with: what follows from it is in ``forwards`` or
+    ``deferred`` (or was written by its append, or nothing does), so its entry may be
+    acknowledged with them, even if the batch is cut off before the rest is."""
+
+    def put_off(self, until: float, command: StageCommand) -> None:
+        """Send ``command`` back to the batch's channel at ``until``, to be decided again."""
+        self.deferred.append((until, *_put_off(self.actor, command)))
+        self.settled.add(id(command))
+
+    def settled_entries(self) -> list[bytes]:
+        """The entries of the commands done with that no append acknowledged."""
+        return [e for i, e in self.entries.items() if i in self.settled and e not in self.acked]
 
 
 class StageRuntime:
@@ -145,7 +159,7 @@ class StageRuntime:
         (``_cut_off``) before the cancellation goes on.
         """
         entries = dict(zip(map(id, batch), ack, strict=True)) if ack else {}
-        out = _Batch(actor, entries=entries if self.outbox else {})
+        out = _Batch(actor, entries=entries)
         # the actor's state (e.g. the ontology) first: failing to load it records nothing
         states: dict[str, Any] = {}
         if self.actors.has_state(actor):
@@ -162,10 +176,10 @@ class StageRuntime:
                         moved += await self._finish(done, out)
                 # unmarked attempts the run moved under: decided as a start that clashed; those
                 # to begin are started with a marker this time, and run again
-                todo, attempts = await self._decide_start(actor, moved, out)
-                attempts += await self._start(actor, todo, out)
+                todo, attempts = await self._decide_start(moved, out)
+                attempts += await self._start(todo, out)
         except asyncio.CancelledError:
-            await self._cut_off(actor, [a for a in attempts if a.outcome is None], entries)
+            await self._cut_off(actor, [a for a in attempts if a.outcome is None], out)
             raise
         unacked = [e for e in ack if e not in out.acked] if out.acked else ack
         await self.bus.publish(out.forwards, scheduled=out.deferred, ack=(actor, unacked))
@@ -205,6 +219,7 @@ class StageRuntime:
                     command=command,
                     dead_letter_id=entry_dead_letter_id(actor, entry) if entry else None,
                 )
+                out.settled.add(id(command))
                 continue
             if mark or command.mark_start or self.actors.marks_start(spec.actor):
                 begin = Begin(command.version, command.attempt, lost=command.lost)
@@ -224,9 +239,9 @@ class StageRuntime:
                     lost=command.lost,
                 )
             )
-        return attempts + await self._start(actor, todo, out)
+        return attempts + await self._start(todo, out)
 
-    async def _start(self, actor: str, todo: list[_Start], out: _Batch) -> list[Attempt]:
+    async def _start(self, todo: list[_Start], out: _Batch) -> list[Attempt]:
         """Append each attempt's ``StageStarted``; returns the attempts to run (or decided)."""
         attempts: list[Attempt] = []
         for _ in range(_MAX_ROUNDS):
@@ -268,15 +283,15 @@ class StageRuntime:
                             lost=begin.lost,
                         )
                     )
-            todo, decided = await self._decide_start(actor, clashed, out)
+            todo, decided = await self._decide_start(clashed, out)
             attempts += decided
         for command, *_ in todo:  # the run kept moving under us: look again shortly
             log.info("stage.start_unsettled", **_context(command))
-            out.deferred.append((self.clock() + 1.0, *_put_off(actor, command)))
+            out.put_off(self.clock() + 1.0, command)
         return attempts
 
     async def _decide_start(
-        self, actor: str, clashed: list[_Run], out: _Batch
+        self, clashed: list[_Run], out: _Batch
     ) -> tuple[list[_Start], list[Attempt]]:
         """Read the runs the commands found moved on: the starts to try again, and the
         attempts decided without running."""
@@ -311,7 +326,7 @@ class StageRuntime:
                     )
                 )
             elif isinstance(decision, Defer):
-                out.deferred.append((decision.until, *_put_off(actor, command)))
+                out.put_off(decision.until, command)
             else:
                 self._settle(command, pipeline, decision, out)
         return todo, decided
@@ -470,8 +485,9 @@ class StageRuntime:
                     a.outcome, a.hand_on, a.retry_at = error, None, None
                     self._plan_give_up(a, state)
                 todo.append((a, version))
-        for a, _ in todo:
+        for a, _ in todo:  # left in flight, as if lost: abandoned or reconciled later
             log.warning("stage.finish_unsettled", **_context(a.command), attempt=a.attempt)
+            out.settled.add(id(a.command))
         return moved
 
     def _request(self, a: Attempt, version: int, out: _Batch) -> AppendRequest | InvalidEvent:
@@ -496,7 +512,7 @@ class StageRuntime:
         is new: the command handing its run on, and the acknowledgement of its own. None when
         the store cannot, or when the attempt's follow-up waits in the scheduler."""
         entry = out.entries.get(id(a.command))
-        if entry is None or version < 0:
+        if not self.outbox or entry is None or version < 0:
             return None
         follow = _Batch()
         self._follow_up(a, version + len(a.opening) + len(a.events), follow)
@@ -518,6 +534,7 @@ class StageRuntime:
                 out.acked.add(outbox.ack[2])
         else:
             self._follow_up(a, version, out)
+        out.settled.add(id(a.command))
 
     def _follow_up(self, a: Attempt, version: int, out: _Batch) -> None:
         c = a.command
@@ -538,32 +555,35 @@ class StageRuntime:
 
     # -- cut off ----------------------------------------------------------------
 
-    async def _cut_off(self, actor: str, dropped: list[Attempt], entries: dict[int, bytes]) -> None:
+    async def _cut_off(self, actor: str, dropped: list[Attempt], out: _Batch) -> None:
         """Record the attempts a stopping worker drops, still running, as abandoned, and
         hand each one's next attempt on at once, rather than leave them pending to be
-        claimed and presumed lost after their timeout.
+        claimed and presumed lost after their timeout; and send what the batch's other
+        commands hand on (``out``) with them, rather than leave those pending too.
 
         Recorded apart from the batch, which a stopping worker may cancel again; so
-        ``cut_offs()`` waits for it. A stage whose attempts were lost ``max_abandoned``
-        times, this one included, is left as before: presumed lost, it gives up.
+        ``cut_offs()`` waits for it. A stage whose attempts were lost too often
+        (``lost_too_often``), this one included, is left as before: presumed lost, it
+        gives up.
         """
         dropped = [a for a in dropped if not lost_too_often(a.lost, self.max_abandoned)]
-        if not dropped:
+        if not (dropped or out.forwards or out.deferred or out.settled_entries()):
             return
-        recording = asyncio.ensure_future(self._abandon(actor, dropped, entries))
+        recording = asyncio.ensure_future(self._abandon(actor, dropped, out))
         self._cut_offs.add(recording)
         recording.add_done_callback(self._cut_offs.discard)
         with contextlib.suppress(asyncio.CancelledError):  # cancelled again: it goes on
             await asyncio.shield(recording)
 
-    async def _abandon(self, actor: str, dropped: list[Attempt], entries: dict[int, bytes]) -> None:
-        """Append each dropped attempt's ``StageFailed`` at the version its attempt holds,
-        acknowledging its entry and handing on its next attempt with it. A run that moved
-        meanwhile (cancelled, or the attempt's result recorded) clashes and is left as it
-        is. A server that fails or is slower than ``CUT_OFF_S`` leaves the entries
-        pending, as before: claimed, the attempts are presumed lost (or, if their
-        failure was recorded, retried)."""
-        out = _Batch(actor, entries=entries if self.outbox else {})
+    async def _abandon(self, actor: str, dropped: list[Attempt], out: _Batch) -> None:
+        """Append each dropped attempt's ``StageFailed`` at the version its attempt holds;
+        then, in one step, hand on the next attempts and all the batch has collected, and
+        acknowledge the entries of the commands it is done with (with an outbox, a dropped
+        attempt's own append does both for it). A run that moved meanwhile (cancelled, or
+        the attempt's result recorded) clashes and is left as it is. A server that fails
+        or is slower than ``CUT_OFF_S`` leaves the entries pending, as before: claimed,
+        each command is decided again from its run (a dropped attempt presumed lost or,
+        if its failure was recorded, retried)."""
         now = self.clock()
         todo: list[tuple[Attempt, AppendRequest]] = []
         for a in dropped:
@@ -571,10 +591,9 @@ class StageRuntime:
             request = self._request(a, a.version, out)
             if isinstance(request, AppendRequest):  # its command was decoded: it encodes
                 todo.append((a, request))
-        acked: list[bytes] = []
         try:
             async with asyncio.timeout(CUT_OFF_S):
-                results = await self.store.append_batch([r for _, r in todo])
+                results = await self.store.append_batch([r for _, r in todo]) if todo else []
                 for (a, request), result in zip(todo, results, strict=True):
                     if isinstance(result, Exception):  # a clash: the run moved, let it be
                         said = log.info if isinstance(result, ConcurrencyError) else log.warning
@@ -582,10 +601,9 @@ class StageRuntime:
                         continue
                     log.info("stage.abandoned_on_stop", **_context(a.command), attempt=a.attempt)
                     self._recorded(a, request, result.version, out)
-                    entry = entries.get(id(a.command))
-                    if entry is not None and entry not in out.acked:
-                        acked.append(entry)
-                await self.bus.publish(out.forwards, ack=(actor, acked))
+                await self.bus.publish(
+                    out.forwards, scheduled=out.deferred, ack=(actor, out.settled_entries())
+                )
         except Exception as exc:  # as before the cut-off: claimed later, presumed lost
             log.warning(
                 "stage.stop_unrecorded",
@@ -610,6 +628,7 @@ class StageRuntime:
             out.forwards.append((pipeline.stage(nxt.index).actor, nxt))
         else:
             log.debug("stage.command_dropped", reason=decision.reason, **_context(command))
+        out.settled.add(id(command))
 
     async def _states(self, batch: Sequence[StageCommand]) -> list[RunState]:
         streams = await asyncio.gather(

@@ -25,8 +25,10 @@ from stageline.actors.builtin import default_actors
 from stageline.actors.channels import DATA_FIELD, CommandBus
 from stageline.actors.commands import StageCommand, decode
 from stageline.actors.deadletters import STREAM, decode_poison
-from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
+from stageline.actors.pipeline import Pipeline, PipelineCatalog, RetryPolicy, StageSpec
 from stageline.actors.runtime import CUT_OFF_S
+from stageline.actors.schedule import scheduled_entry
+from stageline.actors.stage import StageContext, StageError, StageResult
 from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.embedded import EmbeddedServer
@@ -480,6 +482,101 @@ async def test_a_stop_with_the_store_apart_records_the_attempt_then_hands_it_on(
         [*_, (_, fields)] = await client.xrange(channel)
         handed_on = decode(fields[DATA_FIELD.encode()])
         assert (handed_on.attempt, handed_on.cause) == (2, str(events[-1].event_id))
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+# a stage whose attempts pass, fail (retried in a minute) or run on, as each run's item says;
+# the next stage's actor runs on no worker here: what the first hands on stays on its channel
+MIXED = Pipeline(
+    name="stop-mixed",
+    stages=(
+        StageSpec(
+            name="mixed",
+            actor="stop-mixed",
+            timeout_seconds=120,
+            retry=RetryPolicy(max_retries=1, backoff_seconds=60),
+        ),
+        StageSpec(name="then", actor="stop-then"),
+    ),
+)
+
+
+async def mixed(item: dict[str, Any], ctx: StageContext) -> StageResult:
+    if item["do"] == "hang":
+        await asyncio.sleep(120)
+    if item["do"] == "fail":
+        raise StageError("fails, to be retried")
+    return StageResult(output={"passed": True})
+
+
+async def recorded(store: RedisEventStore, workspace: str, run_id: str, type_: str) -> bool:
+    return any(e.type == type_ for e in await store.read_stream(workspace, keys.run_stream(run_id)))
+
+
+async def on_channel(client: aioredis.Redis, actor: str) -> list[StageCommand]:
+    entries = await client.xrange(keys.stage_channel(actor))
+    return [decode(fields[DATA_FIELD.encode()]) for _, fields in entries]
+
+
+@pytest.mark.parametrize("apart", [True, False], ids=["store-apart", "one-server"])
+async def test_a_stopped_batch_sends_what_its_ended_attempts_hand_on_with_its_abandonment(
+    apart: bool, own_server: EmbeddedServer, request: pytest.FixtureRequest, workspace: str
+) -> None:
+    store_url = request.getfixturevalue("store_server").url if apart else own_server.url
+    store = RedisEventStore.from_url(store_url)
+    client = connect(own_server.url)
+    catalog = PipelineCatalog([MIXED])
+    actors = default_actors()
+    actors.register("stop-mixed", mixed)
+    config = WorkerConfig(poll_ms=20, drain_seconds=1.0, claim_idle_ms=600_000)
+    worker = Worker(store, own_server.url, catalog, actors, config)
+    assert worker.runtime.outbox is not apart
+    try:
+        # submitted before the worker starts: its first read takes the three as one batch
+        submitter = Submitter(store, catalog, CommandBus(client))
+        runs = {
+            do: (await submitter.submit(workspace, MIXED.name, {"do": do})).run_id
+            for do in ("pass", "fail", "hang")
+        }
+        await worker.start()
+        try:
+            await until(
+                lambda: recorded(store, workspace, runs["pass"], "StageCompleted"), what="pass"
+            )
+            await until(
+                lambda: recorded(store, workspace, runs["fail"], "StageFailed"), what="fail"
+            )
+        finally:
+            await worker.stop()  # cuts the third attempt off, the other two recorded
+
+        def read(run: str) -> Awaitable[list[Any]]:
+            return store.read_stream(workspace, keys.run_stream(runs[run]))
+
+        passed, failed, hung = await read("pass"), await read("fail"), await read("hang")
+        assert [e.type for e in hung][-1] == "StageFailed"
+        assert hung[-1].data["error"] == STOPPED
+        # what each attempt of the batch hands on written, once: the next stage's command,
+        # the failed attempt's retry in the scheduler, the abandoned one's on the channel
+        channel, group = keys.stage_channel("stop-mixed"), keys.stage_group("stop-mixed")
+        [then] = await on_channel(client, "stop-then")
+        assert (then.run_id, then.index, then.version) == (runs["pass"], 1, passed[-1].version)
+        assert then.cause == str(passed[-1].event_id)
+        retried = [c for c in await on_channel(client, "stop-mixed") if c.attempt == 2]
+        assert [(c.run_id, c.cause) for c in retried] == [(runs["hang"], str(hung[-1].event_id))]
+        [(member, due)] = await client.zrange(keys.SCHEDULED, 0, -1, withscores=True)
+        prefix = scheduled_entry(channel, b"")
+        assert member.startswith(prefix)
+        retry = decode(member[len(prefix) :])
+        assert (retry.run_id, retry.attempt, retry.cause) == (
+            runs["fail"],
+            2,
+            str(failed[-1].event_id),
+        )
+        assert due == pytest.approx(failed[-1].data["retry_at"].timestamp(), abs=0.01)
+        # and every entry of the batch acknowledged with it
+        assert (await client.xpending(channel, group))["pending"] == 0
     finally:
         await client.aclose()
         await store.close()
