@@ -85,6 +85,18 @@ class StageChange:
     created: dict[str, Any] | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
+    reopened: bool = False
+    """The batch's first change of the stage's status may find it stored completed (an
+    undo, a new attempt past the first, a retry or skip): the writer then takes its
+    stored duration out of the stage durations. A first attempt's start, or a result
+    (which follows its own start), finds it not completed."""
+
+    def set_status(self, status: str, *, reopens: bool, **fields: Any) -> None:
+        """Set the stage's status (and ``fields``); ``reopens`` if the event may follow a
+        completion of the stage."""
+        if "status" not in self.fields:
+            self.reopened = reopens
+        self.fields.update(status=status, **fields)
 
     @property
     def key(self) -> str:

@@ -168,8 +168,9 @@ def _stage_started(
     stage = b.stage(run_id, name, index)
     stage.attempts += 1
     # a new attempt: what the previous one left behind no longer describes the stage
-    stage.fields.update(
-        status=StageStatus.ACTIVE,
+    stage.set_status(
+        StageStatus.ACTIVE,
+        reopens=d.get("attempt") != 1,
         started_at=at,
         ended_at=None,
         duration_ms=None,
@@ -184,7 +185,6 @@ def _stage_completed(
 ) -> None:
     name, index, metadata = d["stage"], d.get("index"), d.get("metadata")
     fields = {
-        "status": StageStatus.COMPLETED,
         "ended_at": at,
         "duration_ms": d.get("duration_ms", 0.0),
         "metadata": msgspec.json.encode(metadata, order="sorted").decode() if metadata else None,
@@ -192,15 +192,15 @@ def _stage_completed(
         "retry_at": None,
     }
     b.run(run_id, at)
-    b.stage(run_id, name, index).fields.update(fields)
+    b.stage(run_id, name, index).set_status(StageStatus.COMPLETED, reopens=False, **fields)
 
 
 def _stage_failed(
     b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
 ) -> None:
     name, index, will_retry = d["stage"], d.get("index"), bool(d.get("will_retry"))
+    status = StageStatus.RETRYING if will_retry else StageStatus.FAILED
     fields = {
-        "status": StageStatus.RETRYING if will_retry else StageStatus.FAILED,
         "ended_at": at,
         "duration_ms": d.get("duration_ms", 0.0),
         "error": _error(d),
@@ -210,7 +210,7 @@ def _stage_failed(
     if will_retry:
         _resume(run, RunStatus.RETRYING)
     # without a retry the run ends (RunFailed) or goes on (StageSkipped): those events say so
-    b.stage(run_id, name, index).fields.update(fields)
+    b.stage(run_id, name, index).set_status(status, reopens=False, **fields)
 
 
 def _stage_skipped(
@@ -218,7 +218,7 @@ def _stage_skipped(
 ) -> None:
     name, index, next_stage = d["stage"], d.get("index"), d["next_stage"]
     b.run(run_id, at).fields["current_stage"] = next_stage
-    b.stage(run_id, name, index).fields.update(status=StageStatus.SKIPPED, retry_at=None)
+    b.stage(run_id, name, index).set_status(StageStatus.SKIPPED, reopens=True, retry_at=None)
 
 
 def _stage_compensated(
@@ -226,7 +226,7 @@ def _stage_compensated(
 ) -> None:
     name, index = d["stage"], d.get("index")
     b.run(run_id, at)
-    b.stage(run_id, name, index).fields.update(status=StageStatus.COMPENSATED, retry_at=None)
+    b.stage(run_id, name, index).set_status(StageStatus.COMPENSATED, reopens=True, retry_at=None)
 
 
 def _run_completed(
@@ -273,7 +273,7 @@ def _run_retried(
         reason=None,
     )
     # the stage waits for its fresh attempt; its last error stays until that starts
-    b.stage(run_id, name, index).fields.update(status=StageStatus.PENDING, retry_at=None)
+    b.stage(run_id, name, index).set_status(StageStatus.PENDING, reopens=True, retry_at=None)
 
 
 HANDLERS: dict[str, RunHandler] = {

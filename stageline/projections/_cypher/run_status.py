@@ -42,7 +42,7 @@ from stageline.projections.run_status import RUN_CREATED, RUN_ENDINGS, RunStatus
 
 __all__ = ["WRITER", "list_dead_letters", "stage_property", "write_params"]
 
-_NAMES, _ATTEMPTS, _PLUS, _MINUS, _CREATED, _NEW, _FIRST = 3, 4, 5, 6, 7, 8, 9  # in a run's row
+_NAMES, _ATTEMPTS, _PLUS, _CREATED, _NEW, _FIRST = 3, 4, 5, 6, 7, 8  # where they sit in a run's row
 _D = 4  # where the fields start in a new dead letter's row (1 in the others')
 
 
@@ -93,18 +93,22 @@ def _count(status: str, node: str = "n", moves: str = "moves") -> str:
 
 
 # A run's stage durations move in and out of their pipeline's histograms
-# (``durations.py``) as [pipeline, stage, bucket, +1 or -1, +/- duration]: out of the bucket of the
-# stored duration of each stage the batch sets a status for (row[_MINUS]: [name,
-# property prefix]) that is stored completed, read before the row is written; into the
-# bucket of each stage the batch leaves completed (row[_PLUS]: [name, duration]).
+# (``durations.py``) as ``[pipeline, [[stage, duration], ...] or null, [[stage, duration,
+# -1], ...] or null]``: into the buckets of the stages a run's row leaves completed
+# (row[_PLUS]); out of the buckets of the stored durations of the stages the batch
+# reopens ($reopened: [run id, [[name, property prefix], ...]]) that are stored
+# completed, read before any run is written. Apart from the runs' rows, which would pay
+# for the test in every row: reopening a completed stage (an undo) is rare.
 _DURATION = "r[x[1] + 'duration_ms']"
-_MINUS_ROWS = (
-    f"[x IN coalesce(row[{_MINUS}], []) WHERE r[x[1] + 'status'] = 'completed'"
-    f" AND {_DURATION} IS NOT NULL"
-    f" | [r.pipeline, x[0], {bucket_cypher(_DURATION)}, -1, -{_DURATION}]]"
-)
-_PLUS_ROWS = (
-    f"[x IN coalesce(row[{_PLUS}], []) | [r.pipeline, x[0], {bucket_cypher('x[1]')}, 1, x[1]]]"
+_REOPENED = f"""CALL {{
+  UNWIND $reopened AS row
+  MATCH (r:Run {{id: row[0]}})
+  RETURN collect([r.pipeline, null, [x IN row[1]
+    WHERE r[x[1] + 'status'] = 'completed' AND {_DURATION} IS NOT NULL
+    | [x[0], {_DURATION}, -1]]]) AS undone
+}}"""
+_DURATIONS = (
+    f"collect(CASE WHEN row[{_PLUS}] IS NULL THEN null ELSE [r.pipeline, row[{_PLUS}]] END)"
 )
 
 
@@ -131,6 +135,7 @@ CALL {{
   MATCH (d:DeadLetter {{id: row[0]}})
   SET {assign("d", "row", DEAD_LETTER_FIELDS, 1)}
 }}
+{_REOPENED}
 CALL {{
   UNWIND $new_runs AS row
   MERGE (r:Run {{id: row[0]}})
@@ -138,23 +143,22 @@ CALL {{
     r.stage_attempts = coalesce(row[{_ATTEMPTS}], [n IN row[{_NAMES}] | 0]),
     {", ".join(f"r.{f} = row[{_NEW}][{i}]" for i, f in enumerate(RUN_CREATED))}
   WITH r, row, r.seq = row[{_NEW}][{RUN_CREATED.index("seq")}] AS fresh
-  WITH r, row, fresh, CASE WHEN fresh THEN null ELSE r.status END AS before,
-    CASE WHEN fresh THEN [] ELSE {_MINUS_ROWS} END AS minus
+  WITH r, row, fresh, CASE WHEN fresh THEN null ELSE r.status END AS before
   {_stages("fresh")}
   {_SET_RUN}
   RETURN collect(CASE WHEN fresh OR before <> r.status THEN [before, r.status, r.pipeline] END)
-    AS born, collect(minus + {_PLUS_ROWS}) AS born_durations
+    AS born, {_DURATIONS} AS born_durations
 }}
 CALL {{
   UNWIND $runs AS row
   MATCH (r:Run {{id: row[0]}})
-  WITH r, row, r.status AS before, {_MINUS_ROWS} AS minus
+  WITH r, row, r.status AS before
   {_SET_RUN}
   {_stages("false")}
   RETURN collect(CASE WHEN before <> r.status THEN [before, r.status, r.pipeline] END) AS moved,
-    collect(minus + {_PLUS_ROWS}) AS moved_durations
+    {_DURATIONS} AS moved_durations
 }}
-WITH c, born + moved AS moves, born_durations + moved_durations AS durations
+WITH c, born + moved AS moves, undone + born_durations + moved_durations AS durations
 MERGE (n:Counts {{name: 'runs'}})
 SET {", ".join(_count(s) for s in RunStatus)}
 WITH c, moves, durations
@@ -168,8 +172,10 @@ CALL {{
 CALL {{
   WITH durations
   UNWIND durations AS ds
-  UNWIND ds AS d
-  WITH d[0] AS pipeline, d[1] AS stage, d[2] AS bucket, sum(d[3]) AS k, sum(d[4]) AS ms
+  UNWIND coalesce(ds[1], []) + coalesce(ds[2], []) AS x
+  WITH ds[0] AS pipeline, x[0] AS stage, {bucket_cypher("x[1]")} AS bucket,
+    coalesce(x[2], 1) AS sign, x[1] AS duration
+  WITH pipeline, stage, bucket, sum(sign) AS k, sum(sign * duration) AS ms
   WHERE k <> 0
   WITH pipeline, stage, collect([bucket, k, ms]) AS ks
   MERGE (h:StageDurations {{pipeline: pipeline, stage: stage}})
@@ -183,10 +189,8 @@ CALL {{
 
 def _stage_rows(stages: list[StageChange], nulls: bool = True) -> list[Any]:
     """A run's stages' cells: their fields (by property; without those set to None unless
-    ``nulls``), their names, the attempts each adds (None if none does), and their
-    durations' moves (None if none): those left completed (``[name, duration]``), and
-    those whose stored duration may leave its bucket (``[name, property prefix]``, None
-    unless ``nulls``: a run new to the view has stored nothing)."""
+    ``nulls``), their names, the attempts each adds (None if none does), and the
+    durations of those the batch leaves completed (``[name, duration]``, None if none)."""
     values = {
         _prefix(s.name) + f: v
         for s in stages
@@ -201,14 +205,7 @@ def _stage_rows(stages: list[StageChange], nulls: bool = True) -> list[Any]:
         and isinstance(d := s.fields.get("duration_ms"), int | float)
         and math.isfinite(d)  # stored as null: no bucket
     ]
-    minus = [[s.name, _prefix(s.name)] for s in stages if "status" in s.fields] if nulls else []
-    return [
-        values,
-        [s.name for s in stages],
-        attempts if any(attempts) else None,
-        plus or None,
-        minus or None,
-    ]
+    return [values, [s.name for s in stages], attempts if any(attempts) else None, plus or None]
 
 
 def write_params(changes: RunStatusChanges) -> dict[str, Any]:
@@ -243,6 +240,13 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
     for run_id in [r for r in by_run if r not in changes.runs]:  # handlers change both: never
         values, names, *cells = _stage_rows(by_run[run_id])
         runs.append([run_id, values, None, names, *cells, None])
+    # a run new to the view (its RunSubmitted opens its stream) has stored no stage
+    reopened = [
+        [run_id, [[s.name, _prefix(s.name)] for s in stages if s.reopened]]
+        for run_id, stages in by_run.items()
+        if not (run_id in changes.runs and changes.runs[run_id].new)
+        and any(s.reopened for s in stages)
+    ]
     new_dead_letters, dead_letters = [], []
     for d in changes.dead_letters.values():
         cells = fields(d.fields, DEAD_LETTER_FIELDS)
@@ -254,6 +258,7 @@ def write_params(changes: RunStatusChanges) -> dict[str, Any]:
     return {
         "new_dead_letters": new_dead_letters,
         "dead_letters": dead_letters,
+        "reopened": reopened,
         "new_runs": new_runs,
         "runs": runs,
     }
