@@ -139,6 +139,11 @@ def _dead_letter_dict(props: Mapping[str, Any]) -> dict[str, Any]:
     return shape(props, _DEAD_LETTER_KEYS, ("created_at", "closed_at"))
 
 
+def _counts(stored: Mapping[str, Any] | None) -> dict[str, int]:
+    """Every run status's count (0 for none) from a counts node's properties."""
+    return {status.value: int((stored or {}).get(status.value, 0)) for status in RunStatus}
+
+
 def _check_limit(limit: int) -> None:
     if limit < 1:
         raise InvalidArgument("limit must be >= 1", limit=limit)
@@ -381,26 +386,23 @@ class FalkorDBViews:
         more = len(rows) > limit
         return runs, (str(runs[-1]["seq"]) if more else None)
 
-    async def run_counts(self, workspace: str, pipeline: str | None = None) -> dict[str, int]:
-        """Runs by status (every status, 0 for none), of ``pipeline``'s runs only if given:
-        one node's read, however many runs."""
-        if pipeline is None:
-            rows = await self._read(workspace, qr.COUNTS)
-        else:
-            rows = await self._read(workspace, qr.COUNTS_OF_PIPELINE, {"pipeline": pipeline})
-        stored = rows[0][0] if rows else {}
-        return {status.value: int(stored.get(status.value, 0)) for status in RunStatus}
+    async def run_counts(self, workspace: str) -> dict[str, int]:
+        """Runs by status (every status, 0 for none): one node's read, however many runs."""
+        rows = await self._read(workspace, qr.COUNTS)
+        return _counts(rows[0][0] if rows else None)
 
     async def stats(self, workspace: str, pipeline: str | None = None) -> dict[str, Any]:
         """Run counts by status, their total, and per stage name its completed durations'
         count, p50 and p95 (``durations.py``: within 2%); of ``pipeline``'s runs only if
-        given (stages of other pipelines may share names)."""
-        counts = await self.run_counts(workspace, pipeline)
+        given (stages of other pipelines may share names). One read of a node per pipeline
+        and stage, however many runs."""
         params = None if pipeline is None else {"pipeline": pipeline}
-        rows = await self._read(workspace, qr.durations(pipeline=params is not None), params)
+        rows = await self._read(workspace, qr.stats(pipeline=params is not None), params)
+        stored, histograms = rows[0] if rows else (None, [])
         by_stage: dict[str, list[tuple[list[int], list[float]]]] = {}
-        for name, buckets, sums in rows:
-            by_stage.setdefault(name, []).append((buckets, sums))
+        for name, buckets, sums in histograms:
+            if name is not None:  # the null row of no histogram at all
+                by_stage.setdefault(name, []).append((buckets, sums))
         stages = {}
         for name in sorted(by_stage):
             histogram = durations.merge(by_stage[name])
@@ -410,6 +412,7 @@ class FalkorDBViews:
                     "p50_ms": durations.percentile(histogram, 0.5),
                     "p95_ms": durations.percentile(histogram, 0.95),
                 }
+        counts = _counts(stored)
         return {"counts": counts, "total": sum(counts.values()), "stages": stages}
 
     # -- reads: dead letters and entities -----------------------------------------

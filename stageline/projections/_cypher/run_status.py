@@ -282,14 +282,17 @@ WRITER = graph_writer(
 
 GET_RUN = "MATCH (r:Run {id: $id}) RETURN properties(r)"
 COUNTS = "MATCH (n:Counts {name: 'runs'}) RETURN properties(n)"
-COUNTS_OF_PIPELINE = "MATCH (n:PipelineCounts {pipeline: $pipeline}) RETURN properties(n)"
 
 
-def durations(*, pipeline: bool) -> str:
-    """Per pipeline and stage name: the histogram of completed durations (``durations.py``);
-    of ``$pipeline`` only if asked."""
-    condition = "WHERE h.pipeline = $pipeline " if pipeline else ""
-    return f"MATCH (h:StageDurations) {condition}RETURN h.stage, h.counts, h.sums"
+def stats(*, pipeline: bool) -> str:
+    """One row: the run counts (null before any run), and per pipeline and stage name the
+    histogram of completed durations (``durations.py``); of ``$pipeline`` only if asked."""
+    counts = "PipelineCounts {pipeline: $pipeline}" if pipeline else "Counts {name: 'runs'}"
+    condition = " WHERE h.pipeline = $pipeline" if pipeline else ""
+    return f"""OPTIONAL MATCH (n:{counts})
+WITH properties(n) AS counts
+OPTIONAL MATCH (h:StageDurations){condition}
+RETURN counts, collect([h.stage, h.counts, h.sums])"""
 
 
 STALE_RUNS = """MATCH (r:Run) WHERE r.status IN ['processing', 'retrying']
