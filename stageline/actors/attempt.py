@@ -43,6 +43,7 @@ from stageline.events.finite import nonfinite
 
 ABANDONED = "no result within the stage timeout; worker presumed lost"
 STOPPED = "worker stopped with the attempt in hand"
+INTERRUPTED = "interrupted: a notice said its run had stopped, but the run went on"
 
 
 class AttemptAbandoned(Exception):  # its name is decide.ABANDONED_ERROR
@@ -191,11 +192,12 @@ def plan_retry(a: Attempt, retry_at: float) -> None:
     a.events = [_failed(a, will_retry=True), *_effects(a)]
 
 
-def plan_stopped(a: Attempt, now: float) -> None:
-    """Plan the events of an attempt its worker dropped as it stopped: abandoned, as a lost
-    attempt is (it counts as one, not as one of the stage's failures), and due again at
-    ``now``, so that another worker starts the next attempt at once."""
-    a.outcome = AttemptAbandoned(STOPPED)
+def plan_stopped(a: Attempt, now: float, why: str = STOPPED) -> None:
+    """Plan the events of an attempt its worker dropped as it stopped (or interrupted, told
+    its run had stopped): abandoned, as a lost attempt is (it counts as one, not as one of
+    the stage's failures), and due again at ``now``, so that another worker starts the next
+    attempt at once."""
+    a.outcome = AttemptAbandoned(why)
     plan_retry(a, now)
 
 

@@ -34,6 +34,7 @@ import structlog
 from stageline.actors import commands
 from stageline.actors.attempt import (
     ABANDONED,
+    INTERRUPTED,
     Attempt,
     AttemptAbandoned,
     abandoned_event,
@@ -65,6 +66,7 @@ from stageline.actors.decide import (
 )
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
 from stageline.actors.stage import ActorRegistry, StageContext, StageResult
+from stageline.actors.stops import Running
 from stageline.errors import ConcurrencyError, InvalidArgument, InvalidEvent, StagelineError
 from stageline.events import keys
 from stageline.events.envelope import NewEvent
@@ -138,6 +140,8 @@ class StageRuntime:
         self.abandon_grace = abandon_grace
         self.max_abandoned = max_abandoned
         self.outbox = outbox
+        self.running = Running()
+        """The runs of the commands in hand: a stop notice interrupts their attempts."""
         self._cut_offs: set[asyncio.Task[None]] = set()
 
     async def handle(
@@ -156,8 +160,18 @@ class StageRuntime:
         start before running it, so a command that kills its workers is
         abandoned and given up like any lost attempt. Cancelled (the worker
         stopped), the attempts still running are recorded abandoned and handed on
-        (``_cut_off``) before the cancellation goes on.
+        (``_cut_off``) before the cancellation goes on. While the batch is in hand, a
+        notice that one of its runs stopped (``running.stop``) interrupts its attempt.
         """
+        self.running.hold(batch)
+        try:
+            await self._handle(actor, batch, ack, redelivered)
+        finally:
+            self.running.release(batch)
+
+    async def _handle(
+        self, actor: str, batch: Sequence[StageCommand], ack: Sequence[bytes], redelivered: bool
+    ) -> None:
         entries = dict(zip(map(id, batch), ack, strict=True)) if ack else {}
         out = _Batch(actor, entries=entries)
         # the actor's state (e.g. the ontology) first: failing to load it records nothing
@@ -346,10 +360,11 @@ class StageRuntime:
         ended: list[Attempt] = []
         waiting: dict[asyncio.Task[None], Attempt] = {}
         for a in attempts:
-            if a.outcome is not None:  # decided without running (a lost last attempt)
+            c = a.command
+            # decided without running (a lost last attempt), or its run stopped meanwhile
+            if a.outcome is not None or self.running.stopped(c):
                 ended.append(a)
                 continue
-            c = a.command
             ctx = StageContext(
                 c.workspace,
                 c.run_id,
@@ -366,7 +381,9 @@ class StageRuntime:
             except Exception as exc:
                 result = exc
             if not isinstance(result, StageResult) and inspect.isawaitable(result):
-                waiting[asyncio.ensure_future(self._wait(a, result, started))] = a
+                task = asyncio.ensure_future(self._wait(a, result, started))
+                waiting[task] = a
+                self.running.started(c, task)
                 continue
             a.outcome = result
             a.duration_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -391,8 +408,9 @@ class StageRuntime:
 
         A stage may swallow the ``CancelledError`` that cuts it off and return: what it
         returns then is not its result. Cut off by its timeout, it failed by timing out;
-        cut off because the batch was stopped, this task ends cancelled and records
-        nothing, as it would had the stage let the cancellation through.
+        cut off because the batch was stopped, or because its run stopped (a stop notice),
+        this task ends cancelled, as it would had the stage let the cancellation through,
+        and what it returned is dropped.
         """
         outcome: StageResult | Exception
         limit = asyncio.timeout(a.spec.timeout_seconds)
@@ -415,6 +433,13 @@ class StageRuntime:
     async def _plan(self, attempts: list[Attempt]) -> None:
         exhausted: list[Attempt] = []
         for a in attempts:
+            if a.outcome is None and self.running.stopped(a.command):
+                # interrupted, or never begun: its run was cancelled or undone, so this
+                # append clashes with the run's end and records nothing (the command is
+                # dropped); had the run gone on after all, the attempt is abandoned and
+                # the next one starts at once, as when a worker stops
+                plan_stopped(a, self.clock(), INTERRUPTED)
+                continue
             check_outcome(a)
             if isinstance(a.outcome, StageResult):
                 plan_success(a, a.outcome)

@@ -49,6 +49,7 @@ from stageline.actors.pipeline import Pipeline, PipelineCatalog, PipelineKey
 from stageline.actors.runtime import StageRuntime
 from stageline.actors.schedule import Scheduler
 from stageline.actors.stage import ActorRegistry
+from stageline.actors.stops import StopListener
 from stageline.actors.supervise import Supervisor
 from stageline.errors import StagelineError, Unavailable
 from stageline.events import keys
@@ -202,9 +203,12 @@ class Worker:
             channels=self._ingest,
             claim_idle_ms=cfg.claim_idle_ms,
         )
+        self.stops = StopListener(self.client, self.runtime.running)
         self._stop = asyncio.Event()
         self._scheduler_task: asyncio.Task[None] | None = None
         self._supervisor_task: asyncio.Task[None] | None = None
+        self._stops_task: asyncio.Task[None] | None = None
+        self._deaf = asyncio.Event()  # set once no batch is in hand: the notices are moot
         for actor in sorted(actors.names()):
             self._subscribe(actor)
         if cfg.ingest:
@@ -464,8 +468,10 @@ class Worker:
             await self.broker.stop()  # a later start begins from scratch
             raise
         self._stop.clear()
+        self._deaf.clear()
         self._scheduler_task = asyncio.create_task(self.scheduler.run(self._stop))
         self._supervisor_task = asyncio.create_task(self.supervisor.run(self._stop))
+        self._stops_task = asyncio.create_task(self.stops.run(self._deaf))
         log.info(
             "worker.started", consumer=self.config.consumer, actors=sorted(self.actors.names())
         )
@@ -488,6 +494,10 @@ class Worker:
         await self.runtime.cut_offs()  # before leaving the groups: they acknowledge entries
         if self._scheduler_task is not None:
             await self._scheduler_task
+        self._deaf.set()  # heard until now: a cancel interrupts a batch draining too
+        if self._stops_task is not None:
+            self._stops_task.cancel()  # not waiting for its read to time out
+            await _end([self._stops_task], _READERS_END_SECONDS)
         await self._leave_groups()
         await self.client.aclose()
         log.info("worker.stopped", consumer=self.config.consumer)

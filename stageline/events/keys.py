@@ -118,6 +118,12 @@ INGEST_GROUP = f"{PREFIX}:ingest"
 INGEST_ACTOR = "@ingest"
 """The ``actor`` of the ingest channel's dead letters: no registered actor may take it."""
 
+RUN_STOPS_CHANNEL = f"{PREFIX}:runs:stopped"
+"""The pub/sub channel on the broker on which a cancel or an undo says that a run stopped, so
+that a worker running one of its attempts interrupts it (``stageline.actors.stops``). One
+channel for every workspace, each notice naming its own: a worker runs any workspace's runs,
+and cancels are rare enough that every worker hearing every one costs nothing."""
+
 
 RUN_STREAM_PREFIX = "run-"
 
