@@ -2,7 +2,8 @@
 
 Each reads the run, decides from its folded state, and appends with the run's
 version as the expected version, re-reading on a clash; nothing is ever
-edited or deleted.
+edited or deleted. Once a cancel or an undo is recorded, a stop notice tells the
+workers, so that one running an attempt of the run interrupts it (``stops``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
+from stageline.actors import stops
 from stageline.actors.channels import CommandBus
 from stageline.actors.commands import StageCommand
 from stageline.actors.compensation import Compensator, undo_run
@@ -79,9 +81,10 @@ class RunOperations:
     ) -> OperationResult:
         """Compensate every stage's effects, last stage first; the run ends ``compensated``.
 
-        Works on a run in any state (a running one stops: later results are
-        discarded). Undoing an undone run changes nothing. ``Conflict`` for a run
-        reported from outside: its effects are the reporter's, stageline cannot reverse them.
+        Works on a run in any state: a running one stops, its attempt in hand interrupted
+        (a stop notice) or, if the notice is lost, its result discarded. Undoing an undone
+        run changes nothing (but sends the notice again). ``Conflict`` for a run reported
+        from outside: its effects are the reporter's, stageline cannot reverse them.
         """
 
         def plan(state: RunState) -> list[DomainEvent] | None:
@@ -95,16 +98,22 @@ class RunOperations:
                 closing.append(DeadLetterDiscarded(dead_letter=state.dead_letter, reason="undo"))
             return [*compensations, *closing, RunCompensated(stages=state.stage_names)]
 
-        return await self._apply(workspace, run_id, plan, "compensated", correlation_id)
+        result = await self._apply(workspace, run_id, plan, "compensated", correlation_id)
+        await stops.publish(self.bus.client, workspace, run_id)
+        return result
 
     async def cancel(
         self, workspace: str, run_id: str, *, reason: str = "", correlation_id: str | None = None
     ) -> OperationResult:
-        """Stop a run at its next stage boundary; ``Conflict`` if it has already ended.
+        """Stop a run; ``Conflict`` if it has already ended.
 
-        A run reported from outside is recorded cancelled too (a reporter that crashed
-        leaves it unfinished otherwise), with a ``note`` that stageline cannot stop the
-        reporter's process; the reporter's next append to it is refused.
+        Once ``RunCancelled`` is recorded, a stop notice interrupts the attempt a worker
+        is running of the run (``CancelledError`` at the stage's next ``await``); a
+        notice lost, or a plain function, runs on and its result is discarded at the
+        stage boundary. Cancelling a cancelled run records nothing but sends the notice
+        again. A run reported from outside is recorded cancelled too (a reporter that
+        crashed leaves it unfinished otherwise), with a ``note`` that stageline cannot
+        stop the reporter's process; the reporter's next append to it is refused.
         """
         reported = False
 
@@ -120,7 +129,10 @@ class RunOperations:
             return [RunCancelled(reason=reason)]
 
         result = await self._apply(workspace, run_id, plan, "cancelled", correlation_id)
-        return msgspec.structs.replace(result, note=_reported_note(run_id)) if reported else result
+        if reported:  # its stages run in the reporter's process: no worker holds them
+            return msgspec.structs.replace(result, note=_reported_note(run_id))
+        await stops.publish(self.bus.client, workspace, run_id)
+        return result
 
     async def retry(
         self, workspace: str, run_id: str, *, correlation_id: str | None = None

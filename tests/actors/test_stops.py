@@ -5,6 +5,7 @@ end, its result discarded, as before."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from stageline.actors.builtin import default_actors
 from stageline.actors.channels import DATA_FIELD, CommandBus
 from stageline.actors.commands import StageCommand
 from stageline.actors.events import RunCancelled
+from stageline.actors.operations import RunOperations
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, RetryPolicy, StageSpec
 from stageline.actors.stage import StageContext, StageResult
 from stageline.actors.stops import Running, StopListener, StopNotice, publish
@@ -106,6 +108,11 @@ async def worker(redis_store: RedisEventStore, redis_url: str) -> AsyncIterator[
         await w.stop()
 
 
+@pytest.fixture
+def operations(redis_store: RedisEventStore, broker: aioredis.Redis) -> RunOperations:
+    return RunOperations(redis_store, CATALOG, default_actors(), CommandBus(broker))
+
+
 async def submit(
     store: RedisEventStore, broker: aioredis.Redis, workspace: str, **item: Any
 ) -> tuple[str, asyncio.Event, asyncio.Event]:
@@ -162,6 +169,56 @@ async def assert_stopped_cleanly(
 BEFORE = ["RunSubmitted", "StageStarted", "StageCompleted", "StopsMarked", "StageStarted"]
 
 
+async def test_a_cancel_interrupts_the_attempt_in_hand_and_records_nothing_more(
+    worker: Worker,
+    operations: RunOperations,
+    redis_store: RedisEventStore,
+    broker: aioredis.Redis,
+    workspace: str,
+) -> None:
+    run_id, _, interrupted = await submit(redis_store, broker, workspace)
+    began = time.monotonic()
+    result = await operations.cancel(workspace, run_id, reason="enough")
+    assert (result.status, result.changed) == ("cancelled", True)
+    async with asyncio.timeout(WITHIN):  # the stage got CancelledError, not its 30 s sleep
+        await interrupted.wait()
+    assert time.monotonic() - began < WITHIN
+    assert await wait_terminal(redis_store, workspace, [run_id]) == {run_id: "RunCancelled"}
+    found = await assert_stopped_cleanly(redis_store, broker, workspace, run_id, "cancelled")
+    assert found == [*BEFORE, "RunCancelled"]
+
+
+async def test_an_undo_interrupts_the_attempt_in_hand_and_records_only_the_undo(
+    worker: Worker,
+    operations: RunOperations,
+    redis_store: RedisEventStore,
+    broker: aioredis.Redis,
+    workspace: str,
+) -> None:
+    run_id, _, interrupted = await submit(redis_store, broker, workspace)
+    result = await operations.undo(workspace, run_id)
+    assert (result.status, result.changed) == ("compensated", True)
+    async with asyncio.timeout(WITHIN):
+        await interrupted.wait()
+    found = await assert_stopped_cleanly(redis_store, broker, workspace, run_id, "compensated")
+    assert found == [*BEFORE, "StageCompensated", "EffectCompensated", "RunCompensated"]
+
+
+async def test_a_stage_that_swallows_the_cancellation_and_returns_still_records_nothing(
+    worker: Worker,
+    operations: RunOperations,
+    redis_store: RedisEventStore,
+    broker: aioredis.Redis,
+    workspace: str,
+) -> None:
+    run_id, _, interrupted = await submit(redis_store, broker, workspace, swallow=True)
+    await operations.cancel(workspace, run_id)
+    async with asyncio.timeout(WITHIN):
+        await interrupted.wait()
+    found = await assert_stopped_cleanly(redis_store, broker, workspace, run_id, "cancelled")
+    assert found == [*BEFORE, "RunCancelled"]  # its StageCompleted was not recorded
+
+
 async def test_a_cancel_whose_notice_is_lost_leaves_the_attempt_to_end_as_before(
     worker: Worker, redis_store: RedisEventStore, broker: aioredis.Redis, workspace: str
 ) -> None:
@@ -194,6 +251,24 @@ async def test_a_notice_for_a_run_that_goes_on_abandons_the_attempt_and_starts_t
         (1, "AttemptAbandoned", INTERRUPTED, True)
     ]
     assert [e.type for e in events][-3:] == ["StageStarted", "StageCompleted", "RunCompleted"]
+
+
+async def test_a_notice_of_another_workspace_or_run_interrupts_nothing(
+    worker: Worker,
+    operations: RunOperations,
+    redis_store: RedisEventStore,
+    broker: aioredis.Redis,
+    workspace: str,
+) -> None:
+    run_id, _, interrupted = await submit(redis_store, broker, workspace)
+    await publish(broker, f"{workspace}x", run_id)  # the same run id, another workspace
+    await publish(broker, workspace, f"{run_id}x")
+    await broker.publish(keys.RUN_STOPS_CHANNEL, b"not a notice")
+    await asyncio.sleep(0.5)
+    assert not interrupted.is_set()
+    await operations.cancel(workspace, run_id)  # the listener heard past the bad notice
+    async with asyncio.timeout(WITHIN):
+        await interrupted.wait()
 
 
 # -- Running: the runs in hand, without a server ----------------------------------------

@@ -191,6 +191,47 @@ async def test_cancel_stops_a_run_in_the_middle_of_a_stage(
     assert stage(run, "summarize")["status"] == "pending"
 
 
+@pytest.mark.parametrize(
+    ("operation", "status"), [("cancel", "cancelled"), ("undo", "compensated")]
+)
+async def test_a_cancel_or_undo_interrupts_the_stage_attempt_in_hand(
+    client: httpx.AsyncClient, stack: Stack, operation: str, status: str
+) -> None:
+    # the flaky stage sleeping a minute under a two-minute timeout: only an interruption
+    # ends its attempt within the test
+    config = {
+        "name": "long-flaky",
+        "stages": [
+            {"name": "normalize", "actor": "normalize"},
+            {"name": "flaky", "actor": "flaky", "timeout_seconds": 120},
+        ],
+    }
+    assert (await client.post("/v1/pipelines", json=config)).status_code == 201
+    body = {"pipeline": "long-flaky", "input": {"text": "t", "flaky": {"sleep_seconds": 60}}}
+    run_id = (await client.post("/v1/runs", json=body)).json()["run_id"]
+    started = await until_event(client, run_id, {"type": "StageStarted", "stage": "flaky"})
+
+    r = await client.post(f"/v1/runs/{run_id}/{operation}")
+    assert r.status_code == 200, r.text
+    await flaky_attempts_acknowledged(stack, within=10)  # not after its minute of sleep
+    events = await run_events(client, run_id)
+    after = [e["type"] for e in events if e["version"] > started["version"]]
+    # nothing of the interrupted attempt (no failure, retry or result): only the operation's
+    # events (an undo's compensates normalize's effects first)
+    if operation == "cancel":
+        assert after == ["RunCancelled"]
+    else:
+        assert after[0] == "StageCompensated" and after[-1] == "RunCompensated"
+        assert not [t for t in after if t in ("StageStarted", "StageFailed", "StageCompleted")]
+    run = await until_status(client, run_id, status, min_position=r.json()["position"])
+    assert stage(run, "flaky")["status"] == "cancelled"
+    assert stage(run, "flaky")["attempts"] == 1
+    dlq = await client.get(
+        "/v1/dlq", params={"status": "all", "min_position": r.json()["position"]}
+    )
+    assert dlq.json()["dead_letters"] == []
+
+
 async def flaky_attempts_acknowledged(stack: Stack, within: float = 20) -> None:
     """Wait until the worker has acknowledged every command of the flaky stage."""
     channel = keys.stage_channel("flaky")
