@@ -257,7 +257,7 @@ def retry(run_id: RunId, url: ApiUrl = DEFAULT_API, workspace: Workspace = None)
 def cancel(
     run_id: RunId, reason: Reason = "", url: ApiUrl = DEFAULT_API, workspace: Workspace = None
 ) -> None:
-    """Cancel a run at its next stage boundary."""
+    """Cancel a run: its stage attempt under way is interrupted; no later stage starts."""
     path = f"/v1/runs/{path_segment(run_id)}/cancel"
     print_json(call("POST", url, path, workspace, json={"reason": reason}))
 

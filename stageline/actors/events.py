@@ -117,7 +117,8 @@ class RunFailed(DomainEvent, frozen=True, kw_only=True):
 
 
 class RunCancelled(DomainEvent, frozen=True, kw_only=True):
-    """The run stops at the next stage boundary; a result arriving later is discarded."""
+    """The run stops: its attempt in hand is interrupted (a stop notice), or its result,
+    if one comes, discarded; no later stage starts."""
 
     topic = "RunCancelled"
 

@@ -95,6 +95,12 @@ class ActorRegistry:
         marks coroutine functions, not plain ones: a plain function holds the
         event loop while it runs, so it must be short, and no timeout can stop
         it. Commands a worker may have died on (claimed ones) are always marked.
+
+        A coroutine stage is interrupted when its timeout passes, its worker
+        stops, or its run is cancelled or undone: it gets ``CancelledError`` at
+        its next ``await``, and may clean up (``try``/``finally``) before letting
+        it through; whatever it returns instead is discarded. Work it handed to a
+        thread (``asyncio.to_thread``) runs on to its end, unawaited.
         """
         if name in self._actors:
             raise ValueError(f"actor {name!r} is already registered")

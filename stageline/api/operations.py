@@ -31,7 +31,8 @@ async def undo_run(
 
     The original events stay in the log, followed by compensating events that each
     name the event they reverse (e.g. entity mentions are retracted). A running run
-    stops: results arriving later are discarded. Undoing an undone run writes
+    stops: its stage attempt under way is interrupted, as by a cancel, or, a
+    plain-function stage, discarded when it ends. Undoing an undone run writes
     nothing and answers `changed: false`. 409 CONFLICT for a run reported from
     outside (`pipeline_version` 0): its effects are the reporter's to reverse.
     """
@@ -72,12 +73,14 @@ async def cancel_run(
     correlation_id: CorrelationId,
     body: CancelRun | None = None,
 ) -> Response:
-    """Stop a run at its next stage boundary; the run ends `cancelled`.
+    """Stop a run; the run ends `cancelled`, and no later stage starts.
 
-    A stage attempt already under way finishes, but its result is discarded and no
-    later stage starts. The optional body's `reason` is recorded. Cancelling a
-    cancelled run writes nothing (`changed: false`); 409 CONFLICT if the run ended
-    otherwise. A run reported from outside (`pipeline_version` 0) is recorded
+    A stage attempt under way is interrupted: the worker running it cancels it (an
+    `async` stage gets `CancelledError` at its next `await`), and records nothing
+    for it. A plain-function stage, or one whose worker missed the notice, runs to
+    its end, and its result is discarded. The optional body's `reason` is recorded.
+    Cancelling a cancelled run writes nothing (`changed: false`); 409 CONFLICT if the
+    run ended otherwise. A run reported from outside (`pipeline_version` 0) is recorded
     cancelled with a `note`: stageline cannot stop its reporter's process, whose
     next append to the run is refused.
     """

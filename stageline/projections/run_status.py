@@ -308,8 +308,9 @@ def shown_stages(run_status: str | None, stages: list[dict[str, Any]]) -> list[d
     A cancelled run's stage that waited for a retry waits for nothing: it shows
     ``pending`` with no ``retry_at``, as a stage the cancel found not started does
     (its last error stays, as after ``RunRetried``). A stage whose attempt was
-    running when its run was cancelled or undone records nothing more (its result
-    is discarded at the stage boundary): it shows ``cancelled``, not ``active``.
+    running when its run was cancelled or undone records nothing more (it is
+    interrupted, or its result discarded at the stage boundary): it shows
+    ``cancelled``, not ``active``.
     Done as the row is read, not folded: ``RunCancelled`` and ``RunCompensated``
     name no stage, and which one runs or waits may be known only to the stored
     row, which a batch's changes cannot address by a computed name. Live and
