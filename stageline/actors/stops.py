@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, RedisError
 
 from stageline.actors.commands import StageCommand
 from stageline.events import keys
@@ -135,7 +135,9 @@ class StopListener:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until ``stop`` is set. A failing broker is logged once per outage; redis-py
-        subscribes again as it reconnects, and notices published meanwhile are lost."""
+        subscribes again as it reconnects, and notices published meanwhile are lost. A
+        server that refuses the channel (an ACL without it) is logged once, and the
+        listener ends: attempts of stopped runs run to their end, as without notices."""
         pubsub = self.client.pubsub()
         failing = False
         try:
@@ -146,6 +148,9 @@ class StopListener:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=_READ_S
                     )
+                except NoPermissionError as exc:
+                    log.warning("worker.stop_notices_refused", error=str(exc))
+                    return
                 except (RedisError, OSError) as exc:
                     if not failing:
                         failing = True

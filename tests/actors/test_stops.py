@@ -329,3 +329,22 @@ def test_the_listener_ignores_what_is_not_a_notice() -> None:
     assert not running.stopped(c)
     listener.deliver(msgspec.json.encode(StopNotice("ws", "r1")))
     assert running.stopped(c)
+
+
+async def test_a_user_refused_the_channel_stops_listening_and_cancels_without_notices(
+    redis_url: str, broker: aioredis.Redis, workspace: str
+) -> None:
+    # Redis 7+ gives a new ACL user no channel; a deployment may never grant ours
+    user = f"no-channels-{workspace}"
+    await broker.acl_setuser(
+        user, enabled=True, passwords=["+pw"], keys=["*"], categories=["+@all"], reset_channels=True
+    )
+    client = aioredis.Redis.from_url(redis_url.replace("unix://", f"unix://{user}:pw@"))
+    try:
+        assert not await publish(client, workspace, "r1")  # refused: logged, not raised
+        listener = StopListener(client, Running())
+        async with asyncio.timeout(5):  # it ends rather than asking again every second
+            await listener.run(asyncio.Event())
+    finally:
+        await client.aclose()
+        await broker.acl_deluser(user)
