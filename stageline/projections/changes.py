@@ -89,7 +89,9 @@ class StageChange:
     """The batch's first change of the stage's status may find it stored completed (an
     undo, a new attempt past the first, a retry or skip): the writer then takes its
     stored duration out of the stage durations. A first attempt's start, or a result
-    (which follows its own start), finds it not completed."""
+    (which follows its own start), finds it not completed: in the histories stageline's
+    runtime writes (each start and result appended at the run's version) and that the
+    rules of reported runs (``actors/reported.py``) let in."""
 
     def set_status(self, status: str, *, reopens: bool, **fields: Any) -> None:
         """Set the stage's status (and ``fields``); ``reopens`` if the event may follow a

@@ -49,7 +49,7 @@ from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_
 from stageline.projections.notices import Notices
 from stageline.projections.pipeline_configs import PIPELINE_FIELDS
 from stageline.projections.projection import Projection, Write
-from stageline.projections.registry import NAMES, PROJECTIONS, RUN_STATUS
+from stageline.projections.registry import NAMES, RUN_STATUS
 from stageline.projections.rows import STAGE_KEYS, run_row, run_with_stages, shape
 from stageline.projections.run_status import RunStatus
 
@@ -189,7 +189,7 @@ class FalkorDBViews:
         missing = [p for p in projections if (workspace, p.name) not in self._ready]
         if not missing:
             return
-        await self._drop_outdated(workspace, missing)
+        await self.drop_outdated(workspace, missing)
         graph = self._graph(workspace)
         for statement in dict.fromkeys(
             [_cypher.CHECKPOINT_INDEX, *(i for p in missing for i in p.writer.indexes)]
@@ -201,10 +201,12 @@ class FalkorDBViews:
                     raise
         self._ready.update((workspace, p.name) for p in missing)
 
-    async def _drop_outdated(self, workspace: str, projections: Iterable[Projection[Any]]) -> None:
+    async def drop_outdated(self, workspace: str, projections: Iterable[Projection[Any]]) -> None:
         """Drop, once per process, each view an older stageline wrote in another shape
         (its checkpoint's ``shape`` is not the writer's): its checkpoint then reads 0, and
-        the projector rebuilds it from the log."""
+        the projector rebuilds it from the log. Writers only (the projector as it loads
+        its checkpoints, and before a write): a reader reads what the view holds until
+        then."""
         for p in projections:
             if (workspace, p.name) in self._checked:
                 continue
@@ -314,11 +316,9 @@ class FalkorDBViews:
     async def checkpoints(self, workspace: str, names: Iterable[str] = NAMES) -> dict[str, int]:
         """The stored checkpoints of the projections ``names``, by name, in one query.
 
-        A projection that has written nothing yet is missing (its checkpoint is 0), and so
-        is one whose view an older stageline wrote (it is dropped, to be rebuilt).
+        A projection that has written nothing yet is missing (its checkpoint is 0).
         """
         names = list(names)
-        await self._drop_outdated(workspace, [p for p in PROJECTIONS if p.name in names])
         rows = await self._read(workspace, _cypher.CHECKPOINTS, {"names": names})
         return {str(name): int(position) for name, position in rows}
 
@@ -399,7 +399,7 @@ class FalkorDBViews:
         params = None if pipeline is None else {"pipeline": pipeline}
         rows = await self._read(workspace, qr.stats(pipeline=params is not None), params)
         stored, histograms = rows[0] if rows else (None, [])
-        by_stage: dict[str, list[tuple[list[int], list[float]]]] = {}
+        by_stage: dict[str, list[tuple[list[int], list[int]]]] = {}
         for name, buckets, sums in histograms:
             if name is not None:  # the null row of no histogram at all
                 by_stage.setdefault(name, []).append((buckets, sums))

@@ -294,6 +294,7 @@ class Projector:
             follow.catching_up[workspace] = asyncio.create_task(self.catch_up(workspace))
 
     async def _load(self, workspace: str, projections: Sequence[Projection[Any]]) -> Positions:
+        await self.views.drop_outdated(workspace, projections)  # read back as 0: rebuilt
         stored = await self.views.checkpoints(workspace, [p.name for p in projections])
         return {p.name: stored.get(p.name, 0) for p in projections}
 

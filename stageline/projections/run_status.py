@@ -20,6 +20,7 @@ move with one checkpoint and are rebuilt together.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -130,6 +131,15 @@ def _settle(run: RunChange, status: RunStatus, **fields: Any) -> None:
     run.soft = False
 
 
+def _duration(d: dict[str, Any]) -> float | int | None:
+    """A result's ``duration_ms`` (0.0 if left out) if it is a finite number, else None
+    (stored as null: not timed in the stats, whose writer adds up only numbers)."""
+    value = d.get("duration_ms", 0.0)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return None
+
+
 def _error(d: dict[str, Any]) -> str:
     return f"{d['error_type']}: {d['error']}"
 
@@ -141,6 +151,8 @@ def _error(d: dict[str, Any]) -> str:
 def _run_submitted(
     b: RunStatusChanges, run_id: str, at: int, e: RecordedEvent, d: dict[str, Any]
 ) -> None:
+    if not isinstance(d["pipeline"], str):  # the counts of each pipeline are keyed by it
+        raise TypeError(f"pipeline must be a string, not {d['pipeline']!r}")
     created = {
         "pipeline": d["pipeline"],
         "pipeline_version": d["pipeline_version"],
@@ -186,7 +198,7 @@ def _stage_completed(
     name, index, metadata = d["stage"], d.get("index"), d.get("metadata")
     fields = {
         "ended_at": at,
-        "duration_ms": d.get("duration_ms", 0.0),
+        "duration_ms": _duration(d),
         "metadata": msgspec.json.encode(metadata, order="sorted").decode() if metadata else None,
         "error": None,
         "retry_at": None,
@@ -202,7 +214,7 @@ def _stage_failed(
     status = StageStatus.RETRYING if will_retry else StageStatus.FAILED
     fields = {
         "ended_at": at,
-        "duration_ms": d.get("duration_ms", 0.0),
+        "duration_ms": _duration(d),
         "error": _error(d),
         "retry_at": _ms(d.get("retry_at")) if will_retry else None,
     }

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from falkordb.asyncio.graph import AsyncGraph
 from projection_helpers import (
+    KINDS,
     MENTIONS,
     STAGES,
     T0,
@@ -44,6 +45,7 @@ from stageline.projections import (
     connect,
 )
 from stageline.projections.cypher_params import cypher_params
+from stageline.projections.durations import MAX_BUCKET
 from stageline.projections.run_status import fold
 
 NO_RUNS = {
@@ -310,6 +312,68 @@ async def test_stage_durations_leave_the_stats_when_the_stage_is_undone_or_run_a
     # u1's parse (500 ms) was compensated, a1's runs again: k1's 20 ms alone stands
     assert stages["parse"] == {"count": 1, "p50_ms": approx(20.0), "p95_ms": approx(20.0)}
     assert stages["fetch"]["count"] == 3
+
+
+async def test_stage_durations_are_the_same_whatever_the_batches_and_match_the_runs(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    # every kind of run (undone, retried, skipped, dead, ...) with durations that are not
+    # whole: an undo takes 100 ms out of the bucket into which others put 101.0x ms
+    clock = Clock()
+    lives = [
+        lifecycle(
+            f"{kind}{i}",
+            kind,
+            clock,
+            durations=[12.345 * (i + 1), 100.0 if kind == "undone" else 101.0 + i / 100, 0.25],
+        )
+        for i in range(3)
+        for kind in KINDS
+    ]
+    events = as_recorded(interleave(lives))
+    seen = []
+    for size in (1, 2, 5, 13, len(events)):
+        await views.drop(workspace, RUN_STATUS)
+        position = 0
+        for start in range(0, len(events), size):
+            changes = fold(events[start : start + size])
+            assert await views.apply(workspace, RUN_STATUS, changes, expected=position)
+            position = changes.position
+        seen.append((await views.stats(workspace))["stages"])
+    assert all(stages == seen[0] for stages in seen)  # to the microsecond
+
+    # and they are what the runs' stages hold: each stage's completed durations
+    durations: dict[str, list[float]] = {}
+    for life in lives:
+        run = await views.get_run(workspace, life.run_id)
+        assert run is not None
+        for stage in run["stages"]:
+            if stage["status"] == "completed" and stage.get("duration_ms") is not None:
+                durations.setdefault(stage["name"], []).append(stage["duration_ms"])
+    assert set(seen[0]) == set(durations)
+    for name, values in durations.items():
+        ordered = sorted(values)
+        mid = (len(ordered) - 1) / 2
+        median = (ordered[int(mid)] + ordered[-int(-mid)]) / 2 if mid % 1 else ordered[int(mid)]
+        assert seen[0][name]["count"] == len(values)
+        assert seen[0][name]["p50_ms"] == approx(median)
+
+
+async def test_a_duration_past_every_bucket_is_counted_in_the_last(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    # a clock's reading taken for a duration, and a float's most: bounded arrays
+    life = lifecycle("r1", "completed", Clock(), durations=[1.7e12, 1e300, 5.0])
+    await project(views, workspace, as_recorded(interleave([life])))
+
+    stages = (await views.stats(workspace))["stages"]
+
+    assert stages["fetch"]["count"] == stages["parse"]["count"] == 1
+    assert stages["fetch"]["p50_ms"] == approx(1.7e12)
+    assert stages["parse"]["p50_ms"] == approx(1.02**MAX_BUCKET)  # the last bucket's lowest
+    graph = views.db.select_graph(graph_name(workspace))
+    sizes = await graph.ro_query("MATCH (h:StageDurations) RETURN max(size(h.counts))")
+    assert sizes.result_set == [[MAX_BUCKET + 1]]
 
 
 async def test_a_workspace_never_projected_reads_as_empty(

@@ -4,7 +4,10 @@ A ``(:Run)`` node holds its run's fields and its stages: ``stages`` names them
 in the order they were first seen (the pipeline's, from ``RunSubmitted``),
 ``stage_attempts`` counts each one's attempts, and each stage field is a
 property of its own, ``stage.<name>.<field>``. A ``(:Counts {name: 'runs'})``
-node holds one property per run status, and there are ``(:DeadLetter)`` nodes.
+node holds one property per run status, a ``(:PipelineCounts {pipeline})`` node
+the same for each pipeline's runs, a ``(:StageDurations {pipeline, stage})`` node
+the histogram of a stage's completed durations (``durations.py``: ``counts`` and
+``sums`` by bucket), and there are ``(:DeadLetter)`` nodes.
 
 One node per run, not one per stage: FalkorDB's time to write a run is mostly
 its time per node (measured, for runs written whole: 111 µs a run with a node
@@ -13,17 +16,20 @@ run's own, in one map, without a lookup per stage.
 
 The rows a batch is sent as:
 
-- run: ``[id, fields, status, stages, attempts, created]``: the fields the batch
+- run: ``[id, fields, status, stages, attempts, completed, created]``: the fields the batch
   set, the run's (but its status) and its stages' (``stage.<name>.<field>``), a null
   value removing the property (left out for a run new to the view, whose
   ``RunSubmitted`` opens its stream: it has nothing to remove); ``status`` null
   (unchanged), ``[value]`` or, when soft, ``[value, true]``; the names of the stages
   the batch changed (one the run does not hold yet is added), the attempts it added
-  to each (null if none), and each one's created values but those the batch sets
+  to each (null if none), ``[name, duration]`` of each it leaves completed (null if
+  none), and each one's created values but those the batch sets
   (null unless the batch holds the run's ``RunSubmitted``). A new run's row adds its
   created values, and its stages' created values in one map, for a run it creates
   (whose stages are written whole, where a repeated submission's are added one at a
   time).
+- reopened: ``[run id, [[stage, property prefix], ...]]``: the stages of a run the
+  view may hold that the batch reopens (``StageChange.reopened``).
 - new dead letter: ``[id, [run id, stage] or null, deliveries, created values, *DEAD_LETTER_FIELDS]``
 - other dead letter: ``[id, *DEAD_LETTER_FIELDS]``
 """
@@ -31,13 +37,12 @@ The rows a batch is sent as:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 from stageline.projections._cypher import assign, fields, graph_writer
 from stageline.projections.changes import RunStatusChanges, StageChange
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
-from stageline.projections.durations import bucket_cypher
+from stageline.projections.durations import bucket_cypher, micros_cypher
 from stageline.projections.run_status import RUN_CREATED, RUN_ENDINGS, RunStatus, StageStatus
 
 __all__ = ["WRITER", "list_dead_letters", "stage_property", "write_params"]
@@ -174,10 +179,10 @@ CALL {{
   UNWIND durations AS ds
   UNWIND coalesce(ds[1], []) + coalesce(ds[2], []) AS x
   WITH ds[0] AS pipeline, x[0] AS stage, {bucket_cypher("x[1]")} AS bucket,
-    coalesce(x[2], 1) AS sign, x[1] AS duration
-  WITH pipeline, stage, bucket, sum(sign) AS k, sum(sign * duration) AS ms
-  WHERE k <> 0
-  WITH pipeline, stage, collect([bucket, k, ms]) AS ks
+    coalesce(x[2], 1) AS sign, {micros_cypher("x[1]")} AS micros
+  WITH pipeline, stage, bucket, sum(sign) AS k, sum(sign * micros) AS us
+  WHERE k <> 0 OR us <> 0
+  WITH pipeline, stage, collect([bucket, k, us]) AS ks
   MERGE (h:StageDurations {{pipeline: pipeline, stage: stage}})
   ON CREATE SET h.counts = [], h.sums = []
   WITH h, ks, reduce(top = 0, x IN ks | CASE WHEN x[0] > top THEN x[0] ELSE top END) AS top
@@ -202,8 +207,7 @@ def _stage_rows(stages: list[StageChange], nulls: bool = True) -> list[Any]:
         [s.name, d]
         for s in stages
         if s.fields.get("status") == StageStatus.COMPLETED
-        and isinstance(d := s.fields.get("duration_ms"), int | float)
-        and math.isfinite(d)  # stored as null: no bucket
+        and (d := s.fields.get("duration_ms")) is not None  # the fold keeps only numbers
     ]
     return [values, [s.name for s in stages], attempts if any(attempts) else None, plus or None]
 
