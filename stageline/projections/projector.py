@@ -57,6 +57,10 @@ class ViewStore(Protocol):
 
     async def drop(self, workspace: str, projection: Projection[Any]) -> None: ...
 
+    async def drop_outdated(self, workspace: str, projections: Iterable[Projection[Any]]) -> None:
+        """Drop each of the views an older stageline wrote in another shape (to rebuild)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class RebuildResult:

@@ -128,6 +128,9 @@ class RecordingViews:
     async def drop(self, workspace: str, projection: Projection[Any]) -> None:
         await self.views.drop(workspace, projection)
 
+    async def drop_outdated(self, workspace: str, projections: Iterable[Projection[Any]]) -> None:
+        await self.views.drop_outdated(workspace, projections)
+
     def written(self) -> set[str]:
         """The projections any applied write went to."""
         return {name for name, _, _ in self.applied}
