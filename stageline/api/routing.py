@@ -1,5 +1,6 @@
 """The API's router: every GET route answers HEAD too (RFC 9110: a server that answers
-GET on a path answers HEAD on it), and every body is parsed as strict UTF-8 JSON."""
+GET on a path answers HEAD on it), every body is parsed as strict UTF-8 JSON, and a
+query parameter that takes one value is refused when it is sent more than once."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi._compat import field_annotation_is_sequence
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
 from stageline.api.bodies import parse_json
 
-__all__ = ["JsonRequest", "Route", "Router"]
+__all__ = ["JsonRequest", "Route", "Router", "repeated", "single_valued"]
 
 
 class JsonRequest(Request):
@@ -27,13 +32,54 @@ class JsonRequest(Request):
         return self._parsed
 
 
+def single_valued(dependant: Dependant) -> frozenset[str]:
+    """The names of the query parameters that take one value, of a route's endpoint and of
+    every dependency under it (a parameter typed as a list, such as the feed's ``type``,
+    takes several)."""
+    names: set[str] = set()
+    todo = [dependant]
+    while todo:
+        current = todo.pop()
+        # the test FastAPI itself makes to read a parameter as one value or as a list
+        names.update(
+            field.alias
+            for field in current.query_params
+            if not field_annotation_is_sequence(field.field_info.annotation)
+        )
+        todo.extend(current.dependencies)
+    return frozenset(names)
+
+
+def repeated(query: QueryParams, single: frozenset[str]) -> list[dict[str, Any]]:
+    """A validation error per parameter of ``single`` that ``query`` holds more than once, in
+    the order the query names them (FastAPI would keep the last value and drop the others)."""
+    counts: dict[str, int] = {}
+    for name, _ in query.multi_items():
+        if name in single:
+            counts[name] = counts.get(name, 0) + 1
+    return [
+        {
+            "loc": ("query", name),
+            "msg": f"given {n} times, but it takes one value: send it once",
+            "type": "repeated",
+        }
+        for name, n in counts.items()
+        if n > 1
+    ]
+
+
 class Route(APIRoute):
-    """An ``APIRoute`` whose endpoint and dependencies get a ``JsonRequest``."""
+    """An ``APIRoute`` whose endpoint and dependencies get a ``JsonRequest``, and which
+    answers 400 before they run when a query parameter that takes one value is repeated."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        single = single_valued(self.dependant)
 
         async def handle(request: Request) -> Response:
+            errors = repeated(request.query_params, single) if single else []
+            if errors:
+                raise RequestValidationError(errors)
             return await handler(JsonRequest(request.scope, request.receive))
 
         return handle

@@ -1,16 +1,19 @@
-"""``Router``: every GET route answers HEAD with the GET's status and headers, no body."""
+"""``Router``: every GET route answers HEAD with the GET's status and headers, no body; a
+query parameter that takes one value is refused when repeated."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 import httpx
 import pytest
-from api_helpers import HANG_GUARD, assert_error
+from api_helpers import HANG_GUARD, assert_error, fields
 from fastapi import FastAPI
 
 from stageline.api.feed import HEADERS
+from stageline.stack import Stack
 
 # headers whose values differ from one answer to the next whatever the method
 _VARYING = {"x-correlation-id", "content-length"}
@@ -87,3 +90,61 @@ async def test_head_on_the_live_feed_refuses_what_get_refuses(
     assert get.status_code == head.status_code == 400
     assert head.content == b""
     assert head.headers["content-length"] == get.headers["content-length"]
+
+
+# -- query parameters that take one value ----------------------------------------------
+
+
+async def test_a_repeated_single_valued_parameter_is_400_naming_it(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.get("/v1/runs?status=failed&status=completed")
+    error = assert_error(r, 400, "INVALID_ARGUMENT")
+    assert fields(error) == ["status"]
+    assert error["message"] == "status: given 2 times, but it takes one value: send it once"
+    assert error["details"]["errors"][0]["in"] == "query"
+    # each one repeated, in the order the query names them; a parameter of a dependency too
+    r = await client.get("/v1/dlq?limit=1&workspace=a&limit=2&workspace=a&stage=x")
+    assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["limit", "workspace"]
+    r = await client.get("/v1/runs?cursor=9&cursor=8&cursor=7")
+    assert "given 3 times" in assert_error(r, 400, "INVALID_ARGUMENT")["message"]
+    # once each, or a parameter the route does not take repeated: as before
+    assert (await client.get("/v1/runs?status=failed&limit=5")).status_code == 200
+    assert (await client.get("/v1/runs?unknown=1&unknown=2")).status_code == 200
+
+
+async def test_a_write_with_a_repeated_parameter_writes_nothing(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    body = {"pipeline": "memory-ingest", "input": {"text": "once"}}
+    r = await client.post("/v1/runs?wait=1&wait=2", json=body)
+    assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["wait"]
+    events = {"events": [{"type": "Noted", "data": {}}]}
+    r = await client.post("/v1/streams/s-1/events?workspace=a&workspace=b", json=events)
+    assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["workspace"]
+    r = await client.delete("/v1/pipelines/p?reason=a&reason=b")
+    assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["reason"]
+    assert await stack.store.head(workspace) == 0
+
+
+async def test_the_feeds_type_filter_still_repeats(client: httpx.AsyncClient) -> None:
+    r = await asyncio.wait_for(client.head("/v1/log/feed?type=A&type=B"), HANG_GUARD)
+    assert r.status_code == 200
+    r = await asyncio.wait_for(client.get("/v1/log/feed?type=A&after=1&after=2"), HANG_GUARD)
+    assert fields(assert_error(r, 400, "INVALID_ARGUMENT")) == ["after"]
+
+
+def _takes_many(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "array" or any(_takes_many(s) for s in schema.get("anyOf", ()))
+
+
+def test_the_feeds_type_is_the_only_query_parameter_that_repeats(app: FastAPI) -> None:
+    many, single = set(), set()
+    for path, operations in app.openapi()["paths"].items():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", ()):
+                if parameter["in"] == "query":
+                    where = many if _takes_many(parameter["schema"]) else single
+                    where.add((path, parameter["name"]))
+    assert many == {("/v1/log/feed", "type")}
+    assert ("/v1/runs", "status") in single and ("/v1/log/feed", "after") in single
