@@ -63,21 +63,27 @@ async def list_dead_letters(
             "`actor` names it (`@ingest`: the ingest channel).",
         ),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Most entries to return.")] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9]{1,19}$", description="`next_cursor` of the previous page."),
+    ] = None,
     min_position: MinPosition = None,
 ) -> Response:
-    """Dead letters of the workspace, by default the open ones that wait for a decision."""
+    """Dead letters of the workspace, by default the open ones that wait for a decision,
+    newest first, one page at a time; follow `next_cursor` until it is null."""
     views = await views_at(
         stack, workspace, min_position, settings.read_wait_seconds, projection=RUN_STATUS.name
     )
-    rows = await views.list_dead_letters(
+    rows, next_cursor = await views.list_dead_letters(
         workspace,
         stage=stage,
         status=None if status == "all" else status,
         actor=channel,
         limit=limit,
+        cursor=cursor,
     )
-    return json_response({"dead_letters": rows})
+    return json_response({"dead_letters": rows, "next_cursor": next_cursor})
 
 
 @router.get(

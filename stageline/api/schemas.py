@@ -220,6 +220,9 @@ class DeadLetterView(BaseModel):
 
 class DeadLetterList(BaseModel):
     dead_letters: list[DeadLetterView] = Field(description="Newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
 
 
 class DeadLetterClosed(BaseModel):

@@ -425,16 +425,35 @@ class FalkorDBViews:
         status: str | None = "open",
         actor: str | None = None,
         limit: int = 100,
-    ) -> list[dict[str, Any]]:
-        """Dead letters newest first; ``status=None`` lists every status, ``stage`` filters by
-        stage, ``actor`` keeps the poison entries of that actor's channel (``@ingest``: the
-        ingest channel's)."""
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Dead letters newest first, and the cursor of the next page (None on the last page);
+        ``status=None`` lists every status, ``stage`` filters by stage, ``actor`` keeps the
+        poison entries of that actor's channel (``@ingest``: the ingest channel's)."""
         _check_limit(limit)
-        params: dict[str, Any] = {"limit": limit, "stage": stage, "status": status, "actor": actor}
+        params: dict[str, Any] = {
+            "limit": limit + 1,
+            "stage": stage,
+            "status": status,
+            "actor": actor,
+        }
+        if cursor is not None:
+            try:
+                params["before"] = int(cursor)
+            except ValueError:
+                raise InvalidArgument("invalid cursor", cursor=cursor) from None
         query = qr.list_dead_letters(
-            stage=stage is not None, status=status is not None, actor=actor is not None
+            stage=stage is not None,
+            status=status is not None,
+            actor=actor is not None,
+            before=cursor is not None,
         )
-        return [_dead_letter_dict(row[0]) for row in await self._read(workspace, query, params)]
+        rows = [row[0] for row in await self._read(workspace, query, params)]
+        more = len(rows) > limit
+        page = rows[:limit]
+        return [_dead_letter_dict(props) for props in page], (
+            str(page[-1]["seq"]) if more else None
+        )
 
     async def open_dead_letters(self, workspace: str) -> dict[str, int]:
         """How many dead letters wait for a decision, by stage."""

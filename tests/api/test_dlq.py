@@ -215,6 +215,47 @@ async def test_poison_entries_are_listed_by_channel(
     assert [r["id"] for r in await dead_letters(client, channel="flaky", status="all")] == [flaky]
 
 
+async def pages(client: httpx.AsyncClient, **params: Any) -> list[list[str]]:
+    """The ids of each page of the list, following ``next_cursor`` to the end."""
+    out: list[list[str]] = []
+    cursor = None
+    while True:
+        at = {"min_position": await head(client), **params}
+        r = await client.get("/v1/dlq", params=at if cursor is None else {**at, "cursor": cursor})
+        assert r.status_code == 200, r.text
+        out.append([row["id"] for row in r.json()["dead_letters"]])
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            return out
+        assert len(out) < 100, "the cursor does not move on"
+
+
+async def test_the_list_pages_newest_first_with_a_cursor(
+    client: httpx.AsyncClient, stack: Stack, workspace: str
+) -> None:
+    added = [
+        await stack.dead_letters.add(workspace, "flaky", raw=b"x", error=f"e{i}", deliveries=1)
+        for i in range(7)
+    ]
+    for closed in added[1:3]:
+        assert (await client.delete(f"/v1/dlq/{closed}")).status_code == 200
+    newest_first = added[::-1]
+    assert [r["id"] for r in await dead_letters(client, status="all")] == newest_first
+    assert await pages(client, status="all", limit=3) == [
+        newest_first[:3],
+        newest_first[3:6],
+        newest_first[6:],
+    ]
+    opened = [i for i in newest_first if i not in added[1:3]]
+    assert await pages(client, limit=2) == [opened[:2], opened[2:4], opened[4:]]
+    assert await pages(client, limit=5) == [opened]  # a full last page: no next page
+    assert await pages(client, channel="flaky", status="discarded", limit=1) == [
+        [added[2]],
+        [added[1]],
+    ]
+    assert await pages(client, stage="none") == [[]]
+
+
 async def test_a_redrive_or_discard_first_lets_the_view_catch_up_with_the_log(
     client: httpx.AsyncClient, projector: Projecting
 ) -> None:
@@ -279,6 +320,9 @@ async def test_an_unknown_dead_letter_is_404(
         ({"channel": ""}, "channel"),
         ({"channel": "c" * 101}, "channel"),
         ({"min_position": -1}, "min_position"),
+        ({"cursor": "x"}, "cursor"),
+        ({"cursor": "-1"}, "cursor"),
+        ({"cursor": "1" * 20}, "cursor"),
     ],
 )
 async def test_bad_list_parameters_are_400(

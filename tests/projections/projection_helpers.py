@@ -306,7 +306,7 @@ async def view_of(views: FalkorDBViews, workspace: str, projection: str) -> dict
     return {
         "runs": {run["id"]: await views.get_run(workspace, run["id"]) for run in runs},
         "stats": await views.stats(workspace),
-        "dead_letters": await views.list_dead_letters(workspace, status=None, limit=10_000),
+        "dead_letters": (await views.list_dead_letters(workspace, status=None, limit=10_000))[0],
     }
 
 

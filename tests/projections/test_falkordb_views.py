@@ -388,7 +388,7 @@ async def test_a_workspace_never_projected_reads_as_empty(
         "total": 0,
         "stages": {},
     }
-    assert await views.list_dead_letters(workspace, status=None) == []
+    assert await views.list_dead_letters(workspace, status=None) == ([], None)
     assert await views.get_dead_letter(workspace, "d1") is None
     assert await views.entities(workspace) == []
     assert await views.entity(workspace, "person", "Ada") is None

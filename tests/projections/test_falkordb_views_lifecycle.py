@@ -235,7 +235,8 @@ async def test_dead_letters_read_back_newest_first_and_by_status(
         "raw": None,
         "raw_encoding": None,
     }
-    opened = await views.list_dead_letters(workspace)
+    opened, more = await views.list_dead_letters(workspace)
+    assert more is None
     assert [d["id"] for d in opened] == ["p1", dead.dead_letter]
     assert opened[0]["kind"] == "poison"
     assert (opened[0]["actor"], opened[0]["deliveries"], opened[0]["stream"]) == (
@@ -243,16 +244,25 @@ async def test_dead_letters_read_back_newest_first_and_by_status(
         5,
         "dead-letters",
     )
-    every = await views.list_dead_letters(workspace, status=None)
+    every, _ = await views.list_dead_letters(workspace, status=None)
     assert [d["id"] for d in every] == ["p2", "p1", redriven.dead_letter, dead.dead_letter]
     assert [d["status"] for d in every] == ["discarded", "open", "redriven", "open"]
     assert every[0]["closed_at"] == "2026-03-01T12:00:00.130Z"  # the 26th event
     assert every[0]["reason"] == "junk"
     assert every[2]["deliveries"] == 2
-    assert [d["id"] for d in await views.list_dead_letters(workspace, stage="parse")] == [
+    assert [d["id"] for d in (await views.list_dead_letters(workspace, stage="parse"))[0]] == [
         dead.dead_letter
     ]
-    assert await views.list_dead_letters(workspace, status=None, limit=1) == every[:1]
+    # newest first, a page at a time: each one once
+    pages, cursor = [], None
+    while True:
+        page, cursor = await views.list_dead_letters(workspace, status=None, limit=3, cursor=cursor)
+        pages.append(page)
+        if cursor is None:
+            break
+    assert pages == [every[:3], every[3:]]
+    with pytest.raises(InvalidArgument, match="invalid cursor"):
+        await views.list_dead_letters(workspace, cursor="-")
     # the run shows its dead letter until a retry reopens it
     r1, r2 = await views.get_run(workspace, "r1"), await views.get_run(workspace, "r2")
     assert r1 is not None and r2 is not None
@@ -319,12 +329,12 @@ async def test_dropping_run_status_removes_its_dead_letters_and_nothing_else(
     await Writer(views, workspace)(events)
     entities = await views.entities(workspace)
     assert entities
-    assert await views.list_dead_letters(workspace) != []
+    assert (await views.list_dead_letters(workspace))[0] != []
 
     await views.drop(workspace, RUN_STATUS)
 
     assert await views.checkpoint(workspace, "run_status") == 0
-    assert await views.list_dead_letters(workspace, status=None) == []
+    assert await views.list_dead_letters(workspace, status=None) == ([], None)
     assert await views.get_dead_letter(workspace, "p1") is None
     assert await views.get_run(workspace, "r1") is None
     assert (await views.stats(workspace))["total"] == 0
@@ -334,7 +344,7 @@ async def test_dropping_run_status_removes_its_dead_letters_and_nothing_else(
     # the next batch from 0 builds run_status again, and only it
     more = as_recorded([*pairs, ("x", raw("Other", {}))])
     await write_views(views, workspace, more, projections=(RUN_STATUS,))
-    assert [d["id"] for d in await views.list_dead_letters(workspace)] == ["p1"]
+    assert [d["id"] for d in (await views.list_dead_letters(workspace))[0]] == ["p1"]
     assert await counts_match_rows(views, workspace) == {"completed": 1}
     assert await views.entities(workspace) == entities
     assert await views.checkpoint(workspace, "entities") == len(events)

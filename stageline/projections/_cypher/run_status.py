@@ -316,13 +316,16 @@ def list_runs(where: list[str]) -> str:
 OPEN_DEAD_LETTERS = "MATCH (d:DeadLetter) WHERE d.status = 'open' RETURN d.stage, count(d)"
 
 
-def list_dead_letters(*, stage: bool, status: bool, actor: bool = False) -> str:
+def list_dead_letters(
+    *, stage: bool, status: bool, actor: bool = False, before: bool = False
+) -> str:
     """The query listing dead letters newest first, filtered by ``$stage``/``$status``/``$actor``
-    if asked."""
+    if asked, from the one just older than ``$before`` (a ``seq``) if asked."""
     filters = (
         ("d.stage = $stage", stage),
         ("d.status = $status", status),
         ("d.actor = $actor", actor),
+        ("d.seq < $before", before),
     )
     where = [c for c, on in filters if on]
     condition = f"WHERE {' AND '.join(where)} " if where else ""
