@@ -6,11 +6,13 @@ from typing import Annotated
 
 import structlog
 from fastapi import Depends, Header, Query, Request
+from pydantic import AfterValidator
 
 from stageline.api.errors import correlation_of
 from stageline.api.limits import MAX_POSITION
 from stageline.errors import InvalidArgument, Unavailable
 from stageline.events.keys import check_stream, check_workspace, run_stream
+from stageline.projections import cursors
 from stageline.projections.falkordb_views import FalkorDBViews
 from stageline.settings import Settings
 from stageline.stack import Stack
@@ -18,6 +20,7 @@ from stageline.stack import Stack
 __all__ = [
     "CorrelationId",
     "IdempotencyKey",
+    "KeyCursor",
     "MinPosition",
     "SettingsDep",
     "StackDep",
@@ -115,6 +118,24 @@ MinPosition = Annotated[
         "position (e.g. the `position` a submit returned); 503 if it does not in time.",
     ),
 ]
+
+
+def _key_cursor(cursor: str | None) -> str | None:
+    if cursor is not None:
+        try:
+            cursors.decode(cursor)
+        except InvalidArgument:
+            raise ValueError("invalid cursor") from None
+    return cursor
+
+
+KeyCursor = Annotated[
+    str | None,
+    AfterValidator(_key_cursor),
+    Query(description="`next_cursor` of the previous page, as it is."),
+]
+"""A list's keyset cursor (``projections.cursors``): a 400 ``invalid cursor`` unless it is
+one the server gave, before the route waits for anything."""
 
 
 async def views_at(

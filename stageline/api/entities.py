@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Path, Query
 from starlette.responses import Response
 
-from stageline.api.deps import MinPosition, SettingsDep, StackDep, Workspace, views_at
+from stageline.api.deps import KeyCursor, MinPosition, SettingsDep, StackDep, Workspace, views_at
 from stageline.api.responses import json_response
 from stageline.api.routing import Router
 from stageline.api.schemas import EntityList, EntityView, error_responses
@@ -28,18 +28,24 @@ async def list_entities(
     stack: StackDep,
     settings: SettingsDep,
     workspace: Workspace,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Most entities to return.")] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+    cursor: KeyCursor = None,
     min_position: MinPosition = None,
 ) -> Response:
-    """Entities with at least one standing mention, most mentioned first.
+    """Entities with at least one standing mention, most mentioned first (then by name,
+    then by type), one page at a time; follow `next_cursor` until it is null.
 
-    Undoing a run retracts its mentions, so the counts drop back; pass the
-    `position` an undo answered as `min_position` to see that.
+    A page starts just after the last entity of the page before, by its count then: an
+    entity whose count changes between two pages may be listed twice, or not at all (the
+    pages are not a snapshot). A cursor this server did not give is a 400. Undoing a run
+    retracts its mentions, so the counts drop back; pass the `position` an undo answered
+    as `min_position` to see that.
     """
     views = await views_at(
         stack, workspace, min_position, settings.read_wait_seconds, projection=ENTITIES.name
     )
-    return json_response({"entities": await views.entities(workspace, limit=limit)})
+    entities, next_cursor = await views.list_entities(workspace, limit=limit, cursor=cursor)
+    return json_response({"entities": entities, "next_cursor": next_cursor})
 
 
 @router.get(

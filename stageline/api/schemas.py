@@ -247,7 +247,11 @@ class EntityView(BaseModel):
 
 class EntityList(BaseModel):
     entities: list[EntityView] = Field(
-        description="Most mentioned first, then by name; none without a standing mention."
+        description="Most mentioned first, then by name, then by type; none without a "
+        "standing mention."
+    )
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end. Opaque: pass it as it is."
     )
 
 

@@ -44,6 +44,7 @@ from stageline.projections._cypher import patterns as qpt
 from stageline.projections._cypher import pipelines as qp
 from stageline.projections._cypher import run_status as qr
 from stageline.projections.changes import Changes
+from stageline.projections.cursors import decode, encode
 from stageline.projections.cypher_params import cypher_params
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
 from stageline.projections.notices import Notices
@@ -464,11 +465,27 @@ class FalkorDBViews:
         rows = await self._read(workspace, qr.GET_DEAD_LETTER, {"id": dead_letter})
         return _dead_letter_dict(rows[0][0]) if rows else None
 
-    async def entities(self, workspace: str, *, limit: int = 100) -> list[dict[str, Any]]:
-        """Entities with at least one standing mention, most mentioned first, then by name."""
+    async def list_entities(
+        self, workspace: str, *, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Entities with at least one standing mention, most mentioned first, then by name
+        (then by type), and the cursor of the next page (None on the last page)."""
         _check_limit(limit)
-        rows = await self._read(workspace, qe.ENTITIES, {"limit": limit})
-        return [shape(row[0], _ENTITY_KEYS, ()) for row in rows]
+        params: dict[str, Any] = {"limit": limit + 1}
+        if cursor is not None:
+            params["mentions"], params["name"], params["type"] = decode(cursor)
+        query = qe.list_entities(after=cursor is not None)
+        rows = await self._read(workspace, query, params)
+        entities = [shape(row[0], _ENTITY_KEYS, ()) for row in rows[:limit]]
+        if len(rows) <= limit:
+            return entities, None
+        last = entities[-1]
+        return entities, encode((last["mentions"], last["name"], last["type"]))
+
+    async def entities(self, workspace: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The first ``limit`` entities of ``list_entities``."""
+        entities, _ = await self.list_entities(workspace, limit=limit)
+        return entities
 
     async def entity(self, workspace: str, entity_type: str, name: str) -> dict[str, Any] | None:
         """One entity's mention count (0 once every mention was retracted); None if never seen."""

@@ -10,7 +10,7 @@ from typing import Any
 from stageline.projections._cypher import graph_writer
 from stageline.projections.changes import EntityChanges
 
-__all__ = ["ENTITIES", "GET_ENTITY", "WRITER", "write_params"]
+__all__ = ["GET_ENTITY", "WRITER", "list_entities", "write_params"]
 
 _ROWS = """CALL {
   UNWIND $entities AS row
@@ -30,5 +30,15 @@ WRITER = graph_writer(
 )
 
 GET_ENTITY = "MATCH (e:Entity {key: $key}) RETURN properties(e)"
-ENTITIES = """MATCH (e:Entity) WHERE e.mentions > 0
-RETURN properties(e) ORDER BY e.mentions DESC, e.name LIMIT $limit"""
+
+# rows after the key ($mentions, $name, $type) in the list's order (cursors.Key)
+_AFTER = """ AND (e.mentions < $mentions OR (e.mentions = $mentions
+  AND (e.name > $name OR (e.name = $name AND e.type > $type))))"""
+
+
+def list_entities(*, after: bool) -> str:
+    """The query listing entities with a standing mention, most mentioned first, then by
+    name, then by type; after the key ``$mentions``, ``$name``, ``$type`` if asked."""
+    condition = _AFTER if after else ""
+    return f"""MATCH (e:Entity) WHERE e.mentions > 0{condition}
+WITH e ORDER BY e.mentions DESC, e.name, e.type LIMIT $limit RETURN properties(e)"""
