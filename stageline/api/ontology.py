@@ -10,7 +10,7 @@ current.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Mapping, Set
 from typing import Annotated, Any
 
 from fastapi import Body, Path, Query
@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from stageline.api.deps import (
     CorrelationId,
+    KeyCursor,
     MinPosition,
     SettingsDep,
     StackDep,
@@ -41,6 +42,7 @@ from stageline.errors import InvalidArgument
 from stageline.events.keys import GLOBAL_WORKSPACE
 from stageline.ontology.model import TYPE_NAME_PATTERN
 from stageline.ontology.store import OntologyWrite
+from stageline.projections import cursors
 from stageline.projections.falkordb_views import FalkorDBViews
 from stageline.stack import Stack
 
@@ -109,16 +111,20 @@ async def list_patterns(
     include_removed: Annotated[
         bool, Query(description="Also list removed patterns (`active: false`).")
     ] = False,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Most patterns to return.")] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+    cursor: KeyCursor = None,
     min_position: MinPosition = None,
     min_global_position: MinGlobalPosition = None,
 ) -> Response:
-    """The workspace's patterns and the global ones (`is_global: true`), most matched first.
+    """The workspace's patterns and the global ones (`is_global: true`), most matched first
+    (then by name, then by id), one page at a time; follow `next_cursor` until it is null.
 
     A workspace pattern with a global pattern's id overrides it, and a global
     pattern removed in the workspace is not listed there. Match statistics are
     the workspace's own. `stats_by_source` counts the workspace's own active
-    patterns by source.
+    patterns by source. A page starts just after the last pattern of the page before,
+    by its matches then: a pattern matched between two pages may be listed twice, or
+    not at all (the pages are not a snapshot). A cursor this server did not give is a 400.
     """
     timeout = settings.read_wait_seconds
     views = await _views_at(stack, workspace, min_position, timeout, PATTERNS)
@@ -130,22 +136,30 @@ async def list_patterns(
                 f"min_global_position {min_global_position} is past the global patterns' log head",
                 **{**exc.details, "min_global_position": min_global_position},
             ) from None
+    after = cursors.decode(cursor) if cursor is not None else None
     filters: dict[str, Any] = {
         "source": source,
         "entity_type": entity_type,
         "include_removed": include_removed,
-        "limit": limit,
     }
-    own_rows, global_rows, counts, own = await asyncio.gather(
-        views.patterns(workspace, **filters),
-        views.patterns(GLOBAL_WORKSPACE, **filters),
+    # A global pattern sorts by the matches of the workspace's node of it, not by anything
+    # the global graph holds, so neither a cursor nor a limit can cut the global patterns
+    # (or those nodes) where they are read: they are read whole, the workspace's own
+    # patterns from the cursor on and one more than a page, and the page is cut once merged.
+    own_rows, local_rows, global_rows, counts, own = await asyncio.gather(
+        views.patterns(workspace, **filters, is_global=False, after=after, limit=limit + 1),
+        views.patterns(workspace, **filters, is_global=True, limit=None),
+        views.patterns(GLOBAL_WORKSPACE, **filters, limit=None),
         views.pattern_counts(workspace),
         stack.ontology.current(workspace, seed=False),
     )
     # ids the workspace holds a pattern of (an override too) or removed a global one of
     owned = own.patterns.keys() | own.hidden
-    patterns = merge_patterns(own_rows, global_rows, owned, limit)
-    return json_response({"patterns": patterns, "stats_by_source": counts})
+    patterns, last = merge_patterns([*own_rows, *local_rows], global_rows, owned, limit, after)
+    next_cursor = cursors.encode(last) if last is not None else None
+    return json_response(
+        {"patterns": patterns, "stats_by_source": counts, "next_cursor": next_cursor}
+    )
 
 
 @router.post(
@@ -287,12 +301,17 @@ def merge_patterns(
     global_rows: Iterable[dict[str, Any]],
     owned: Set[str],
     limit: int,
-) -> list[dict[str, Any]]:
-    """The rows a workspace lists: its own patterns, then the global ones it neither
-    overrides nor hides (``owned``), most matched first, then by name, at most ``limit``.
+    after: cursors.Key | None = None,
+) -> tuple[list[dict[str, Any]], cursors.Key | None]:
+    """The page a workspace lists: of its own patterns and the global ones it neither
+    overrides nor hides (``owned``), most matched first, then by name, then by id, the
+    first ``limit`` after the key ``after`` (from the first if None); and the key of the
+    page's last row if more rows follow it (None at the end).
 
     A global pattern matched in the workspace has a node of its own there (marked
     ``is_global``) that holds the workspace's match statistics: the global row takes them.
+    ``own_rows`` holds every such node, and at least the first ``limit + 1`` of the
+    workspace's own patterns after ``after``; ``global_rows`` every global pattern.
     """
     own_rows = list(own_rows)
     patterns = [r for r in own_rows if r["id"] in owned or not r["is_global"]]
@@ -303,8 +322,20 @@ def merge_patterns(
         stats = local.get(row["id"])
         local_stats = {k: stats[k] for k in _STATS} if stats is not None else _NO_STATS
         patterns.append({**row, **local_stats, "is_global": True})
-    patterns.sort(key=lambda r: (-(r["matches"] or 0), r["name"]))
-    return patterns[:limit]
+    patterns.sort(key=_order)
+    if after is not None:
+        matches, name, pid = after
+        patterns = [r for r in patterns if _order(r) > (-matches, name, pid)]
+    page = patterns[:limit]
+    if len(patterns) <= limit:
+        return page, None
+    last = page[-1]
+    return page, (last["matches"] or 0, last["name"], last["id"])
+
+
+def _order(row: Mapping[str, Any]) -> tuple[int, str, str]:
+    """Most matched first, then by name, then by id: the order of the Cypher reads too."""
+    return (-(row["matches"] or 0), row["name"], row["id"])
 
 
 def _written(written: OntologyWrite, status: int) -> Response:

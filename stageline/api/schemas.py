@@ -407,10 +407,13 @@ class SourceCounts(BaseModel):
 class PatternList(BaseModel):
     patterns: list[PatternView] = Field(
         description="The workspace's patterns and the global ones (a workspace pattern "
-        "overrides a global one with its id); most matched first, then by name."
+        "overrides a global one with its id); most matched first, then by name, then by id."
     )
     stats_by_source: SourceCounts = Field(
         description="The workspace's own active patterns by source."
+    )
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end. Opaque: pass it as it is."
     )
 
 

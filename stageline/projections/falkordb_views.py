@@ -44,7 +44,7 @@ from stageline.projections._cypher import patterns as qpt
 from stageline.projections._cypher import pipelines as qp
 from stageline.projections._cypher import run_status as qr
 from stageline.projections.changes import Changes
-from stageline.projections.cursors import decode, encode
+from stageline.projections.cursors import Key, decode, encode
 from stageline.projections.cypher_params import cypher_params
 from stageline.projections.dead_letters import DEAD_LETTER_CREATED, DEAD_LETTER_FIELDS
 from stageline.projections.notices import Notices
@@ -508,17 +508,29 @@ class FalkorDBViews:
         source: str | None = None,
         entity_type: str | None = None,
         include_removed: bool = False,
-        limit: int = 100,
+        is_global: bool | None = None,
+        after: Key | None = None,
+        limit: int | None = 100,
     ) -> list[dict[str, Any]]:
         """The workspace's pattern nodes (global patterns matched here too, marked
-        ``is_global``), most matched first, then by name; active ones unless ``include_removed``."""
-        _check_limit(limit)
+        ``is_global``), most matched first, then by name, then by id; active ones unless
+        ``include_removed``; only those whose ``is_global`` is ``is_global`` if given; those
+        after the key ``after`` if given; at most ``limit`` (None: every one)."""
+        if limit is not None:
+            _check_limit(limit)
         query = qpt.list_patterns(
             source=source is not None,
             entity_type=entity_type is not None,
             include_removed=include_removed,
+            is_global=is_global,
+            after=after is not None,
+            limit=limit is not None,
         )
-        params = {"limit": limit, "source": source, "entity_type": entity_type}
+        params: dict[str, Any] = {"limit": limit, "source": source, "entity_type": entity_type}
+        if limit is None:
+            del params["limit"]
+        if after is not None:
+            params["matches"], params["name"], params["id"] = after
         rows = await self._read(workspace, query, params)
         out = []
         for row in rows:

@@ -61,7 +61,7 @@ async def listed(client: httpx.AsyncClient, **params: Any) -> dict[str, Any]:
     r = await client.get("/v1/ontology/patterns", params=params)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
-    assert set(body) == {"patterns", "stats_by_source"}
+    assert set(body) == {"patterns", "stats_by_source", "next_cursor"}
     return body
 
 
@@ -659,6 +659,59 @@ async def test_a_global_pattern_is_listed_in_every_workspace(
     assert (row["is_global"], row["active"]) == (False, True)  # the workspace's override stays
 
 
+async def pattern_pages(client: httpx.AsyncClient, **params: Any) -> list[list[dict[str, Any]]]:
+    """Each page of the list, following ``next_cursor`` to the end."""
+    out: list[list[dict[str, Any]]] = []
+    cursor = None
+    while True:
+        body = await listed(client, **params, **({} if cursor is None else {"cursor": cursor}))
+        out.append(body["patterns"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return out
+        assert len(out) < 100, "the cursor does not move on"
+
+
+async def test_the_list_pages_through_own_and_global_patterns_each_once(
+    client: httpx.AsyncClient, stack: Stack
+) -> None:
+    # a global pattern sorts by its matches in the workspace: "Zz..." is matched most, and
+    # sorts by name after the global patterns matched less
+    few, most, once = unique_name(), "Zz" + unique_name(), unique_name()
+    mine = [unique_name() for _ in range(3)]
+    for name in mine:
+        await add(client, name)
+    async with (
+        global_pattern(client, few),
+        global_pattern(client, most) as top,
+        global_pattern(client, once) as second,
+    ):
+        text = f"{most} beat {once}, then {most} met {mine[0]}."
+        matched = await matched_in_a_run(client, stack, text)
+        assert {top["pattern_id"], second["pattern_id"], pattern_id(mine[0], "technology")} == (
+            matched
+        )
+        at = {"min_position": await head_of(client), "min_global_position": second["position"]}
+        first = await listed(client, **at, limit=1)
+        assert [(p["id"], p["matches"]) for p in first["patterns"]] == [(top["pattern_id"], 2)]
+        whole = await listed(client, **at, limit=1000)
+        assert whole["next_cursor"] is None
+        everything = whole["patterns"]
+        assert len(everything) == SEED_PATTERNS + 3 + 3
+        order = [(-p["matches"], p["name"], p["id"]) for p in everything]
+        assert order == sorted(order)
+        assert (everything[0]["id"], everything[0]["matches"]) == (top["pattern_id"], 2)
+
+        for limit in (1, 4, len(everything)):
+            pages = await pattern_pages(client, **at, limit=limit)
+            assert [p for page in pages for p in page] == everything, limit
+            assert all(len(page) == limit for page in pages[:-1])
+        manual = await pattern_pages(client, **at, source="manual", limit=2)
+        assert [p["id"] for page in manual for p in page] == [
+            p["id"] for p in everything if p["source"] == "manual"
+        ]
+
+
 def row(pid: str, name: str, *, is_global: bool = False, matches: int = 0) -> dict[str, Any]:
     return {
         "id": pid,
@@ -689,7 +742,7 @@ def test_the_list_merges_global_patterns_under_the_workspace_ones() -> None:
         row("g2", "Global two", is_global=True),
         row("h", "Hidden", is_global=True),
     ]
-    merged = merge_patterns(own, shared, {"a", "o", "h"}, 100)
+    merged, last = merge_patterns(own, shared, {"a", "o", "h"}, 100)
     assert [(r["id"], r["is_global"], r["matches"]) for r in merged] == [
         ("h", True, 9),  # the workspace's own node of it (listed with include_removed)
         ("o", False, 5),
@@ -697,10 +750,28 @@ def test_the_list_merges_global_patterns_under_the_workspace_ones() -> None:
         ("a", False, 1),
         ("g2", True, 0),
     ]
+    assert last is None
     g1 = next(r for r in merged if r["id"] == "g1")
     assert (g1["runs_matched"], g1["first_seen"]) == (1, "2026-03-01T00:00:00.000Z")
-    assert [r["id"] for r in merge_patterns(own, shared, {"a", "o", "h"}, 2)] == ["h", "o"]
-    assert merge_patterns([], shared, set(), 100)[0]["name"] == "Global one"
+    page, last = merge_patterns(own, shared, {"a", "o", "h"}, 2)
+    assert ([r["id"] for r in page], last) == (["h", "o"], (5, "Overridden", "o"))
+    page, last = merge_patterns(own, shared, {"a", "o", "h"}, 2, last)
+    assert ([r["id"] for r in page], last) == (["g1", "a"], (1, "Alpha", "a"))
+    page, last = merge_patterns(own, shared, {"a", "o", "h"}, 2, last)
+    assert ([r["id"] for r in page], last) == (["g2"], None)
+    assert merge_patterns([], shared, set(), 100)[0][0]["name"] == "Global one"
+
+
+def test_patterns_of_one_name_and_count_are_ordered_by_id() -> None:
+    own = [row(pid, "Same", matches=2) for pid in ("c", "a", "b")]
+    shared = [row("d", "Same", is_global=True), row("e", "Same", is_global=True)]
+    seen, after = [], None
+    while True:
+        page, after = merge_patterns(own, shared, {"a", "b", "c"}, 1, after)
+        seen += [r["id"] for r in page]
+        if after is None:
+            break
+    assert seen == ["a", "b", "c", "d", "e"]
 
 
 async def test_bad_list_queries_are_400(client: httpx.AsyncClient) -> None:
@@ -718,6 +789,10 @@ async def test_bad_list_queries_are_400(client: httpx.AsyncClient) -> None:
     assert_error(r, 400, "INVALID_ARGUMENT")
     r = await client.get("/v1/ontology/patterns", params={"min_global_position": 2**52})
     assert "min_global_position" in assert_error(r, 400, "INVALID_ARGUMENT")["message"]
+    for cursor in ("", "12", "WzEsImEiXQ", "WzEsImEiLCJiIl0="):
+        r = await client.get("/v1/ontology/patterns", params={"cursor": cursor})
+        error = assert_error(r, 400, "INVALID_ARGUMENT")
+        assert (fields(error), error["message"]) == (["cursor"], "cursor: invalid cursor")
 
 
 async def test_bad_status_queries_are_400(client: httpx.AsyncClient) -> None:

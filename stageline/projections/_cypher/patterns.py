@@ -113,8 +113,23 @@ WRITER = graph_writer(
 )
 
 
-def list_patterns(*, source: bool, entity_type: bool, include_removed: bool) -> str:
-    """The patterns matching the filters asked for, most matched first, then by name."""
+# rows after the key ($matches, $name, $id) in the list's order (cursors.Key)
+_AFTER = """(p.matches < $matches OR (p.matches = $matches
+  AND (p.name > $name OR (p.name = $name AND p.id > $id))))"""
+
+
+def list_patterns(
+    *,
+    source: bool,
+    entity_type: bool,
+    include_removed: bool,
+    is_global: bool | None = None,
+    after: bool = False,
+    limit: bool = True,
+) -> str:
+    """The patterns matching the filters asked for, most matched first, then by name, then
+    by id: of ``is_global`` nodes only if it is not None, after the key ``$matches``,
+    ``$name``, ``$id`` if asked, at most ``$limit`` if asked."""
     where = []
     if source:
         where.append("p.source = $source")
@@ -122,9 +137,14 @@ def list_patterns(*, source: bool, entity_type: bool, include_removed: bool) -> 
         where.append("p.entity_type = $entity_type")
     if not include_removed:
         where.append("p.active = true")
+    if is_global is not None:
+        where.append(f"coalesce(p.is_global, false) = {str(is_global).lower()}")
+    if after:
+        where.append(_AFTER)
     condition = f"WHERE {' AND '.join(where)}\n" if where else ""
+    cut = " LIMIT $limit" if limit else ""
     return f"""MATCH (p:Pattern)
-{condition}RETURN properties(p) ORDER BY p.matches DESC, p.name LIMIT $limit"""
+{condition}WITH p ORDER BY p.matches DESC, p.name, p.id{cut} RETURN properties(p)"""
 
 
 PATTERN_COUNTS = f"""MATCH (p:Pattern) WHERE p.active = true AND {_OWN}
