@@ -24,6 +24,7 @@ PURE = [
     "stageline.ontology.discover",
     "stageline.ontology.seed",
     "stageline.projections.batch",
+    "stageline.projections.compact",
     "stageline.projections.cursors",
     "stageline.projections.run_status",
     "stageline.projections.durations",

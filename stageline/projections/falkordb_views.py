@@ -17,13 +17,13 @@ with nothing to write move together, in one query (still each guarded).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import structlog
 from falkordb.asyncio import FalkorDB
-from falkordb.asyncio.graph import AsyncGraph
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -36,7 +36,7 @@ from stageline.events.redis_store import (
     retry_policy,
 )
 from stageline.ontology.events import PATTERN_SOURCES, TYPE_STATUSES
-from stageline.projections import _cypher, durations
+from stageline.projections import _cypher, compact, durations
 from stageline.projections import ontology as ontology_status
 from stageline.projections._cypher import entities as qe
 from stageline.projections._cypher import ontology as qo
@@ -128,12 +128,17 @@ _PATTERN_KEYS = (
 def _stages(props: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A run's stored stages, from its node's properties."""
     return [
-        {f: props.get(qr.stage_property(name, f)) for f in _STAGE_FIELDS}
-        | {"name": name, "attempts": attempts}
+        {f: props.get(p) for f, p in _stage_properties(name)} | {"name": name, "attempts": attempts}
         for name, attempts in zip(
             props.get("stages", ()), props.get("stage_attempts", ()), strict=True
         )
     ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _stage_properties(stage: str) -> tuple[tuple[str, str], ...]:
+    """Each stored field of a stage with the run's property that holds it."""
+    return tuple((f, qr.stage_property(stage, f)) for f in _STAGE_FIELDS)
 
 
 def _dead_letter_dict(props: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,7 +163,6 @@ class FalkorDBViews:
         self._ready: set[tuple[str, str]] = set()
         self._checked: set[tuple[str, str]] = set()
         """(workspace, projection) pairs checked for a view in an outdated shape."""
-        self._graphs: dict[str, AsyncGraph] = {}
         self.notices = Notices(db.connection, self.checkpoint)
         """The checkpoint notices: ``apply_all`` and ``drop`` publish, ``wait_for`` waits on them."""
 
@@ -170,33 +174,21 @@ class FalkorDBViews:
         await self.notices.close()
         await self.db.connection.aclose()
 
-    def _graph(self, workspace: str) -> AsyncGraph:
-        """The client's handle on the workspace's graph, made once.
-
-        A handle and its schema cache refer to each other, so a handle made per
-        read is freed only by a garbage collection: at 500 stats reads/s the API
-        process paused 52-54 ms once or twice a minute to collect 108,000-195,000
-        of those objects. The cache is never consulted: no read returns a node
-        or an edge. (One that did would need it refreshed when a workspace's
-        graph is deleted and made again: it maps label and property ids to
-        names.)
-        """
-        graph = self._graphs.get(workspace)
-        if graph is None:
-            graph = self._graphs[workspace] = self.db.select_graph(graph_name(workspace))
-        return graph
+    async def _write(self, workspace: str, query: str) -> None:
+        """Run one write query on the workspace's graph (a schema statement, a drop)."""
+        command = ("GRAPH.QUERY", graph_name(workspace), query, "--compact")
+        compact.rows(await self.db.connection.execute_command(*command))
 
     async def _ensure_schema(self, workspace: str, projections: Iterable[Projection[Any]]) -> None:
         missing = [p for p in projections if (workspace, p.name) not in self._ready]
         if not missing:
             return
         await self.drop_outdated(workspace, missing)
-        graph = self._graph(workspace)
         for statement in dict.fromkeys(
             [_cypher.CHECKPOINT_INDEX, *(i for p in missing for i in p.writer.indexes)]
         ):
             try:
-                await graph.query(statement)
+                await self._write(workspace, statement)
             except ResponseError as exc:
                 if "already indexed" not in str(exc):
                     raise
@@ -215,17 +207,17 @@ class FalkorDBViews:
                 params = {"projection": p.name, "shape": p.writer.shape}
                 if await self._read(workspace, _cypher.OTHER_SHAPE, params):
                     log.warning("views.outdated_dropped", workspace=workspace, projection=p.name)
-                    graph = self._graph(workspace)
-                    await graph.query(cypher_params({"projection": p.name}) + p.writer.drop)
+                    drop = cypher_params({"projection": p.name}) + p.writer.drop
+                    await self._write(workspace, drop)
             self._checked.add((workspace, p.name))
 
     async def _read(
         self, workspace: str, query: str, params: dict[str, Any] | None = None
     ) -> list[list[Any]]:
-        graph = self._graph(workspace)
+        command = ("GRAPH.RO_QUERY", graph_name(workspace), cypher_params(params or {}) + query)
         try:
             async with asyncio.timeout(READ_TIMEOUT_SECONDS):
-                return (await graph.ro_query(cypher_params(params or {}) + query)).result_set
+                return compact.rows(await self.db.connection.execute_command(*command, "--compact"))
         except TimeoutError:  # redis-py closed the connection on the cancellation
             raise RedisTimeoutError(
                 f"the views did not answer a read within {READ_TIMEOUT_SECONDS:g}s"
@@ -304,8 +296,8 @@ class FalkorDBViews:
         Other projections' nodes and checkpoints stay as they are.
         """
         await self._ensure_schema(workspace, [projection])
-        graph = self._graph(workspace)
-        await graph.query(cypher_params({"projection": projection.name}) + projection.writer.drop)
+        drop = cypher_params({"projection": projection.name}) + projection.writer.drop
+        await self._write(workspace, drop)
         await self.notices.publish(workspace, {projection.name: 0})
 
     # -- reads: checkpoints -------------------------------------------------------

@@ -25,3 +25,15 @@ def test_a_stored_run_shows_times_as_text_metadata_as_an_object_and_every_key() 
 def test_a_time_is_shown_to_the_millisecond_in_utc() -> None:
     assert iso(None) is None
     assert iso(0) == "1970-01-01T00:00:00.000Z"
+    assert iso(-1) == "1969-12-31T23:59:59.999Z"
+    assert iso(1795422716290) == "2026-11-23T08:31:56.290Z"
+    assert iso(253402300799999) == "9999-12-31T23:59:59.999Z"  # the last one RFC 3339 can write
+
+
+def test_times_in_one_second_share_its_text_but_not_their_milliseconds() -> None:
+    assert [iso(1795422716000 + ms) for ms in (0, 7, 999, 1000)] == [
+        "2026-11-23T08:31:56.000Z",
+        "2026-11-23T08:31:56.007Z",
+        "2026-11-23T08:31:56.999Z",
+        "2026-11-23T08:31:57.000Z",
+    ]
