@@ -23,6 +23,7 @@ from stageline.cli_feed import answer_after, follow_log
 from stageline.cli_http import (
     DEFAULT_API,
     ApiUrl,
+    Cursor,
     Workspace,
     answer,
     api_answers,
@@ -30,6 +31,7 @@ from stageline.cli_http import (
     console,
     err_console,
     print_json,
+    print_next,
     print_table,
     progress_bar,
     say_error,
@@ -230,15 +232,19 @@ def submit(
 def runs(
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
     limit: Annotated[int, typer.Option(help="How many.")] = 20,
+    cursor: Cursor = None,
     url: ApiUrl = DEFAULT_API,
     workspace: Workspace = None,
 ) -> None:
-    """List recent runs."""
+    """List runs, newest first."""
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status
+    if cursor is not None:
+        params["cursor"] = cursor
     reply = call("GET", url, "/v1/runs", workspace, params=params)
     print_table(reply["runs"], ("id", "pipeline", "status", "current_stage", "submitted_at"))
+    print_next(reply)
 
 
 @app.command()
@@ -274,20 +280,24 @@ def dlq_list(
         ),
     ] = None,
     limit: Annotated[int, typer.Option(help="How many.")] = 100,
+    cursor: Cursor = None,
     url: ApiUrl = DEFAULT_API,
     workspace: Workspace = None,
 ) -> None:
-    """List dead letters (by default the open ones)."""
+    """List dead letters (by default the open ones), newest first."""
     params: dict[str, Any] = {"status": status, "limit": limit}
     if stage:
         params["stage"] = stage
     if channel:
         params["channel"] = channel
+    if cursor is not None:
+        params["cursor"] = cursor
     reply = call("GET", url, "/v1/dlq", workspace, params=params)
     print_table(
         reply["dead_letters"],
         ("id", "kind", "stage", "run_id", "status", "deliveries", "error", "created_at"),
     )
+    print_next(reply)
 
 
 @dlq_app.command("redrive")

@@ -23,6 +23,7 @@ from stageline.settings import HTTP_SCHEMES, check_url
 __all__ = [
     "DEFAULT_API",
     "ApiUrl",
+    "Cursor",
     "Workspace",
     "answer",
     "api_answers",
@@ -31,6 +32,7 @@ __all__ = [
     "err_console",
     "load_document",
     "print_json",
+    "print_next",
     "print_table",
     "progress_bar",
     "say_error",
@@ -65,6 +67,10 @@ Workspace = Annotated[
         show_envvar=False,
         help="Workspace (default: STAGELINE_WORKSPACE, else the API's default).",
     ),
+]
+Cursor = Annotated[
+    str | None,
+    typer.Option(help="Where a page starts: the `--cursor` the page before ended with."),
 ]
 
 UNWRAPPED_WIDTH = 1 << 20
@@ -326,6 +332,13 @@ def print_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> No
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))
     console.print(table)
+
+
+def print_next(reply: Mapping[str, Any]) -> None:
+    """Under a page of a list, how to ask for the next one, if there is one: on stderr, so
+    that stdout holds the rows only."""
+    if reply.get("next_cursor") is not None:
+        err_console.print(f"more: --cursor {reply['next_cursor']}", markup=False)
 
 
 def _cell(value: Any) -> str:

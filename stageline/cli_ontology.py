@@ -11,12 +11,14 @@ import typer
 from stageline.cli_http import (
     DEFAULT_API,
     ApiUrl,
+    Cursor,
     Workspace,
     call,
     console,
     err_console,
     load_document,
     print_json,
+    print_next,
     print_table,
     say_error,
 )
@@ -79,6 +81,7 @@ def patterns(
         bool, typer.Option("--include-removed", help="Also list removed patterns.")
     ] = False,
     limit: Annotated[int, typer.Option(help="Most patterns to list (1-1000).")] = 100,
+    cursor: Cursor = None,
     as_json: AsJson = False,
     url: ApiUrl = DEFAULT_API,
     workspace: Workspace = None,
@@ -91,6 +94,8 @@ def patterns(
         params["entity_type"] = entity_type
     if include_removed:
         params["include_removed"] = "true"
+    if cursor is not None:
+        params["cursor"] = cursor
     reply = call("GET", url, "/v1/ontology/patterns", workspace, params=params)
     if as_json:
         print_json(reply)
@@ -108,6 +113,7 @@ def patterns(
     if include_removed:
         columns.append("active")
     print_table(rows, columns)
+    print_next(reply)
     counts = ", ".join(f"{k} {v}" for k, v in reply["stats_by_source"].items())
     # a note under the table, not a row of it: stdout holds the rows only
     err_console.print(f"workspace patterns by source: {counts}", markup=False)

@@ -167,6 +167,21 @@ def check_run_operations_from_the_cli(url: str) -> None:
         assert listed.exit_code == 0, listed.output
         assert retried["dead_letter"] in listed.output
         assert discarded["dead_letter"] in listed.output
+        assert "--cursor" not in listed.stderr  # one page holds them all
+        pages = [cli(url, "dlq", "list", "--limit", "1")]  # newest first
+        [more] = pages[0].stderr.splitlines()
+        assert more.startswith("more: --cursor "), pages[0].output
+        pages.append(cli(url, "dlq", "list", "--limit", "1", "--cursor", more.split()[-1]))
+        assert discarded["dead_letter"] in pages[0].stdout
+        assert retried["dead_letter"] not in pages[0].stdout
+        assert retried["dead_letter"] in pages[1].stdout
+        assert "--cursor" not in pages[1].stderr  # the last page
+
+        first = cli(url, "runs", "--limit", "1")
+        [more] = first.stderr.splitlines()
+        second = cli(url, "runs", "--limit", "1", "--cursor", more.split()[-1])
+        assert discarded["run"] in first.stdout and retried["run"] in second.stdout
+        assert second.stderr == "", second.output
 
         redrive = cli(url, "dlq", "redrive", retried["dead_letter"])
         assert redrive.exit_code == 0 and '"redriven"' in redrive.output, redrive.output
