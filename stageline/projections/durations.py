@@ -77,9 +77,10 @@ def merge(histograms: Iterable[tuple[Sequence[int], Sequence[int]]]) -> Histogra
             grow = len(counts) - len(total.counts)
             total.counts.extend([0] * grow)
             total.sums.extend([0] * grow)
-        for i, (n, ms) in enumerate(zip(counts, sums, strict=True)):
-            total.counts[i] += n
-            total.sums[i] += ms
+        for i, (n, us) in enumerate(zip(counts, sums, strict=True)):
+            # as integers: histograms written before 2026-11-24 hold doubles (FalkorDB's sum())
+            total.counts[i] += int(n)
+            total.sums[i] += int(us)
     return total
 
 

@@ -395,8 +395,10 @@ async def test_stats_of_one_pipeline_leave_out_other_pipelines_stages_of_the_sam
     merged = (await client.get("/v1/runs/stats", params=at)).json()
     assert merged["stages"]["extract"]["count"] == 2 and merged["total"] == 2
 
-    etl = (await client.get("/v1/runs/stats", params={**at, "pipeline": "etl"})).json()
+    reply = await client.get("/v1/runs/stats", params={**at, "pipeline": "etl"})
+    etl = reply.json()
     assert etl["stages"] == {"extract": {"count": 1, "p50_ms": 500.0, "p95_ms": 500.0}}
+    assert '"count":1,' in reply.text  # an integer, as the schema says
     assert etl["total"] == 1 and etl["counts"]["completed"] == 1
     ingest = (await client.get("/v1/runs/stats", params={**at, "pipeline": "ingest"})).json()
     assert ingest["stages"]["extract"]["p95_ms"] == 2.0

@@ -59,6 +59,14 @@ def test_pipelines_sharing_a_stage_name_add_up() -> None:
     assert percentile(merged, 0.5) == 40.0
 
 
+def test_histograms_stored_as_doubles_merge_as_integers() -> None:
+    # FalkorDB's sum() is a double: what the writer stored before it cast them back
+    stored = histogram([1.0, 2.0, 2.0])
+    merged = merge([([float(n) for n in stored.counts], [float(us) for us in stored.sums])])
+    assert merged == stored
+    assert all(type(n) is int for n in merged.counts + merged.sums)
+
+
 def test_a_mean_cannot_leave_its_bucket() -> None:
     h = histogram([100.0, 100.0])
     b = next(i for i, n in enumerate(h.counts) if n)

@@ -281,6 +281,10 @@ async def test_stats_count_runs_and_take_percentiles_of_completed_stages(
     fetch, embed = stats["stages"]["fetch"], stats["stages"]["embed"]
     assert fetch == {"count": 12, "p50_ms": approx(45.0), "p95_ms": approx(94.5)}
     assert embed == {"count": 10, "p50_ms": approx(1.0), "p95_ms": approx(1.0)}
+    # counted, not measured: 12, not 12.0 (FalkorDB's sum() of integers is a double)
+    assert type(fetch["count"]) is int and type(embed["count"]) is int
+    stored = await views._read(workspace, "MATCH (h:StageDurations) RETURN h.counts + h.sums")
+    assert stored and all(type(n) is int for [values] in stored for n in values)
 
 
 def approx(ms: float) -> Any:

@@ -103,7 +103,8 @@ def _count(status: str, node: str = "n", moves: str = "moves") -> str:
 # (row[_PLUS]); out of the buckets of the stored durations of the stages the batch
 # reopens ($reopened: [run id, [[name, property prefix], ...]]) that are stored
 # completed, read before any run is written. Apart from the runs' rows, which would pay
-# for the test in every row: reopening a completed stage (an undo) is rare.
+# for the test in every row: reopening a completed stage (an undo) is rare. FalkorDB's
+# sum() is a double even of integers: made an integer again, a bucket counts 3, not 3.0.
 _DURATION = "r[x[1] + 'duration_ms']"
 _REOPENED = f"""CALL {{
   UNWIND $reopened AS row
@@ -180,7 +181,7 @@ CALL {{
   UNWIND coalesce(ds[1], []) + coalesce(ds[2], []) AS x
   WITH ds[0] AS pipeline, x[0] AS stage, {bucket_cypher("x[1]")} AS bucket,
     coalesce(x[2], 1) AS sign, {micros_cypher("x[1]")} AS micros
-  WITH pipeline, stage, bucket, sum(sign) AS k, sum(sign * micros) AS us
+  WITH pipeline, stage, bucket, toInteger(sum(sign)) AS k, toInteger(sum(sign * micros)) AS us
   WHERE k <> 0 OR us <> 0
   WITH pipeline, stage, collect([bucket, k, us]) AS ks
   MERGE (h:StageDurations {{pipeline: pipeline, stage: stage}})
