@@ -1,4 +1,4 @@
-"""The ``stageline`` command line."""
+"""stageline: an event-sourced actor system for multi-stage pipelines."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from stageline.cli_http import (
     call,
     console,
     err_console,
+    json_object,
     print_json,
     print_next,
     print_table,
@@ -207,23 +208,47 @@ def demo(
 
 @app.command()
 def submit(
-    text: Annotated[str, typer.Argument(help="The memory item's text.")],
+    text: Annotated[
+        str | None,
+        typer.Argument(
+            help='The memory item\'s text: the input {"text": TEXT}.', show_default=False
+        ),
+    ] = None,
+    input_: Annotated[
+        str | None,
+        typer.Option(
+            "--input",
+            help="The run's input as a JSON object, instead of TEXT ('-': read from stdin).",
+        ),
+    ] = None,
     pipeline: Annotated[str, typer.Option(help="Pipeline name.")] = "memory-ingest",
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for the run to end (0: don't).")
     ] = 10.0,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Names this submission for 24 hours: sent again, it answers the same run."
+        ),
+    ] = None,
     url: ApiUrl = DEFAULT_API,
     workspace: Workspace = None,
 ) -> None:
     """Submit one run through the API and print it."""
-    params = {"wait": wait} if wait > 0 else {}
+    if (text is None) == (input_ is None):
+        raise typer.BadParameter("give TEXT or --input, one of them", param_hint="TEXT / --input")
+    if input_ is None:
+        body = {"text": text}
+    else:
+        body = json_object(sys.stdin.read() if input_ == "-" else input_, "--input")
     reply = call(
         "POST",
         url,
         "/v1/runs",
         workspace,
-        json={"pipeline": pipeline, "input": {"text": text}},
-        params=params,
+        json={"pipeline": pipeline, "input": body},
+        params={"wait": wait} if wait > 0 else {},
+        headers={"Idempotency-Key": idempotency_key} if idempotency_key else None,
     )
     print_json(reply)
 

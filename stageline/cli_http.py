@@ -30,6 +30,7 @@ __all__ = [
     "call",
     "console",
     "err_console",
+    "json_object",
     "load_document",
     "print_json",
     "print_next",
@@ -182,6 +183,27 @@ def load_document(file: Path) -> Any:
         raise typer.Exit(2) from exc
     if problem is not None:
         say_error(f"{file}: {problem}, which JSON cannot hold; quote it to make it a string")
+        raise typer.Exit(2)
+    return data
+
+
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """``text`` read as a JSON object; one line saying what is wrong with ``what`` and exit
+    2 if it is not one (a key given twice, a non-finite number too)."""
+    try:
+        data = _JSONDecoder().decode(text)
+    except ValueError as exc:
+        say_error(f"invalid {what}: {_one_line(exc)}")
+        raise typer.Exit(2) from exc
+    except RecursionError as exc:
+        say_error(f"invalid {what}: it is nested too deeply")
+        raise typer.Exit(2) from exc
+    if not isinstance(data, dict):
+        say_error(f"invalid {what}: a JSON object is needed, not {json.dumps(data)[:80]}")
+        raise typer.Exit(2)
+    problem = _not_json(data)
+    if problem is not None:
+        say_error(f"invalid {what}: {problem}")
         raise typer.Exit(2)
     return data
 

@@ -146,10 +146,60 @@ def cli(url: str, *args: str) -> Result:
     return CliRunner().invoke(cli_app, [*args, "--url", url, "-w", "ops"], env={"COLUMNS": "300"})
 
 
-def failed_flaky_run(api: httpx.Client, **flaky: object) -> dict[str, str]:
-    """Submit a ``flaky`` run that gives up; its id and its dead letter's id."""
-    body = {"pipeline": "flaky", "input": {"text": "cli", "flaky": flaky}}
-    run = api.post("/v1/runs", params={"wait": 30}, json=body).json()
+def check_submit_from_the_cli(url: str) -> None:
+    """``stageline submit``: a memory item's text, or a whole input as JSON (from stdin
+    with ``-``), once only under an idempotency key; bad input exits 2 sending nothing."""
+    text = cli(url, "submit", "Met Alice in Berlin", "--wait", "30")
+    assert text.exit_code == 0, text.output
+    run = json.loads(text.stdout)
+    assert (run["pipeline"], run["status"]) == ("memory-ingest", "completed"), run
+
+    piped = CliRunner().invoke(
+        cli_app,
+        [
+            "submit",
+            "--input",
+            "-",
+            "--wait",
+            "0",
+            "--idempotency-key",
+            "k",
+            "--url",
+            url,
+            "-w",
+            "ops",
+        ],
+        input='{"text": "Met Bob", "source": "stdin"}',
+    )
+    again = cli(url, "submit", "other text", "--wait", "0", "--idempotency-key", "k")
+    assert piped.exit_code == 0 and again.exit_code == 1, piped.output + again.output
+    accepted = json.loads(piped.stdout)
+    assert accepted["deduplicated"] is False
+    assert "Idempotency-Key was already used" in again.stderr  # the key names one request
+    with httpx.Client(base_url=url, headers={"X-Workspace": "ops"}) as api:
+        stored = api.get(f"/v1/runs/{accepted['run_id']}/events").json()["events"][0]
+    assert stored["data"]["input"] == {"text": "Met Bob", "source": "stdin"}
+
+    for args, says in (
+        ([], "give TEXT or --input"),
+        (["text", "--input", "{}"], "give TEXT or --input"),
+        (["--input", "[1]"], "invalid --input: a JSON object is needed, not [1]"),
+        (["--input", '{"a": 1, "a": 2}'], "invalid --input: the key 'a' is given twice"),
+        (["--input", '{"a": NaN}'], "invalid --input: a is nan"),
+        (["--input", '{"a": '], "invalid --input: Expecting value"),
+    ):
+        refused = cli(url, "submit", *args)
+        assert refused.exit_code == 2 and says in refused.stderr, (args, refused.output)
+        assert refused.stdout == ""
+
+
+def failed_flaky_run(url: str, api: httpx.Client, **flaky: object) -> dict[str, str]:
+    """Submit a ``flaky`` run that gives up, with ``stageline submit --input``; its id and
+    its dead letter's id."""
+    body = json.dumps({"text": "cli", "flaky": flaky})
+    submitted = cli(url, "submit", "--pipeline", "flaky", "--input", body, "--wait", "30")
+    assert submitted.exit_code == 0, submitted.output
+    run = json.loads(submitted.stdout)
     assert run["status"] == "failed", run
     head = api.get("/v1/log").json()["head"]
     listed = api.get("/v1/dlq", params={"min_position": head}).json()["dead_letters"]
@@ -160,8 +210,8 @@ def failed_flaky_run(api: httpx.Client, **flaky: object) -> dict[str, str]:
 def check_run_operations_from_the_cli(url: str) -> None:
     """undo, retry, cancel and dlq list / redrive / discard, as a user types them."""
     with httpx.Client(base_url=url, headers={"X-Workspace": "ops"}, timeout=60) as api:
-        retried = failed_flaky_run(api, fail_times=4)  # attempt 5, once redriven, succeeds
-        discarded = failed_flaky_run(api, permanent=True)
+        retried = failed_flaky_run(url, api, fail_times=4)  # attempt 5, once redriven, succeeds
+        discarded = failed_flaky_run(url, api, permanent=True)
 
         listed = cli(url, "dlq", "list")
         assert listed.exit_code == 0, listed.output
@@ -208,6 +258,7 @@ def check_run_operations_from_the_cli(url: str) -> None:
     missing = cli(url, "undo", "nope")
     assert missing.exit_code == 1 and "404 NOT_FOUND" in missing.stderr, missing.output
     assert missing.stdout == ""
+    check_submit_from_the_cli(url)
 
 
 def test_demo_without_a_running_api_starts_its_own_stack(data_dir: Path) -> None:
