@@ -21,6 +21,7 @@ from stageline.actors.events import RunSubmitted
 from stageline.actors.pipeline import PipelineCatalog
 from stageline.errors import ConcurrencyError, Conflict
 from stageline.events import keys
+from stageline.events.coalesce import AppendCoalescer
 from stageline.events.envelope import NO_STREAM, NewEvent, new_event
 from stageline.events.redis_store import RedisEventStore, same_server
 from stageline.events.store import AppendRequest, AppendResult, EventStore, Outbox
@@ -43,6 +44,8 @@ class Submitter:
         self.catalog = catalog
         self.bus = bus
         self._outbox = isinstance(store, RedisEventStore) and same_server(store.client, bus.client)
+        # the runs submitted at one moment (concurrent requests) go in one append
+        self._appends = AppendCoalescer(store) if self._outbox else None
 
     async def submit(
         self,
@@ -128,7 +131,8 @@ class Submitter:
             return await self.store.append(workspace, stream, [event], NO_STREAM), False
         outbox = Outbox([(keys.stage_channel(actor), payload)], maxlen=self.bus.maxlen)
         request = AppendRequest(workspace, stream, [event], NO_STREAM, outbox)
-        [result] = await self.store.append_batch([request])
+        assert self._appends is not None  # with the outbox
+        result = await self._appends.append(request)
         if isinstance(result, Exception):
             raise result
         return result, not result.deduplicated
