@@ -13,9 +13,15 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from stageline.events.store import AppendRequest, AppendResult
 
 __all__ = ["AppendCoalescer"]
+
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+"""What says the server was not reached or did not answer: not one request's fault."""
 
 
 class _BatchStore(Protocol):
@@ -27,9 +33,12 @@ class _BatchStore(Protocol):
 class AppendCoalescer:
     """``append`` gathers the requests made in one step of the event loop into one
     ``append_batch`` of ``store``. Each caller gets its own request's result or error, as
-    ``append_batch`` gives them, or the error that failed the whole batch (the server
-    unreachable, ...), which then holds for each of the batch's requests: each may or may
-    not have landed, as for an append whose answer was lost."""
+    ``append_batch`` gives them. When the server cannot be reached (or does not answer in
+    time), each caller gets that error: its request may or may not have landed, as for an
+    append whose answer was lost. Any other error failing a batch of several requests may
+    be one request's own: each is then sent again by itself, so that only its caller gets
+    it. Requests must therefore carry their events' ids, so that a request sent again
+    that had landed is deduplicated (``Submitter``'s are derived from the run id)."""
 
     def __init__(self, store: _BatchStore) -> None:
         self.store = store
@@ -56,8 +65,8 @@ class AppendCoalescer:
         self, batch: list[tuple[AppendRequest, asyncio.Future[AppendResult | Exception]]]
     ) -> None:
         try:
-            results = await self.store.append_batch([request for request, _ in batch])
-        except BaseException as exc:
+            await self._answer(batch)
+        except BaseException as exc:  # to each caller not answered yet
             for _, future in batch:
                 if not future.done():
                     if isinstance(exc, asyncio.CancelledError):
@@ -66,6 +75,17 @@ class AppendCoalescer:
                         future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
+
+    async def _answer(
+        self, batch: list[tuple[AppendRequest, asyncio.Future[AppendResult | Exception]]]
+    ) -> None:
+        try:
+            results = await self.store.append_batch([request for request, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1 or isinstance(exc, _UNREACHABLE):
+                raise
+            for one in batch:  # each alone: the error goes to its own request's caller
+                await self._append([one])
             return
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():  # its caller was cancelled

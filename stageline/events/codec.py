@@ -86,6 +86,10 @@ def encode(event: NewEvent) -> bytes:
         where = _too_big(event) if isinstance(exc, OverflowError) else None
         reason = f"{where} is an integer beyond {_INTS}" if where else str(exc)
         raise InvalidEvent(f"event cannot be encoded: {reason}", type=event.type) from exc
+    except RecursionError as exc:  # msgspec's own limit on nesting
+        raise InvalidEvent(
+            "event data is nested too deeply to be encoded", type=event.type
+        ) from exc
     # memchr finds the first float (most events have none, or few), a regex the rest
     at = blob.find(_FLOAT, _AFTER_ID)
     if at >= 0 and _not_finite(blob, at) is not None:

@@ -10,7 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from test_store_contract import ev
 
 from stageline.errors import ConcurrencyError
-from stageline.events import NO_STREAM
+from stageline.events import NO_STREAM, NewEvent
 from stageline.events.coalesce import AppendCoalescer
 from stageline.events.redis_store import RedisEventStore
 from stageline.events.store import AppendRequest, AppendResult
@@ -74,6 +74,24 @@ async def test_appends_made_while_a_batch_is_out_go_in_the_next(
     results = await asyncio.gather(first, *later)
     assert [r.stream for r in results if isinstance(r, AppendResult)] == ["a", "b", "c"]
     assert store.batches == [1, 2]
+
+
+async def test_an_error_of_one_request_of_a_batch_goes_to_its_caller_only(
+    store: Counted, workspace: str
+) -> None:
+    # not an InvalidEvent but a programming error (an event_id that is no UUID), which
+    # fails the whole batch it is in: each request is then sent again by itself
+    broken = NewEvent(type="A", data={}, event_id="not-a-uuid")  # type: ignore[arg-type]
+    coalescer = AppendCoalescer(store)
+    requests = [AppendRequest(workspace, s, [ev()]) for s in ("a", "b")]
+    requests.insert(1, AppendRequest(workspace, "broken", [broken]))
+
+    results = await asyncio.gather(*map(coalescer.append, requests), return_exceptions=True)
+
+    assert isinstance(results[1], AttributeError)
+    assert [r.stream for r in results if isinstance(r, AppendResult)] == ["a", "b"]
+    assert store.batches == [3, 1, 1, 1]
+    assert [e.stream for e in await store.read_log(workspace)] == ["a", "b"]  # once each
 
 
 class Unreachable:

@@ -52,6 +52,15 @@ def ev(n: int = 0, type: str = "ItemAdded", **data: Any) -> NewEvent:
     return NewEvent(type=type, data={"n": n, **data})
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """``{"a": {"a": ... {}}}``, ``depth`` maps deep."""
+    top: dict[str, Any] = {}
+    inner = top
+    for _ in range(depth):
+        inner["a"] = inner = {}
+    return top
+
+
 def evs(count: int, start: int = 0) -> list[NewEvent]:
     return [ev(start + i) for i in range(count)]
 
@@ -435,8 +444,18 @@ class StoreContract:
             NewEvent(type="x", data={"obj": object()}),
             NewEvent(type="x", data={"big": 2**64}),
             NewEvent(type="x", data={}, occurred_at=datetime(2024, 1, 1, 12, 0)),
+            NewEvent(type="x", data=nested(100_000)),
         ],
-        ids=["list", "str", "none", "int-key", "object", "int-overflow", "naive-occurred-at"],
+        ids=[
+            "list",
+            "str",
+            "none",
+            "int-key",
+            "object",
+            "int-overflow",
+            "naive-occurred-at",
+            "nested-too-deeply",
+        ],
     )
     async def test_event_no_read_could_decode_is_rejected_whole(
         self, store: EventStore, workspace: str, bad: NewEvent
