@@ -256,6 +256,7 @@ def submit(
 @app.command()
 def runs(
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
     limit: Annotated[int, typer.Option(help="How many.")] = 20,
     cursor: Cursor = None,
     url: ApiUrl = DEFAULT_API,
@@ -265,6 +266,8 @@ def runs(
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status
+    if pipeline:
+        params["pipeline"] = pipeline
     if cursor is not None:
         params["cursor"] = cursor
     reply = call("GET", url, "/v1/runs", workspace, params=params)

@@ -227,11 +227,14 @@ def check_run_operations_from_the_cli(url: str) -> None:
         assert retried["dead_letter"] in pages[1].stdout
         assert "--cursor" not in pages[1].stderr  # the last page
 
-        first = cli(url, "runs", "--limit", "1")
+        first = cli(url, "runs", "--limit", "1", "--pipeline", "flaky")
         [more] = first.stderr.splitlines()
-        second = cli(url, "runs", "--limit", "1", "--cursor", more.split()[-1])
+        second = cli(
+            url, "runs", "--limit", "1", "--pipeline", "flaky", "--cursor", more.split()[-1]
+        )
         assert discarded["run"] in first.stdout and retried["run"] in second.stdout
         assert second.stderr == "", second.output
+        assert cli(url, "runs", "--pipeline", "memory-ingest").stdout.count("\n") == 1  # header
 
         redrive = cli(url, "dlq", "redrive", retried["dead_letter"])
         assert redrive.exit_code == 0 and '"redriven"' in redrive.output, redrive.output
