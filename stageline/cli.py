@@ -206,6 +206,15 @@ def demo(
     _run(serve(settings, api=("127.0.0.1", _free_port()), then=then))
 
 
+def _stdin_text() -> str:
+    """What stdin holds, as UTF-8 text; one line saying it is not and exit 2 otherwise."""
+    try:
+        return sys.stdin.buffer.read().decode()
+    except UnicodeDecodeError as exc:
+        say_error(f"invalid --input: stdin is not UTF-8 text ({exc.reason} at byte {exc.start})")
+        raise typer.Exit(2) from exc
+
+
 @app.command()
 def submit(
     text: Annotated[
@@ -228,7 +237,8 @@ def submit(
     idempotency_key: Annotated[
         str | None,
         typer.Option(
-            help="Names this submission for 24 hours: sent again, it answers the same run."
+            help="Names this submission: sent again with the same key, it answers the same "
+            "run (with other input, a 409)."
         ),
     ] = None,
     url: ApiUrl = DEFAULT_API,
@@ -237,10 +247,16 @@ def submit(
     """Submit one run through the API and print it."""
     if (text is None) == (input_ is None):
         raise typer.BadParameter("give TEXT or --input, one of them", param_hint="TEXT / --input")
+    if idempotency_key is not None and not (
+        0 < len(idempotency_key) <= 200
+        and idempotency_key.isascii()
+        and idempotency_key.isprintable()
+    ):
+        raise typer.BadParameter("1-200 printable ASCII characters", param_hint="--idempotency-key")
     if input_ is None:
         body = {"text": text}
     else:
-        body = json_object(sys.stdin.read() if input_ == "-" else input_, "--input")
+        body = json_object(_stdin_text() if input_ == "-" else input_, "--input")
     reply = call(
         "POST",
         url,
@@ -248,7 +264,7 @@ def submit(
         workspace,
         json={"pipeline": pipeline, "input": body},
         params={"wait": wait} if wait > 0 else {},
-        headers={"Idempotency-Key": idempotency_key} if idempotency_key else None,
+        headers={"Idempotency-Key": idempotency_key} if idempotency_key is not None else None,
     )
     print_json(reply)
 

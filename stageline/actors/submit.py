@@ -125,7 +125,8 @@ class Submitter:
         the same step (through the outbox, written only when the event is new)."""
         try:
             payload = commands.encode(command) if self._outbox else None
-        except (TypeError, ValueError):  # nor can the event be stored: the append says why
+        # nor can the event be stored (RecursionError: nested too deeply): the append says why
+        except (TypeError, ValueError, RecursionError):
             payload = None
         if payload is None:
             return await self.store.append(workspace, stream, [event], NO_STREAM), False

@@ -10,18 +10,15 @@ append made alone goes out as soon as it would have.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 from typing import Protocol
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stageline.events.store import AppendRequest, AppendResult
 
 __all__ = ["AppendCoalescer"]
 
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-"""What says the server was not reached or did not answer: not one request's fault."""
+_Pending = list[tuple[AppendRequest, "asyncio.Future[AppendResult | Exception]"]]
 
 
 class _BatchStore(Protocol):
@@ -32,41 +29,43 @@ class _BatchStore(Protocol):
 
 class AppendCoalescer:
     """``append`` gathers the requests made in one step of the event loop into one
-    ``append_batch`` of ``store``. Each caller gets its own request's result or error, as
-    ``append_batch`` gives them. When the server cannot be reached (or does not answer in
-    time), each caller gets that error: its request may or may not have landed, as for an
-    append whose answer was lost. Any other error failing a batch of several requests may
-    be one request's own: each is then sent again by itself, so that only its caller gets
-    it. Requests must therefore carry their events' ids, so that a request sent again
-    that had landed is deduplicated (``Submitter``'s are derived from the run id)."""
+    ``append_batch`` of ``store``, which answers each request on its own (a clash, a
+    refusal, an event that will not encode are that request's). What fails the batch as a
+    whole (the server unreachable, or not answering in time) is raised to each of its
+    callers: each request may or may not have landed, as for an append whose answer was
+    lost. A caller cancelled before its batch is sent takes its request out of it."""
 
     def __init__(self, store: _BatchStore) -> None:
         self.store = store
-        self._pending: list[tuple[AppendRequest, asyncio.Future[AppendResult | Exception]]] = []
+        self._pending: _Pending = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def append(self, request: AppendRequest) -> AppendResult | Exception:
         """The result of ``request`` (an ``Exception`` for one the store refused), as
         ``append_batch`` has it; raises what failed the batch as a whole."""
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # one before it stopped with requests never sent
+            self._loop, self._pending = loop, []
         future: asyncio.Future[AppendResult | Exception] = loop.create_future()
         if not self._pending:
-            loop.call_soon(self._send)
+            # in a context of its own: the batch's logs are none of its first caller's
+            loop.call_soon(self._send, context=contextvars.Context())
         self._pending.append((request, future))
         return await future
 
     def _send(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._append(batch))
-        self._tasks.add(task)  # held until done: the loop keeps only a weak reference
-        task.add_done_callback(self._tasks.discard)
+        batch = [(request, future) for request, future in self._pending if not future.done()]
+        self._pending = []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._append(batch))
+            self._tasks.add(task)  # held until done: the loop keeps only a weak reference
+            task.add_done_callback(self._tasks.discard)
 
-    async def _append(
-        self, batch: list[tuple[AppendRequest, asyncio.Future[AppendResult | Exception]]]
-    ) -> None:
+    async def _append(self, batch: _Pending) -> None:
         try:
-            await self._answer(batch)
-        except BaseException as exc:  # to each caller not answered yet
+            results = await self.store.append_batch([request for request, _ in batch])
+        except BaseException as exc:
             for _, future in batch:
                 if not future.done():
                     if isinstance(exc, asyncio.CancelledError):
@@ -75,17 +74,6 @@ class AppendCoalescer:
                         future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
-
-    async def _answer(
-        self, batch: list[tuple[AppendRequest, asyncio.Future[AppendResult | Exception]]]
-    ) -> None:
-        try:
-            results = await self.store.append_batch([request for request, _ in batch])
-        except Exception as exc:
-            if len(batch) == 1 or isinstance(exc, _UNREACHABLE):
-                raise
-            for one in batch:  # each alone: the error goes to its own request's caller
-                await self._append([one])
             return
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():  # its caller was cancelled

@@ -19,7 +19,7 @@ from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-from stageline.errors import ConcurrencyError, EventIdReused, InvalidArgument, PartialRetry
+from stageline.errors import ConcurrencyError, EventIdReused, PartialRetry
 from stageline.events import codec, keys
 from stageline.events.envelope import ANY, NewEvent, RecordedEvent
 from stageline.events.pool import WaitingPool
@@ -358,8 +358,8 @@ def _calls(
     """The script calls that apply ``requests``, each as soon as it is full.
 
     A workspace's requests go in order into its calls, and its calls come in
-    order; a request that cannot be stored gets its ``InvalidArgument`` in
-    ``out`` instead.
+    order; a request that cannot be stored gets its error (``InvalidArgument``,
+    or whatever else encoding it raised) in ``out`` instead.
     """
     filling: dict[str, _Call] = {}
     limit = min(FIRST_CALL_EVENTS, EVENTS_PER_CALL)
@@ -376,7 +376,9 @@ def _calls(
             if call is None:
                 call = filling[workspace] = _Call(workspace)
             call.add(i, request)
-        except InvalidArgument as exc:
+        # the request's own, however unforeseen (an event id that is no UUID): the calls
+        # before it may have been sent already, and the requests after it go on
+        except Exception as exc:
             out[i] = exc
     for call in filling.values():
         if call.requests:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,7 @@ from stageline.actors import commands
 from stageline.actors.channels import DATA_FIELD, CommandBus
 from stageline.actors.pipeline import Pipeline, PipelineCatalog, StageSpec
 from stageline.actors.submit import Submitter
+from stageline.errors import InvalidEvent
 from stageline.events import keys
 from stageline.events.memory_store import MemoryEventStore
 from stageline.events.redis_store import RedisEventStore
@@ -81,5 +83,31 @@ async def test_elsewhere_the_first_command_is_published_after_the_append(
 
         assert len(bus.published) == 1
         assert [(c.run_id, c.version) for c in await channel(broker, actor)] == [(run.run_id, 0)]
+    finally:
+        await broker.delete(keys.stage_channel(actor))
+
+
+async def test_submissions_made_together_each_get_their_own_answer(
+    redis_store: RedisEventStore, broker: aioredis.Redis, workspace: str
+) -> None:
+    actor, catalog = one_stage()
+    submitter = Submitter(redis_store, catalog, CountingBus(broker))
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(100_000):  # deeper than msgspec encodes
+        inner["a"] = inner = {}
+    calls = [submitter.submit(workspace, f"p-{actor}", {"k": i}) for i in range(10)]
+    calls.insert(5, submitter.submit(workspace, f"p-{actor}", deep))
+    try:
+        done = await asyncio.gather(*calls, return_exceptions=True)
+
+        assert isinstance(done[5], InvalidEvent), done[5]  # its own error, and only its
+        runs = [r for r in done if not isinstance(r, BaseException)]
+        assert len(runs) == 10 and not any(r.deduplicated for r in runs)
+        handed = await channel(broker, actor)
+        assert sorted(c.run_id for c in handed) == sorted(r.run_id for r in runs)
+        assert [c.item["k"] for c in handed] == list(range(10))  # in the order submitted
+        log = await redis_store.read_log(workspace)
+        assert sorted(e.stream for e in log) == sorted(r.stream for r in runs)  # once each
     finally:
         await broker.delete(keys.stage_channel(actor))
