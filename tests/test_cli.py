@@ -187,10 +187,14 @@ def check_submit_from_the_cli(url: str) -> None:
         (["--input", '{"a": 1, "a": 2}'], "invalid --input: the key 'a' is given twice"),
         (["--input", '{"a": NaN}'], "invalid --input: a is nan"),
         (["--input", '{"a": '], "invalid --input: Expecting value"),
+        (["text", "--idempotency-key", "schlüssel"], "1-200 printable ASCII characters"),
+        (["text", "--idempotency-key", ""], "1-200 printable ASCII characters"),
     ):
         refused = cli(url, "submit", *args)
         assert refused.exit_code == 2 and says in refused.stderr, (args, refused.output)
         assert refused.stdout == ""
+    latin1 = CliRunner().invoke(cli_app, ["submit", "--input", "-", "--url", url], input=b"\xff")
+    assert latin1.exit_code == 2 and "stdin is not UTF-8" in latin1.stderr, latin1.output
 
 
 def failed_flaky_run(url: str, api: httpx.Client, **flaky: object) -> dict[str, str]:
