@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import importlib
 import logging
 from collections.abc import Callable, Collection
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 import structlog
 
+from stageline.actors import outside
 from stageline.actors.builtin import default_actors
 from stageline.actors.channels import CommandBus
 from stageline.actors.deadletters import DeadLetters
@@ -29,6 +31,7 @@ from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.embedded import EmbeddedServer
 from stageline.errors import InvalidArgument, NotFound
+from stageline.events.coalesce import AppendCoalescer
 from stageline.events.redis_store import RedisEventStore, connect
 from stageline.ontology.model import Rules
 from stageline.ontology.reactor import OntologyReactor
@@ -63,6 +66,12 @@ class Stack:
     server_log_level: int = logging.INFO
     """The level ``server``'s start and stop are logged at: debug for the server a one-shot
     command started for itself (``share``), which the command says in one line of its own."""
+    outside_appends: AppendCoalescer = dataclasses.field(init=False)
+    """Appends from outside (``POST /v1/streams/{stream}/events``) to ``store``: those of
+    concurrent requests go to it together (``outside.append_batch``)."""
+
+    def __post_init__(self) -> None:
+        self.outside_appends = AppendCoalescer(functools.partial(outside.append_batch, self.store))
 
     @classmethod
     async def open(cls, settings: Settings, *, embedded: bool = True, share: bool = False) -> Stack:

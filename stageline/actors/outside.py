@@ -23,18 +23,9 @@ from stageline.events.envelope import ANY
 from stageline.events.keys import RUN_STREAM_PREFIX
 from stageline.events.store import AppendRequest, AppendResult, EventStore
 
-__all__ = ["append", "append_batch"]
+__all__ = ["append_batch"]
 
 _ATTEMPTS = 5
-
-
-async def append(store: EventStore, request: AppendRequest) -> AppendResult:
-    """One append from outside; what the store would raise, or ``Conflict`` naming the
-    rule a run append breaks."""
-    [result] = await append_batch(store, [request])
-    if isinstance(result, Exception):
-        raise result
-    return result
 
 
 async def append_batch(

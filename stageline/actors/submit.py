@@ -45,7 +45,7 @@ class Submitter:
         self.bus = bus
         self._outbox = isinstance(store, RedisEventStore) and same_server(store.client, bus.client)
         # the runs submitted at one moment (concurrent requests) go in one append
-        self._appends = AppendCoalescer(store) if self._outbox else None
+        self._appends = AppendCoalescer(store.append_batch) if self._outbox else None
 
     async def submit(
         self,

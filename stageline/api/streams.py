@@ -13,7 +13,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import Response
 
-from stageline.actors import outside
 from stageline.api.appends import expected_version as expected_version_of
 from stageline.api.appends import idempotent_event_id, new_events
 from stageline.api.deps import CorrelationId, IdempotencyKey, StackDep, Workspace
@@ -30,6 +29,7 @@ from stageline.events.keys import (
 )
 from stageline.events.redis_store import RedisEventStore
 from stageline.events.store import AppendRequest, AppendResult, EventStore
+from stageline.stack import Stack
 
 __all__ = ["idempotent_event_id", "router"]
 
@@ -95,6 +95,15 @@ async def _had_more_events(
     return bool(after) and after[0].event_id == idempotent_event_id(workspace, stream, key, count)
 
 
+async def _append(stack: Stack, request: AppendRequest) -> AppendResult:
+    """``request`` appended from outside, with those of concurrent requests (one
+    ``outside.append_batch``); raises what the store or the run's rules refuse."""
+    result = await stack.outside_appends.append(request)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
 @router.post(
     "/{stream}/events",
     status_code=201,
@@ -144,17 +153,14 @@ async def append_events(
     )
     expected_version = expected_version_of(body)
     # whole: all new events or a repeat of stored ones, never another event under a stored id
+    request = AppendRequest(workspace, stream, events, expected_version, whole=True)
     if idempotency_key is None:
-        result = await outside.append(
-            stack.store, AppendRequest(workspace, stream, events, expected_version, whole=True)
-        )
+        result = await _append(stack, request)
     else:
         digest = request_digest(stream, body)
         await _claim_key(stack.store, workspace, stream, idempotency_key, digest)
         try:
-            result = await outside.append(
-                stack.store, AppendRequest(workspace, stream, events, expected_version, whole=True)
-            )
+            result = await _append(stack, request)
             if result.deduplicated and await _had_more_events(
                 stack.store, workspace, stream, idempotency_key, len(events), result
             ):

@@ -11,39 +11,37 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
 
 from stageline.events.store import AppendRequest, AppendResult
 
-__all__ = ["AppendCoalescer"]
+__all__ = ["AppendCoalescer", "SendBatch"]
 
 _Pending = list[tuple[AppendRequest, "asyncio.Future[AppendResult | Exception]"]]
 
 
-class _BatchStore(Protocol):
-    async def append_batch(
-        self, requests: Sequence[AppendRequest]
-    ) -> list[AppendResult | Exception]: ...
+SendBatch = Callable[[Sequence[AppendRequest]], Awaitable[list[AppendResult | Exception]]]
+"""An ``append_batch``: each request's result, or its error, in the requests' order."""
 
 
 class AppendCoalescer:
-    """``append`` gathers the requests made in one step of the event loop into one
-    ``append_batch`` of ``store``, which answers each request on its own (a clash, a
-    refusal, an event that will not encode are that request's). What fails the batch as a
-    whole (the server unreachable, or not answering in time) is raised to each of its
-    callers: each request may or may not have landed, as for an append whose answer was
-    lost. A caller cancelled before its batch is sent takes its request out of it."""
+    """``append`` gathers the requests made in one step of the event loop into one call
+    of ``send`` (a store's ``append_batch``, or ``outside.append_batch`` bound to one),
+    which answers each request on its own (a clash, a refusal, an event that will not
+    encode are that request's). What fails the batch as a whole (the server unreachable,
+    or not answering in time) is raised to each of its callers: each request may or may
+    not have landed, as for an append whose answer was lost. A caller cancelled before
+    its batch is sent takes its request out of it."""
 
-    def __init__(self, store: _BatchStore) -> None:
-        self.store = store
+    def __init__(self, send: SendBatch) -> None:
+        self.send = send
         self._pending: _Pending = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def append(self, request: AppendRequest) -> AppendResult | Exception:
         """The result of ``request`` (an ``Exception`` for one the store refused), as
-        ``append_batch`` has it; raises what failed the batch as a whole."""
+        ``send`` has it; raises what failed the batch as a whole."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # one before it stopped with requests never sent
             self._loop, self._pending = loop, []
@@ -64,7 +62,7 @@ class AppendCoalescer:
 
     async def _append(self, batch: _Pending) -> None:
         try:
-            results = await self.store.append_batch([request for request, _ in batch])
+            results = await self.send([request for request, _ in batch])
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():

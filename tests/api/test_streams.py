@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from api_helpers import assert_error, fields, nested
 from stageline.api.limits import MAX_JSON_DEPTH
 from stageline.events.envelope import NewEvent
 from stageline.events.keys import idempotency_key
+from stageline.events.store import AppendRequest, AppendResult
 from stageline.stack import Stack
 
 
@@ -64,6 +66,32 @@ async def test_expected_versions_guard_the_stream(
     assert r.status_code == 201 and r.json()["positions"] == [4]
     r = await append(client, "order-1", [event(4)], "any")
     assert r.status_code == 201 and r.json()["version"] == 4
+
+
+async def test_concurrent_requests_share_one_append_each_answered_on_its_own(
+    client: httpx.AsyncClient, stack: Stack, workspace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches: list[int] = []
+    send = stack.outside_appends.send
+
+    async def counted(requests: Sequence[AppendRequest]) -> list[AppendResult | Exception]:
+        batches.append(len(requests))
+        return await send(requests)
+
+    monkeypatch.setattr(stack.outside_appends, "send", counted)
+    await append(client, "taken", [event(0)])
+    run = f"run-{uuid.uuid4()}"
+    calls = [append(client, f"s{i}", [event(i)], "no_stream") for i in range(8)]
+    calls.append(append(client, "taken", [event(1)], "no_stream"))  # a clash: its own
+    calls.append(append(client, run, [{"type": "RunCompleted", "data": {}}]))  # a run rule
+    answers = await asyncio.gather(*calls)
+
+    assert [r.status_code for r in answers] == [201] * 8 + [409, 409], [r.text for r in answers]
+    assert [r.json()["stream"] for r in answers[:8]] == [f"s{i}" for i in range(8)]
+    assert all(r.json()["versions"] == [0] for r in answers[:8])
+    assert assert_error(answers[8], 409, "CONFLICT")["details"]["actual_version"] == 0
+    assert sum(batches) == 1 + 10 and max(batches) > 1, batches  # gathered, not one by one
+    assert await stack.store.head(workspace) == 9
 
 
 async def test_idempotency_key_makes_a_retry_append_nothing(

@@ -40,7 +40,7 @@ async def test_appends_made_together_go_in_one_batch_each_with_its_own_answer(
 ) -> None:
     await store.append(workspace, "taken", [ev()])
     store.batches.clear()
-    coalescer = AppendCoalescer(store)
+    coalescer = AppendCoalescer(store.append_batch)
     streams = [f"s{i}" for i in range(20)] + ["taken"]
 
     results = await asyncio.gather(
@@ -57,7 +57,7 @@ async def test_appends_made_together_go_in_one_batch_each_with_its_own_answer(
 
 
 async def test_an_append_made_alone_goes_at_once_by_itself(store: Counted, workspace: str) -> None:
-    coalescer = AppendCoalescer(store)
+    coalescer = AppendCoalescer(store.append_batch)
     for i in range(3):  # each awaited before the next is made
         result = await coalescer.append(AppendRequest(workspace, f"s{i}", [ev()]))
         assert isinstance(result, AppendResult) and result.stream == f"s{i}"
@@ -67,7 +67,7 @@ async def test_an_append_made_alone_goes_at_once_by_itself(store: Counted, works
 async def test_appends_made_while_a_batch_is_out_go_in_the_next(
     store: Counted, workspace: str
 ) -> None:
-    coalescer = AppendCoalescer(store)
+    coalescer = AppendCoalescer(store.append_batch)
     first = asyncio.ensure_future(coalescer.append(AppendRequest(workspace, "a", [ev()])))
     await asyncio.sleep(0)  # the first batch is sent
     later = [coalescer.append(AppendRequest(workspace, s, [ev()])) for s in ("b", "c")]
@@ -82,7 +82,7 @@ async def test_an_error_of_one_request_goes_to_its_caller_only(
     # not an InvalidEvent but a programming error (an event_id that is no UUID), met
     # after the batch's first script call (100 events) was sent
     broken = NewEvent(type="A", data={}, event_id="not-a-uuid")  # type: ignore[arg-type]
-    coalescer = AppendCoalescer(store)
+    coalescer = AppendCoalescer(store.append_batch)
     requests = [AppendRequest(workspace, f"s{i}", [ev(i)], NO_STREAM) for i in range(150)]
     requests[120] = AppendRequest(workspace, "broken", [broken])
 
@@ -109,7 +109,7 @@ class Unreachable:
 
 async def test_what_fails_a_batch_is_raised_to_every_caller_in_it(workspace: str) -> None:
     store = Unreachable()
-    coalescer = AppendCoalescer(store)
+    coalescer = AppendCoalescer(store.append_batch)
     calls = [coalescer.append(AppendRequest(workspace, f"s{i}", [ev()])) for i in range(3)]
     failed = await asyncio.gather(*calls, return_exceptions=True)
     assert store.calls == 1
@@ -119,7 +119,7 @@ async def test_what_fails_a_batch_is_raised_to_every_caller_in_it(workspace: str
 async def test_a_caller_cancelled_before_its_batch_is_sent_takes_its_request_out(
     store: Counted, workspace: str
 ) -> None:
-    coalescer = AppendCoalescer(store)
+    coalescer = AppendCoalescer(store.append_batch)
     calls = [
         asyncio.ensure_future(coalescer.append(AppendRequest(workspace, s, [ev()])))
         for s in ("a", "b", "c")
@@ -137,7 +137,7 @@ def test_requests_a_stopped_loop_never_sent_do_not_stall_the_next_loop(
     redis_url: str, workspace: str
 ) -> None:
     store = RedisEventStore.from_url(redis_url)
-    coalescer = AppendCoalescer(store)
+    coalescer = AppendCoalescer(store.append_batch)
 
     async def append(stream: str) -> AppendResult | Exception:
         return await coalescer.append(AppendRequest(workspace, stream, [ev()]))
