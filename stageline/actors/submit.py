@@ -128,11 +128,10 @@ class Submitter:
         # nor can the event be stored (RecursionError: nested too deeply): the append says why
         except (TypeError, ValueError, RecursionError):
             payload = None
-        if payload is None:
+        if payload is None or self._appends is None:  # (no outbox: no payload either)
             return await self.store.append(workspace, stream, [event], NO_STREAM), False
         outbox = Outbox([(keys.stage_channel(actor), payload)], maxlen=self.bus.maxlen)
         request = AppendRequest(workspace, stream, [event], NO_STREAM, outbox)
-        assert self._appends is not None  # with the outbox
         result = await self._appends.append(request)
         if isinstance(result, Exception):
             raise result
