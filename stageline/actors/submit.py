@@ -43,9 +43,10 @@ class Submitter:
         self.store = store
         self.catalog = catalog
         self.bus = bus
-        self._outbox = isinstance(store, RedisEventStore) and same_server(store.client, bus.client)
-        # the runs submitted at one moment (concurrent requests) go in one append
-        self._appends = AppendCoalescer(store.append_batch) if self._outbox else None
+        # with the channels on the store's server, the append writes the first command (the
+        # outbox), and the runs submitted at one moment (concurrent requests) go in one append
+        outbox = isinstance(store, RedisEventStore) and same_server(store.client, bus.client)
+        self._appends = AppendCoalescer(store.append_batch) if outbox else None
 
     async def submit(
         self,
@@ -124,11 +125,11 @@ class Submitter:
         """Append ``RunSubmitted``, and whether ``command`` went to ``actor``'s channel in
         the same step (through the outbox, written only when the event is new)."""
         try:
-            payload = commands.encode(command) if self._outbox else None
+            payload = commands.encode(command) if self._appends is not None else None
         # nor can the event be stored (RecursionError: nested too deeply): the append says why
         except (TypeError, ValueError, RecursionError):
             payload = None
-        if payload is None or self._appends is None:  # (no outbox: no payload either)
+        if payload is None or self._appends is None:  # (no outbox, no payload: mypy)
             return await self.store.append(workspace, stream, [event], NO_STREAM), False
         outbox = Outbox([(keys.stage_channel(actor), payload)], maxlen=self.bus.maxlen)
         request = AppendRequest(workspace, stream, [event], NO_STREAM, outbox)

@@ -174,10 +174,14 @@ class FalkorDBViews:
         await self.notices.close()
         await self.db.connection.aclose()
 
+    async def _query(self, verb: str, workspace: str, query: str) -> list[list[Any]]:
+        """``verb`` (``GRAPH.QUERY``, ``GRAPH.RO_QUERY``) on the workspace's graph: its rows."""
+        command = (verb, graph_name(workspace), query, "--compact")
+        return compact.rows(await self.db.connection.execute_command(*command))
+
     async def _write(self, workspace: str, query: str) -> None:
         """Run one write query on the workspace's graph (a schema statement, a drop)."""
-        command = ("GRAPH.QUERY", graph_name(workspace), query, "--compact")
-        compact.rows(await self.db.connection.execute_command(*command))
+        await self._query("GRAPH.QUERY", workspace, query)
 
     async def _ensure_schema(self, workspace: str, projections: Iterable[Projection[Any]]) -> None:
         missing = [p for p in projections if (workspace, p.name) not in self._ready]
@@ -214,10 +218,10 @@ class FalkorDBViews:
     async def _read(
         self, workspace: str, query: str, params: dict[str, Any] | None = None
     ) -> list[list[Any]]:
-        command = ("GRAPH.RO_QUERY", graph_name(workspace), cypher_params(params or {}) + query)
+        query = cypher_params(params or {}) + query
         try:
             async with asyncio.timeout(READ_TIMEOUT_SECONDS):
-                return compact.rows(await self.db.connection.execute_command(*command, "--compact"))
+                return await self._query("GRAPH.RO_QUERY", workspace, query)
         except TimeoutError:  # redis-py closed the connection on the cancellation
             raise RedisTimeoutError(
                 f"the views did not answer a read within {READ_TIMEOUT_SECONDS:g}s"
