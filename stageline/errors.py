@@ -97,6 +97,23 @@ class EventIdReused(Conflict):
         self.stream = stream
 
 
+class ViewOfNewerVersion(Conflict):
+    """A view holds what a newer stageline wrote (its shape is past this version's): this
+    version neither writes nor drops it. Nothing was written."""
+
+    def __init__(self, workspace: str, projection: str, *, shape: int, own: int) -> None:
+        super().__init__(
+            f"the {projection!r} view of workspace {workspace!r} was written by a newer "
+            f"stageline (its shape {shape}; this version writes shape {own}): this version "
+            "leaves it alone; run the newer version, or stop it and rebuild the view with "
+            f"this one (`stageline projections rebuild --projection {projection}`)",
+            workspace=workspace,
+            projection=projection,
+            shape=shape,
+            own=own,
+        )
+
+
 class Unavailable(StagelineError):
     """A dependency (Redis, FalkorDB) is down, or a wait timed out."""
 

@@ -27,7 +27,7 @@ from falkordb.asyncio import FalkorDB
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stageline.errors import InvalidArgument
+from stageline.errors import InvalidArgument, ViewOfNewerVersion
 from stageline.events.keys import graph_name
 from stageline.events.pool import WaitingPool
 from stageline.events.redis_store import (
@@ -199,20 +199,23 @@ class FalkorDBViews:
         self._ready.update((workspace, p.name) for p in missing)
 
     async def drop_outdated(self, workspace: str, projections: Iterable[Projection[Any]]) -> None:
-        """Drop, once per process, each view an older stageline wrote in another shape
-        (its checkpoint's ``shape`` is not the writer's): its checkpoint then reads 0, and
-        the projector rebuilds it from the log. Writers only (the projector as it loads
-        its checkpoints, and before a write): a reader reads what the view holds until
-        then."""
+        """Drop each view an older stageline wrote in another shape (its checkpoint's
+        ``shape`` is below the writer's): its checkpoint then reads 0, and the projector
+        rebuilds it from the log. ``ViewOfNewerVersion`` for a view a newer stageline
+        wrote, which this one leaves as it is. Writers only (the projector as it loads its
+        checkpoints, and before a write), once per process and view, and again after a
+        write to the view was refused: a reader reads what the view holds until then."""
         for p in projections:
             if (workspace, p.name) in self._checked:
                 continue
-            if p.writer.shape is not None:
-                params = {"projection": p.name, "shape": p.writer.shape}
-                if await self._read(workspace, _cypher.OTHER_SHAPE, params):
-                    log.warning("views.outdated_dropped", workspace=workspace, projection=p.name)
-                    drop = cypher_params({"projection": p.name}) + p.writer.drop
-                    await self._write(workspace, drop)
+            own = p.writer.shape
+            rows = await self._read(workspace, _cypher.STORED_SHAPE, {"projection": p.name})
+            if rows and rows[0][0] > own:
+                raise ViewOfNewerVersion(workspace, p.name, shape=rows[0][0], own=own)
+            if rows and rows[0][0] < own:
+                log.warning("views.outdated_dropped", workspace=workspace, projection=p.name)
+                drop = cypher_params({"projection": p.name}) + p.writer.drop
+                await self._write(workspace, drop)
             self._checked.add((workspace, p.name))
 
     async def _read(
@@ -264,7 +267,10 @@ class FalkorDBViews:
         commands = [("GRAPH.QUERY", graph, writes[i].query(), "--compact") for i in own]
         if moves:
             moving = [writes[i] for i in moves]
-            rows = [[w.projection.name, w.expected, w.changes.position] for w in moving]
+            rows = [
+                [w.projection.name, w.expected, w.changes.position, w.projection.writer.shape]
+                for w in moving
+            ]
             query = cypher_params({"advances": rows}) + _cypher.ADVANCE_ALL
             commands.append(("GRAPH.QUERY", graph, query, "--compact"))
         # the notice goes in the same round trip: Redis runs it once the writes answered
@@ -292,13 +298,18 @@ class FalkorDBViews:
             moved = {row[0][1] for row in replies[-1][1]}  # a cell is [type, value]
             for i in moves:
                 applied[i] = writes[i].projection.name in moved
+        for write, ok in zip(writes, applied, strict=True):
+            if not ok:  # another writer moved the checkpoint: maybe another version
+                self._checked.discard((workspace, write.projection.name))
         return applied
 
     async def drop(self, workspace: str, projection: Projection[Any]) -> None:
         """Delete the projection's nodes and its checkpoint, in one query, ready for a rebuild.
 
-        Other projections' nodes and checkpoints stay as they are.
+        Other projections' nodes and checkpoints stay as they are. A view a newer
+        stageline wrote is dropped too: a rebuild is how a version takes a view back.
         """
+        self._checked.add((workspace, projection.name))  # whatever its shape: it goes
         await self._ensure_schema(workspace, [projection])
         drop = cypher_params({"projection": projection.name}) + projection.writer.drop
         await self._write(workspace, drop)

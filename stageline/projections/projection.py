@@ -47,9 +47,10 @@ class GraphWriter(Generic[C]):
     """The node patterns the projection owns (``"Run"``, ``"Counts {name: 'runs'}"``)."""
     indexes: tuple[str, ...] = ()
     """``CREATE INDEX`` statements for the projection's nodes."""
-    shape: int | None = None
-    """What the view holds, numbered (None: never changed): a view whose checkpoint has
-    no shape or another one is dropped (then rebuilt from the log)."""
+    shape: int = 1
+    """What the view holds, numbered: the writes land only in a view of this shape. A
+    view of an older shape is dropped (then rebuilt from the log); one of a newer shape,
+    which a newer stageline wrote, is left to it (``ViewOfNewerVersion``)."""
 
     def query(self, changes: C, expected: int) -> tuple[str, dict[str, Any]]:
         """The query writing ``changes`` after ``expected``, and its row parameters."""

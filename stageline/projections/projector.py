@@ -47,7 +47,8 @@ class ViewStore(Protocol):
     async def apply_all(self, workspace: str, writes: Sequence[Write]) -> list[bool]:
         """Write each projection's changes and move its checkpoint from ``expected``.
 
-        One result per write: False if its checkpoint was elsewhere (nothing written).
+        One result per write: False if its checkpoint was elsewhere, or its view in
+        another shape (nothing written).
         """
         ...
 
@@ -58,7 +59,8 @@ class ViewStore(Protocol):
     async def drop(self, workspace: str, projection: Projection[Any]) -> None: ...
 
     async def drop_outdated(self, workspace: str, projections: Iterable[Projection[Any]]) -> None:
-        """Drop each of the views an older stageline wrote in another shape (to rebuild)."""
+        """Drop each of the views an older stageline wrote in another shape (to rebuild);
+        ``ViewOfNewerVersion`` for one a newer stageline wrote."""
         ...
 
 
@@ -333,7 +335,9 @@ class Projector:
     async def _settle(
         self, workspace: str, positions: Positions, writes: Sequence[Write], applied: list[bool]
     ) -> Positions:
-        """The positions after ``writes``: a refused write's projection reloads its checkpoint."""
+        """The positions after ``writes``: a refused write's projection reloads its checkpoint
+        (another writer moved it: if that was another version of stageline, the view is
+        dropped as outdated, or ``ViewOfNewerVersion`` raised, before the reload)."""
         out = dict(positions)
         moved = []
         for write, ok in zip(writes, applied, strict=True):
@@ -341,6 +345,7 @@ class Projector:
             if not ok:
                 moved.append(write)
         if moved:
+            await self.views.drop_outdated(workspace, [w.projection for w in moved])
             stored = await self.views.checkpoints(workspace, [w.projection.name for w in moved])
             for write in moved:
                 name = write.projection.name

@@ -30,8 +30,8 @@ from stageline.actors.events import (
     StageSkipped,
     StageStarted,
 )
-from stageline.errors import InvalidArgument
-from stageline.events import new_event
+from stageline.errors import InvalidArgument, ViewOfNewerVersion
+from stageline.events import RecordedEvent, new_event
 from stageline.events.keys import graph_name
 from stageline.projections import (
     ENTITIES,
@@ -583,18 +583,29 @@ async def test_connect_reaches_the_embedded_server(redis_url: str) -> None:
         await db.connection.aclose()
 
 
+async def shaped(
+    views: FalkorDBViews, workspace: str, shape: int | None
+) -> tuple[Any, list[RecordedEvent], int, list[RecordedEvent]]:
+    """Run r1 written to the run-status and entities views, then the run-status view's
+    checkpoint given ``shape`` (None: none); the graph, r1's events, the position they
+    reach, and the events of a run r2 that follow."""
+    first, second = lifecycle("r1", "completed", Clock()), lifecycle("r2", "completed", Clock())
+    events = of_run(first)
+    position = await write_views(views, workspace, events, projections=(RUN_STATUS, ENTITIES))
+    graph = views.db.select_graph(graph_name(workspace))
+    value = "NULL" if shape is None else shape
+    await graph.query(f"MATCH (c:Checkpoint {{projection: 'run_status'}}) SET c.shape = {value}")
+    later = as_recorded([(second.stream, e) for e in second.events], first_position=position + 1)
+    return graph, events, position, later
+
+
 async def test_a_view_an_older_version_wrote_is_dropped_to_be_rebuilt(
     views: FalkorDBViews, workspace: str
 ) -> None:
     # a checkpoint without a shape: as stageline wrote it before it kept the stage
     # durations (and 0.1, before that, a node per stage, which the drop also deletes)
-    first, second = lifecycle("r1", "completed", Clock()), lifecycle("r2", "completed", Clock())
-    events = of_run(first)
-    position = await write_views(views, workspace, events, projections=(RUN_STATUS, ENTITIES))
-    graph = views.db.select_graph(graph_name(workspace))
-    await graph.query("MATCH (c:Checkpoint {projection: 'run_status'}) SET c.shape = NULL")
+    graph, events, position, later = await shaped(views, workspace, None)
     await graph.query("CREATE (:Stage {key: 'r1/fetch', run_id: 'r1', attempts: 1})")
-    later = as_recorded([(second.stream, e) for e in second.events], first_position=position + 1)
     restarted = FalkorDBViews(views.db)  # a new process checks the stored shape once
 
     # the next write finds the run-status view gone; the other projections stand
@@ -611,3 +622,74 @@ async def test_a_view_an_older_version_wrote_is_dropped_to_be_rebuilt(
     stats = await restarted.stats(workspace)
     assert stats["counts"]["completed"] == 2
     assert stats["stages"]["fetch"]["count"] == 2
+
+
+async def test_a_view_a_newer_version_wrote_is_neither_written_nor_dropped(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    # a newer stageline, its run-status view in a shape past this version's, runs beside
+    newer = RUN_STATUS.writer.shape + 1
+    graph, _, position, later = await shaped(views, workspace, newer)
+    before = await views.get_run(workspace, "r1")
+
+    # a process that checked the shape before the newer one came: its writes are refused
+    other = [("orders-1", raw("OrderPlaced", {}))]
+    rows, moves = fold(later), fold(as_recorded(other, first_position=position + 1))
+    assert moves.position and not moves.has_rows
+    assert await views.apply_all(workspace, [Write(RUN_STATUS, rows, position)]) == [False]
+    assert await views.apply_all(workspace, [Write(RUN_STATUS, moves, position)]) == [False]
+    with pytest.raises(ViewOfNewerVersion) as raised:  # and it checks again after those
+        await views.drop_outdated(workspace, [RUN_STATUS])
+    assert raised.value.details == {
+        "workspace": workspace,
+        "projection": "run_status",
+        "shape": newer,
+        "own": RUN_STATUS.writer.shape,
+    }
+    assert "projections rebuild --projection run_status" in str(raised.value)
+
+    # a process starting now does not write either; the other projections go on
+    restarted = FalkorDBViews(views.db)
+    with pytest.raises(ViewOfNewerVersion):
+        await restarted.apply_all(workspace, [Write(RUN_STATUS, rows, position)])
+    entities = Write(ENTITIES, ENTITIES.fold(later), position)
+    assert await restarted.apply_all(workspace, [entities]) == [True]
+
+    # the newer version's view stands as it was
+    assert await views.checkpoint(workspace) == position
+    assert await views.get_run(workspace, "r1") == before
+    assert await views.get_run(workspace, "r2") is None
+    stored = await graph.ro_query("MATCH (c:Checkpoint {projection: 'run_status'}) RETURN c.shape")
+    assert stored.result_set == [[newer]]
+
+
+async def test_a_first_write_is_refused_in_a_view_of_another_shape(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    # a newer version created the checkpoint meanwhile, still at the position of nothing
+    newer = RUN_STATUS.writer.shape + 1
+    graph = views.db.select_graph(graph_name(workspace))
+    await views.drop_outdated(workspace, [RUN_STATUS])  # nothing there yet: checked
+    await graph.query(
+        f"CREATE (:Checkpoint {{projection: 'run_status', position: -1, shape: {newer}}})"
+    )
+    life = lifecycle("r1", "completed", Clock())
+    events = as_recorded([(life.stream, e) for e in life.events])
+
+    assert await views.apply_all(workspace, [Write(RUN_STATUS, fold(events), 0)]) == [False]
+    assert await views.get_run(workspace, "r1") is None
+
+
+async def test_a_rebuild_takes_back_a_view_a_newer_version_wrote(
+    views: FalkorDBViews, workspace: str
+) -> None:
+    graph, events, _, _ = await shaped(views, workspace, RUN_STATUS.writer.shape + 1)
+    restarted = FalkorDBViews(views.db)
+
+    await restarted.drop(workspace, RUN_STATUS)  # what a rebuild starts with
+    await write_views(restarted, workspace, events, projections=(RUN_STATUS,))
+
+    run = await restarted.get_run(workspace, "r1")
+    assert run is not None and run["status"] == "completed"
+    stored = await graph.ro_query("MATCH (c:Checkpoint {projection: 'run_status'}) RETURN c.shape")
+    assert stored.result_set == [[RUN_STATUS.writer.shape]]

@@ -27,11 +27,12 @@ from projection_helpers import (
     view_of,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
+from structlog.testing import capture_logs
 
 from stageline.actors.configs import PipelineDefined
 from stageline.actors.events import RunSubmitted
 from stageline.actors.pipeline import Pipeline, StageSpec
-from stageline.errors import InvalidArgument
+from stageline.errors import InvalidArgument, ViewOfNewerVersion
 from stageline.events import AppendRequest, EventStore, NewEvent, new_event
 from stageline.events.keys import graph_name, log_key, pipeline_stream
 from stageline.events.memory_store import MemoryEventStore
@@ -695,3 +696,44 @@ async def test_a_caught_up_view_an_older_version_wrote_is_rebuilt_when_the_proje
 
     assert {name: await view_of(restarted, workspace, name) for name in NAMES} == live
     assert (await graph.ro_query("MATCH (n:Stage) RETURN count(n)")).result_set == [[0]]
+
+
+async def test_a_projector_leaves_a_view_a_newer_version_took_over(
+    redis_store: RedisEventStore,
+    views: FalkorDBViews,
+    workspace: str,
+    running: Callable[[Projector], asyncio.Event],
+) -> None:
+    _, pairs = scenario(runs_per_kind=1)
+    half = len(pairs) // 2
+    reached = await append_all(redis_store, workspace, pairs[:half])
+    store = OnlyWorkspace(redis_store, workspace)
+    # batches larger than what is appended: the refused write is the projector's own,
+    # not a catch-up's (which reloads the checkpoints anew)
+    projector = Projector(store, views, batch_size=1000, block_ms=50, rescan_s=0.02)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        running(projector)
+        for name in NAMES:
+            assert await views.wait_for(workspace, reached, timeout_s=20, projection=name)
+        # a newer stageline took the run-status view over (rebuilt it in its own shape)
+        graph = views.db.select_graph(graph_name(workspace))
+        newer = RUN_STATUS.writer.shape + 1
+        await graph.query(
+            f"MATCH (c:Checkpoint {{projection: 'run_status'}}) SET c.shape = {newer}"
+        )
+        before = await view_of(views, workspace, RUN_STATUS.name)
+
+        await append_all(redis_store, workspace, pairs[half:])
+        for _ in range(200):  # the refused write, then the shape read back
+            if any("ViewOfNewerVersion" in str(e.get("error")) for e in logs):
+                break
+            await asyncio.sleep(0.05)
+
+    failed = [e for e in logs if e["event"] == "projector.batch_failed"]
+    assert failed and f"newer stageline (its shape {newer}" in failed[0]["error"]
+    assert await views.checkpoint(workspace) == reached
+    assert await view_of(views, workspace, RUN_STATUS.name) == before
+    # and a catch-up says so, writing nothing
+    with pytest.raises(ViewOfNewerVersion):
+        await Projector(redis_store, FalkorDBViews(views.db)).catch_up(workspace)
+    assert await views.checkpoint(workspace) == reached

@@ -23,7 +23,7 @@ __all__ = [
     "ADVANCE_ALL",
     "CHECKPOINTS",
     "CHECKPOINT_INDEX",
-    "OTHER_SHAPE",
+    "STORED_SHAPE",
     "assign",
     "fields",
     "graph_writer",
@@ -39,28 +39,36 @@ CHECKPOINTS = "MATCH (c:Checkpoint) WHERE c.projection IN $names RETURN c.projec
 _CREATED = -1
 """The position of a checkpoint the guard has just created: nothing of the projection stands."""
 
-# A stored position other than $expected leaves no row, so nothing after the guard
-# runs and the query returns nothing.
-_GUARD = """MATCH (c:Checkpoint {projection: $projection})
-WHERE c.position = $expected
+_UNSHAPED = 1
+"""The shape of a checkpoint stored without one: a version before shapes were kept."""
+
+_SHAPE = f"coalesce(c.shape, {_UNSHAPED})"
+
+
+def _guard(shape: int) -> str:
+    # A stored position other than $expected, or a view in another shape (written by
+    # another version of stageline), leaves no row, so nothing after the guard runs and
+    # the query returns nothing.
+    return f"""MATCH (c:Checkpoint {{projection: $projection}})
+WHERE c.position = $expected AND {_SHAPE} = {shape}
 SET c.position = $position
 WITH c
 """
 
-OTHER_SHAPE = """MATCH (c:Checkpoint {projection: $projection})
-WHERE c.shape IS NULL OR c.shape <> $shape RETURN 1"""
-"""A row if the projection's checkpoint exists in a shape other than ``$shape``."""
 
-ADVANCE_ALL = """UNWIND $advances AS a
-MATCH (c:Checkpoint {projection: a[0]})
-WHERE c.position = a[1]
+STORED_SHAPE = f"MATCH (c:Checkpoint {{projection: $projection}}) RETURN {_SHAPE}"
+"""The shape of the projection's view (a row if its checkpoint exists)."""
+
+ADVANCE_ALL = f"""UNWIND $advances AS a
+MATCH (c:Checkpoint {{projection: a[0]}})
+WHERE c.position = a[1] AND {_SHAPE} = a[3]
 SET c.position = a[2]
 RETURN a[0]"""
 """Moves several projections' checkpoints, each guarded on its own: ``$advances`` holds
-``[projection, expected, position]`` rows; returns the projections it moved."""
+``[projection, expected, position, shape]`` rows; returns the projections it moved."""
 
 
-def _first_guard(nodes: Iterable[str], shape: int | None) -> str:
+def _first_guard(nodes: Iterable[str], shape: int) -> str:
     # Writing from 0, the checkpoint may not exist yet: the MERGE creates it. One that
     # did not exist means any nodes of the projection were left by a writer without it
     # (an older version kept several views under one checkpoint): the same query clears
@@ -69,10 +77,9 @@ def _first_guard(nodes: Iterable[str], shape: int | None) -> str:
         f"CALL {{ WITH c WITH c WHERE c.position = {_CREATED} MATCH (n:{node}) DETACH DELETE n }}\n"
         for node in nodes
     )
-    shaped = "" if shape is None else f", c.shape = {shape}"
     return f"""MERGE (c:Checkpoint {{projection: $projection}})
-ON CREATE SET c.position = {_CREATED}{shaped}
-WITH c WHERE c.position IN [$expected, {_CREATED}]
+ON CREATE SET c.position = {_CREATED}, c.shape = {shape}
+WITH c WHERE c.position IN [$expected, {_CREATED}] AND {_SHAPE} = {shape}
 {clear}SET c.position = $position
 WITH c
 """
@@ -84,7 +91,7 @@ def graph_writer(
     params: Callable[[C], dict[str, Any]],
     nodes: Iterable[str],
     indexes: Iterable[tuple[str, str]] = (),
-    shape: int | None = None,
+    shape: int = _UNSHAPED,
     outdated: Iterable[str] = (),
 ) -> GraphWriter[C]:
     """A projection's writer.
@@ -95,18 +102,20 @@ def graph_writer(
     its parameters from the changes; ``nodes`` are the node patterns the
     projection owns (``"Run"``, ``"Counts {name: 'runs'}"``), which its drop
     deletes; ``indexes`` are ``(label, property)`` pairs to index; ``shape`` numbers
-    what the view holds, from 2 (bumped when a version writes what an older one's view
-    lacks: that view is dropped and rebuilt; its checkpoint has none, or an older one);
+    what the view holds, from 1 (bumped when a version writes what an older one's view
+    lacks: that view is dropped and rebuilt; every write is refused in a view of another
+    shape, so a version writes only the views of its own);
     ``outdated`` are labels only an older shape wrote (its drop deletes them too).
     """
     outdated = tuple(outdated)
     nodes = (*nodes, *outdated)
     first = _first_guard(nodes, shape)
+    guard = _guard(shape)
     done = "RETURN c.position"
     drop = "".join(f"CALL {{ MATCH (n:{node}) DETACH DELETE n }}\n" for node in nodes)
     return GraphWriter(
-        write=f"{_GUARD}{rows}\n{done}",
-        advance=f"{_GUARD}{done}",
+        write=f"{guard}{rows}\n{done}",
+        advance=f"{guard}{done}",
         write_first=f"{first}{rows}\n{done}",
         advance_first=f"{first}{done}",
         drop="CALL { MATCH (c:Checkpoint {projection: $projection}) DELETE c }\n"
