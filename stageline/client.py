@@ -1,12 +1,15 @@
 """A client of the stageline HTTP API.
 
-``Stageline`` (blocking) and ``AsyncStageline`` append events, submit runs and
-read them. Their ``report`` records a run of the caller's own pipeline: the run
-reporter lives in ``stageline/reporting.py`` (its names can be imported from here too).
+``Stageline`` (blocking) and ``AsyncStageline`` append events, submit runs, undo,
+cancel and retry them, and read runs, their stats and streams. Their ``report``
+records a run of the caller's own pipeline: the run reporter lives in
+``stageline/reporting.py`` (its names can be imported from here too).
 
-Every write carries an ``Idempotency-Key`` (one per call unless given), so
-connection errors and 503 answers are retried, with backoff, without ever
-writing an event twice. Any other error answer is raised as ``ApiError``.
+Every append and submission carries an ``Idempotency-Key`` (one per call unless
+given), so connection errors and 503 answers are retried, with backoff, without
+ever writing an event twice; so are reads, and undo and cancel, which write
+nothing the second time. ``retry`` is sent once. Any other error answer is raised
+as ``ApiError``.
 
 Bodies are encoded as JSON here (``to_json``): datetimes, dates, UUIDs, Decimals
 and paths as text, as the server writes them. A value JSON cannot hold (``NaN``,
@@ -21,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from datetime import time as time_of_day
 from decimal import Decimal
@@ -109,8 +112,9 @@ def next_delay(
     """Seconds to wait before attempt ``attempt + 1``, or None not to retry ``outcome``.
 
     Retried: connection errors and timeouts, and 503 (honouring its ``Retry-After``, up
-    to 5 s). Safe for every call: reads change nothing, and writes carry an
-    Idempotency-Key, so one that reached the server is not applied again.
+    to 5 s). Safe for the calls that use it: reads change nothing, appends and
+    submissions carry an Idempotency-Key, so one that reached the server is not applied
+    again, and an undo or a cancel repeated writes nothing.
     """
     if attempt > retries:
         return None
@@ -236,9 +240,56 @@ class _Client:
         }
 
     @staticmethod
+    def _get(url: str, **params: Any) -> dict[str, Any]:
+        """A GET of ``url`` with the ``params`` that are not None."""
+        return {
+            "method": "GET",
+            "url": url,
+            "params": {k: v for k, v in params.items() if v is not None},
+        }
+
+    @staticmethod
     def _run(run_id: str, min_position: int | None) -> dict[str, Any]:
-        params = {"min_position": min_position} if min_position is not None else {}
-        return {"method": "GET", "url": f"/v1/runs/{path_segment(run_id)}", "params": params}
+        return _Client._get(f"/v1/runs/{path_segment(run_id)}", min_position=min_position)
+
+    @staticmethod
+    def _runs(
+        status: str | None,
+        pipeline: str | None,
+        limit: int,
+        cursor: str | None,
+        min_position: int | None,
+    ) -> dict[str, Any]:
+        return _Client._get(
+            "/v1/runs",
+            status=status,
+            pipeline=pipeline,
+            limit=limit,
+            cursor=cursor,
+            min_position=min_position,
+        )
+
+    @staticmethod
+    def _stats(pipeline: str | None, min_position: int | None) -> dict[str, Any]:
+        return _Client._get("/v1/runs/stats", pipeline=pipeline, min_position=min_position)
+
+    @staticmethod
+    def _stream_page(
+        stream: str, from_version: int | None, limit: int, backwards: bool
+    ) -> dict[str, Any]:
+        return _Client._get(
+            f"/v1/streams/{path_segment(stream)}/events",
+            from_version=from_version,
+            limit=limit,
+            backwards=backwards or None,
+        )
+
+    @staticmethod
+    def _operation(run_id: str, verb: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        call: dict[str, Any] = {"method": "POST", "url": f"/v1/runs/{path_segment(run_id)}/{verb}"}
+        if body is not None:
+            call |= {"content": to_json(body), "headers": _JSON}
+        return call
 
 
 class Stageline(_Client):
@@ -309,6 +360,86 @@ class Stageline(_Client):
     def run(self, run_id: str, *, min_position: int | None = None) -> dict[str, Any]:
         """The run as the run-status view holds it, once the view reached ``min_position``."""
         answer: dict[str, Any] = self._send(self._run(run_id, min_position))
+        return answer
+
+    def runs(
+        self,
+        *,
+        status: str | None = None,
+        pipeline: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        min_position: int | None = None,
+    ) -> dict[str, Any]:
+        """One page of runs, newest first, with ``status`` and of ``pipeline`` if given:
+        ``{"runs": [...], "next_cursor": ...}``. Pass ``next_cursor`` back as ``cursor``
+        for the next page; it is None after the last."""
+        answer: dict[str, Any] = self._send(
+            self._runs(status, pipeline, limit, cursor, min_position)
+        )
+        return answer
+
+    def iter_runs(
+        self,
+        *,
+        status: str | None = None,
+        pipeline: str | None = None,
+        page_size: int = 100,
+        min_position: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every run ``runs`` lists, newest first, page after page (one request a page)."""
+        cursor = None
+        while True:
+            page = self.runs(
+                status=status,
+                pipeline=pipeline,
+                limit=page_size,
+                cursor=cursor,
+                min_position=min_position,
+            )
+            yield from page["runs"]
+            if (cursor := page["next_cursor"]) is None:
+                return
+
+    def stats(
+        self, *, pipeline: str | None = None, min_position: int | None = None
+    ) -> dict[str, Any]:
+        """Run counts by status, their total, and per stage the p50/p95 of completed
+        durations (of ``pipeline`` only, if given)."""
+        answer: dict[str, Any] = self._send(self._stats(pipeline, min_position))
+        return answer
+
+    def events(
+        self,
+        stream: str,
+        *,
+        from_version: int | None = None,
+        limit: int = 100,
+        backwards: bool = False,
+    ) -> dict[str, Any]:
+        """A page of ``stream``'s events in version order (``backwards``: newest first),
+        from ``from_version``: the answer's ``events``, its ``version``, and
+        ``next_from_version`` to go on from (None after the last page)."""
+        call = self._stream_page(stream, from_version, limit, backwards)
+        answer: dict[str, Any] = self._send(call)
+        return answer
+
+    def undo(self, run_id: str) -> dict[str, Any]:
+        """Reverse every effect of the run, last stage first (the run ends ``compensated``);
+        ``changed`` is false for a run undone already."""
+        answer: dict[str, Any] = self._send(self._operation(run_id, "undo"))
+        return answer
+
+    def retry(self, run_id: str) -> dict[str, Any]:
+        """Drive a failed run again from the stage that failed. Sent once, not resent
+        after a lost answer: a resend would find the run running and answer 409."""
+        answer: dict[str, Any] = self._send(self._operation(run_id, "retry"), retries=0)
+        return answer
+
+    def cancel(self, run_id: str, *, reason: str = "") -> dict[str, Any]:
+        """Stop the run (it ends ``cancelled``), recording ``reason``; ``changed`` is
+        false for a run cancelled already."""
+        answer: dict[str, Any] = self._send(self._operation(run_id, "cancel", {"reason": reason}))
         return answer
 
     def report(
@@ -399,6 +530,80 @@ class AsyncStageline(_Client):
     async def run(self, run_id: str, *, min_position: int | None = None) -> dict[str, Any]:
         """See ``Stageline.run``."""
         answer: dict[str, Any] = await self._send(self._run(run_id, min_position))
+        return answer
+
+    async def runs(
+        self,
+        *,
+        status: str | None = None,
+        pipeline: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        min_position: int | None = None,
+    ) -> dict[str, Any]:
+        """See ``Stageline.runs``."""
+        answer: dict[str, Any] = await self._send(
+            self._runs(status, pipeline, limit, cursor, min_position)
+        )
+        return answer
+
+    async def iter_runs(
+        self,
+        *,
+        status: str | None = None,
+        pipeline: str | None = None,
+        page_size: int = 100,
+        min_position: int | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """See ``Stageline.iter_runs``: ``async for run in client.iter_runs()``."""
+        cursor = None
+        while True:
+            page = await self.runs(
+                status=status,
+                pipeline=pipeline,
+                limit=page_size,
+                cursor=cursor,
+                min_position=min_position,
+            )
+            for run in page["runs"]:
+                yield run
+            if (cursor := page["next_cursor"]) is None:
+                return
+
+    async def stats(
+        self, *, pipeline: str | None = None, min_position: int | None = None
+    ) -> dict[str, Any]:
+        """See ``Stageline.stats``."""
+        answer: dict[str, Any] = await self._send(self._stats(pipeline, min_position))
+        return answer
+
+    async def events(
+        self,
+        stream: str,
+        *,
+        from_version: int | None = None,
+        limit: int = 100,
+        backwards: bool = False,
+    ) -> dict[str, Any]:
+        """See ``Stageline.events``."""
+        call = self._stream_page(stream, from_version, limit, backwards)
+        answer: dict[str, Any] = await self._send(call)
+        return answer
+
+    async def undo(self, run_id: str) -> dict[str, Any]:
+        """See ``Stageline.undo``."""
+        answer: dict[str, Any] = await self._send(self._operation(run_id, "undo"))
+        return answer
+
+    async def retry(self, run_id: str) -> dict[str, Any]:
+        """See ``Stageline.retry``."""
+        answer: dict[str, Any] = await self._send(self._operation(run_id, "retry"), retries=0)
+        return answer
+
+    async def cancel(self, run_id: str, *, reason: str = "") -> dict[str, Any]:
+        """See ``Stageline.cancel``."""
+        call = self._operation(run_id, "cancel", {"reason": reason})
+        answer: dict[str, Any] = await self._send(call)
         return answer
 
     def report(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 import uuid
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api_helpers import served
+from api_helpers import served, submit, submit_flaky
 from fastapi import FastAPI
 
 from stageline.actors.stage import MAX_ERROR_CHARS as STAGES_MAX_ERROR_CHARS
@@ -454,3 +455,114 @@ def test_next_delay_retries_lost_connections_and_503_only() -> None:
     assert next_delay(1, httpx.Response(503, headers={"Retry-After": "600"})) == 5.0
     for status in (200, 400, 404, 409, 500):
         assert next_delay(1, httpx.Response(status, request=request)) is None
+
+
+def read_back_in_threads(url: str, workspace: str, position: int, ids: list[str]) -> dict[str, Any]:
+    """What the blocking client reads of the workspace, and its operations' errors on
+    reported runs (in a thread: the server runs in the test's event loop)."""
+    with Stageline(url, workspace) as client:
+        refused = []
+        for operation, run_id in ((client.undo, ids[0]), (client.retry, ids[1])):
+            with pytest.raises(ApiError) as raised:
+                operation(run_id)
+            refused.append((raised.value.status, raised.value.details["pipeline_version"]))
+        with pytest.raises(ApiError) as ended:
+            client.cancel(ids[2], reason="too late")
+        refused.append((ended.value.status, ended.value.details["status"]))
+        first = client.runs(limit=2, min_position=position)
+        return {
+            "refused": refused,
+            "first": first,
+            "rest": client.runs(limit=2, cursor=first["next_cursor"]),
+            "all": [r["id"] for r in client.iter_runs(page_size=1, min_position=position)],
+            "failed": [r["id"] for r in client.iter_runs(status="failed")],
+            "stats": client.stats(pipeline="nightly-etl", min_position=position),
+        }
+
+
+async def test_the_clients_list_runs_page_by_page_and_read_stats_and_streams(
+    app: FastAPI, workspace: str
+) -> None:
+    async with served(app) as url, AsyncStageline(url, workspace) as stageline:
+        ids = []
+        for fail in (False, True, False):
+            with contextlib.suppress(RuntimeError):
+                async with stageline.report("nightly-etl", ["extract", "load"]) as run:
+                    ids.append(run.run_id)
+                    async with run.stage("extract"):
+                        if fail:
+                            raise RuntimeError("no rows")
+                    async with run.stage("load"):
+                        pass
+        assert run.position is not None
+        blocking = await asyncio.to_thread(read_back_in_threads, url, workspace, run.position, ids)
+        listed = [r["id"] async for r in stageline.iter_runs(page_size=2)]
+        failed = [r["id"] async for r in stageline.iter_runs(status="failed", page_size=1)]
+        page = await stageline.runs(pipeline="nightly-etl", limit=5)
+        none = await stageline.runs(pipeline="another")
+        stats = await stageline.stats()
+        stream = f"run-{ids[0]}"
+        events = await stageline.events(stream, limit=3)
+        rest = await stageline.events(stream, from_version=events["next_from_version"])
+        newest = await stageline.events(stream, limit=1, backwards=True)
+        with pytest.raises(ApiError) as bad:
+            await stageline.runs(status="no-such-status")
+
+    assert blocking["refused"] == [
+        (409, REPORTED_VERSION),
+        (409, REPORTED_VERSION),
+        (409, "completed"),
+    ]
+    newest_first = ids[::-1]
+    assert [r["id"] for r in blocking["first"]["runs"]] == newest_first[:2]
+    assert [r["id"] for r in blocking["rest"]["runs"]] == newest_first[2:]
+    assert blocking["rest"]["next_cursor"] is None
+    assert blocking["all"] == listed == [r["id"] for r in page["runs"]] == newest_first
+    assert blocking["failed"] == failed == [ids[1]]
+    assert page["next_cursor"] is None and none == {"runs": [], "next_cursor": None}
+    assert (blocking["stats"]["counts"], blocking["stats"]["total"]) == (stats["counts"], 3)
+    assert stats["counts"]["completed"] == 2 and stats["counts"]["failed"] == 1
+    assert set(stats["stages"]) == {"extract", "load"}
+    types = ["RunSubmitted", "StageStarted", "StageCompleted", "StageStarted", "StageCompleted"]
+    assert [e["type"] for e in events["events"]] == types[:3]
+    assert [e["type"] for e in rest["events"]] == [*types[3:], "RunCompleted"]
+    assert rest["next_from_version"] is None
+    assert [e["type"] for e in newest["events"]] == ["RunCompleted"]
+    assert (bad.value.status, bad.value.code) == (400, "INVALID_ARGUMENT")
+
+
+async def test_the_client_undoes_cancels_and_retries_runs(
+    app: FastAPI, client: httpx.AsyncClient, workspace: str
+) -> None:
+    done = await submit(client, wait=20)
+    assert done.json()["status"] == "completed", done.text
+    run_id = done.json()["id"]
+    transport = LostAnswers("drop")
+    async with (
+        served(app) as url,
+        AsyncStageline(url, workspace) as stageline,
+        AsyncStageline(url, workspace, transport=transport, backoff=0.01) as losing,
+    ):
+        with pytest.raises(ApiError) as completed:  # only a running run can be cancelled
+            await stageline.cancel(run_id, reason="too late")
+        with pytest.raises(ApiError) as not_failed:
+            await stageline.retry(run_id)
+        undone = await stageline.undo(run_id)
+        again = await stageline.undo(run_id)
+        view = await stageline.run(run_id, min_position=undone["position"])
+        # a retry whose answer was lost is not sent again: it would answer 409
+        with pytest.raises(Unreachable):
+            await losing.retry(run_id)
+        running = (await submit_flaky(client, fail_times=0, sleep_seconds=1.0)).json()
+        cancelled = await stageline.cancel(running["run_id"], reason="not needed")
+        repeated = await stageline.cancel(running["run_id"], reason="not needed")
+
+    assert (completed.value.status, not_failed.value.status) == (409, 409)
+    assert "failed" in not_failed.value.message
+    assert undone["changed"] is True and again["changed"] is False
+    assert view["status"] == "compensated"
+    assert len(transport.sent) == 1
+    assert cancelled["changed"] is True and repeated["changed"] is False
+    events = (await client.get(f"/v1/runs/{running['run_id']}/events")).json()["events"]
+    assert events[-1]["type"] == "RunCancelled"
+    assert events[-1]["data"]["reason"] == "not needed"
