@@ -99,17 +99,19 @@ def create_app(
     app.state.rebuilds = projections.Rebuilds()
     app.state.feeds = feeds
     errors.install(app)
+    # a request is matched against the routes in this order, one after another: the
+    # busiest first (runs, appends), the probes' last but for the rarely used
     for module in (
-        health,
         runs,
+        streams,
         operations,
+        log,
         pipelines,
-        ontology,
         dlq,
         entities,
-        streams,
-        log,
+        ontology,
         projections,
+        health,
     ):
         app.include_router(module.router)
     app.state.metrics = metrics.process_registry()

@@ -12,8 +12,11 @@ from fastapi._compat import field_annotation_is_sequence
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette._utils import get_route_path
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Scope
 
 from stageline.api.bodies import parse_json
 
@@ -97,6 +100,13 @@ class Router(APIRouter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("route_class", Route)
         super().__init__(*args, **kwargs)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        # every route starts with the prefix: a path without it matches none, and saying
+        # so at once spares trying each route (FastAPI asks each router the app includes)
+        if not get_route_path(scope).startswith(self.prefix):
+            return Match.NONE, {}
+        return super().matches(scope)
 
     def add_api_route(
         self, path: str, endpoint: Callable[..., Any], *args: Any, **kwargs: Any
