@@ -31,8 +31,8 @@ from stageline.actors.submit import Submitter
 from stageline.actors.worker import Worker, WorkerConfig
 from stageline.embedded import EmbeddedServer
 from stageline.errors import InvalidArgument, NotFound
-from stageline.events.coalesce import AppendCoalescer
-from stageline.events.redis_store import RedisEventStore, connect
+from stageline.events.coalesce import AppendCoalescer, Coalescer
+from stageline.events.redis_store import Claim, RedisEventStore, connect
 from stageline.ontology.model import Rules
 from stageline.ontology.reactor import OntologyReactor
 from stageline.ontology.store import OntologyStore
@@ -69,9 +69,13 @@ class Stack:
     outside_appends: AppendCoalescer = dataclasses.field(init=False)
     """Appends from outside (``POST /v1/streams/{stream}/events``) to ``store``: those of
     concurrent requests go to it together (``outside.append_batch``)."""
+    claims: Coalescer[Claim, bytes | Exception | None] = dataclasses.field(init=False)
+    """Idempotency-Key claims (``store.claim_many``): those of concurrent requests go to
+    ``store`` in one round trip."""
 
     def __post_init__(self) -> None:
         self.outside_appends = AppendCoalescer(functools.partial(outside.append_batch, self.store))
+        self.claims = Coalescer(self.store.claim_many)
 
     @classmethod
     async def open(cls, settings: Settings, *, embedded: bool = True, share: bool = False) -> Stack:

@@ -133,7 +133,7 @@ class Submitter:
             return await self.store.append(workspace, stream, [event], NO_STREAM), False
         outbox = Outbox([(keys.stage_channel(actor), payload)], maxlen=self.bus.maxlen)
         request = AppendRequest(workspace, stream, [event], NO_STREAM, outbox)
-        result = await self._appends.append(request)
+        result = await self._appends.call(request)
         if isinstance(result, Exception):
             raise result
         return result, not result.deduplicated

@@ -48,16 +48,17 @@ def request_digest(stream: str, body: AppendEvents) -> bytes:
     return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest().encode()
 
 
-async def _claim_key(
-    store: RedisEventStore, workspace: str, stream: str, key: str, digest: bytes
-) -> None:
+async def _claim_key(stack: Stack, workspace: str, stream: str, key: str, digest: bytes) -> None:
     """Bind ``key`` to the request of ``digest``, unless it is bound already: ``Conflict``
-    if to another.
+    if to another. The claims of concurrent requests share one round trip.
 
     Whatever ids the events carry, the key names one request; a retry of it goes on
     to an append the store deduplicates.
     """
-    held = await store.claim(idempotency_key(workspace, key), digest, IDEMPOTENCY_TTL_SECONDS)
+    claim = (idempotency_key(workspace, key), digest, IDEMPOTENCY_TTL_SECONDS)
+    held = await stack.claims.call(claim)
+    if isinstance(held, Exception):
+        raise held
     if held is not None and held != digest:
         raise _key_reused(stream)
 
@@ -98,7 +99,7 @@ async def _had_more_events(
 async def _append(stack: Stack, request: AppendRequest) -> AppendResult:
     """``request`` appended from outside, with those of concurrent requests (one
     ``outside.append_batch``); raises what the store or the run's rules refuse."""
-    result = await stack.outside_appends.append(request)
+    result = await stack.outside_appends.call(request)
     if isinstance(result, Exception):
         raise result
     return result
@@ -158,7 +159,7 @@ async def append_events(
         result = await _append(stack, request)
     else:
         digest = request_digest(stream, body)
-        await _claim_key(stack.store, workspace, stream, idempotency_key, digest)
+        await _claim_key(stack, workspace, stream, idempotency_key, digest)
         try:
             result = await _append(stack, request)
             if result.deduplicated and await _had_more_events(

@@ -40,6 +40,7 @@ __all__ = [
     "FIRST_CALL_EVENTS",
     "MAX_EVENTS_PER_APPEND",
     "SOCKET_TIMEOUT_SECONDS",
+    "Claim",
     "RedisEventStore",
     "connect",
     "failure",
@@ -47,6 +48,9 @@ __all__ = [
     "retry_policy",
     "same_server",
 ]
+
+Claim = tuple[str, bytes, int]
+"""A key to set to a value for a ttl in seconds, unless it is set (``claim_many``)."""
 
 _PAGE = 1000
 
@@ -750,11 +754,19 @@ class RedisEventStore:
                 self._added_after = last[0][0] if last else b"0-0"
         return self._added_after
 
-    async def claim(self, key: str, value: bytes, ttl_seconds: int) -> bytes | None:
-        """Set ``key`` to ``value`` for ``ttl_seconds`` unless it is set, in one command:
-        ``None`` if this call set it, else the value it holds."""
-        held: Any = await self.client.set(key, value, ex=ttl_seconds, nx=True, get=True)
-        return held if isinstance(held, bytes) else None
+    async def claim_many(self, claims: Sequence[Claim]) -> list[bytes | Exception | None]:
+        """Set each claim's key to its value for its ttl (seconds) unless the key is set, one
+        command a claim, all in one round trip: per claim, ``None`` if this call set it,
+        the value it holds otherwise, or the error the server answered that command."""
+        if len(claims) == 1:  # alone, as a command: a pipeline costs more
+            [(key, value, ttl)] = claims
+            held: Any = await self.client.set(key, value, ex=ttl, nx=True, get=True)
+            return [held if isinstance(held, bytes) else None]
+        pipe = self.client.pipeline(transaction=False)
+        for key, value, ttl in claims:
+            pipe.set(key, value, ex=ttl, nx=True, get=True)
+        replies = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, bytes | Exception) else None for r in replies]
 
     async def release(
         self,

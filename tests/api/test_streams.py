@@ -15,6 +15,7 @@ from api_helpers import assert_error, fields, nested
 from stageline.api.limits import MAX_JSON_DEPTH
 from stageline.events.envelope import NewEvent
 from stageline.events.keys import idempotency_key
+from stageline.events.redis_store import Claim
 from stageline.events.store import AppendRequest, AppendResult
 from stageline.stack import Stack
 
@@ -92,6 +93,36 @@ async def test_concurrent_requests_share_one_append_each_answered_on_its_own(
     assert assert_error(answers[8], 409, "CONFLICT")["details"]["actual_version"] == 0
     assert sum(batches) == 1 + 10 and max(batches) > 1, batches  # gathered, not one by one
     assert await stack.store.head(workspace) == 9
+
+
+async def test_concurrent_idempotency_key_claims_share_one_round_trip(
+    client: httpx.AsyncClient, stack: Stack, workspace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches: list[int] = []
+    send = stack.claims.send
+
+    async def counted(claims: Sequence[Claim]) -> list[bytes | Exception | None]:
+        batches.append(len(claims))
+        return await send(claims)
+
+    monkeypatch.setattr(stack.claims, "send", counted)
+    await append(client, "used", [event(0)], headers={"Idempotency-Key": "k-used"})
+    keys = [f"k-{i}" for i in range(6)]
+    calls = [
+        append(client, f"s{i}", [event(i)], "no_stream", headers={"Idempotency-Key": key})
+        for i, key in enumerate(keys)
+    ]
+    # the key of another request (409), and a retry of the first one (deduplicated)
+    calls.append(append(client, "s9", [event(9)], headers={"Idempotency-Key": "k-used"}))
+    calls.append(append(client, "used", [event(0)], headers={"Idempotency-Key": "k-used"}))
+    answers = await asyncio.gather(*calls)
+
+    assert [r.status_code for r in answers] == [201] * 6 + [409, 201], [r.text for r in answers]
+    assert [r.json()["stream"] for r in answers[:6]] == [f"s{i}" for i in range(6)]
+    assert "Idempotency-Key" in assert_error(answers[6], 409, "CONFLICT")["message"]
+    assert answers[7].json()["deduplicated"] is True
+    assert sum(batches) == 1 + 8 and max(batches) > 1, batches  # gathered, not one by one
+    assert await stack.store.head(workspace) == 7
 
 
 async def test_idempotency_key_makes_a_retry_append_nothing(
@@ -189,13 +220,15 @@ async def test_a_key_is_released_only_while_its_events_are_not_in_the_stream(
     store = stack.store
     key = idempotency_key(workspace, "landed")
     sent = NewEvent(type="T", data={}, event_id=uuid.uuid4())
-    assert await store.claim(key, b"digest", 60) is None
+    assert await store.claim_many([(key, b"digest", 60)]) == [None]
     await store.append(workspace, "s", [sent])
     assert not await store.release(key, b"digest", workspace, "s", [sent.event_id])
     assert not await store.release(key, b"other", workspace, "s", [uuid.uuid4()])
-    assert await store.claim(key, b"other", 60) == b"digest"
+    # claimed together with others, each answered on its own
+    other = idempotency_key(workspace, "other")
+    assert await store.claim_many([(key, b"other", 60), (other, b"x", 60)]) == [b"digest", None]
     assert await store.release(key, b"digest", workspace, "s", [uuid.uuid4()])
-    assert await store.claim(key, b"other", 60) is None
+    assert await store.claim_many([(key, b"other", 60)]) == [None]
 
 
 async def test_explicit_event_ids_are_kept_and_deduplicated(

@@ -44,7 +44,7 @@ async def test_appends_made_together_go_in_one_batch_each_with_its_own_answer(
     streams = [f"s{i}" for i in range(20)] + ["taken"]
 
     results = await asyncio.gather(
-        *(coalescer.append(AppendRequest(workspace, s, [ev(1), ev(2)], NO_STREAM)) for s in streams)
+        *(coalescer.call(AppendRequest(workspace, s, [ev(1), ev(2)], NO_STREAM)) for s in streams)
     )
 
     assert store.batches == [21]
@@ -59,7 +59,7 @@ async def test_appends_made_together_go_in_one_batch_each_with_its_own_answer(
 async def test_an_append_made_alone_goes_at_once_by_itself(store: Counted, workspace: str) -> None:
     coalescer = AppendCoalescer(store.append_batch)
     for i in range(3):  # each awaited before the next is made
-        result = await coalescer.append(AppendRequest(workspace, f"s{i}", [ev()]))
+        result = await coalescer.call(AppendRequest(workspace, f"s{i}", [ev()]))
         assert isinstance(result, AppendResult) and result.stream == f"s{i}"
     assert store.batches == [1, 1, 1]
 
@@ -68,9 +68,9 @@ async def test_appends_made_while_a_batch_is_out_go_in_the_next(
     store: Counted, workspace: str
 ) -> None:
     coalescer = AppendCoalescer(store.append_batch)
-    first = asyncio.ensure_future(coalescer.append(AppendRequest(workspace, "a", [ev()])))
+    first = asyncio.ensure_future(coalescer.call(AppendRequest(workspace, "a", [ev()])))
     await asyncio.sleep(0)  # the first batch is sent
-    later = [coalescer.append(AppendRequest(workspace, s, [ev()])) for s in ("b", "c")]
+    later = [coalescer.call(AppendRequest(workspace, s, [ev()])) for s in ("b", "c")]
     results = await asyncio.gather(first, *later)
     assert [r.stream for r in results if isinstance(r, AppendResult)] == ["a", "b", "c"]
     assert store.batches == [1, 2]
@@ -86,7 +86,7 @@ async def test_an_error_of_one_request_goes_to_its_caller_only(
     requests = [AppendRequest(workspace, f"s{i}", [ev(i)], NO_STREAM) for i in range(150)]
     requests[120] = AppendRequest(workspace, "broken", [broken])
 
-    results = await asyncio.gather(*map(coalescer.append, requests), return_exceptions=True)
+    results = await asyncio.gather(*map(coalescer.call, requests), return_exceptions=True)
 
     assert store.batches == [150]
     assert isinstance(results[120], AttributeError)
@@ -110,7 +110,7 @@ class Unreachable:
 async def test_what_fails_a_batch_is_raised_to_every_caller_in_it(workspace: str) -> None:
     store = Unreachable()
     coalescer = AppendCoalescer(store.append_batch)
-    calls = [coalescer.append(AppendRequest(workspace, f"s{i}", [ev()])) for i in range(3)]
+    calls = [coalescer.call(AppendRequest(workspace, f"s{i}", [ev()])) for i in range(3)]
     failed = await asyncio.gather(*calls, return_exceptions=True)
     assert store.calls == 1
     assert all(isinstance(e, RedisConnectionError) for e in failed), failed
@@ -121,7 +121,7 @@ async def test_a_caller_cancelled_before_its_batch_is_sent_takes_its_request_out
 ) -> None:
     coalescer = AppendCoalescer(store.append_batch)
     calls = [
-        asyncio.ensure_future(coalescer.append(AppendRequest(workspace, s, [ev()])))
+        asyncio.ensure_future(coalescer.call(AppendRequest(workspace, s, [ev()])))
         for s in ("a", "b", "c")
     ]
     await asyncio.sleep(0)  # each has made its request; the batch goes at the next step
@@ -140,7 +140,7 @@ def test_requests_a_stopped_loop_never_sent_do_not_stall_the_next_loop(
     coalescer = AppendCoalescer(store.append_batch)
 
     async def append(stream: str) -> AppendResult | Exception:
-        return await coalescer.append(AppendRequest(workspace, stream, [ev()]))
+        return await coalescer.call(AppendRequest(workspace, stream, [ev()]))
 
     stopped = asyncio.new_event_loop()
     stopped.run_until_complete(asyncio.sleep(0))
