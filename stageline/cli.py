@@ -207,7 +207,10 @@ def demo(
 
 
 def _stdin_text() -> str:
-    """What stdin holds, as UTF-8 text; one line saying it is not and exit 2 otherwise."""
+    """What stdin holds, as UTF-8 text; one line saying it is not and exit 2 otherwise. On
+    a terminal, one line on stderr first says it waits for the input."""
+    if sys.stdin.isatty():
+        err_console.print("reading the input (a JSON object) from stdin; end it with Ctrl-D")
     try:
         return sys.stdin.buffer.read().decode()
     except UnicodeDecodeError as exc:

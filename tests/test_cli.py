@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import pty
 import signal
 import socket
 import subprocess
@@ -173,6 +174,7 @@ def check_submit_from_the_cli(url: str) -> None:
     )
     again = cli(url, "submit", "other text", "--wait", "0", "--idempotency-key", "k")
     assert piped.exit_code == 0 and again.exit_code == 1, piped.output + again.output
+    assert "reading the input" not in piped.stderr  # a pipe, not a terminal: nothing said
     accepted = json.loads(piped.stdout)
     assert accepted["deduplicated"] is False
     assert "Idempotency-Key was already used" in again.stderr  # the key names one request
@@ -756,3 +758,25 @@ def test_a_store_command_without_a_server_says_it_starts_the_embedded_one(
     ]
     assert result.stderr.splitlines() == said(result)  # that line alone: no log lines
     assert not (data_dir / "redis.sock").exists()  # and stopped it
+
+
+def test_submit_reading_stdin_from_a_terminal_says_so_first() -> None:
+    """``--input -`` on a terminal waits for input, as ``cat`` does, but says so on stderr."""
+    main, terminal = pty.openpty()
+    try:
+        nowhere = "http://127.0.0.1:9"  # nothing listens: exit 2 once it has read
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stageline", "submit", "--input", "-", "--url", nowhere],
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        os.write(main, b'{"text": "Met Bob"}\n\x04')  # then Ctrl-D, the terminal's end of input
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(main)
+        os.close(terminal)
+    assert proc.returncode == 2, out + err
+    lines = err.decode().splitlines()
+    assert lines[0] == "reading the input (a JSON object) from stdin; end it with Ctrl-D"
+    assert "127.0.0.1:9" in err.decode()  # read whole, then sent: the API is not there
