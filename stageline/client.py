@@ -432,7 +432,7 @@ class Stageline(_Client):
 
     def retry(self, run_id: str) -> dict[str, Any]:
         """Drive a failed run again from the stage that failed. Sent once, not resent
-        after a lost answer: a resend would find the run running and answer 409."""
+        after a lost answer or a 503: a resend would find the run running and answer 409."""
         answer: dict[str, Any] = self._send(self._operation(run_id, "retry"), retries=0)
         return answer
 

@@ -772,7 +772,10 @@ def test_submit_reading_stdin_from_a_terminal_says_so_first() -> None:
             stderr=subprocess.PIPE,
         )
         os.write(main, b'{"text": "Met Bob"}\n\x04')  # then Ctrl-D, the terminal's end of input
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()  # by its own pid; a no-op once it has exited
     finally:
         os.close(main)
         os.close(terminal)

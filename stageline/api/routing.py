@@ -103,7 +103,9 @@ class Router(APIRouter):
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         # every route starts with the prefix: a path without it matches none, and saying
-        # so at once spares trying each route (FastAPI asks each router the app includes)
+        # so at once spares trying each route (FastAPI asks each router the app includes).
+        # Include a Router without a prefix of its own, as create_app does: an include
+        # prefix would stand before this one in the path, and no route would match
         if not get_route_path(scope).startswith(self.prefix):
             return Match.NONE, {}
         return super().matches(scope)

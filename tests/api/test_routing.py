@@ -148,3 +148,30 @@ def test_the_feeds_type_is_the_only_query_parameter_that_repeats(app: FastAPI) -
                     where.add((path, parameter["name"]))
     assert many == {("/v1/log/feed", "type")}
     assert ("/v1/runs", "status") in single and ("/v1/log/feed", "after") in single
+
+
+@pytest.mark.parametrize("root", ["", "/api"], ids=["at-root", "behind-a-proxy-prefix"])
+async def test_every_router_is_reached_whatever_the_root_path(
+    app: FastAPI, workspace: str, root: str
+) -> None:
+    # each router skips paths without its prefix (Router.matches): a path is still
+    # routed, with or without a root path, to its route, a 405, a redirect or a 404
+    transport = httpx.ASGITransport(app=app, root_path=root)
+    headers = {"X-Workspace": workspace}
+    async with httpx.AsyncClient(
+        transport=transport, base_url=f"http://test{root}", headers=headers
+    ) as client:
+        for path in ("/healthz", "/v1/runs/stats", "/v1/projections", "/v1/dlq"):
+            r = await client.get(path)
+            assert r.status_code == 200, (path, r.text)
+        appended = await client.post(
+            "/v1/streams/s/events", json={"events": [{"type": "A", "data": {}}]}
+        )
+        assert appended.status_code == 201, appended.text
+        assert (await client.head("/v1/runs/stats")).status_code == 200
+        assert_error(await client.delete("/v1/runs"), 405, "METHOD_NOT_ALLOWED")
+        assert_error(await client.get("/v1/runsx"), 404, "NOT_FOUND")
+        assert_error(await client.get("/"), 404, "NOT_FOUND")
+        slash = await client.get("/v1/runs/", follow_redirects=False)
+        assert slash.status_code == 307
+        assert slash.headers["location"] == f"http://test{root}/v1/runs"
