@@ -214,7 +214,7 @@ class FalkorDBViews:
                 raise ViewOfNewerVersion(workspace, p.name, shape=rows[0][0], own=own)
             if rows and rows[0][0] < own:
                 log.warning("views.outdated_dropped", workspace=workspace, projection=p.name)
-                drop = cypher_params({"projection": p.name}) + p.writer.drop
+                drop = cypher_params({"projection": p.name}) + p.writer.drop_older
                 await self._write(workspace, drop)
             self._checked.add((workspace, p.name))
 

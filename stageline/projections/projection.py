@@ -41,6 +41,8 @@ class GraphWriter(Generic[C]):
     """``advance`` from position 0."""
     drop: str
     """Deletes every node of the projection and its checkpoint."""
+    drop_older: str
+    """``drop``, if the checkpoint is of an older shape than this writer's; else nothing."""
     params: Callable[[C], dict[str, Any]]
     """The row parameters of ``write`` for a batch's changes."""
     nodes: tuple[str, ...] = ()

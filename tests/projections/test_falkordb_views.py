@@ -41,6 +41,7 @@ from stageline.projections import (
     FalkorDBViews,
     PipelineChanges,
     Write,
+    _cypher,
     connect,
 )
 from stageline.projections.cypher_params import cypher_params
@@ -693,3 +694,27 @@ async def test_a_rebuild_takes_back_a_view_a_newer_version_wrote(
     assert run is not None and run["status"] == "completed"
     stored = await graph.ro_query("MATCH (c:Checkpoint {projection: 'run_status'}) RETURN c.shape")
     assert stored.result_set == [[RUN_STATUS.writer.shape]]
+
+
+async def test_an_outdated_view_is_dropped_once_by_writers_that_found_it_together(
+    views: FalkorDBViews, workspace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two projectors of the new version start together and both read the old shape
+    _, events, _, _ = await shaped(views, workspace, None)
+    first, second = FalkorDBViews(views.db), FalkorDBViews(views.db)
+    read_by_second = await second._read(
+        workspace, _cypher.STORED_SHAPE, {"projection": RUN_STATUS.name}
+    )
+    assert read_by_second == [[1]]
+    # the first drops the view and writes its first batch in the new shape
+    await write_views(first, workspace, events, projections=(RUN_STATUS,))
+
+    async def as_read_before(*args: Any, **kwargs: Any) -> list[list[Any]]:
+        return read_by_second
+
+    monkeypatch.setattr(second, "_read", as_read_before)
+    await second.drop_outdated(workspace, [RUN_STATUS])  # acts on what it read: old
+
+    run = await first.get_run(workspace, "r1")
+    assert run is not None and run["status"] == "completed"  # the first's batch stands
+    assert await first.checkpoint(workspace) == events[-1].position

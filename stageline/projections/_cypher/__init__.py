@@ -113,6 +113,13 @@ def graph_writer(
     guard = _guard(shape)
     done = "RETURN c.position"
     drop = "".join(f"CALL {{ MATCH (n:{node}) DETACH DELETE n }}\n" for node in nodes)
+    # only while the checkpoint is of an older shape: a writer that read it so may find
+    # another one has dropped it meanwhile and written the first batch of its own shape
+    drop_older = (
+        f"MATCH (c:Checkpoint {{projection: $projection}}) WHERE {_SHAPE} < {shape}\n"
+        + "".join(f"CALL {{ WITH c MATCH (n:{node}) DETACH DELETE n }}\n" for node in nodes)
+        + "DELETE c RETURN 1"
+    )
     return GraphWriter(
         write=f"{guard}{rows}\n{done}",
         advance=f"{guard}{done}",
@@ -120,6 +127,7 @@ def graph_writer(
         advance_first=f"{first}{done}",
         drop="CALL { MATCH (c:Checkpoint {projection: $projection}) DELETE c }\n"
         f"{drop}RETURN 1",
+        drop_older=drop_older,
         params=params,
         nodes=nodes,
         indexes=tuple(f"CREATE INDEX FOR (n:{label}) ON (n.{prop})" for label, prop in indexes),
