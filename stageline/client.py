@@ -231,15 +231,6 @@ class _Client:
         }
 
     @staticmethod
-    def _events(stream: str, from_version: int) -> dict[str, Any]:
-        params = {"from_version": from_version, "limit": 1000}
-        return {
-            "method": "GET",
-            "url": f"/v1/streams/{path_segment(stream)}/events",
-            "params": params,
-        }
-
-    @staticmethod
     def _get(url: str, **params: Any) -> dict[str, Any]:
         """A GET of ``url`` with the ``params`` that are not None."""
         return {

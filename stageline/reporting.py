@@ -356,7 +356,7 @@ class _Report:
         events: list[dict[str, Any]] = []
         after: int | None = 0
         while after is not None:
-            page = yield _Client._events(self.stream, after)
+            page = yield _Client._stream_page(self.stream, after, 1000, False)
             events += page["events"]
             after = page["next_from_version"]
         return events
